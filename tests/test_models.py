@@ -1,0 +1,109 @@
+"""Loading models by spec, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from conftest import SMALL
+
+from vitscope.errors import UnsupportedModelError, VitscopeError
+from vitscope.models import check_supported, load_model
+
+
+def test_demo_model_shape():
+    ad = load_model("demo")
+    d = ad.describe()
+    assert (d["layers"], d["heads"], d["prefix_tokens"], d["patch_grid"], d["classes"]) == (6, 4, 1, "8x8", 10)
+    assert ad.head_rows == 1
+
+
+def test_timm_spec_with_kwargs_and_prefix_tokens():
+    ad = load_model("timm:deit_tiny_distilled_patch16_224", **SMALL)
+    assert (ad.num_layers, ad.num_heads, ad.num_prefix, ad.grid, ad.num_tokens) == (3, 4, 2, 4, 18)
+    reg = load_model("timm:vit_small_patch14_reg4_dinov2", img_size=28, patch_size=7, depth=2)
+    assert reg.num_prefix == 5 and reg.grid == 4
+
+
+@pytest.mark.parametrize("spec,text", [
+    ("timm:resnet18", "not a timm VisionTransformer"),
+    ("timm:vit_medium_patch16_gap_256", "no class token"),
+    ("timm:vit_relpos_small_patch16_224", "not a timm VisionTransformer"),
+])
+def test_unsupported_models_say_what_is_supported(spec, text):
+    with pytest.raises(UnsupportedModelError, match=text) as e:
+        load_model(spec)
+    assert "vit_*" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_other_attention_classes_are_refused():
+    model = timm.create_model("vit_tiny_patch16_224", **SMALL)
+    model.blocks[1].attn = torch.nn.Identity()
+    with pytest.raises(UnsupportedModelError, match="attention is Identity"):
+        check_supported(model)
+
+
+@pytest.mark.parametrize("spec,text", [
+    ("timm:vit_base_patch16_2244", "unknown timm model 'vit_base_patch16_2244'.*vit_base_patch16_224"),
+    ("resnet", "unknown model spec 'resnet'"),
+    ("vit_base_patch16_224", "Did you mean 'timm:vit_base_patch16_224'"),
+])
+def test_unknown_names(spec, text):
+    with pytest.raises(VitscopeError, match=text):
+        load_model(spec)
+
+
+def test_checkpoint_round_trip_infers_num_classes(tmp_path):
+    from safetensors.torch import save_file
+
+    src = timm.create_model("vit_tiny_patch16_224", **{**SMALL, "num_classes": 7})
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "m.pth")
+    save_file(src.state_dict(), str(tmp_path / "m.safetensors"))
+    x = torch.randn(2, 3, 32, 32)
+    kwargs = {k: v for k, v in SMALL.items() if k != "num_classes"}
+    for name in ("m.pth", "m.safetensors"):
+        ad = load_model("timm:vit_tiny_patch16_224", checkpoint=tmp_path / name, **kwargs)
+        assert ad.num_classes == 7
+        torch.testing.assert_close(ad.model(x), src.eval()(x))
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(VitscopeError, match="checkpoint not found"):
+        load_model("timm:vit_tiny_patch16_224", checkpoint=tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(VitscopeError, match="cannot read checkpoint"):
+        load_model("timm:vit_tiny_patch16_224", checkpoint=tmp_path / "junk.pth")
+    other = timm.create_model("vit_tiny_patch16_224", **{**SMALL, "depth": 2})
+    torch.save(other.state_dict(), tmp_path / "other.pth")
+    with pytest.raises(VitscopeError, match="does not fit timm:vit_small_patch16_224.*shape mismatches"):
+        load_model("timm:vit_small_patch16_224", checkpoint=tmp_path / "other.pth", img_size=32, patch_size=8)
+
+
+def test_cuda_request_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(VitscopeError, match="CUDA is not available"):
+        load_model("demo", device="cuda")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vitscope.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_errors_are_one_line():
+    for args in (["info", "--model", "timm:resnet18"], ["info", "--model", "timm:nope"],
+                 ["info", "--model", "demo", "--checkpoint", "/nonexistent/w.pth"]):
+        out = run_cli(*args)
+        assert out.returncode == 2, out
+        assert "Traceback" not in out.stderr
+        lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("vitscope info: error:"), out.stderr
+
+
+def test_cli_info():
+    out = run_cli("info", "--model", "demo")
+    assert out.returncode == 0, out.stderr
+    assert "layers: 6" in out.stdout and "patch_grid: 8x8" in out.stdout

@@ -1,0 +1,1 @@
+"""Image sets: the embedded demo set (folders and CSV labels come with `vitscope build`)."""

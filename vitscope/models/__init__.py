@@ -1,0 +1,9 @@
+"""Getting a ViT and seeing it as layers × heads (see DESIGN.md, `vitscope/models/`)."""
+
+from vitscope.models.adapter import SUPPORTED_FAMILIES, AttentionParts, ViTAdapter, check_supported, merge_heads
+from vitscope.models.loading import DEMO_CLASSES, build_demo_model, load_model
+
+__all__ = [
+    "SUPPORTED_FAMILIES", "AttentionParts", "ViTAdapter", "check_supported", "merge_heads",
+    "DEMO_CLASSES", "build_demo_model", "load_model",
+]
