@@ -15,6 +15,7 @@ VARIANTS = {
     "vit": ("vit_tiny_patch16_224", {}),
     "deit_distilled": ("deit_tiny_distilled_patch16_224", {}),  # 2 prefix tokens
     "registers": ("vit_small_patch14_reg4_dinov2", {"reg_tokens": 4}),  # 5 prefix tokens, LayerScale
+    "deit3": ("deit3_small_patch16_224", {}),  # LayerScale, position embedding without the class token
     "qknorm_scalenorm": ("vit_tiny_patch16_224", {"qk_norm": True, "scale_attn_norm": True, "qkv_bias": True}),
     "avgpool": ("vit_tiny_patch16_224", {"global_pool": "avg"}),  # the head reads every token
 }

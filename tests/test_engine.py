@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from conftest import images_for, small_vit
@@ -12,6 +14,23 @@ from vitscope.engine.reference import reference_importance
 from vitscope.errors import VitscopeError
 
 LABELS = torch.tensor([1, 2, 3])
+
+
+@contextlib.contextmanager
+def scaled_head(ad, layer: int, head: int, factor: float):
+    """Multiply one head's slice of the output-projection input by `factor` (0 = pruned)."""
+    dh = ad.head_dim
+
+    def hook(module, args):
+        y = args[0].clone()
+        y[..., head * dh:(head + 1) * dh] *= factor
+        return (y,)
+
+    handle = ad.blocks[layer].attn.proj.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
@@ -68,16 +87,9 @@ def test_mode0_is_exactly_zero_and_mode1_is_zeroed_head_output():
     base = r.probs.gather(1, LABELS[:, None])[:, :, None]
     assert torch.equal(r.metric("prob", 0), base.expand(3, 3, 4))
     # Mode 1 equals zeroing the head's slice of the output-projection input.
-    layer, head, dh = 1, 2, ad.head_dim
-
-    def zero_head(module, args):
-        y = args[0].clone()
-        y[..., head * dh:(head + 1) * dh] = 0
-        return (y,)
-
-    hook = ad.blocks[layer].attn.proj.register_forward_pre_hook(zero_head)
-    p = ad.model(x).softmax(-1)
-    hook.remove()
+    layer, head = 1, 2
+    with scaled_head(ad, layer, head, 0.0):
+        p = ad.model(x).softmax(-1)
     torch.testing.assert_close(r.metric("prob", 1)[:, layer, head], p.gather(1, LABELS[:, None])[:, 0],
                                atol=1e-6, rtol=0)
     torch.testing.assert_close(r.topk_prob[:, layer, head, 1], p.topk(5).values, atol=1e-6, rtol=0)
@@ -133,16 +145,8 @@ def test_gradient_importance_matches_finite_differences():
         for layer, head in [(0, 0), (1, 3), (2, 2)]:
             losses = []
             for sign in (1, -1):
-                dh = ad.head_dim
-
-                def scale(module, args, s=sign):
-                    y = args[0].clone()
-                    y[..., head * dh:(head + 1) * dh] *= 1 + s * eps
-                    return (y,)
-
-                hook = ad.blocks[layer].attn.proj.register_forward_pre_hook(scale)
-                logits = ad.model(x[b:b + 1])
-                hook.remove()
+                with scaled_head(ad, layer, head, 1 + sign * eps):
+                    logits = ad.model(x[b:b + 1])
                 losses.append(torch.nn.functional.cross_entropy(logits, labels[b:b + 1]).item())
             fd = abs(losses[0] - losses[1]) / (2 * eps)
             assert g[b, layer, head].item() == pytest.approx(fd, rel=1e-4, abs=1e-8)
