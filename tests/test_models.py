@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -89,14 +90,17 @@ def test_cuda_request_without_cuda():
         load_model("demo", device="cuda")
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vitscope.cli", *args], capture_output=True, text=True, timeout=300)
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vitscope.cli", *args], capture_output=True, text=True, timeout=300,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_cli_errors_are_one_line():
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-vitscope-test"}  # never touches the network
     for args in (["info", "--model", "timm:resnet18"], ["info", "--model", "timm:nope"],
-                 ["info", "--model", "demo", "--checkpoint", "/nonexistent/w.pth"]):
-        out = run_cli(*args)
+                 ["info", "--model", "demo", "--checkpoint", "/nonexistent/w.pth"],
+                 ["info", "--model", "timm:vit_tiny_patch16_224", "--pretrained"]):
+        out = run_cli(*args, env=offline)
         assert out.returncode == 2, out
         assert "Traceback" not in out.stderr
         lines = [ln for ln in out.stderr.splitlines() if ln.strip()]

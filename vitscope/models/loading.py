@@ -82,13 +82,13 @@ def _create_timm(name: str, pretrained: bool, state: dict | None, kwargs: dict) 
         kwargs = {**kwargs, "num_classes": int(state["head.weight"].shape[0])}
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
-    except (OSError, RuntimeError, ValueError) as e:
+    except Exception as e:  # hub/network failures come as many exception types
         if pretrained:
             raise VitscopeError(
                 f"could not get pretrained weights for timm:{name} ({type(e).__name__}: {_first_line(e)}); "
                 "offline? download them on a machine with internet and pass --checkpoint PATH"
             ) from None
-        raise VitscopeError(f"could not build timm:{name}: {_first_line(e)}") from None
+        raise VitscopeError(f"could not build timm:{name} with {kwargs}: {_first_line(e)}") from None
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
