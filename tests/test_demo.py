@@ -37,13 +37,18 @@ def test_shipped_weights_classify_held_out_digits():
     assert (pred == labels).mean() >= 0.85  # README states the full-set figure (≥ 90 %)
 
 
-def test_cli_demo_prints_summary():
+def test_cli_demo_builds_then_reuses_its_store(tmp_path):
     from test_models import run_cli
 
-    out = run_cli("demo", "--limit", "8", "--batch-size", "4")
+    env = {"VITSCOPE_CACHE": str(tmp_path)}
+    out = run_cli("demo", "--limit", "16", env=env)
     assert out.returncode == 0, out.stderr
     assert "Head importance" in out.stdout and "layer 5" in out.stdout and "mode 5" in out.stdout
-    assert "head ablation" in out.stderr  # the progress bar
+    assert "analysing images" in out.stderr and "tSNE layouts" in out.stderr  # progress bars
+    assert (tmp_path / "demo-16.zarr").is_dir()
+    again = run_cli("demo", "--limit", "16", env=env)
+    assert again.returncode == 0 and "already built" in again.stderr and "analysing images" not in again.stderr
+    assert again.stdout == out.stdout
 
 
 def test_cli_train_demo_writes_loadable_weights(tmp_path):

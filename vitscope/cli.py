@@ -1,4 +1,4 @@
-"""`vitscope` command line: demo | train-demo | info.
+"""`vitscope` command line: demo | build | info | train-demo.
 
 User errors (VitscopeError) print one line and exit 2; they never show a traceback.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 from vitscope.errors import VitscopeError
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="'demo' or 'timm:<name>' (e.g. timm:vit_base_patch16_224)")
+def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help="'demo' or 'timm:<name>' (e.g. timm:vit_base_patch16_224)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--pretrained", action="store_true", help="download the model's weights through timm")
     g.add_argument("--checkpoint", type=Path, help="local .pth/.safetensors state dict")
@@ -27,10 +27,13 @@ def _load(args):
 
 
 def cmd_demo(args) -> None:
-    from vitscope.models import load_model
-    from vitscope.summary import demo_summary
+    from vitscope.build import demo_store
+    from vitscope.store import open_store
+    from vitscope.summary import store_summary
 
-    print(demo_summary(load_model("demo", device=args.device), limit=args.limit, batch_size=args.batch_size))
+    path = demo_store(args.device, args.limit)
+    print(store_summary(open_store(path)))
+    print(f"\nstore: {path}  (see also: vitscope info {path})")
 
 
 def cmd_train_demo(args) -> None:
@@ -41,8 +44,30 @@ def cmd_train_demo(args) -> None:
 
 
 def cmd_info(args) -> None:
+    if (args.store is None) == (args.model is None):
+        raise VitscopeError("give a STORE to describe, or --model SPEC (not both)")
+    if args.store is not None:
+        from vitscope.store import describe
+
+        print(describe(args.store))
+        return
     for key, value in _load(args).describe().items():
         print(f"{key:>14}: {value}")
+
+
+def cmd_build(args) -> None:
+    from vitscope.build import BuildConfig, build
+
+    cfg = BuildConfig(
+        model=args.model, images=args.images, out=args.out, pretrained=args.pretrained, checkpoint=args.checkpoint,
+        labels=args.labels, limit=args.limit, seed=args.seed, device=args.device, batch_size=args.batch_size,
+        chunk=args.chunk_size, precision=args.precision, top=args.top / 100, latent=args.latent,
+        ae_epochs=args.ae_epochs, layout_metric=args.layout_metric, store_attention=args.store_attention,
+        overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler,
+    )
+    out = build(cfg)
+    times = ", ".join(f"{k} {v:.1f} s" for k, v in cfg.timings.items())
+    print(f"store ready: {out}" + (f"  ({times})" if times else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,10 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="head importance of the embedded demo ViT on the demo images")
+    p = sub.add_parser("demo", help="build the demo store (first time only) and summarise it")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--limit", type=int, default=None, help="use the first N demo images (default: all 1000)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, help="only the first N demo images (a quicker first run)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train-demo", help="train the embedded demo ViT (seeded; prints held-out accuracy)")
@@ -65,8 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     p.set_defaults(func=cmd_train_demo)
 
-    p = sub.add_parser("info", help="what vitscope sees in a model (layers, heads, prefix tokens, grid)")
+    p = sub.add_parser("build", help="analyse a model on an image folder into a store")
     _model_args(p)
+    p.add_argument("--images", required=True, help="folder with one sub-folder per class, a flat folder "
+                   "with --labels, or 'demo'")
+    p.add_argument("--labels", type=Path, help="CSV of file,label (label: class index or name)")
+    p.add_argument("--out", type=Path, required=True, help="store to write (a .zarr folder)")
+    p.add_argument("--limit", type=int, help="sample this many images (seeded)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--chunk-size", type=int, default=64, help="images per store chunk (the unit of resuming)")
+    p.add_argument("--precision", default="float32", choices=["float32", "tf32", "bfloat16"])
+    p.add_argument("--top", type=float, default=1.0, help="binarise patch attention: top PERCENT of values")
+    p.add_argument("--latent", type=int, default=16, help="pattern autoencoder latent size")
+    p.add_argument("--ae-epochs", type=int, default=10)
+    p.add_argument("--layout-metric", default="prob", help="metric of the Image Overview layout")
+    p.add_argument("--store-attention", action="store_true", help="also keep float16 attention maps")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store built from other inputs")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, default=0, help="start a local Dask cluster of N workers")
+    g.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. tcp://host:8786)")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("info", help="what is in a store, or what vitscope sees in a model")
+    p.add_argument("store", nargs="?", type=Path, help="a store built by vitscope build")
+    _model_args(p, required=False)
     p.set_defaults(func=cmd_info)
     return parser
 

@@ -7,3 +7,7 @@ class VitscopeError(Exception):
 
 class UnsupportedModelError(VitscopeError):
     """The model is not a ViT family that vitscope can ablate exactly."""
+
+
+class StoreMismatch(VitscopeError):
+    """A store exists but was built from other inputs or by another schema version."""

@@ -103,3 +103,13 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     mean = torch.tensor(DEMO_DATA_CFG["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(DEMO_DATA_CFG["std"]).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def image_set(limit: int | None = None):
+    """The demo evaluation images as an ImageSet (in memory; ids `demo/0000`…)."""
+    from vitscope.data.images import ImageSet
+    from vitscope.models.loading import DEMO_CLASSES
+
+    images, labels = eval_set(limit)
+    return ImageSet(ids=[f"demo/{i:04d}" for i in range(len(images))], labels=labels.astype(np.int64),
+                    class_names=list(DEMO_CLASSES), arrays=images, source="demo")

@@ -1,0 +1,151 @@
+"""`vitscope build` end to end: schema, consistency with the engine, resume after a kill, Dask, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+from PIL import Image
+
+from vitscope import engine, store
+from vitscope.analysis import cls, strength
+from vitscope.data import demo
+from vitscope.errors import VitscopeError
+from vitscope.models import load_model
+
+ARGS = ["--model", "demo", "--images", "demo", "--limit", "24", "--chunk-size", "8", "--ae-epochs", "2"]
+
+
+def vitscope(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vitscope.cli", *args], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "demo.zarr"
+    res = vitscope("build", *ARGS, "--out", str(out), "--store-attention")
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def assert_same_store(a, b, exact=True):
+    da, db = xr.open_zarr(str(a)), xr.open_zarr(str(b))
+    assert set(da.data_vars) == set(db.data_vars)
+    for name in da.data_vars:
+        x, y = da[name].values, db[name].values
+        if exact:
+            np.testing.assert_array_equal(x, y, err_msg=name)
+        else:
+            np.testing.assert_allclose(x.astype(float), y.astype(float), atol=2e-4, rtol=1e-3, err_msg=name)
+
+
+def test_store_schema_and_consistency(reference):
+    ds = store.open_store(reference)
+    assert ds.sizes["image"] == 24 and ds.sizes["layer"] == 6 and ds.sizes["head"] == 4
+    assert ds.sizes["hop"] == 8 and ds.sizes["cls_token"] == 2 * 64 + 1 and ds.sizes["mode"] == 6
+    assert list(ds["metric"].values) == ["prob", "jsd", "cls_dist", "patch_dist"]
+    assert ds["valid"].all() and ds.attrs["class_names"] == [str(i) for i in range(10)]
+    assert ds["cls_attention"].dtype == np.float16 and ds["thumbnail"].dtype == np.uint8
+    for name in ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch"):
+        assert np.isfinite(ds[name].values).all(), name
+    # the stored numbers are what the engine and the analysis functions give for these images
+    images, labels = demo.eval_set(24)
+    ad = load_model("demo")
+    r = engine.run(ad, demo.to_tensor(images[8:12]), torch.from_numpy(labels[8:12]), attention="all")
+    np.testing.assert_allclose(ds["importance"].values[8:12], r.importance.numpy(), atol=1e-5)
+    assert np.array_equal(ds["thumbnail"].values[:4], images[:4])
+    a = r.attention.view(4, 6, 4, 65, 65)
+    np.testing.assert_allclose(ds["attention"].values[8:12], a.half().numpy())
+    patch = a[..., 1:, 1:]
+    np.testing.assert_allclose(ds["strength"].values[8:12], strength.attention_strength(patch, 8).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(ds["cls_attention"].values[8:12], cls.cls_attention_vector(a, 1).half().numpy())
+    np.testing.assert_allclose(ds["baseline_prob"].values[8:12], r.probs.gather(1, r.labels[:, None])[:, 0].numpy(),
+                               atol=1e-6)
+
+
+def test_resume_after_kill_gives_the_same_store(reference, tmp_path):
+    out = tmp_path / "killed.zarr"
+    cmd = [sys.executable, "-m", "vitscope.cli", "build", *ARGS, "--out", str(out), "--store-attention"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (out / "chunk_done").exists() and 1 <= store.done_chunks(out).sum() < 3:
+            break
+        assert proc.poll() is None, "the build ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = store.done_chunks(out)
+    assert 1 <= done.sum() < len(done)
+    with pytest.raises(VitscopeError, match="unfinished build"):
+        store.open_store(out)
+    res = vitscope("build", *ARGS, "--out", str(out), "--store-attention")
+    assert res.returncode == 0, res.stderr
+    assert "resuming" in res.stderr
+    assert_same_store(reference, out)
+
+
+def test_other_inputs_are_refused_then_overwritten(reference, tmp_path):
+    res = vitscope("build", *ARGS[:-4], "--limit", "16", "--chunk-size", "8", "--out", str(reference))
+    assert res.returncode == 2 and "Refusing to mix" in res.stderr and "Traceback" not in res.stderr
+    assert store.open_store(reference).sizes["image"] == 24  # untouched
+    res = vitscope("build", *ARGS, "--out", str(reference), "--store-attention")
+    assert res.returncode == 0 and "already built" in res.stderr
+
+
+def test_bad_stores_give_one_line(tmp_path):
+    with pytest.raises(VitscopeError, match="store not found"):
+        store.open_store(tmp_path / "none.zarr")
+    zarr.open_group(str(tmp_path / "foreign.zarr"), mode="w", zarr_format=2)
+    with pytest.raises(VitscopeError, match="not a vitscope store"):
+        store.open_store(tmp_path / "foreign.zarr")
+    (tmp_path / "file.zarr").write_text("x")
+    with pytest.raises(VitscopeError):
+        store.open_store(tmp_path / "file.zarr")
+    g = zarr.open_group(str(tmp_path / "old.zarr"), mode="w", zarr_format=2)
+    g.attrs["vitscope_schema"] = 0
+    with pytest.raises(VitscopeError, match="schema v0, older"):
+        store.open_store(tmp_path / "old.zarr")
+
+
+def test_info_describes_a_store(reference):
+    res = vitscope("info", str(reference))
+    assert res.returncode == 0, res.stderr
+    assert "24 listed, 24 analysed" in res.stdout and "6 layers × 4 heads" in res.stdout
+    assert "head_xy_patch" in res.stdout and "schema: v1" in res.stdout
+
+
+def test_folder_with_bad_files(tmp_path):
+    images, labels = demo.eval_set(6)
+    for i, (im, lab) in enumerate(zip(images, labels, strict=True)):
+        (tmp_path / "imgs" / str(lab)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(tmp_path / "imgs" / str(lab) / f"{i}.png")
+    (tmp_path / "imgs" / str(labels[0]) / "broken.png").write_bytes(b"\x89PNG garbage")
+    (tmp_path / "imgs" / str(labels[1]) / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "f.zarr"
+    res = vitscope("build", "--model", "demo", "--images", str(tmp_path / "imgs"), "--out", str(out),
+                   "--chunk-size", "4", "--ae-epochs", "1")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("skipped ") >= 2 and "2 unreadable images skipped" in res.stderr
+    ds = store.open_store(out)
+    assert ds.sizes["image"] == 8 and int(ds["valid"].sum()) == 6
+    bad = ~ds["valid"].values
+    assert {i.split("/")[-1] for i in ds["image_id"].values[bad]} == {"broken.png", "empty.jpg"}
+    assert np.isnan(ds["importance"].values[bad]).all() and np.isfinite(ds["image_xy"].values[~bad]).all()
+
+
+def test_dask_cluster_matches_single_process(reference, tmp_path):
+    out = tmp_path / "dask.zarr"
+    res = vitscope("build", *ARGS, "--out", str(out), "--store-attention", "--workers", "2")
+    assert res.returncode == 0, res.stderr
+    assert "2 Dask workers" in res.stderr
+    assert_same_store(reference, out, exact=False)

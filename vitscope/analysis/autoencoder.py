@@ -1,0 +1,176 @@
+"""Pattern autoencoder of binarised patch-attention maps (paper Sec. 5.4.1).
+
+tSNE on raw patch attention (p² × p² values) does not cluster patterns, so the paper trains a small
+convolutional autoencoder on the binarised maps and lays out its bottleneck instead. Maps are first
+max-pooled to a fixed size so that every model feeds the same network and large grids fit in memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+__all__ = ["PatternAutoencoder", "downsample_binary", "encode", "train_autoencoder"]
+
+_POOL_CHUNK = 2048  # maps pooled at once: bounds the float copy of a [..., 196, 196] input
+_MAX_POS_WEIGHT = 100.0  # caps the positive-class weight for (almost) empty maps
+
+
+def downsample_binary(binary: Tensor, size: int = 32) -> Tensor:
+    """Max-pool binary maps [..., N, N] to float32 [..., S, S], S = min(N, size).
+
+    Adaptive max-pooling keeps a 1 anywhere in a cell, so sparse top-1 % patterns survive; the fixed
+    size lets one autoencoder serve every model and keeps a ViT-B's 196×196 maps small.
+    """
+    binary = torch.as_tensor(binary)
+    if binary.ndim < 2 or binary.shape[-1] != binary.shape[-2]:
+        raise ValueError(f"downsample_binary expects square maps [..., N, N], got shape {tuple(binary.shape)}")
+    if size < 1:
+        raise ValueError(f"downsample_binary: size must be >= 1, got {size}")
+    n = binary.shape[-1]
+    s = min(n, size)
+    lead = binary.shape[:-2]
+    flat = binary.reshape(-1, n, n)  # [B, N, N]
+    out = torch.empty((flat.shape[0], s, s), dtype=torch.float32, device=flat.device)  # [B, S, S]
+    for start in range(0, flat.shape[0], _POOL_CHUNK):  # chunked: a float copy of all maps may not fit
+        chunk = flat[start : start + _POOL_CHUNK].to(torch.float32)
+        out[start : start + chunk.shape[0]] = chunk if s == n else F.adaptive_max_pool2d(chunk, s)
+    return out.reshape(*lead, s, s)
+
+
+class PatternAutoencoder(nn.Module):
+    """Conv autoencoder of [S, S] binary maps: 2 stride-2 convs + FC encoder, symmetric decoder.
+
+    Any S works: the transposed convs use an output_padding that restores the exact encoder sizes.
+    `forward` returns logits (train with BCEWithLogits); `encode` returns the bottleneck.
+    """
+
+    def __init__(self, size: int, latent: int = 16, channels: tuple[int, int] = (16, 32)) -> None:
+        super().__init__()
+        if size < 1 or latent < 1:
+            raise ValueError(f"PatternAutoencoder: size and latent must be >= 1, got size={size}, latent={latent}")
+        self.size, self.latent = size, latent
+        c1, c2 = channels
+        s1 = (size + 1) // 2  # size after conv 1 (k=3, stride 2, pad 1)
+        s2 = (s1 + 1) // 2  # size after conv 2
+        self._hidden = (c2, s2, s2)
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, c1, 3, stride=2, padding=1),  # [B, c1, s1, s1]
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1),  # [B, c2, s2, s2]
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(c2 * s2 * s2, latent),  # [B, latent]
+        )
+        self.decoder_fc = nn.Sequential(nn.Linear(latent, c2 * s2 * s2), nn.ReLU())
+        # ConvTranspose(k=3, s=2, p=1) maps n to 2n - 1 + output_padding; pick it to land exactly on s1 / size.
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(c2, c1, 3, stride=2, padding=1, output_padding=s1 - 2 * s2 + 1),  # [B, c1, s1, s1]
+            nn.ReLU(),
+            nn.ConvTranspose2d(c1, 1, 3, stride=2, padding=1, output_padding=size - 2 * s1 + 1),  # [B, 1, S, S]
+        )
+
+    def encode(self, x: Tensor) -> Tensor:
+        """[B, 1, S, S] or [B, S, S] maps → [B, latent] bottleneck."""
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """[B, latent] → [B, 1, S, S] reconstruction logits."""
+        return self.decoder(self.decoder_fc(z).view(-1, *self._hidden))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, 1, S, S] maps → [B, 1, S, S] reconstruction logits."""
+        return self.decode(self.encode(x))
+
+
+def _as_maps(maps: np.ndarray | Tensor) -> Tensor:
+    """Validate [M, S, S] 0/1 maps; keep them compact (uint8) so large sets fit, convert per batch."""
+    t = torch.as_tensor(maps)
+    if t.ndim != 3 or t.shape[1] != t.shape[2]:
+        raise ValueError(f"expected binary maps of shape [M, S, S], got {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError("expected at least one map, got an empty array")
+    if t.dtype == torch.bool or t.dtype == torch.uint8:
+        return t.to(torch.uint8)
+    return t.to(torch.float32)
+
+
+def train_autoencoder(
+    maps: np.ndarray | Tensor,
+    *,
+    latent: int = 16,
+    epochs: int = 10,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[PatternAutoencoder, list[float]]:
+    """Train a PatternAutoencoder on [M, S, S] 0/1 maps; return it (eval mode) and the loss per epoch.
+
+    Seeded through a private RNG (global torch RNG untouched): identical inputs give identical models
+    on CPU. The loss per epoch is the mean positive-weighted BCE per pixel that is being minimised.
+    """
+    data = _as_maps(maps)  # [M, S, S]
+    m, size = data.shape[0], data.shape[-1]
+    with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG
+        torch.manual_seed(seed)
+        model = PatternAutoencoder(size, latent).to(device)
+    gen = torch.Generator().manual_seed(seed)
+
+    # Binarised top-1 % maps are ~99 % zeros: unweighted BCE is minimised by predicting all zeros, which
+    # makes every latent the same. Weighting the ones by the zero/one ratio balances the two classes so the
+    # network must place the ones, i.e. learn the pattern (capped for maps that are nearly empty).
+    ones = float(data.sum(dtype=torch.float64))
+    zeros = data.numel() - ones
+    pos_weight = min(max(zeros / ones, 1.0), _MAX_POS_WEIGHT) if ones > 0 else 1.0
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    n_batches = math.ceil(m / batch_size)
+    losses: list[float] = []
+    model.train()
+    with tqdm(total=epochs * n_batches, desc="pattern autoencoder", unit="batch", disable=not progress) as bar:
+        for epoch in range(epochs):
+            order = torch.randperm(m, generator=gen)
+            total = 0.0
+            for b in range(n_batches):
+                idx = order[b * batch_size : (b + 1) * batch_size]
+                x = data[idx].to(device=device, dtype=torch.float32).unsqueeze(1)  # [B, 1, S, S]
+                loss = loss_fn(model(x), x)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+                bar.update(1)
+            losses.append(total / m)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+    return model.eval(), losses
+
+
+@torch.no_grad()
+def encode(
+    model: PatternAutoencoder, maps: np.ndarray | Tensor, batch_size: int = 1024, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Bottleneck codes of [M, S, S] maps → float32 [M, latent], in batches (inputs can be large)."""
+    data = _as_maps(maps)  # [M, S, S]
+    if data.shape[-1] != model.size:
+        raise ValueError(
+            f"maps are {data.shape[-1]}×{data.shape[-1]} but the autoencoder was built for {model.size}×{model.size}; "
+            "downsample them with downsample_binary(maps, size) first"
+        )
+    was_training = model.training
+    model.eval().to(device)
+    out = np.empty((data.shape[0], model.latent), dtype=np.float32)  # [M, latent]
+    for start in range(0, data.shape[0], batch_size):
+        x = data[start : start + batch_size].to(device=device, dtype=torch.float32).unsqueeze(1)  # [B, 1, S, S]
+        out[start : start + x.shape[0]] = model.encode(x).float().cpu().numpy()
+    model.train(was_training)
+    return out

@@ -1,0 +1,317 @@
+"""`vitscope build`: engine + analysis over an image set into one store; chunked and resumable.
+
+Per image chunk: preprocess, run the engine (every head × mode, attention, gradient proxy),
+derive strength, CLS vectors, binarised maps and pattern labels, write the chunk's region,
+mark it done. Then, over the whole set: the pattern autoencoder and the tSNE layouts.
+Chunks run in this process or on a Dask cluster (each worker writes its own regions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vitscope import engine, store
+from vitscope.analysis import autoencoder, cls, layout, patterns, strength
+from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
+from vitscope.engine.metrics import METRICS
+from vitscope.errors import VitscopeError
+from vitscope.models import ViTAdapter, load_model
+
+
+@dataclass
+class BuildConfig:
+    """Everything a build depends on (what goes into the fingerprint is marked in `fingerprint`)."""
+
+    model: str
+    images: str  # a folder, or "demo"
+    out: Path
+    pretrained: bool = False
+    checkpoint: Path | None = None
+    labels: Path | None = None
+    limit: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = 16
+    chunk: int = 64
+    precision: str = "float32"
+    top: float = 0.01  # binarisation: top fraction of patch attention
+    binary_size: int = 32  # side of the maps the autoencoder sees
+    latent: int = 16
+    ae_epochs: int = 10
+    layout_metric: str = "prob"
+    store_attention: bool = False
+    overwrite: bool = False
+    workers: int = 0
+    scheduler: str | None = None
+    progress: bool = True
+    timings: dict = field(default_factory=dict)
+
+    def params(self) -> dict:
+        keys = ("top", "binary_size", "latent", "ae_epochs", "layout_metric", "store_attention", "chunk",
+                "precision", "seed", "limit")
+        return {k: getattr(self, k) for k in keys}
+
+
+def cache_root() -> Path:
+    """Where built stores go by default: $VITSCOPE_CACHE, the checkout's cache/ folder, or ~/.cache/vitscope."""
+    import os
+
+    if os.environ.get("VITSCOPE_CACHE"):
+        return Path(os.environ["VITSCOPE_CACHE"]).expanduser()
+    checkout = Path(__file__).resolve().parents[1] / "cache"
+    return checkout if checkout.is_dir() else Path.home() / ".cache" / "vitscope"
+
+
+def demo_store(device: str = "cpu", limit: int | None = None) -> Path:
+    """The demo store in the cache: built on first use (progress bars), reused after; rebuilt if stale."""
+    from vitscope.errors import StoreMismatch
+
+    name = "demo.zarr" if limit is None else f"demo-{limit}.zarr"
+    cfg = BuildConfig(model="demo", images="demo", out=cache_root() / name, device=device, limit=limit)
+    try:
+        return build(cfg)
+    except StoreMismatch as e:
+        print(f"rebuilding the demo store: {e}", file=sys.stderr)
+        cfg.overwrite = True
+        return build(cfg)
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def open_inputs(cfg: BuildConfig) -> tuple[ViTAdapter, ImageSet]:
+    adapter = load_model(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, device=cfg.device)
+    if cfg.images == "demo":
+        from vitscope.data import demo
+
+        images = demo.image_set(cfg.limit)
+    else:
+        images = image_folder(cfg.images, adapter.num_classes, cfg.labels, cfg.limit, cfg.seed)
+    return adapter, images
+
+
+def build(cfg: BuildConfig) -> Path:
+    """Build (or resume) the store at cfg.out; returns its path."""
+    out = Path(cfg.out)
+    if cfg.layout_metric not in METRICS:
+        raise VitscopeError(f"--layout-metric must be one of {', '.join(METRICS)}")
+    adapter, images = open_inputs(cfg)
+    pre = Preprocessor(adapter.model)
+    fingerprint = {"model": adapter.spec, "weights": weights_hash(adapter.model), "images": images.fingerprint(),
+                   "schema": store.SCHEMA_VERSION, **cfg.params()}
+    if out.exists() and cfg.overwrite:
+        store.remove(out)
+    if out.exists():
+        attrs = store.check(out, fingerprint)
+        if attrs.get("complete"):
+            _say(cfg, f"{out} is already built (same model, images and parameters); nothing to do")
+            return out
+        _say(cfg, f"resuming {out}: {int(store.done_chunks(out).sum())} of {store.read_layout(out).chunks} "
+                  "chunks already done")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lay = store.Layout(
+            images=len(images), layers=adapter.num_layers, heads=adapter.num_heads, classes=adapter.num_classes,
+            grid=adapter.grid, tokens=adapter.num_tokens, topk=min(5, adapter.num_classes), latent=cfg.latent,
+            binary_size=min(cfg.binary_size, adapter.grid**2), thumb=tuple(pre.config["input_size"][1:]),
+            chunk=cfg.chunk, store_attention=cfg.store_attention,
+        )
+        attrs = {"model_spec": adapter.spec, "model_class": type(adapter.model).__name__,
+                 "num_prefix_tokens": adapter.num_prefix, "patch_grid": adapter.grid,
+                 "image_source": images.source, "data_config": str(pre.config), "params": str(cfg.params())}
+        store.create(out, lay, fingerprint, images.ids, images.class_names, attrs)
+    lay = store.read_layout(out)
+    todo = [int(i) for i in np.flatnonzero(~store.done_chunks(out))]
+    t = time.perf_counter()
+    if todo and (cfg.workers or cfg.scheduler):
+        _run_dask(cfg, todo, lay)
+    elif todo:
+        bar = tqdm(total=len(images), desc="analysing images", unit="img", disable=not cfg.progress)
+        bar.update(len(images) - sum(_chunk_len(lay, i) for i in todo))
+        for i in todo:
+            skipped = compute_and_write(adapter, images, pre, lay, cfg, i)
+            for line in skipped:
+                bar.write(line, file=sys.stderr)
+            bar.update(_chunk_len(lay, i))
+        bar.close()
+    cfg.timings["images"] = time.perf_counter() - t
+    finish(out, cfg)
+    return out
+
+
+def _say(cfg: BuildConfig, text: str) -> None:
+    if cfg.progress:
+        print(text, file=sys.stderr)
+
+
+def _chunk_len(lay: store.Layout, index: int) -> int:
+    return min(lay.chunk, lay.images - index * lay.chunk)
+
+
+def compute_and_write(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay: store.Layout,
+                      cfg: BuildConfig, index: int) -> list[str]:
+    """Compute chunk `index` and write it; returns one line per skipped image."""
+    arrays, skipped = compute_chunk(adapter, images, pre, lay, cfg, index)
+    store.write_chunk(Path(cfg.out), index, lay, arrays)
+    return skipped
+
+
+def compute_chunk(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay: store.Layout,
+                  cfg: BuildConfig, index: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """All per-image variables of one chunk, as numpy arrays (invalid images keep fill values)."""
+    start = index * lay.chunk
+    ids = range(start, start + _chunk_len(lay, index))
+    sizes = lay.sizes()
+    variables = lay.variables()
+    arrays = {}
+    for name in store.PER_CHUNK:
+        if name in variables:
+            dims, dtype = variables[name]
+            arrays[name] = np.full([len(ids) if d == "image" else sizes[d] for d in dims],
+                                   store.fill_value(dtype), dtype=dtype)
+    arrays["label"][:] = images.labels[start:start + len(ids)]
+    tensors, rows, skipped = [], [], []
+    for r, i in enumerate(ids):
+        try:
+            x, thumb = pre(images.load(i))
+        except BadImage as e:
+            skipped.append(f"skipped {images.ids[i]}: {e}")
+            continue
+        tensors.append(x)
+        rows.append(r)
+        arrays["thumbnail"][r] = thumb
+    arrays["valid"][rows] = True
+    n, p = adapter.num_prefix, adapter.grid
+    for s in range(0, len(rows), cfg.batch_size):
+        sel = rows[s:s + cfg.batch_size]
+        x = torch.stack(tensors[s:s + cfg.batch_size])
+        y = torch.as_tensor(arrays["label"][sel])
+        res = engine.run(adapter, x, y, attention="all", grad=True, precision=cfg.precision)
+        a = res.attention.view(len(sel), lay.layers, lay.heads, lay.tokens, lay.tokens)  # [B, L, H, P, P]
+        patch = a[..., n:, n:]
+        binary = cls.binarise(patch, cfg.top)
+        small = autoencoder.downsample_binary(binary, lay.binary_size) > 0.5  # [B, L, H, S, S]
+        label, offset = patterns.pattern_labels(binary, p)
+        s_vec = strength.attention_strength(patch, p)
+        out = {
+            "baseline_prob": res.probs.gather(1, y[:, None])[:, 0],
+            "topk_idx": res.topk_idx, "topk_prob": res.topk_prob, "importance": res.importance,
+            "grad_importance": res.grad_importance, "strength": s_vec,
+            "strength_entropy": strength.strength_entropy(s_vec),
+            "attention_distance": strength.attention_distance(patch, p),
+            "cls_attention": cls.cls_attention_vector(a, n).half(),
+            "pattern_score": patterns.pattern_scores(binary, p), "pattern_label": label, "pattern_offset": offset,
+            "binary_bits": np.packbits(small.flatten(-2).numpy(), axis=-1),
+        }
+        if lay.store_attention:
+            out["attention"] = a.half()
+        for k, v in out.items():
+            arrays[k][sel] = v.numpy() if isinstance(v, torch.Tensor) else v
+    return arrays, skipped
+
+
+def finish(out: Path, cfg: BuildConfig) -> None:
+    """Whole-set results: pattern autoencoder on every valid head map, then the three tSNE layouts."""
+    import xarray as xr
+
+    ds = xr.open_zarr(str(out), consolidated=True)
+    lay = store.read_layout(out)
+    valid = ds["valid"].values
+    nv, L, H = int(valid.sum()), lay.layers, lay.heads
+    if nv == 0:
+        raise VitscopeError(f"no readable image in {cfg.images}: nothing to analyse")
+    if nv < lay.images:
+        _say(cfg, f"{lay.images - nv} unreadable images skipped (listed above); {nv} analysed")
+    s = lay.binary_size
+    bits = ds["binary_bits"].values[valid]  # [Nv, L, H, bits]
+    maps = np.unpackbits(bits, axis=-1, count=s * s).reshape(-1, s, s)  # [Nv·L·H, S, S]
+    t = time.perf_counter()
+    model, losses = autoencoder.train_autoencoder(maps, latent=lay.latent, epochs=cfg.ae_epochs, seed=cfg.seed,
+                                                  device=cfg.device, progress=cfg.progress)
+    latents = autoencoder.encode(model, maps, device=cfg.device)
+    cfg.timings["autoencoder"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    metric = METRICS.index(cfg.layout_metric)
+    imp = ds["importance"].values[valid][:, :, :, 1, metric].reshape(nv, L * H)  # mode 1: whole head pruned
+    cls_vec = ds["cls_attention"].values[valid].astype(np.float32).reshape(nv * L * H, -1)
+    steps = [("image_xy", imp), ("head_xy_cls", cls_vec), ("head_xy_patch", latents)]
+    xy = {}
+    for name, data in tqdm(steps, desc="tSNE layouts", disable=not cfg.progress):
+        xy[name] = layout.tsne_2d(data, seed=cfg.seed)
+    cfg.timings["tsne"] = time.perf_counter() - t
+
+    def scatter(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        full = np.full((lay.images, *shape), np.nan, np.float32)
+        full[valid] = values.reshape(nv, *shape)
+        return full
+
+    store.write_global(out, {
+        "pattern_latent": scatter(latents, (L, H, lay.latent)),
+        "image_xy": scatter(xy["image_xy"], (2,)),
+        "head_xy_cls": scatter(xy["head_xy_cls"], (L, H, 2)),
+        "head_xy_patch": scatter(xy["head_xy_patch"], (L, H, 2)),
+    }, {"ae_loss": [float(v) for v in losses], "valid_images": nv, "layout_metric": cfg.layout_metric})
+
+
+# -- Dask scale-out ----------------------------------------------------------------------------
+
+_WORKER_CACHE: dict = {}
+
+
+def _worker_chunk(cfg_dict: dict, index: int) -> list[str]:
+    """Runs on a Dask worker: one model per worker process, reused across its chunks."""
+    cfg = BuildConfig(**cfg_dict)
+    key = (cfg.model, str(cfg.checkpoint), cfg.images, str(cfg.labels), cfg.limit, cfg.seed, cfg.device)
+    if key not in _WORKER_CACHE:
+        _WORKER_CACHE.clear()
+        adapter, images = open_inputs(cfg)
+        _WORKER_CACHE[key] = (adapter, images, Preprocessor(adapter.model))
+    adapter, images, pre = _WORKER_CACHE[key]
+    return compute_and_write(adapter, images, pre, store.read_layout(Path(cfg.out)), cfg, index)
+
+
+def _run_dask(cfg: BuildConfig, todo: list[int], lay: store.Layout) -> None:
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    if cfg.scheduler:
+        try:
+            client = Client(cfg.scheduler, timeout="20s")
+        except OSError as e:
+            raise VitscopeError(f"cannot reach the Dask scheduler at {cfg.scheduler}: {e}") from None
+        cluster = None
+    else:
+        threads = max(1, (torch.get_num_threads() or 1) // cfg.workers)
+        cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, env={"OMP_NUM_THREADS": str(threads)})
+        client = Client(cluster)
+    cfg_dict = {k: v for k, v in asdict(cfg).items() if k != "timings"}
+    cfg_dict["out"] = str(Path(cfg.out).resolve())  # workers may run elsewhere: absolute paths only
+    if cfg.images != "demo":
+        cfg_dict["images"] = str(Path(cfg.images).resolve())
+    try:
+        futures = client.map(_worker_chunk, [cfg_dict] * len(todo), todo, pure=False)
+        n_workers = len(client.scheduler_info()["workers"])
+        with tqdm(total=sum(_chunk_len(lay, i) for i in todo), desc=f"analysing images ({n_workers} Dask workers)",
+                  unit="img", disable=not cfg.progress) as bar:
+            for fut, skipped in as_completed(futures, with_results=True):
+                for line in skipped:
+                    bar.write(line, file=sys.stderr)
+                bar.update(_chunk_len(lay, todo[futures.index(fut)]))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,207 @@
+"""Image sets from disk: class sub-folders (ImageNet style) or a flat folder plus a CSV of labels.
+
+Images are listed up front (cheap) and decoded while building; a file that turns out
+unreadable is reported in one line and skipped, never a crash halfway.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from vitscope.errors import VitscopeError
+
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+WNID = re.compile(r"^n\d{8}$")
+
+
+class BadImage(Exception):
+    """An image file that cannot be decoded (message: why)."""
+
+
+@dataclass
+class ImageSet:
+    """Images (relative ids under `root`, or in-memory `arrays`) with integer labels and class names."""
+
+    ids: list[str]
+    labels: np.ndarray  # [N] int64
+    class_names: list[str]
+    root: Path | None = None
+    arrays: np.ndarray | None = field(default=None, repr=False)  # [N, h, w, 3] uint8 (demo set)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fingerprint(self) -> str:
+        """Hash of what was listed (ids, labels, and file sizes or pixel data), to tell stores apart."""
+        h = hashlib.sha256()
+        for i, (name, label) in enumerate(zip(self.ids, self.labels.tolist(), strict=True)):
+            h.update(f"{name}\0{label}\0".encode())
+            if self.arrays is not None:
+                h.update(self.arrays[i].tobytes())
+            else:
+                st = (self.root / name).stat()
+                h.update(f"{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        return h.hexdigest()[:16]
+
+    def load(self, i: int) -> Image.Image:
+        """Image i as 8-bit RGB; raises BadImage with a reason."""
+        if self.arrays is not None:
+            return Image.fromarray(self.arrays[i])
+        return read_rgb(self.root / self.ids[i])
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """Decode any common image into 8-bit RGB: grayscale, palette, CMYK, 16-bit and alpha are converted
+    (alpha is composited on white); empty, truncated or non-image files raise BadImage."""
+    try:
+        if path.stat().st_size == 0:
+            raise BadImage("empty file")
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                a = np.asarray(im, dtype=np.float64)
+                a = a / 65535.0 if a.max() > 255 else a / 255.0
+                im = Image.fromarray((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8))
+            elif im.mode == "F":
+                a = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray((np.clip(a / max(a.max(), 1e-12), 0, 1) * 255 + 0.5).astype(np.uint8))
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(white, rgba)
+            rgb = im.convert("RGB")
+    except BadImage:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise BadImage(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    if rgb.width == 0 or rgb.height == 0:
+        raise BadImage("zero-size image")
+    return rgb
+
+
+def imagenet_wnids() -> list[str]:
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_label_name(i) for i in range(1000)]
+
+
+def imagenet_names() -> list[str]:
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0] for i in range(1000)]
+
+
+def _names_to_indices(names: list[str], num_classes: int, where: str) -> tuple[dict[str, int], list[str]]:
+    """Class names → model class indices: WordNet ids through timm's ImageNet info for 1000-class
+    models, else sorted names → 0..C−1. Returns (mapping, class names of the model)."""
+    unique = sorted(set(names))
+    if num_classes == 1000 and all(WNID.match(n) for n in unique):
+        wnids = imagenet_wnids()
+        index = {w: i for i, w in enumerate(wnids)}
+        unknown = [n for n in unique if n not in index]
+        if unknown:
+            raise VitscopeError(f"{where}: {unknown[0]} is not an ImageNet-1k WordNet id ({len(unknown)} such)")
+        return {n: index[n] for n in unique}, imagenet_names()
+    if len(unique) > num_classes:
+        raise VitscopeError(
+            f"{where}: {len(unique)} classes but the model has {num_classes} outputs; "
+            "use folder names that are WordNet ids (ImageNet models) or a CSV with integer labels"
+        )
+    return {n: i for i, n in enumerate(unique)}, unique + [str(i) for i in range(len(unique), num_classes)]
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+
+
+def image_folder(
+    root: str | Path, num_classes: int, labels_csv: str | Path | None = None,
+    limit: int | None = None, seed: int = 0,
+) -> ImageSet:
+    """List an image set: `root` with one sub-folder per class, or a flat `root` plus `labels_csv`
+    (`file,label`; label an integer class index or a class name). `limit` samples that many (seeded)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise VitscopeError(f"image folder not found: {root} (pass --images DIR)")
+    if labels_csv is not None:
+        ids, raw = _read_csv(Path(labels_csv).expanduser(), root)
+        if all(re.fullmatch(r"-?\d+", r) for r in raw):
+            labels = [int(r) for r in raw]
+            bad = [v for v in labels if not 0 <= v < num_classes]
+            if bad:
+                raise VitscopeError(f"{labels_csv}: label {bad[0]} outside the model's 0..{num_classes - 1}")
+            names = imagenet_names() if num_classes == 1000 else [str(i) for i in range(num_classes)]
+        else:
+            mapping, names = _names_to_indices(raw, num_classes, str(labels_csv))
+            labels = [mapping[r] for r in raw]
+    else:
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not classes:
+            raise VitscopeError(
+                f"{root} has no class sub-folders: use one sub-folder per class, or pass --labels FILE.csv"
+            )
+        mapping, names = _names_to_indices(classes, num_classes, str(root))
+        ids, labels = [], []
+        for c in classes:
+            for p in _list_images(root / c):
+                ids.append(p.relative_to(root).as_posix())
+                labels.append(mapping[c])
+    if not ids:
+        raise VitscopeError(f"no images ({', '.join(sorted(EXTENSIONS))}) found under {root}")
+    order = np.arange(len(ids))
+    if limit is not None and limit < len(ids):
+        order = np.sort(np.random.default_rng(seed).choice(len(ids), size=limit, replace=False))
+    return ImageSet(ids=[ids[i] for i in order], labels=np.asarray(labels, np.int64)[order],
+                    class_names=names, root=root, source=str(root))
+
+
+def _read_csv(path: Path, root: Path) -> tuple[list[str], list[str]]:
+    if not path.is_file():
+        raise VitscopeError(f"labels file not found: {path}")
+    ids, raw = [], []
+    with path.open(newline="") as f:
+        for n, row in enumerate(csv.reader(f), 1):
+            if not row or row[0].startswith("#") or (n == 1 and row[0].strip().lower() in ("file", "filename", "path")):
+                continue
+            if len(row) < 2:
+                raise VitscopeError(f"{path}:{n}: expected 'file,label', got {','.join(row)!r}")
+            name, label = row[0].strip(), row[1].strip()
+            if not (root / name).is_file():
+                raise VitscopeError(f"{path}:{n}: {name} not found under {root}")
+            ids.append(name)
+            raw.append(label)
+    return ids, raw
+
+
+class Preprocessor:
+    """The model's own timm eval transform, split so the store can keep what the model saw (uint8)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from timm.data import create_transform, resolve_data_config
+
+        cfg = resolve_data_config({}, model=model)
+        cfg["input_size"] = (3, *model.patch_embed.img_size)  # the built size, not the pretrained default
+        self.config = cfg
+        tf = create_transform(**cfg).transforms
+        self.geometry = tf[:-2]  # resize + crop
+        self.mean = torch.tensor(cfg["mean"]).view(3, 1, 1)
+        self.std = torch.tensor(cfg["std"]).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
+        """→ (normalised [3,H,W] float tensor, thumbnail [H,W,3] uint8)."""
+        for t in self.geometry:
+            image = t(image)
+        thumb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        x = torch.from_numpy(thumb.copy()).permute(2, 0, 1).float() / 255.0
+        return (x - self.mean) / self.std, thumb

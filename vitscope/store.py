@@ -1,0 +1,231 @@
+"""The one place that knows the on-disk schema: an xarray Dataset in a zarr store (see DESIGN.md).
+
+A store is created up front with every array at full size (metadata only), then filled in
+image chunks by region writes; `chunk_done` records finished chunks so a killed build resumes,
+and concurrent workers never write the same zarr chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from vitscope import __version__
+from vitscope.analysis.patterns import OFFSETS, PATTERNS
+from vitscope.errors import StoreMismatch, VitscopeError
+
+SCHEMA_VERSION = 1
+FORMAT = dict(zarr_format=2)  # v2 metadata: readable by every zarr/xarray, no spec warnings
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Sizes of one store: images N, layers L, heads H, classes C, patch grid p, tokens P, …"""
+
+    images: int
+    layers: int
+    heads: int
+    classes: int
+    grid: int
+    tokens: int
+    topk: int
+    latent: int
+    binary_size: int  # side of the downsampled binarised maps kept for the autoencoder
+    thumb: tuple[int, int]
+    chunk: int
+    store_attention: bool = False
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.images // self.chunk)
+
+    def variables(self) -> dict[str, tuple[tuple[str, ...], str]]:
+        """name → (dims, dtype) of every data variable."""
+        v = {
+            "label": (("image",), "int64"),
+            "valid": (("image",), "bool"),
+            "baseline_prob": (("image",), "float32"),
+            "topk_idx": (("image", "layer", "head", "mode", "k"), "int32"),
+            "topk_prob": (("image", "layer", "head", "mode", "k"), "float32"),
+            "importance": (("image", "layer", "head", "mode", "metric"), "float32"),
+            "grad_importance": (("image", "layer", "head"), "float32"),
+            "strength": (("image", "layer", "head", "hop"), "float32"),
+            "strength_entropy": (("image", "layer", "head"), "float32"),
+            "attention_distance": (("image", "layer", "head"), "float32"),
+            "cls_attention": (("image", "layer", "head", "cls_token"), "float16"),
+            "pattern_score": (("image", "layer", "head", "pattern"), "float32"),
+            "pattern_label": (("image", "layer", "head"), "int8"),
+            "pattern_offset": (("image", "layer", "head"), "int8"),
+            "binary_bits": (("image", "layer", "head", "bits"), "uint8"),
+            "thumbnail": (("image", "y", "x", "rgb"), "uint8"),
+            "pattern_latent": (("image", "layer", "head", "latent"), "float32"),
+            "image_xy": (("image", "xy"), "float32"),
+            "head_xy_cls": (("image", "layer", "head", "xy"), "float32"),
+            "head_xy_patch": (("image", "layer", "head", "xy"), "float32"),
+        }
+        if self.store_attention:
+            v["attention"] = (("image", "layer", "head", "query", "key"), "float16")
+        return v
+
+    def sizes(self) -> dict[str, int]:
+        return dict(image=self.images, layer=self.layers, head=self.heads, mode=6, metric=4, k=self.topk,
+                    hop=self.grid, cls_token=2 * self.grid**2 + 1, pattern=len(PATTERNS),
+                    bits=-(-self.binary_size**2 // 8),
+                    y=self.thumb[0], x=self.thumb[1], rgb=3, latent=self.latent, xy=2, query=self.tokens,
+                    key=self.tokens, **{"class": self.classes})
+
+
+PER_CHUNK = ("label", "valid", "baseline_prob", "topk_idx", "topk_prob", "importance", "grad_importance",
+             "strength", "strength_entropy", "attention_distance", "cls_attention", "pattern_score",
+             "pattern_label", "pattern_offset", "binary_bits", "thumbnail", "attention")
+GLOBAL = ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch")
+
+
+def fill_value(dtype: str):
+    """What a not-yet-computed (or unreadable image's) entry holds: NaN, False, -1, or 0 for uint8."""
+    kind = np.dtype(dtype).kind
+    return {"f": np.nan, "b": False, "i": -1}.get(kind, 0)
+
+
+def create(path: Path, layout: Layout, fingerprint: dict, ids: list[str], class_names: list[str],
+           attrs: dict) -> None:
+    """Write the store's metadata at full size (no data yet): every chunk can then be written alone."""
+    import dask.array as da
+
+    sizes = layout.sizes()
+    data = {}
+    for name, (dims, dtype) in layout.variables().items():
+        shape = tuple(sizes[d] for d in dims)
+        chunks = tuple(layout.chunk if d == "image" else sizes[d] for d in dims)
+        data[name] = (dims, da.full(shape, fill_value(dtype), dtype=dtype, chunks=chunks))
+    coords = {
+        "image_id": ("image", np.asarray(ids, dtype=str)),
+        "class_name": ("class", np.asarray(class_names, dtype=str)),
+        "mode": np.arange(6),
+        "metric": list(("prob", "jsd", "cls_dist", "patch_dist")),
+        "pattern": list(PATTERNS),
+        "offset": list(OFFSETS),
+        "xy": ["x", "y"],
+    }
+    ds = xr.Dataset(data, coords=coords)
+    ds.attrs.update(attrs, vitscope_schema=SCHEMA_VERSION, vitscope_version=__version__,
+                    fingerprint=json.dumps(fingerprint, sort_keys=True), complete=False,
+                    chunk_size=layout.chunk, layout=json.dumps(layout.__dict__))
+    ds.to_zarr(path, mode="w", compute=False, **FORMAT)
+    # progress markers: one zarr chunk per build chunk, so concurrent writers never collide
+    done = zarr.create_array(store=str(path / "chunk_done"), shape=(layout.chunks,), chunks=(1,), dtype="bool",
+                             fill_value=False, zarr_format=2)
+    done.attrs["_ARRAY_DIMENSIONS"] = ["chunk"]  # an ordinary variable to xarray
+
+
+def read_layout(path: Path) -> Layout:
+    raw = json.loads(zarr.open_group(str(path), mode="r").attrs["layout"])
+    raw["thumb"] = tuple(raw["thumb"])
+    return Layout(**raw)
+
+
+def check(path: Path, fingerprint: dict | None = None) -> dict:
+    """Validate a store (exists, vitscope, current schema, optionally same fingerprint); returns its attrs."""
+    path = Path(path)
+    if not path.exists():
+        raise VitscopeError(f"store not found: {path} (build one with `vitscope build ... --out {path}`)")
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:
+        raise VitscopeError(f"{path} is not a zarr store (build one with `vitscope build`)") from None
+    version = attrs.get("vitscope_schema")
+    if version is None:
+        raise VitscopeError(f"{path} is a zarr store but not a vitscope store (no vitscope_schema attribute)")
+    if version != SCHEMA_VERSION:
+        age = "older" if version < SCHEMA_VERSION else "newer"
+        raise StoreMismatch(
+            f"{path} has store schema v{version}, {age} than this vitscope's v{SCHEMA_VERSION}: "
+            f"rebuild it with `vitscope build ... --out {path} --overwrite`"
+        )
+    if fingerprint is not None:
+        stored = json.loads(attrs["fingerprint"])
+        diff = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+        if diff:
+            what = ", ".join(f"{k} ({stored.get(k)} ≠ {fingerprint.get(k)})" for k in diff[:3])
+            raise StoreMismatch(
+                f"{path} was built from something else: {what}. Refusing to mix; "
+                "pass --overwrite to replace it, or another --out"
+            )
+    return attrs
+
+
+def remove(path: Path) -> None:
+    if Path(path).exists():
+        shutil.rmtree(path)
+
+
+def done_chunks(path: Path) -> np.ndarray:
+    return zarr.open_array(str(Path(path) / "chunk_done"), mode="r")[:]
+
+
+def write_chunk(path: Path, index: int, layout: Layout, arrays: dict[str, np.ndarray]) -> None:
+    """Write chunk `index` of the per-image variables, then mark it done (in that order: a kill
+    between the two only means the chunk is computed again)."""
+    start = index * layout.chunk
+    stop = min(start + layout.chunk, layout.images)
+    variables = layout.variables()
+    ds = xr.Dataset({k: (variables[k][0], np.asarray(v, dtype=variables[k][1])) for k, v in arrays.items()})
+    ds.to_zarr(path, region={"image": slice(start, stop)}, **FORMAT)
+    zarr.open_array(str(Path(path) / "chunk_done"), mode="r+")[index] = True
+
+
+def write_global(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+    """Write the whole-set results (latents, layouts) and mark the store complete."""
+    layout = read_layout(path)
+    variables = layout.variables()
+    ds = xr.Dataset({k: (variables[k][0], np.asarray(v, dtype=variables[k][1])) for k, v in arrays.items()})
+    ds.to_zarr(path, region={"image": slice(0, layout.images)}, **FORMAT)
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs.update({**attrs, "complete": True})
+    zarr.consolidate_metadata(str(path))
+
+
+def open_store(path: str | Path) -> xr.Dataset:
+    """Open a finished store for reading (one clear line if it is missing, foreign, old or unfinished)."""
+    attrs = check(Path(path))
+    if not attrs.get("complete"):
+        raise VitscopeError(f"{path} is an unfinished build: run the same `vitscope build` again to resume it")
+    ds = xr.open_zarr(str(path), consolidated=True)
+    ds.attrs["class_names"] = list(ds["class_name"].values)
+    return ds
+
+
+def describe(path: str | Path) -> str:
+    """What `vitscope info STORE` prints: model, images, classes, size, schema, analyses present."""
+    path = Path(path)
+    attrs = check(path)
+    lay = read_layout(path)
+    done = int(done_chunks(path).sum())
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    ds = xr.open_zarr(str(path), consolidated=True)
+    names = [str(c) for c in ds["class_name"].values]
+    valid = int(ds["valid"].values.sum())
+    fp = json.loads(attrs["fingerprint"])
+    state = "complete" if attrs.get("complete") else f"unfinished: {done}/{lay.chunks} chunks (run build again)"
+    present = [k for k in lay.variables() if k not in GLOBAL or attrs.get("complete")] if done else ["none yet"]
+    rows = [
+        ("store", f"{path}  ({state})"),
+        ("model", f"{attrs['model_spec']} ({attrs['model_class']}), weights {fp['weights']}"),
+        ("shape", f"{lay.layers} layers × {lay.heads} heads, {lay.grid}×{lay.grid} patches, "
+                  f"{attrs['num_prefix_tokens']} prefix token(s)"),
+        ("images", f"{lay.images} listed, {valid} analysed, from {attrs['image_source']}"),
+        ("classes", f"{lay.classes}: {', '.join(names[:5])}{', …' if len(names) > 5 else ''}"),
+        ("size on disk", f"{size / 1e6:.1f} MB ({size / max(lay.images, 1) / 1e3:.1f} kB per image)"),
+        ("schema", f"v{attrs['vitscope_schema']} (vitscope {attrs['vitscope_version']})"),
+        ("analyses", ", ".join(present)),
+    ]
+    if "ae_loss" in attrs:
+        rows.append(("autoencoder", f"reconstruction loss {attrs['ae_loss'][-1]:.4f} after {len(attrs['ae_loss'])} "
+                                    "epochs"))
+    return "\n".join(f"{k:>13}: {v}" for k, v in rows)
