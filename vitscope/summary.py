@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from vitscope.engine.metrics import MODE_NAMES
 from vitscope.analysis.patterns import OFFSETS, PATTERNS
+from vitscope.engine.metrics import MODE_NAMES
 
 BARS = " ▁▂▃▄▅▆▇█"
 
