@@ -136,17 +136,23 @@ def build(cfg: BuildConfig) -> Path:
     lay = store.read_layout(out)
     todo = [int(i) for i in np.flatnonzero(~store.done_chunks(out))]
     t = time.perf_counter()
-    if todo and (cfg.workers or cfg.scheduler):
-        _run_dask(cfg, todo, lay)
-    elif todo:
-        bar = tqdm(total=len(images), desc="analysing images", unit="img", disable=not cfg.progress)
-        bar.update(len(images) - sum(_chunk_len(lay, i) for i in todo))
-        for i in todo:
-            skipped = compute_and_write(adapter, images, pre, lay, cfg, i)
-            for line in skipped:
-                bar.write(line, file=sys.stderr)
-            bar.update(_chunk_len(lay, i))
-        bar.close()
+    try:
+        if todo and (cfg.workers or cfg.scheduler):
+            _run_dask(cfg, todo, lay)
+        elif todo:
+            bar = tqdm(total=len(images), desc="analysing images", unit="img", disable=not cfg.progress)
+            bar.update(len(images) - sum(_chunk_len(lay, i) for i in todo))
+            for i in todo:
+                skipped = compute_and_write(adapter, images, pre, lay, cfg, i)
+                for line in skipped:
+                    bar.write(line, file=sys.stderr)
+                bar.update(_chunk_len(lay, i))
+            bar.close()
+    except torch.OutOfMemoryError:
+        raise VitscopeError(
+            f"out of memory on {cfg.device} at --batch-size {cfg.batch_size}: run the same command with a smaller "
+            f"--batch-size to resume; the {int(store.done_chunks(out).sum())} finished chunks are kept"
+        ) from None
     cfg.timings["images"] = time.perf_counter() - t
     finish(out, cfg)
     return out
