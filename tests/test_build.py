@@ -150,3 +150,17 @@ def test_dask_cluster_matches_single_process(reference, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "2 Dask workers" in res.stderr
     assert_same_store(reference, out)
+
+
+def test_service_recomputes_one_images_attention(reference):
+    from vitscope.service import Service
+
+    svc = Service(reference)
+    ds = store.open_store(reference)
+    a = svc.attention(5)
+    assert a.shape == (6, 4, 65, 65)
+    np.testing.assert_allclose(a, ds["attention"].values[5].astype(np.float32), atol=1e-3)  # stored as float16
+    r = svc.ablate(5, layers=[2])
+    np.testing.assert_allclose(r.importance[0, 2].numpy(), ds["importance"].values[5, 2], atol=1e-5)
+    with pytest.raises(VitscopeError, match="image 24 out of range.*0..23"):
+        svc.attention(24)

@@ -9,6 +9,7 @@ Chunks run in this process or on a Dask cluster (each worker writes its own regi
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -130,8 +131,10 @@ def build(cfg: BuildConfig) -> Path:
             chunk=cfg.chunk, store_attention=cfg.store_attention,
         )
         attrs = {"model_spec": adapter.spec, "model_class": type(adapter.model).__name__,
+                 "model_pretrained": cfg.pretrained,
+                 "model_checkpoint": str(Path(cfg.checkpoint).resolve()) if cfg.checkpoint else "",
                  "num_prefix_tokens": adapter.num_prefix, "patch_grid": adapter.grid,
-                 "image_source": images.source, "data_config": str(pre.config), "params": str(cfg.params())}
+                 "image_source": images.source, "data_config": json.dumps(pre.config), "params": str(cfg.params())}
         store.create(out, lay, fingerprint, images.ids, images.class_names, attrs)
     lay = store.read_layout(out)
     todo = [int(i) for i in np.flatnonzero(~store.done_chunks(out))]
