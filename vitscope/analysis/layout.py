@@ -7,8 +7,6 @@ gradients are an order of magnitude faster.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 __all__ = ["tsne_2d"]
@@ -96,21 +94,14 @@ def _tsne_sklearn(x: np.ndarray, *, seed: int, perplexity: float, progress: bool
 
 
 def _tsne_opentsne(x: np.ndarray, *, seed: int, perplexity: float, progress: bool) -> np.ndarray:
-    try:
-        from openTSNE import TSNE
-    except ImportError:  # optional: slower but correct without it
-        warnings.warn(
-            f"openTSNE is not installed; laying out {len(x)} points with scikit-learn (slow). "
-            "pip install openTSNE for FFT-accelerated tSNE",
-            stacklevel=3,
-        )
-        return _tsne_sklearn(x, seed=seed, perplexity=perplexity, progress=progress)
+    from openTSNE import TSNE
+
     tsne = TSNE(
         n_components=2,
         perplexity=perplexity,
         initialization="pca",
         negative_gradient_method="fft",
-        n_jobs=1 if len(x) < _SMALL_N else 2,  # see _tsne_sklearn: a 2nd thread only stalls on tiny inputs
+        n_jobs=1 if len(x) < _SMALL_N else -1,  # see _tsne_sklearn: more threads only stall on tiny inputs
         random_state=seed,
         verbose=progress,
     )
