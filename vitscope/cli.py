@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitscope {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"vitscope {args.command}: interrupted", file=sys.stderr)
+        hint = "; finished chunks are kept: run the same command to resume" if args.command in ("build", "demo") else ""
+        print(f"vitscope {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     return 0
 
