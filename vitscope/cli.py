@@ -1,4 +1,4 @@
-"""`vitscope` command line: demo | build | info | train-demo.
+"""`vitscope` command line: demo | build | serve | info | train-demo.
 
 User errors (VitscopeError) print one line and exit 2; they never show a traceback.
 """
@@ -53,6 +53,12 @@ def cmd_info(args) -> None:
         return
     for key, value in _load(args).describe().items():
         print(f"{key:>14}: {value}")
+
+
+def cmd_serve(args) -> None:
+    from vitscope.app import serve
+
+    serve(args.store, port=args.port, address=args.address, device=args.device, show=False)
 
 
 def cmd_build(args) -> None:
@@ -110,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=0, help="start a local Dask cluster of N workers")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. tcp://host:8786)")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("serve", help="serve the app for a store (binds 127.0.0.1 unless --address says otherwise)")
+    p.add_argument("store", type=Path)
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--device", default="cpu", help="where the on-demand attention is computed")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="what is in a store, or what vitscope sees in a model")
     p.add_argument("store", nargs="?", type=Path, help="a store built by vitscope build")
