@@ -32,9 +32,11 @@ class AttentionStrengthView(pn.viewable.Viewer):
     area plot of that head's entropy over all images. Image means are precomputed and each head's image
     order is cached, so selection callbacks only index numpy arrays."""
 
+    sel = param.ClassSelector(class_=Selection, doc="the shared selection (a parameter, so methods can depend on it)")
+
     def __init__(self, data: StoreData, selection: Selection, **params) -> None:
-        super().__init__(**params)
-        self.data, self.sel = data, selection
+        super().__init__(sel=selection, **params)
+        self.data = data
         L, H = data.layers, data.heads
         self.colours = layer_colours(L)
         layer, head = np.divmod(np.arange(L * H), H)
