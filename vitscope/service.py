@@ -16,6 +16,7 @@ import torch
 
 from vitscope import engine
 from vitscope.build import weights_hash
+from vitscope.data.images import normalise
 from vitscope.errors import StoreMismatch, VitscopeError
 from vitscope.models import ViTAdapter, load_model
 from vitscope.store import open_store
@@ -40,9 +41,7 @@ class Service:
                 f"{self.path} was built with other weights of {a['model_spec']} than the ones loaded now: "
                 "rebuild the store (vitscope build ... --overwrite)"
             )
-        cfg = json.loads(a["data_config"])
-        self.mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+        self.data_config = json.loads(a["data_config"])
         self.images = self.ds.sizes["image"]
 
     def check_image(self, image: int) -> int:
@@ -56,9 +55,8 @@ class Service:
 
     def input(self, image: int) -> torch.Tensor:
         """The model input [1,3,H,W] of a stored image, from its thumbnail."""
-        thumb = self.ds["thumbnail"][self.check_image(image)].values
-        x = torch.from_numpy(np.ascontiguousarray(thumb)).permute(2, 0, 1)[None].float() / 255.0
-        return (x - self.mean) / self.std
+        thumb = self.ds["thumbnail"][self.check_image(image)].values[None]
+        return normalise(thumb, self.data_config["mean"], self.data_config["std"])
 
     def attention(self, image: int) -> np.ndarray:
         """All heads' attention of one image, [L, H, P, P] float32."""

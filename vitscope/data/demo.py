@@ -99,10 +99,9 @@ def train_batch(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 [N,h,w,3] → float [N,3,h,w] normalised as the demo model's data config says."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(DEMO_DATA_CFG["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(DEMO_DATA_CFG["std"]).view(1, 3, 1, 1)
-    return (x - mean) / std
+    from vitscope.data.images import normalise
+
+    return normalise(images, DEMO_DATA_CFG["mean"], DEMO_DATA_CFG["std"])
 
 
 def image_set(limit: int | None = None):

@@ -184,6 +184,13 @@ def _read_csv(path: Path, root: Path) -> tuple[list[str], list[str]]:
     return ids, raw
 
 
+def normalise(images: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 [..., H, W, 3] → float [..., 3, H, W] as (x/255 − mean)/std: the one place that turns
+    what the model saw (a thumbnail) into its input, so stored thumbnails reproduce inputs exactly."""
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).movedim(-1, -3).float() / 255.0  # a copy: read-only ok
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
 class Preprocessor:
     """The model's own timm eval transform, split so the store can keep what the model saw (uint8)."""
 
@@ -195,13 +202,10 @@ class Preprocessor:
         self.config = cfg
         tf = create_transform(**cfg).transforms
         self.geometry = tf[:-2]  # resize + crop
-        self.mean = torch.tensor(cfg["mean"]).view(3, 1, 1)
-        self.std = torch.tensor(cfg["std"]).view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
         """→ (normalised [3,H,W] float tensor, thumbnail [H,W,3] uint8)."""
         for t in self.geometry:
             image = t(image)
         thumb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        x = torch.from_numpy(thumb.copy()).permute(2, 0, 1).float() / 255.0
-        return (x - self.mean) / self.std, thumb
+        return normalise(thumb, self.config["mean"], self.config["std"]), thumb
