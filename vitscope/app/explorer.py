@@ -24,13 +24,6 @@ def store_data(path: str) -> StoreData:
     return StoreData(path)
 
 
-@lru_cache(maxsize=4)
-def service(path: str, device: str):
-    from vitscope.service import Service
-
-    return Service(path, device)
-
-
 class Explorer(pn.viewable.Viewer):
     """All views of one store with one shared selection (one Explorer per browser session)."""
 
@@ -41,14 +34,10 @@ class Explorer(pn.viewable.Viewer):
         self.path = str(Path(store).resolve())
         self.device = device
         self.data = store_data(self.path)
-        # AttentionPatternView (vitscope/app/pattern_view.py) is not wired in yet: in the served page its
-        # update after an image change holds back every other view's update (issue 4 continues there).
+        # AttentionPatternView (vitscope/app/pattern_view.py, fed by vitscope.service.Service.attention) is not
+        # wired in yet: in the served page its update after an image change holds back every other view's update.
         self.views = [ImageOverview(self.data, self.selection), HeadImportanceView(self.data, self.selection),
                       AttentionStrengthView(self.data, self.selection)]
-
-    def attention(self, image: int):
-        """One image's attention, recomputed on demand by the store's model."""
-        return service(self.path, self.device).attention(image)
 
     @param.depends("selection.message")
     def message(self) -> pn.viewable.Viewable:

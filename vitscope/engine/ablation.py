@@ -129,6 +129,8 @@ def _ablate_layer(adapter, i, x_in, z, probs, labels, keep, max_batch, precision
     B, P, _ = x_in.shape
     H, dh, n = adapter.num_heads, adapter.head_dim, adapter.num_prefix
     nm = keep.shape[0]
+    # Recomputed rather than kept from the baseline pass: one layer's attention per layer is cheap, keeping
+    # every layer's A for the batch is not (ViT-B, 16 images: 0.7 GB).
     parts = adapter.attention(i, x_in)
     heads_out = (parts.attn @ parts.v).transpose(1, 2)  # [B, P, H, dh]
     # Head outputs with the mode's region of A zeroed: (A⊙keep)V.  [B, H, M-1, P, dh]
