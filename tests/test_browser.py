@@ -49,20 +49,67 @@ def server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
-def test_tap_in_image_overview_updates_the_other_views(server, tmp_path):
+def click_plot(page, css: str, fx: float = 0.5, fy: float = 0.5) -> None:
+    """Click at a fraction of a plot pane's box (the panes carry these CSS classes for tests)."""
+    pane = page.locator(css).first
+    pane.scroll_into_view_if_needed()
+    box = pane.bounding_box()
+    page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+
+
+def text_of(page, css: str) -> str:
+    """Text of a Panel pane (rendered inside the element's shadow root)."""
+    js = "e => Array.from((e.shadowRoot || e).children).filter(c => c.tagName !== 'STYLE').map(c => c.innerText)"
+    return " ".join(page.locator(css).first.evaluate(js))
+
+
+def wait_changed(page, css: str, before: str, timeout: float = 60.0) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        now = text_of(page, css)
+        if now != before:
+            return now
+        time.sleep(0.2)
+    raise AssertionError(f"{css} still reads {before!r} after {timeout} s")
+
+
+def test_taps_in_every_view_update_the_others(server, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(server, wait_until="networkidle")
         page.wait_for_selector("text=Select an image to see its top-5 predictions", timeout=60_000)
         assert "Traceback" not in page.content()
-        canvas = page.locator("canvas").first
-        canvas.wait_for(timeout=60_000)
-        box = canvas.bounding_box()
-        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # nearest image is selected
-        page.wait_for_selector("text=true label", timeout=60_000)  # the Image Overview's detail
-        page.wait_for_selector("text=pruned, mode 1", timeout=60_000)  # the Head Importance View's top-5
+        info = ".vs-pattern-info"
+        assert "Select an image" in text_of(page, info)
+
+        # Image Overview → detail, Head Importance top-5, and the Attention Pattern View (engine call).
+        click_plot(page, ".vs-image-overview")
+        page.wait_for_selector("text=true label", timeout=60_000)
+        page.wait_for_selector("text=pruned, mode 1", timeout=60_000)
+        page.wait_for_selector("text=mean attention distance", timeout=60_000)
         assert page.locator("text=Select an image to see its top-5 predictions").count() == 0
+        before = text_of(page, info)
+        assert "layer 0 · head 0" in before
+
+        # Head Importance View: a tap on the line picks a head (the right end: the last layer).
+        click_plot(page, ".vs-importance-line", 0.9, 0.5)
+        after = wait_changed(page, info, before)
+        assert "layer 0 · head 0" not in after
+        page.wait_for_selector("text=pruned, mode 1", timeout=60_000)
+
+        # Attention Strength View: a tap on the left of the scatter picks a head of layer 0.
+        click_plot(page, ".vs-strength-scatter", 0.15, 0.5)
+        after2 = wait_changed(page, info, after)
+        assert "layer 0 ·" in after2
+
+        # Attention Pattern View: a tap on the map picks the nearest head of any image.
+        click_plot(page, ".vs-pattern-map", 0.3, 0.7)
+        wait_changed(page, info, after2)
+
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
         assert (tmp_path / "app.png").stat().st_size > 10_000
+        assert not errors, errors
         browser.close()

@@ -11,9 +11,11 @@ import param
 
 from vitscope.app.data import StoreData
 from vitscope.app.overview_views import HeadImportanceView, ImageOverview
+from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import Selection
 from vitscope.app.strength_view import AttentionStrengthView
 from vitscope.errors import VitscopeError
+from vitscope.service import Service
 
 hv.extension("bokeh", logo=False)
 
@@ -22,6 +24,12 @@ hv.extension("bokeh", logo=False)
 def store_data(path: str) -> StoreData:
     """One copy of a store's arrays per process, shared by every session."""
     return StoreData(path)
+
+
+@lru_cache(maxsize=4)
+def service(path: str, device: str) -> Service:
+    """One model per process and device, shared by every session (loading it takes seconds)."""
+    return Service(path, device)
 
 
 class Explorer(pn.viewable.Viewer):
@@ -34,10 +42,13 @@ class Explorer(pn.viewable.Viewer):
         self.path = str(Path(store).resolve())
         self.device = device
         self.data = store_data(self.path)
-        # AttentionPatternView (vitscope/app/pattern_view.py, fed by vitscope.service.Service.attention) is not
-        # wired in yet: in the served page its update after an image change holds back every other view's update.
         self.views = [ImageOverview(self.data, self.selection), HeadImportanceView(self.data, self.selection),
-                      AttentionStrengthView(self.data, self.selection)]
+                      AttentionStrengthView(self.data, self.selection),
+                      AttentionPatternView(self.data, self.selection, self.attention)]
+
+    def attention(self, image: int):
+        """[L, H, P, P] attention of one image, recomputed by the store's model (errors become a page message)."""
+        return service(self.path, self.device).attention(image)
 
     @param.depends("selection.message")
     def message(self) -> pn.viewable.Viewable:

@@ -13,7 +13,7 @@ from scipy.spatial import cKDTree
 
 from vitscope.app.data import StoreData
 from vitscope.app.state import Selection
-from vitscope.app.style import PLOT, SELECTED, class_colours, layer_colours
+from vitscope.app.style import PLOT, SELECTED, class_colours, layer_colours, pane
 from vitscope.engine.metrics import MODE_NAMES
 
 METRIC_LABELS = {"prob": "P'[true label]", "jsd": "JSD(P, P')", "cls_dist": "CLS distance", "patch_dist":
@@ -100,7 +100,8 @@ class ImageOverview(pn.viewable.Viewer):
                                      pn.pane.HTML(top5_html(d, i, self.sel.layer, self.sel.head, 0))))
 
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(self.id_input, pn.pane.HoloViews(self.plot, sizing_mode="stretch_width"), self.detail)
+        plot = pane(self.plot, sizing_mode="stretch_width", css_classes=["vs-image-overview"])
+        return pn.Column(self.id_input, plot, self.detail)
 
 
 class HeadImportanceView(pn.viewable.Viewer):
@@ -113,8 +114,10 @@ class HeadImportanceView(pn.viewable.Viewer):
         self.data = data
         self.metric_select = pn.widgets.Select.from_param(selection.param.metric, label="metric", width=160)
         self.mode_select = pn.widgets.RadioButtonGroup.from_param(selection.param.mode, options=list(range(6)))
-        self.line_map = hv.DynamicMap(self.line)
-        self.tap = hv.streams.Tap(source=self.line_map, x=None, y=None)
+        # The tap source is a DynamicMap of one element: taps on a DynamicMap of an Overlay never reach Python.
+        line = hv.DynamicMap(self.line)
+        self.line_map = line * hv.DynamicMap(self.line_marks)
+        self.tap = hv.streams.Tap(source=line, x=None, y=None)
         self.tap.param.watch(lambda *_: self.pick(self.tap.x), "x")
 
     def values(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -133,28 +136,33 @@ class HeadImportanceView(pn.viewable.Viewer):
         self.sel.param.update(layer=layer, head=head)
         return layer, head
 
+    @param.depends("sel.image", "sel.metric", "sel.mode")
+    def line(self) -> hv.Curve:
+        """The metric over all heads (the tap target; the band, dots and marks are `line_marks`)."""
+        y, std = self.values()
+        ylabel = METRIC_LABELS[self.sel.metric]
+        who = f"image {self.sel.image}" if std is None else "all images (mean ± std)"
+        lo, hi = np.nanmin(y - (0 if std is None else std)), np.nanmax(y + (0 if std is None else std))
+        pad = 0.05 * max(hi - lo, 1e-6)
+        return hv.Curve((np.arange(len(y)), y), "head (layer × heads + head)", ylabel).opts(
+            color="#333333", tools=["tap"], title=f"Head Importance View — {who}, mode {self.sel.mode}",
+            xlim=(-0.5, len(y) - 0.5), ylim=(lo - pad, hi + pad), framewise=True, **PLOT)
+
     @param.depends("sel.image", "sel.metric", "sel.mode", "sel.layer", "sel.head")
-    def line(self) -> hv.Overlay:
+    def line_marks(self) -> hv.Overlay:
+        """Std band (all images), heads coloured by layer, layer boundaries, and the selected head."""
         d = self.data
         y, std = self.values()
         x = np.arange(len(y))
-        ylabel = METRIC_LABELS[self.sel.metric]
-        who = f"image {self.sel.image}" if std is None else "all images (mean ± std)"
-        curve = hv.Curve((x, y), "head (layer × heads + head)", ylabel).opts(color="#333333", tools=["tap"])
-        layers = layer_colours(d.layers)
         dots = hv.Points(pd.DataFrame({"x": x, "y": y, "layer": x // d.heads, "head": x % d.heads}), ["x", "y"],
-                         ["layer", "head"]).opts(color="layer", cmap=layers, size=6, tools=["hover", "tap"])
-        parts = [curve, dots]
-        if std is not None:
-            parts.insert(0, hv.Spread((x, y, std)).opts(fill_alpha=0.25, line_alpha=0, color="#888888"))
-        parts += [hv.VLine(b - 0.5).opts(color="#bbbbbb", line_dash="dashed") for b in range(d.heads, len(y), d.heads)]
+                         ["layer", "head"]).opts(color="layer", cmap=layer_colours(d.layers), size=6, tools=["hover"])
+        # Always a band (zero-width for one image) so the overlay keeps its structure across updates.
+        band = hv.Spread((x, y, np.zeros_like(y) if std is None else std)).opts(fill_alpha=0.25, line_alpha=0,
+                                                                                  color="#888888")
         k = d.head_index(self.sel.layer, self.sel.head)
-        parts.append(hv.Points([(k, y[k])]).opts(size=14, fill_alpha=0, line_color=SELECTED, line_width=3))
-        lo, hi = np.nanmin(y - (0 if std is None else std)), np.nanmax(y + (0 if std is None else std))
-        pad = 0.05 * max(hi - lo, 1e-6)
-        return hv.Overlay(parts).opts(title=f"Head Importance View — {who}, mode {self.sel.mode}",
-                                      xlabel="head (layer × heads + head)", ylabel=ylabel,
-                                      xlim=(-0.5, len(y) - 0.5), ylim=(lo - pad, hi + pad), **PLOT)
+        mark = hv.Points([(k, y[k])]).opts(size=14, fill_alpha=0, line_color=SELECTED, line_width=3)
+        bounds = [hv.VLine(b - 0.5).opts(color="#bbbbbb", line_dash="dashed") for b in range(d.heads, len(y), d.heads)]
+        return hv.Overlay([band, dots, *bounds, mark])
 
     @param.depends("sel.image", "sel.metric", "sel.layer", "sel.head")
     def mode_bars(self) -> hv.Bars:
@@ -174,6 +182,6 @@ class HeadImportanceView(pn.viewable.Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Column(
             pn.Row(self.metric_select, pn.Column("pruning mode", self.mode_select)),
-            pn.pane.HoloViews(self.line_map, sizing_mode="stretch_width"),
-            pn.Row(pn.pane.HoloViews(hv.DynamicMap(self.mode_bars), sizing_mode="stretch_width"), self.top5),
+            pane(self.line_map, sizing_mode="stretch_width", css_classes=["vs-importance-line"]),
+            pn.Row(pane(hv.DynamicMap(self.mode_bars), sizing_mode="stretch_width"), self.top5),
         )

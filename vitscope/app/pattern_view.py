@@ -27,7 +27,7 @@ from scipy.ndimage import gaussian_filter
 from vitscope.analysis.patterns import OFFSETS, PATTERNS
 from vitscope.app.data import StoreData
 from vitscope.app.state import Selection
-from vitscope.app.style import CLS_COLOUR, PATCH_COLOUR, SELECTED, layer_colours
+from vitscope.app.style import CLS_COLOUR, PATCH_COLOUR, SELECTED, layer_colours, pane
 
 hv.extension("bokeh", logo=False)
 
@@ -35,6 +35,7 @@ TOP_FRACTION = 0.01  # default threshold keeps the top 1 % of a head's values (p
 MAX_LINES = 20_000  # a browser draws this many segments smoothly; above it only the strongest are drawn
 PREFIX_CELLS = 10  # heatmap cells a prefix row/column spans (the paper: 10 pixels instead of 1)
 DENSITY_BINS = 128
+RASTER = 400  # pixels of the datashaded overview (fixed: see `_shaded`)
 HINT = "Select an image (Image Overview, or tap a head in the map) to see a head's attention pattern."
 
 
@@ -47,14 +48,15 @@ def _rgb(colour: str) -> np.ndarray:
 class AttentionPatternView(pn.viewable.Viewer):
     """Overview of all heads' attention patterns plus the selected head's attention in four linked plots."""
 
+    sel = param.ClassSelector(class_=Selection, doc="the shared selection (a parameter, so methods can depend on it)")
     source_token = param.Integer(default=0, bounds=(0, None), doc="token whose row (source mask) is shown")
     target_token = param.Integer(default=0, bounds=(0, None), doc="token whose column (target mask) is shown")
     error = param.String(default="", doc="the last attention error of this view (also in selection.message)")
 
     def __init__(self, data: StoreData, selection: Selection, attention: Callable[[int], np.ndarray],
                  **params) -> None:
-        super().__init__(**params)
-        self.data, self.selection, self._attention_fn = data, selection, attention
+        super().__init__(sel=selection, **params)
+        self.data, self._attention_fn = data, attention
         self.prefix, self.grid = data.num_prefix, data.grid
         self.tokens = self.prefix + self.grid**2  # P
         self._cached_image: int | None = None
@@ -62,6 +64,7 @@ class AttentionPatternView(pn.viewable.Viewer):
         self._syncing = False
         self._layout: pn.viewable.Viewable | None = None
         self._point_cache: dict[str, pd.DataFrame] = {}  # per layout kind, built once
+        self._shaded_cache: dict[str, hv.Image] = {}
         self._density_cache: dict[str, tuple[np.ndarray, tuple[float, float, float, float]]] = {}
 
     # ------------------------------------------------------------------ pure data (tests call these)
@@ -81,11 +84,11 @@ class AttentionPatternView(pn.viewable.Viewer):
 
     def overview_points(self, kind: str | None = None) -> pd.DataFrame:
         """All heads of the layout (`selection.layout` by default): columns x, y, image, layer, head."""
-        return self._points(kind or self.selection.layout)
+        return self._points(kind or self.sel.layout)
 
     def _image(self) -> int | None:
         """The selected image if it is in the store (an out-of-range id shows the attention error instead)."""
-        image = self.selection.image
+        image = self.sel.image
         return image if image is not None and 0 <= image < self.data.images else None
 
     def selected_points(self) -> pd.DataFrame:
@@ -94,7 +97,7 @@ class AttentionPatternView(pn.viewable.Viewer):
         image = self._image()
         if image is None:
             return pd.DataFrame({c: [] for c in cols})
-        xy = getattr(self.data, f"head_xy_{self.selection.layout}")[image]  # [L, H, 2]
+        xy = getattr(self.data, f"head_xy_{self.sel.layout}")[image]  # [L, H, 2]
         L, H = xy.shape[:2]
         layer, head = (a.ravel() for a in np.meshgrid(np.arange(L), np.arange(H), indexing="ij"))
         colours = np.array(layer_colours(L))
@@ -117,13 +120,13 @@ class AttentionPatternView(pn.viewable.Viewer):
 
     def pick(self, x: float, y: float) -> tuple[int, int, int]:
         """Select the head nearest to (x, y) in the current layout (KD-tree) and return (image, layer, head)."""
-        image, layer, head = self.data.nearest_head(self.selection.layout, float(x), float(y))
-        self.selection.param.update(image=image, layer=layer, head=head)
+        image, layer, head = self.data.nearest_head(self.sel.layout, float(x), float(y))
+        self.sel.param.update(image=image, layer=layer, head=head)
         return image, layer, head
 
     def attention_matrix(self) -> np.ndarray | None:
         """A [P, P] of the selected head, or None (no image, or the attention call failed: see `error`)."""
-        image = self.selection.image
+        image = self.sel.image
         if image is None:
             return None
         if image != self._cached_image:
@@ -138,18 +141,18 @@ class AttentionPatternView(pn.viewable.Viewer):
                     raise ValueError(f"attention of image {image} has shape {att.shape}, expected {want}: "
                                      "the store and the model do not match")
                 self._cached, self.error = att, ""
-                if previous and self.selection.message == previous:
-                    self.selection.message = ""
+                if previous and self.sel.message == previous:
+                    self.sel.message = ""
             except Exception as e:  # noqa: BLE001 - never raise into Panel: show one readable line
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 self.error = f"attention of image {image}: {msg}"
-                self.selection.message = self.error
+                self.sel.message = self.error
         if self._cached is None or not self._head_ok():
             return None
-        return self._cached[self.selection.layer, self.selection.head]
+        return self._cached[self.sel.layer, self.sel.head]
 
     def _head_ok(self) -> bool:
-        return 0 <= self.selection.layer < self.data.layers and 0 <= self.selection.head < self.data.heads
+        return 0 <= self.sel.layer < self.data.layers and 0 <= self.sel.head < self.data.heads
 
     def default_threshold(self, A: np.ndarray | None = None) -> float:
         """The value above which exactly the top 1 % of A's values lie (ties aside)."""
@@ -164,7 +167,7 @@ class AttentionPatternView(pn.viewable.Viewer):
 
     def threshold(self) -> float:
         """The threshold in use: the selection's, or the head's top-1 % value when it is None."""
-        t = self.selection.threshold
+        t = self.sel.threshold
         return self.default_threshold() if t is None else float(t)
 
     def lines(self, threshold: float | None = None, A: np.ndarray | None = None) -> pd.DataFrame:
@@ -232,7 +235,7 @@ class AttentionPatternView(pn.viewable.Viewer):
 
     def info(self) -> str:
         """Markdown: the selected head's pattern label and mean attention distance."""
-        s, d = self.selection, self.data
+        s, d = self.sel, self.data
         if s.image is None:
             return HINT
         if self._image() is None:
@@ -248,69 +251,102 @@ class AttentionPatternView(pn.viewable.Viewer):
         return (f"**image {d.image_ids[i]} · layer {layer} · head {head}** — pattern: **{pattern}** · "
                 f"mean attention distance: **{dist:.2f}** patches")
 
-    # ------------------------------------------------------------------ plots (DynamicMap callbacks)
+    # ------------------------------------------------------------------ plots (each a DynamicMap of a method)
 
-    def _all_points(self, layout: str, density: bool, **_) -> hv.Points:
-        pts = self.overview_points(layout)
-        return hv.Points(pts.iloc[:0] if density else pts, ["x", "y"], ["image", "layer", "head"])
+    def _shaded(self, kind: str) -> hv.Image:
+        """All heads of a layout rasterized with datashader (count per pixel, spread so lone heads stay visible).
 
-    def _density_plot(self, layout: str, density: bool, **_) -> hv.Overlay:
-        dens, bounds = self._density(layout)
-        img = hv.Image(dens if density else np.zeros_like(dens), bounds=bounds, kdims=["x", "y"], vdims=["density"])
-        cont = hv.operation.contours(img, levels=[0.05, 0.15, 0.3, 0.5, 0.7, 0.9] if density else [0.5])
-        return (img.opts(cmap="Greys", alpha=0.6 if density else 0.0, clim=(0, 1)) *
+        Static (`dynamic=False`, once per layout kind): a dynamic rasterize re-aggregates on every zoom, but its
+        range streams fire before the page reports itself ready and Panel then re-schedules the refresh forever,
+        which froze every view of the served page (Panel 1.9 / HoloViews 1.23)."""
+        if kind not in self._shaded_cache:
+            _, (x0, y0, x1, y1) = self._density(kind)
+            pts = hv.Points(self._points(kind), ["x", "y"])
+            agg = rasterize(pts, dynamic=False, width=RASTER, height=RASTER, x_range=(x0, x1), y_range=(y0, y1))
+            self._shaded_cache[kind] = dynspread(agg, threshold=0.6, max_px=3, dynamic=False)
+        return self._shaded_cache[kind]
+
+    @param.depends("sel.layout", "sel.density")
+    def shaded(self) -> hv.Image:
+        _, (x0, y0, x1, y1) = self._density(self.sel.layout)
+        alpha = 0.15 if self.sel.density else 0.9
+        return self._shaded(self.sel.layout).opts(cmap="Greys", cnorm="eq_hist", alpha=alpha, xlim=(x0, x1),
+                                                  ylim=(y0, y1))
+
+    @param.depends("sel.layout", "sel.density")
+    def density_plot(self) -> hv.Overlay:
+        dens, bounds = self._density(self.sel.layout)
+        on = self.sel.density
+        img = hv.Image(dens if on else np.zeros_like(dens), bounds=bounds, kdims=["x", "y"], vdims=["density"])
+        cont = hv.operation.contours(img, levels=[0.05, 0.15, 0.3, 0.5, 0.7, 0.9] if on else [0.5])
+        return (img.opts(cmap="Greys", alpha=0.6 if on else 0.0, clim=(0, 1)) *
                 cont.opts(line_color="#555555", line_width=1, cmap=["#555555"], show_legend=False))
 
-    def _selected_plot(self, **_) -> hv.Overlay:
+    @param.depends("sel.image", "sel.layer", "sel.head", "sel.layout")
+    def selected_plot(self) -> hv.Overlay:
         df = self.selected_points()
-        pts = hv.Points(df, ["x", "y"], ["layer", "head", "image_id", "colour"]).opts(
-            color="colour", size=8, line_color="black", line_width=0.5, tools=["hover"],
+        vdims = ["layer", "head", "image_id", "colour"]
+        pts = hv.Points(df, ["x", "y"], vdims).opts(
+            color="colour", size=8, line_color="black", line_width=0.5, tools=["hover", "tap"],
             hover_tooltips=[("image", "@image_id"), ("layer", "@layer"), ("head", "@head")])
-        sel = df[(df["layer"] == self.selection.layer) & (df["head"] == self.selection.head)] if len(df) else df
-        ring = hv.Points(sel, ["x", "y"], ["layer", "head", "image_id", "colour"]).opts(
-            size=16, color="none", line_color=SELECTED, line_width=2.5)
+        sel = df[(df["layer"] == self.sel.layer) & (df["head"] == self.sel.head)] if len(df) else df
+        ring = hv.Points(sel, ["x", "y"], vdims).opts(size=16, fill_alpha=0, line_color=SELECTED, line_width=2.5)
         return pts * ring
 
-    def _two_axes(self, **_) -> hv.Overlay:
+    @param.depends("sel.image", "sel.layer", "sel.head", "sel.threshold")
+    def two_axes(self) -> hv.Segments:
+        """D3: source tokens on top, target tokens below, a line per value above the threshold."""
         df = self.lines()
-        segs = hv.Segments(df, ["x0", "y0", "x1", "y1"], ["value", "colour", "alpha", "source", "target"]).opts(
-            color="colour", alpha="alpha", line_width=1.5)
-        ticks = np.arange(self.tokens)
-        tick_colour = np.where(ticks < self.prefix, CLS_COLOUR, PATCH_COLOUR)
-        axes = hv.Points(pd.DataFrame({"x": np.r_[ticks, ticks].astype(float), "y": np.r_[np.ones_like(ticks),
-                                       np.zeros_like(ticks)].astype(float), "c": np.r_[tick_colour, tick_colour]}),
-                         ["x", "y"], ["c"]).opts(color="c", size=3)
-        return (segs * axes).opts(
-            hv.opts.Overlay(title=f"two axes: {len(df)} values > {self.threshold():.3g}"),
-            hv.opts.Points(xlim=(-1, self.tokens), ylim=(-0.15, 1.15), yticks=[(0, "target"), (1, "source")],
-                           xlabel="token (0 = CLS, then patches)", ylabel="", responsive=True, height=220))
+        return hv.Segments(df, ["x0", "y0", "x1", "y1"], ["value", "colour", "alpha", "source", "target"]).opts(
+            color="colour", alpha="alpha", line_width=1.5, xlim=(-1, self.tokens), ylim=(-0.15, 1.15),
+            yticks=[(0, "target"), (1, "source")], xlabel="token (0 = CLS, then patches)", ylabel="", width=560,
+            height=220, title=f"two axes: {len(df)} values > {self.threshold():.3g} (hover a token)")
 
-    def _heatmap(self, **_) -> hv.RGB:
+    def token_ticks(self) -> hv.Points:
+        """The two axes' tokens: CLS-related in blue, patches in orange."""
+        ticks = np.arange(self.tokens)
+        colour = np.where(ticks < self.prefix, CLS_COLOUR, PATCH_COLOUR)
+        frame = pd.DataFrame({"x": np.r_[ticks, ticks].astype(float),
+                              "y": np.r_[np.ones_like(ticks), np.zeros_like(ticks)].astype(float),
+                              "c": np.r_[colour, colour]})
+        return hv.Points(frame, ["x", "y"], ["c"]).opts(color="c", size=3)
+
+    @param.depends("sel.image", "sel.layer", "sel.head", "sel.threshold")
+    def heatmap(self) -> hv.RGB:
+        """D4: A with the prefix row/column enlarged; tap a cell to show its source/target masks."""
         rgb = self.heatmap_rgb()
         if rgb is None:
             rgb = np.full((self.tokens, self.tokens, 3), 255, np.uint8)
         m = float(self.heatmap_edges()[-1])
         return hv.RGB(rgb, bounds=(0, 0, m, m), kdims=["target", "source"]).opts(
-            title="heatmap (rows = source, cols = target)", xaxis=None, yaxis=None, aspect=1, responsive=True,
-            min_height=220, tools=["tap"])
+            title="A: rows = source, cols = target", xaxis=None, yaxis=None,
+            frame_width=280, frame_height=280, tools=["tap"])
 
-    def _histogram(self, **_) -> hv.Overlay:
+    @param.depends("sel.image", "sel.layer", "sel.head", "sel.threshold")
+    def histogram(self) -> hv.Histogram:
+        """D5: all values of A (log counts) and the threshold; tap to move it."""
         A = self.attention_matrix()
         values = np.zeros(1) if A is None else A.ravel()
         counts, edges = np.histogram(values, bins=60, range=(0.0, max(float(values.max()), 1e-6)))
         hist = hv.Histogram((edges, np.log10(counts + 1.0)), kdims=["attention"], vdims=["log10(count + 1)"]).opts(
-            color="#999999", line_color=None, responsive=True, height=200, tools=["tap"])
+            color="#999999", line_color=None, width=560, height=220, tools=["tap"], framewise=True)
         thr = self.threshold()
         kept = float((values > thr).mean() * 100)
-        return (hist * hv.VLine(thr).opts(color=SELECTED, line_width=2)).opts(
-            title=f"threshold {thr:.3g}: top {kept:.2g} % (tap to move)")
+        return hist.opts(title=f"threshold {thr:.3g}: top {kept:.2g} % (tap to move)")
 
-    def _image_masks(self, **_) -> hv.Layout:
+    @param.depends("sel.image", "sel.layer", "sel.head", "sel.threshold")
+    def threshold_line(self) -> hv.VLine:
+        return hv.VLine(self.threshold()).opts(color=SELECTED, line_width=2)
+
+    @param.depends("sel.image", "sel.layer", "sel.head", "source_token", "target_token")
+    def image_masks(self) -> hv.Layout:
+        """D2: the image, and its source mask (row) and target mask (column) of the chosen tokens."""
         p = self.grid
         bounds = (0, 0, p, p)
         image = self._image()
         thumb = self.data.thumbnail(image) if image is not None else np.full((p, p, 3), 255, np.uint8)
-        base = hv.RGB(thumb, bounds=bounds).opts(xaxis=None, yaxis=None, aspect=1, responsive=True, min_height=160)
+        # Fixed square frames: `aspect` with `responsive` made Bokeh's layout oscillate and the page never got ready.
+        base = hv.RGB(thumb, bounds=bounds).opts(xaxis=None, yaxis=None, frame_width=170, frame_height=170)
         src_tok = min(self.source_token, self.tokens - 1)
         tgt_tok = min(self.target_token, self.tokens - 1)
         m = self.masks(src_tok, tgt_tok)
@@ -326,6 +362,16 @@ class AttentionPatternView(pn.viewable.Viewer):
                 el = el * hv.Bounds((c, p - r - 1, c + 1, p - r)).opts(color=SELECTED, line_width=2)
             plots.append(el.relabel(f"{name} mask of {label}"))
         return hv.Layout(plots).cols(3)
+
+    @param.depends("sel.image", "sel.layer", "sel.head")
+    def info_pane(self) -> pn.pane.Markdown:
+        return pn.pane.Markdown(self.info(), sizing_mode="stretch_width", css_classes=["vs-pattern-info"])
+
+    @param.depends("error")
+    def error_pane(self) -> pn.viewable.Viewable:
+        if not self.error:
+            return pn.Spacer(height=0)
+        return pn.pane.Alert(self.error, alert_type="danger", sizing_mode="stretch_width")
 
     # ------------------------------------------------------------------ interaction
 
@@ -350,7 +396,7 @@ class AttentionPatternView(pn.viewable.Viewer):
 
     def _on_tap_histogram(self, x: float | None = None, y: float | None = None) -> None:
         if x is not None:
-            self.selection.threshold = max(float(x), 0.0)
+            self.sel.threshold = max(float(x), 0.0)
 
     def _sync_slider(self, *_) -> None:
         """Keep the slider on the threshold in use and its range on the head's values (no write-back)."""
@@ -361,66 +407,53 @@ class AttentionPatternView(pn.viewable.Viewer):
             self._slider.param.update(end=top, step=top / 500, value=float(np.clip(self.threshold(), 0, top)))
         finally:
             self._syncing = False
+        for row in self._details:
+            row.visible = self.sel.image is not None
 
     def _slider_moved(self, event: param.parameterized.Event) -> None:
         if not self._syncing:
-            self.selection.threshold = float(event.new)
+            self.sel.threshold = float(event.new)
+
+    @staticmethod
+    def _stream(kind: type[hv.streams.Stream], source: hv.DynamicMap, handler: Callable) -> hv.streams.Stream:
+        """A pointer stream on a plot whose (x, y) goes to `handler` (as a param watcher, like the other views)."""
+        stream = kind(source=source, x=None, y=None)
+        stream.param.watch(lambda *_: handler(stream.x, stream.y), ["x", "y"])
+        return stream
 
     def _build(self) -> pn.viewable.Viewable:
-        s = self.selection
-        layout_stream = hv.streams.Params(s, ["layout", "density"])
-        points = hv.DynamicMap(self._all_points, streams=[layout_stream])
-        shaded = dynspread(rasterize(points).opts(cmap="Greys", cnorm="eq_hist", alpha=0.8), threshold=0.6)
-        dens = hv.DynamicMap(self._density_plot, streams=[hv.streams.Params(s, ["layout", "density"])])
-        selected = hv.DynamicMap(self._selected_plot,
-                                 streams=[hv.streams.Params(s, ["image", "layer", "head", "layout"])])
-        overview = (shaded * dens * selected).opts(
-            hv.opts.Overlay(title="all heads (tap to pick the nearest)", responsive=True, min_height=380),
+        s = self.sel
+        shaded = hv.DynamicMap(self.shaded)
+        overview = (shaded * hv.DynamicMap(self.density_plot) * hv.DynamicMap(self.selected_plot)).opts(
+            hv.opts.Overlay(title="Attention Pattern View — all heads (tap to pick the nearest)", width=560,
+                            height=520, framewise=True),
             hv.opts.Image(xaxis=None, yaxis=None))
-        self.overview_tap = hv.streams.Tap(source=selected, x=None, y=None)
-        self.overview_tap.add_subscriber(self._on_tap_overview)
-
-        head = hv.streams.Params(s, ["image", "layer", "head", "threshold"])
-        two_axes = hv.DynamicMap(self._two_axes, streams=[head])
-        self.axes_pointer = hv.streams.PointerXY(source=two_axes, x=None, y=None)
-        self.axes_pointer.add_subscriber(self._on_hover_axes)
-        heatmap = hv.DynamicMap(self._heatmap, streams=[hv.streams.Params(s, ["image", "layer", "head", "threshold"])])
-        self.heatmap_tap = hv.streams.Tap(source=heatmap, x=None, y=None)
-        self.heatmap_tap.add_subscriber(self._on_tap_heatmap)
-        histogram = hv.DynamicMap(self._histogram,
-                                  streams=[hv.streams.Params(s, ["image", "layer", "head", "threshold"])])
-        self.histogram_tap = hv.streams.Tap(source=histogram, x=None, y=None)
-        self.histogram_tap.add_subscriber(self._on_tap_histogram)
-        images = hv.DynamicMap(self._image_masks, streams=[hv.streams.Params(s, ["image", "layer", "head"]),
-                                                           hv.streams.Params(self, ["source_token", "target_token"])])
+        two_axes, heatmap, histogram = (hv.DynamicMap(f) for f in (self.two_axes, self.heatmap, self.histogram))
+        # Stream sources are DynamicMaps of one element: a tap on a DynamicMap of an Overlay never reaches Python.
+        self.overview_tap = self._stream(hv.streams.Tap, shaded, self._on_tap_overview)
+        self.axes_pointer = self._stream(hv.streams.PointerXY, two_axes, self._on_hover_axes)
+        self.heatmap_tap = self._stream(hv.streams.Tap, heatmap, self._on_tap_heatmap)
+        self.histogram_tap = self._stream(hv.streams.Tap, histogram, self._on_tap_histogram)
 
         self._slider = pn.widgets.FloatSlider(label="threshold (drag, or tap the histogram)", start=0.0, end=1.0,
-                                              step=0.002, format="0.[0000]", sizing_mode="stretch_width")
-        self._sync_slider()
+                                              step=0.002, format="0.[0000]", width=460)
         self._slider.param.watch(self._slider_moved, "value")
-        s.param.watch(self._sync_slider, ["image", "layer", "head", "threshold"])
         reset = pn.widgets.Button(label="top 1 %", width=80)
         reset.on_click(lambda _: setattr(s, "threshold", None))
-
-        has_image = pn.bind(lambda image: image is not None, s.param.image)
-        details = pn.Column(
-            pn.Row(pn.pane.HoloViews(two_axes, sizing_mode="stretch_width"),
-                   pn.pane.HoloViews(heatmap, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
-            pn.Row(pn.Column(pn.pane.HoloViews(histogram, sizing_mode="stretch_width"), pn.Row(self._slider, reset),
-                             sizing_mode="stretch_width"),
-                   pn.pane.HoloViews(images, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
-            visible=has_image, sizing_mode="stretch_width")
-        controls = pn.Row(pn.widgets.Checkbox.from_param(s.param.density, name="density"),
+        # Fixed plot sizes and a flat column: with responsive/aspect plots, or these rows in a nested Column,
+        # Bokeh's layout never settled in Chromium, the page never sent `document_ready`, and Panel then held
+        # back every later update of every view (Panel 1.9.4, Bokeh 3.9.2).
+        threshold = pn.Column(pane(histogram * hv.DynamicMap(self.threshold_line)), pn.Row(self._slider, reset))
+        self._details = [pn.Row(pane(heatmap), pane(hv.DynamicMap(self.image_masks))),
+                         pn.Row(pane(two_axes * self.token_ticks()), threshold)]
+        self._sync_slider()
+        s.param.watch(self._sync_slider, ["image", "layer", "head", "threshold"])
+        controls = pn.Row(pn.widgets.Checkbox.from_param(s.param.density, label="density"),
                           pn.widgets.RadioButtonGroup.from_param(s.param.layout))
-        info = pn.pane.Markdown(pn.bind(lambda *_: self.info(), s.param.image, s.param.layer, s.param.head),
-                                sizing_mode="stretch_width")
-        alert = pn.pane.Alert(self.param.error, alert_type="danger", visible=self.param.error.rx.bool(),
-                              sizing_mode="stretch_width")
-        return pn.Row(
-            pn.Column(controls, pn.pane.HoloViews(overview, sizing_mode="stretch_width", min_height=380),
-                      sizing_mode="stretch_width", min_width=360),
-            pn.Column(info, alert, details, sizing_mode="stretch_width"),
-            sizing_mode="stretch_width", name="Attention Pattern View")
+        return pn.Column(
+            pn.Row(pn.Column(controls, pane(overview, css_classes=["vs-pattern-map"])),
+                   pn.Column(self.info_pane, self.error_pane, sizing_mode="stretch_width")),
+            *self._details, name="Attention Pattern View")
 
     def __panel__(self) -> pn.viewable.Viewable:
         if self._layout is None:

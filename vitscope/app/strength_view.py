@@ -13,7 +13,7 @@ import param
 
 from vitscope.app.data import StoreData
 from vitscope.app.state import Selection
-from vitscope.app.style import PLOT, SELECTED, layer_colours
+from vitscope.app.style import PLOT, SELECTED, layer_colours, pane
 
 ENTROPY_LABEL = "strength entropy (normalised)"
 JITTER = 0.6  # width of a layer's column of heads, in layer units (< 1 so columns never touch)
@@ -53,8 +53,9 @@ class AttentionStrengthView(pn.viewable.Viewer):
         self._pos[self._valid] = np.arange(len(self._valid))
         self._orders: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # C3 sort, once per head
 
-        self.scatter_map = hv.DynamicMap(self.scatter)
-        self.tap = hv.streams.Tap(source=self.scatter_map, x=None, y=None)
+        dots = hv.DynamicMap(self.scatter)
+        self.scatter_map = dots * hv.DynamicMap(self.scatter_mark)
+        self.tap = hv.streams.Tap(source=dots, x=None, y=None)  # one element: taps on an Overlay's map are lost
         self.tap.param.watch(lambda *events: self.select(self.tap.x, self.tap.y), ["x", "y"])
 
     # -- pure helpers (tested without a browser) ------------------------------------------------
@@ -124,21 +125,28 @@ class AttentionStrengthView(pn.viewable.Viewer):
     # -- plots -----------------------------------------------------------------------------------
 
     @param.depends("sel.image", "sel.layer", "sel.head")
-    def scatter(self) -> hv.Overlay:
+    def scatter(self) -> hv.Scatter:
         """C1: all heads of the image; tap selects the nearest head."""
         pts = self.head_points()
-        layer, head = self._head()
-        kd = hv.Dimension("x", label="layer")
-        vd = [hv.Dimension("y", label=ENTROPY_LABEL, range=(0, 1)), "layer", "head", "distance", "colour"]
         tips = [("layer", "@layer"), ("head", "@head"), ("entropy", "@y{0.000}"),
                 ("mean attention distance", "@distance{0.00}")]
-        dots = hv.Scatter(pts, kd, vd).opts(color="colour", size=9, line_color="white", tools=["hover", "tap"],
-                                            hover_tooltips=tips)
-        row = pts.iloc[[self.data.head_index(layer, head)]]
-        mark = hv.Scatter(row, kd, vd).opts(size=18, fill_alpha=0, line_color=SELECTED, line_width=3)
         ticks = [(k, str(k)) for k in range(self.data.layers)]
-        return (dots * mark).opts(title=f"Attention Strength View — all heads, {self._who()}", xticks=ticks,
-                                  xlim=(-0.5, self.data.layers - 0.5), **PLOT)
+        return hv.Scatter(pts, *self._dims()).opts(
+            color="colour", size=9, line_color="white", tools=["hover", "tap"], hover_tooltips=tips, xticks=ticks,
+            xlim=(-0.5, self.data.layers - 0.5), ylim=(-0.03, 1.05),
+            title=f"Attention Strength View — all heads, {self._who()}", **PLOT)
+
+    @param.depends("sel.image", "sel.layer", "sel.head")
+    def scatter_mark(self) -> hv.Scatter:
+        """A ring around the selected head in C1."""
+        layer, head = self._head()
+        row = self.head_points().iloc[[self.data.head_index(layer, head)]]
+        return hv.Scatter(row, *self._dims()).opts(size=18, fill_alpha=0, line_color=SELECTED, line_width=3)
+
+    @staticmethod
+    def _dims() -> tuple[hv.Dimension, list]:
+        return hv.Dimension("x", label="layer"), [hv.Dimension("y", label=ENTROPY_LABEL), "layer", "head", "distance",
+                                                  "colour"]
 
     @param.depends("sel.image", "sel.layer", "sel.head")
     def bars(self) -> hv.Bars:
@@ -168,8 +176,8 @@ class AttentionStrengthView(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Column(
-            pn.pane.HoloViews(self.scatter_map, sizing_mode="stretch_width"),
-            pn.Row(pn.pane.HoloViews(hv.DynamicMap(self.bars), sizing_mode="stretch_width"),
-                   pn.pane.HoloViews(hv.DynamicMap(self.area), sizing_mode="stretch_width")),
+            pane(self.scatter_map, sizing_mode="stretch_width", css_classes=["vs-strength-scatter"]),
+            pn.Row(pane(hv.DynamicMap(self.bars), sizing_mode="stretch_width"),
+                   pane(hv.DynamicMap(self.area), sizing_mode="stretch_width")),
             sizing_mode="stretch_width",
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorcet
+import panel as pn
 
 CLS_COLOUR = "#1f77b4"  # CLS-related attention (blue, as in the paper)
 PATCH_COLOUR = "#ff7f0e"  # patch-to-patch attention (orange)
@@ -20,3 +21,9 @@ def layer_colours(layers: int) -> list[str]:
 def class_colours(classes: int) -> list[str]:
     palette = colorcet.b_glasbey_category10
     return [palette[i % len(palette)] for i in range(classes)]
+
+
+def pane(obj, **params) -> pn.pane.HoloViews:
+    """A plot pane with axes of its own: Panel otherwise links every pane's axes that share a dimension name
+    (all views have an x and a y), and one view's zoom or range would move another's."""
+    return pn.pane.HoloViews(obj, linked_axes=False, **params)
