@@ -25,26 +25,22 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    out = tmp_path_factory.mktemp("app") / "demo.zarr"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    build = subprocess.run([sys.executable, "-m", "vitscope.cli", "build", "--model", "demo", "--images", "demo",
-                            "--limit", "24", "--chunk-size", "8", "--ae-epochs", "2", "--out", str(out)],
-                           capture_output=True, text=True, timeout=600, env=env)
-    assert build.returncode == 0, build.stderr
+def demo(tmp_path_factory):
+    """README's first command on a small demo: `vitscope demo` builds the store, then serves the app."""
+    cache = tmp_path_factory.mktemp("cache")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VITSCOPE_CACHE": str(cache)}
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vitscope.cli", "serve", str(out), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "vitscope.cli", "demo", "--limit", "24", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=5)
+    url = f"http://localhost:{port}/"
+    lines = []
+    for line in proc.stdout:  # the URL is printed once the port is bound
+        lines.append(line)
+        if url in line:
             break
-        except OSError:
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.5)
-    yield url
+    assert url in "".join(lines), "".join(lines)
+    urllib.request.urlopen(url, timeout=60)
+    yield url, cache / "demo-24.zarr"
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -73,13 +69,14 @@ def wait_changed(page, css: str, before: str, timeout: float = 60.0) -> str:
     raise AssertionError(f"{css} still reads {before!r} after {timeout} s")
 
 
-def test_taps_in_every_view_update_the_others(server, tmp_path):
+def test_taps_in_every_view_update_the_others(demo, tmp_path):
+    url, _ = demo
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server, wait_until="networkidle")
+        page.goto(url, wait_until="networkidle")
         page.wait_for_selector("text=Select an image to see its top-5 predictions", timeout=60_000)
         assert "Traceback" not in page.content()
         info = ".vs-pattern-info"
@@ -112,4 +109,27 @@ def test_taps_in_every_view_update_the_others(server, tmp_path):
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
         assert (tmp_path / "app.png").stat().st_size > 10_000
         assert not errors, errors
+        browser.close()
+
+
+def test_exported_snapshot_opens_from_disk_without_network(demo, tmp_path):
+    _, store = demo
+    out = tmp_path / "snap.html"
+    res = subprocess.run([sys.executable, "-m", "vitscope.cli", "export", str(store), "--image", "3", "--heads", "0:1",
+                          "5:3", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    text = out.read_text()
+    assert "<script src=" not in text and "cdn.bokeh.org" not in text  # inline resources only
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        errors, requests = [], []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+        page.goto(out.as_uri())
+        page.wait_for_selector("text=layer 0 · head 1", timeout=60_000)  # the first tab's pattern info
+        page.locator("text=L5H3").first.click()
+        page.wait_for_selector("text=layer 5 · head 3", timeout=60_000)
+        assert page.locator("canvas").count() > 10
+        assert not errors and not requests, (errors, requests)
         browser.close()

@@ -41,12 +41,12 @@ def test_cli_demo_builds_then_reuses_its_store(tmp_path):
     from test_models import run_cli
 
     env = {"VITSCOPE_CACHE": str(tmp_path)}
-    out = run_cli("demo", "--limit", "16", env=env)
+    out = run_cli("demo", "--limit", "16", "--no-serve", env=env)
     assert out.returncode == 0, out.stderr
     assert "Head importance" in out.stdout and "layer 5" in out.stdout and "mode 5" in out.stdout
     assert "analysing images" in out.stderr and "tSNE layouts" in out.stderr  # progress bars
     assert (tmp_path / "demo-16.zarr").is_dir()
-    again = run_cli("demo", "--limit", "16", env=env)
+    again = run_cli("demo", "--limit", "16", "--no-serve", env=env)
     assert again.returncode == 0 and "already built" in again.stderr and "analysing images" not in again.stderr
     assert again.stdout == out.stdout
 

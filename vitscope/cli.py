@@ -20,6 +20,11 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--address", default="127.0.0.1", help="0.0.0.0 serves other machines too (no authentication)")
+
+
 def _load(args):
     from vitscope.models import load_model
 
@@ -33,7 +38,11 @@ def cmd_demo(args) -> None:
 
     path = demo_store(args.device, args.limit)
     print(store_summary(open_store(path)))
-    print(f"\nstore: {path}  (see also: vitscope info {path})")
+    print(f"\nstore: {path}  (see also: vitscope info {path})", flush=True)
+    if not args.no_serve:
+        from vitscope.app import serve
+
+        serve(path, port=args.port, address=args.address, device=args.device)
 
 
 def cmd_train_demo(args) -> None:
@@ -61,6 +70,15 @@ def cmd_serve(args) -> None:
     serve(args.store, port=args.port, address=args.address, device=args.device, show=False)
 
 
+def cmd_export(args) -> None:
+    from vitscope.app.export import export, parse_head
+
+    heads = [parse_head(h) for h in args.heads] if args.heads else None
+    out = export(args.store, args.image, args.out, heads=heads, device=args.device, metric=args.metric,
+                 mode=args.mode)
+    print(f"snapshot written: {out} ({out.stat().st_size / 1e6:.1f} MB; opens from disk, no server needed)")
+
+
 def cmd_build(args) -> None:
     from vitscope.build import BuildConfig, build
 
@@ -84,9 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="build the demo store (first time only) and summarise it")
+    p = sub.add_parser("demo", help="build the demo store (first time only), summarise it and serve the app")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--limit", type=int, help="only the first N demo images (a quicker first run)")
+    p.add_argument("--no-serve", action="store_true", help="build and summarise only")
+    _serve_args(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train-demo", help="train the embedded demo ViT (seeded; prints held-out accuracy)")
@@ -119,10 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve the app for a store (binds 127.0.0.1 unless --address says otherwise)")
     p.add_argument("store", type=Path)
-    p.add_argument("--port", type=int, default=5006)
-    p.add_argument("--address", default="127.0.0.1")
+    _serve_args(p)
     p.add_argument("--device", default="cpu", help="where the on-demand attention is computed")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="one image's views as a self-contained HTML file (no server needed)")
+    p.add_argument("store", type=Path)
+    p.add_argument("--image", type=int, required=True, help="image index in the store (vitscope info STORE)")
+    p.add_argument("--heads", nargs="+", metavar="L:H", help="heads to embed (default: the 6 most important)")
+    p.add_argument("--metric", default="prob", choices=["prob", "jsd", "cls_dist", "patch_dist"])
+    p.add_argument("--mode", type=int, default=1, choices=range(6), help="pruning mode of the importance views")
+    p.add_argument("--out", type=Path, required=True, help="the .html file to write")
+    p.add_argument("--device", default="cpu", help="where the image's attention is computed")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="what is in a store, or what vitscope sees in a model")
     p.add_argument("store", nargs="?", type=Path, help="a store built by vitscope build")
