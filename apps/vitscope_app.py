@@ -1,9 +1,16 @@
-"""`panel serve apps/vitscope_app.py --args STORE`: the vitscope app for one store."""
+"""`panel serve apps/vitscope_app.py --args STORE`: the vitscope app for one store (default: the demo store)."""
 
 import sys
 
+import panel as pn
+
 from vitscope.app import Explorer
 from vitscope.build import cache_root
+from vitscope.errors import VitscopeError
 
 store = sys.argv[1] if len(sys.argv) > 1 else str(cache_root() / "demo.zarr")
-Explorer(store).template().servable()
+try:
+    page = Explorer(store).template()
+except VitscopeError as e:  # a missing, foreign or old store: one readable line in the page, not a traceback
+    page = pn.pane.Alert(f"**vitscope cannot open {store}**: {e}", alert_type="danger")
+page.servable(title="vitscope")

@@ -133,3 +133,24 @@ def test_exported_snapshot_opens_from_disk_without_network(demo, tmp_path):
         assert page.locator("canvas").count() > 10
         assert not errors and not requests, (errors, requests)
         browser.close()
+
+
+def test_notebook_cells_run_on_a_store(demo, tmp_path, monkeypatch):
+    """apps/explore.ipynb as written (its STORE pointed at the test's store): no Jupyter is needed to check it."""
+    import json
+    from pathlib import Path
+
+    import panel as pn
+
+    _, store = demo
+    monkeypatch.chdir(tmp_path)
+    nb = json.loads((Path(__file__).parents[1] / "apps" / "explore.ipynb").read_text())
+    scope: dict = {}
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            src = "".join(cell["source"]).replace('cache_root() / "demo.zarr"', repr(str(store)))
+            exec(compile(src, "explore.ipynb", "exec"), scope)
+    app = scope["app"]
+    assert (app.selection.image, app.selection.layer, app.selection.head) == (3, 2, 1)
+    pn.panel(app).get_root()
+    assert (tmp_path / "snapshot.html").stat().st_size > 100_000

@@ -76,7 +76,8 @@ class Explorer(pn.viewable.Viewer):
     def template(self) -> pn.template.BaseTemplate:
         """The served page: a sidebar with the global controls, the views in the main area."""
         return pn.template.FastListTemplate(title="vitscope — how this ViT uses attention",
-                                            sidebar=[self.controls()], main=[self.message, *self.views])
+                                            sidebar=[self.controls()],
+                                            main=[pn.Column(self.message, self.views[0]), *self.views[1:]])
 
     @classmethod
     def open(cls, store: str | Path, device: str = "cpu") -> Explorer:
