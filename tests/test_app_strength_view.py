@@ -87,6 +87,9 @@ def test_area_has_one_value_per_valid_image_and_the_line_is_at_the_image(data):
     assert np.all(np.diff(s.entropy) >= 0)  # sorted by value
     np.testing.assert_array_equal(s.entropy, data.strength_entropy[s.image, 2, 0])
     assert s.image[s.current] == 9
+    area = view.area().get(0)
+    assert [d.name for d in area.vdims] == ["entropy"]  # a second value dimension would be the fill's baseline
+    np.testing.assert_array_equal(area.dimension_values("entropy"), s.entropy)
     root = pn.panel(view).get_root()
     span = next(iter(root.select({"type": Span})))
     assert span.location == s.current

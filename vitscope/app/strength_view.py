@@ -164,9 +164,10 @@ class AttentionStrengthView(pn.viewable.Viewer):
         layer, head = self._head()
         s = self.entropy_series()
         x = np.arange(len(s.entropy))
-        frame = pd.DataFrame({"rank": x, "entropy": s.entropy, "image": s.image})
+        frame = pd.DataFrame({"rank": x, "entropy": s.entropy})
+        # One value dimension only: an Area's second one is its baseline (it filled up to the image index).
         curve = hv.Area(frame, hv.Dimension("rank", label="images, sorted by entropy"),
-                        [hv.Dimension("entropy", label=ENTROPY_LABEL, range=(0, 1)), "image"]).opts(
+                        hv.Dimension("entropy", label=ENTROPY_LABEL, range=(0, 1))).opts(
             color=self.colours[layer], fill_alpha=0.5, tools=["hover"])
         # Always one VLine so the overlay keeps its structure; hidden when no image is selected.
         line = hv.VLine(0 if s.current is None else s.current).opts(
