@@ -299,7 +299,7 @@ class AttentionPatternView(pn.viewable.Viewer):
         df = self.lines()
         return hv.Segments(df, ["x0", "y0", "x1", "y1"], ["value", "colour", "alpha", "source", "target"]).opts(
             color="colour", alpha="alpha", line_width=1.5, xlim=(-1, self.tokens), ylim=(-0.15, 1.15),
-            yticks=[(0, "target"), (1, "source")], xlabel="token (0 = CLS, then patches)", ylabel="", width=560,
+            yticks=[(0, "target"), (1, "source")], xlabel="token (0 = CLS, then patches)", ylabel="", width=500,
             height=220, title=f"two axes: {len(df)} values > {self.threshold():.3g} (hover a token)")
 
     def token_ticks(self) -> hv.Points:
@@ -329,7 +329,7 @@ class AttentionPatternView(pn.viewable.Viewer):
         values = np.zeros(1) if A is None else A.ravel()
         counts, edges = np.histogram(values, bins=60, range=(0.0, max(float(values.max()), 1e-6)))
         hist = hv.Histogram((edges, np.log10(counts + 1.0)), kdims=["attention"], vdims=["log10(count + 1)"]).opts(
-            color="#999999", line_color=None, width=560, height=220, tools=["tap"], framewise=True)
+            color="#999999", line_color=None, width=500, height=220, tools=["tap"], framewise=True)
         thr = self.threshold()
         kept = float((values > thr).mean() * 100)
         return hist.opts(title=f"threshold {thr:.3g}: top {kept:.2g} % (tap to move)")
@@ -436,7 +436,7 @@ class AttentionPatternView(pn.viewable.Viewer):
         self.histogram_tap = self._stream(hv.streams.Tap, histogram, self._on_tap_histogram)
 
         self._slider = pn.widgets.FloatSlider(label="threshold (drag, or tap the histogram)", start=0.0, end=1.0,
-                                              step=0.002, format="0.[0000]", width=460)
+                                              step=0.002, format="0.[0000]", width=400)
         self._slider.param.watch(self._slider_moved, "value")
         reset = pn.widgets.Button(label="top 1 %", width=80)
         reset.on_click(lambda _: setattr(s, "threshold", None))
