@@ -27,9 +27,15 @@ class StoreData:
         for name in load:
             setattr(self, name, ds[name].values)
         self.metrics: list[str] = [str(m) for m in ds["metric"].values]
+        self._thumbs: dict[int, np.ndarray] = {}
 
     def thumbnail(self, image: int) -> np.ndarray:
-        return self.ds["thumbnail"][image].values
+        """[h, w, 3] uint8; the last few are kept (several views draw the same image after each selection)."""
+        if image not in self._thumbs:
+            if len(self._thumbs) >= 8:
+                self._thumbs.pop(next(iter(self._thumbs)))
+            self._thumbs[image] = self.ds["thumbnail"][image].values
+        return self._thumbs[image]
 
     def head_index(self, layer: int, head: int) -> int:
         return layer * self.heads + head

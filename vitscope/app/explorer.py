@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -96,6 +97,7 @@ def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", devic
         service(key, device)  # load the model once now, so the first tap is quick
     except VitscopeError as e:  # the page still works from the store; its pattern view says why attention is off
         print(f"vitscope: warning: on-demand attention is unavailable: {e}", file=sys.stderr)
+    gc.freeze()  # the store's arrays and the model are long-lived: keep them out of every full collection
     loopback = address in ("127.0.0.1", "localhost")
     origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"] if loopback else ["*"]
     try:

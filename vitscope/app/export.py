@@ -96,7 +96,7 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[tuple[int
         info = Div(text=f"<p>{_markdown_bold(pattern.info())}</p>"
                         f"{top5_html(data, image, layer, head, mode)}", width=WIDTH)
         tab = column(
-            row(_render(_fixed(importance.line() * importance.line_marks(), 280)),
+            row(_render(_fixed(importance.line() * importance.line_marks() * importance.layer_bounds(), 280)),
                 _render(_fixed(importance.mode_bars(), 280, 360)), info),
             row(_render(_fixed(strength.scatter() * strength.scatter_mark(), 280)),
                 _render(_fixed(strength.bars(), 280, 360)), _render(_fixed(strength.area(), 280, 420))),

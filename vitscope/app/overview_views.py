@@ -87,7 +87,7 @@ class ImageOverview(pn.viewable.Viewer):
         pts = np.empty((0, 2)) if i is None else self.data.image_xy[i:i + 1]
         return hv.Points(pts).opts(size=14, fill_alpha=0, line_color=SELECTED, line_width=3)
 
-    @param.depends("sel.image", "sel.layer", "sel.head", "sel.mode")
+    @param.depends("sel.image")
     def detail(self) -> pn.viewable.Viewable:
         i = self.sel.image
         if i is None:
@@ -116,7 +116,7 @@ class HeadImportanceView(pn.viewable.Viewer):
         self.mode_select = pn.widgets.RadioButtonGroup.from_param(selection.param.mode, options=list(range(6)))
         # The tap source is a DynamicMap of one element: taps on a DynamicMap of an Overlay never reach Python.
         line = hv.DynamicMap(self.line)
-        self.line_map = line * hv.DynamicMap(self.line_marks)
+        self.line_map = line * hv.DynamicMap(self.line_marks) * self.layer_bounds()
         self.tap = hv.streams.Tap(source=line, x=None, y=None)
         self.tap.param.watch(lambda *_: self.pick(self.tap.x), "x")
 
@@ -150,7 +150,7 @@ class HeadImportanceView(pn.viewable.Viewer):
 
     @param.depends("sel.image", "sel.metric", "sel.mode", "sel.layer", "sel.head")
     def line_marks(self) -> hv.Overlay:
-        """Std band (all images), heads coloured by layer, layer boundaries, and the selected head."""
+        """Std band (all images), heads coloured by layer, and the selected head."""
         d = self.data
         y, std = self.values()
         x = np.arange(len(y))
@@ -161,8 +161,12 @@ class HeadImportanceView(pn.viewable.Viewer):
                                                                                   color="#888888")
         k = d.head_index(self.sel.layer, self.sel.head)
         mark = hv.Points([(k, y[k])]).opts(size=14, fill_alpha=0, line_color=SELECTED, line_width=3)
-        bounds = [hv.VLine(b - 0.5).opts(color="#bbbbbb", line_dash="dashed") for b in range(d.heads, len(y), d.heads)]
-        return hv.Overlay([band, dots, *bounds, mark])
+        return hv.Overlay([band, dots, mark])
+
+    def layer_bounds(self) -> hv.VLines:
+        """Dashed lines between layers (static: redrawing them on every change cost more than the data)."""
+        d = self.data
+        return hv.VLines(np.arange(1, d.layers) * d.heads - 0.5).opts(color="#bbbbbb", line_dash="dashed")
 
     @param.depends("sel.image", "sel.metric", "sel.layer", "sel.head")
     def mode_bars(self) -> hv.Bars:
