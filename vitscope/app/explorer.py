@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import html
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -55,7 +56,7 @@ class Explorer(pn.viewable.Viewer):
     @param.depends("selection.message")
     def message(self) -> pn.viewable.Viewable:
         text = self.selection.message
-        return pn.pane.Alert(text, alert_type="warning") if text else pn.Spacer(height=0)
+        return pn.pane.Alert(html.escape(text), alert_type="warning") if text else pn.Spacer(height=0)
 
     def controls(self) -> pn.viewable.Viewable:
         d = self.data
@@ -102,7 +103,7 @@ def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", devic
     origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"] if loopback else ["*"]
     try:
         server = pn.serve({"/": lambda: Explorer(path, device).template()}, port=port, address=address, show=show,
-                          title="vitscope", allow_websocket_origin=origins, start=False, print_url=False)
+                          title="vitscope", allow_websocket_origin=origins, start=False, verbose=False)
     except OSError as e:
         raise VitscopeError(f"cannot serve on {address}:{port}: {e.strerror or e} (try another --port)") from None
     host = "localhost" if loopback or address == "0.0.0.0" else address

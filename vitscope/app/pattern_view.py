@@ -14,6 +14,7 @@ called once per image change and cached. Heavy lifting is numpy; the pure method
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 
 import holoviews as hv
@@ -371,7 +372,7 @@ class AttentionPatternView(pn.viewable.Viewer):
     def error_pane(self) -> pn.viewable.Viewable:
         if not self.error:
             return pn.Spacer(height=0)
-        return pn.pane.Alert(self.error, alert_type="danger", sizing_mode="stretch_width")
+        return pn.pane.Alert(html.escape(self.error), alert_type="danger", sizing_mode="stretch_width")
 
     # ------------------------------------------------------------------ interaction
 
