@@ -211,3 +211,17 @@ def test_streams_drive_the_selection(data):
     assert s.threshold == pytest.approx(0.2) and v._slider.value == pytest.approx(min(0.2, v._slider.end))
     v._slider.value = 0.01
     assert s.threshold == pytest.approx(0.01)
+
+
+def test_masks_picture_tints_the_image_where_the_token_attends(data):
+    v, _ = view(data, image=6, layer=0, head=0)
+    A = fake_attention(6)[0, 0]
+    rgb = v.masks_rgb(0, 2).astype(float)
+    size = data.thumbnail(6).shape[0]
+    cell, gap = size // GRID, max(size // 16, 1)
+    assert rgb.shape == (size, 3 * size + 2 * gap, 3)
+    base = rgb[:, :size]
+    for panel, mask in ((rgb[:, size + gap: 2 * size + gap], A[0, 1:]), (rgb[:, 2 * size + 2 * gap:], A[1:, 2])):
+        per_patch = np.abs(panel - base).sum(-1)[: cell * GRID, : cell * GRID].reshape(GRID, cell, GRID, cell)
+        assert np.corrcoef(per_patch.mean((1, 3)).ravel(), mask)[0, 1] > 0.8
+    np.testing.assert_array_equal(rgb[0, 2 * size + 2 * gap + cell], [214, 39, 40])  # patch 1's outline, red

@@ -315,10 +315,10 @@ class AttentionPatternView(pn.viewable.Viewer):
     @param.depends("sel.image", "sel.layer", "sel.head", "sel.threshold")
     def heatmap(self) -> hv.RGB:
         """D4: A with the prefix row/column enlarged; tap a cell to show its source/target masks."""
-        rgb = self.heatmap_rgb()
-        if rgb is None:
-            rgb = np.full((self.tokens, self.tokens, 3), 255, np.uint8)
         m = float(self.heatmap_edges()[-1])
+        rgb = self.heatmap_rgb()
+        if rgb is None:  # blank of the same size: Bokeh keeps an image's first resolution across updates
+            rgb = np.full((int(m), int(m), 3), 255, np.uint8)
         return hv.RGB(rgb, bounds=(0, 0, m, m), kdims=["target", "source"]).opts(
             title="A: rows = source, cols = target", xaxis=None, yaxis=None,
             frame_width=280, frame_height=280, tools=["tap"])
@@ -339,30 +339,47 @@ class AttentionPatternView(pn.viewable.Viewer):
     def threshold_line(self) -> hv.VLine:
         return hv.VLine(self.threshold()).opts(color=SELECTED, line_width=2)
 
-    @param.depends("sel.image", "sel.layer", "sel.head", "source_token", "target_token")
-    def image_masks(self) -> hv.Layout:
-        """D2: the image, and its source mask (row) and target mask (column) of the chosen tokens."""
-        p = self.grid
-        bounds = (0, 0, p, p)
+    def masks_rgb(self, source: int, target: int) -> np.ndarray:
+        """[S, 3S + 2·GAP, 3] uint8: the image, its source mask and its target mask side by side (S = thumbnail size).
+
+        A mask tints the image towards blue (a prefix token) or orange (a patch token) in proportion to the
+        attention, normalised to the mask's maximum; the token's own patch is outlined. One picture, not three
+        plots: this view is redrawn on every head or token change and Bokeh figures are the costly part."""
         image = self._image()
-        thumb = self.data.thumbnail(image) if image is not None else np.full((p, p, 3), 255, np.uint8)
-        # Fixed square frames: `aspect` with `responsive` made Bokeh's layout oscillate and the page never got ready.
-        base = hv.RGB(thumb, bounds=bounds).opts(xaxis=None, yaxis=None, frame_width=170, frame_height=170)
-        src_tok = min(self.source_token, self.tokens - 1)
-        tgt_tok = min(self.target_token, self.tokens - 1)
-        m = self.masks(src_tok, tgt_tok)
-        src, tgt = m if m is not None else (np.zeros((p, p)), np.zeros((p, p)))
-        plots = [base.relabel("image")]
-        for name, tok, mask in (("source", src_tok, src), ("target", tgt_tok, tgt)):
-            cmap = "Blues" if tok < self.prefix else "Oranges"
-            over = hv.Image(mask, bounds=bounds).opts(cmap=cmap, alpha=0.6, clim=(0, max(float(mask.max()), 1e-12)))
-            label = "CLS" if tok < self.prefix else f"patch {tok - self.prefix}"
-            el = base * over
+        p = self.grid
+        # A blank of the thumbnails' own size: Bokeh kept the first picture's resolution when the size changed.
+        blank = np.full(self.data.ds["thumbnail"].shape[1:], 255, np.uint8)
+        base = (self.data.thumbnail(image) if image is not None else blank).astype(np.float64) / 255.0  # [S, S, 3]
+        size = base.shape[0]
+        cell = max(size // p, 1)
+        m = self.masks(source, target)
+        panels = [base]
+        for tok, mask in zip((source, target), m if m is not None else (np.zeros((p, p)),) * 2, strict=True):
+            w = np.kron(mask / max(float(mask.max()), 1e-12), np.ones((cell, cell)))  # [p·cell, p·cell]
+            w = np.pad(w, ((0, size - w.shape[0]), (0, size - w.shape[1])), mode="edge")[..., None] * 0.75
+            tint = _rgb(CLS_COLOUR if tok < self.prefix else PATCH_COLOUR)
+            panel = base * (1 - w) + tint * w
             if tok >= self.prefix:  # outline the token's own patch
                 r, c = divmod(tok - self.prefix, p)
-                el = el * hv.Bounds((c, p - r - 1, c + 1, p - r)).opts(color=SELECTED, line_width=2)
-            plots.append(el.relabel(f"{name} mask of {label}"))
-        return hv.Layout(plots).cols(3)
+                y0, x0, t = r * cell, c * cell, max(cell // 8, 1)
+                box = panel[y0 : y0 + cell, x0 : x0 + cell]
+                edge = np.ones(box.shape[:2], bool)
+                edge[t:-t, t:-t] = False
+                box[edge] = _rgb(SELECTED)
+            panels.append(panel)
+        gap = np.ones((size, max(size // 16, 1), 3))
+        return (np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1) * 255).round().astype(np.uint8)
+
+    @param.depends("sel.image", "sel.layer", "sel.head", "source_token", "target_token")
+    def image_masks(self) -> hv.RGB:
+        """D2: the image, and its source mask (row) and target mask (column) of the chosen tokens."""
+        src, tgt = min(self.source_token, self.tokens - 1), min(self.target_token, self.tokens - 1)
+        rgb = self.masks_rgb(src, tgt)
+        name = lambda tok: "CLS" if tok < self.prefix else f"patch {tok - self.prefix}"  # noqa: E731
+        h, w = rgb.shape[:2]
+        return hv.RGB(rgb, bounds=(0, 0, w, h)).opts(
+            xaxis=None, yaxis=None, frame_height=190, frame_width=int(round(190 * w / h)), toolbar=None,
+            title=f"image · source mask of {name(src)} · target mask of {name(tgt)}")
 
     @param.depends("sel.image", "sel.layer", "sel.head")
     def info_pane(self) -> pn.pane.Markdown:
