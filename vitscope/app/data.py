@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
+from vitscope.errors import VitscopeError
 from vitscope.store import open_store
 
 
@@ -36,6 +37,14 @@ class StoreData:
                 self._thumbs.pop(next(iter(self._thumbs)))
             self._thumbs[image] = self.ds["thumbnail"][image].values
         return self._thumbs[image]
+
+    def check_image(self, image: int) -> int:
+        """`image` if it is in the store and was readable at build; else one line saying which it is not."""
+        if not 0 <= image < self.images:
+            raise VitscopeError(f"image {image} out of range: this store has images 0..{self.images - 1}")
+        if not self.valid[image]:
+            raise VitscopeError(f"image {image} ({self.image_ids[image]}) could not be read at build: pick another")
+        return int(image)
 
     def head_index(self, layer: int, head: int) -> int:
         return layer * self.heads + head

@@ -60,10 +60,7 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[tuple[int
     """Write the snapshot of `image` with a tab per head selection; returns the path written."""
     path = str(Path(store).resolve())
     data = store_data(path)
-    if not 0 <= image < data.images:
-        raise VitscopeError(f"image {image} out of range: {store} has images 0..{data.images - 1}")
-    if not data.valid[image]:
-        raise VitscopeError(f"image {image} ({data.image_ids[image]}) could not be read at build: pick another")
+    data.check_image(image)
     heads = heads or most_important_heads(data, image, metric, mode, DEFAULT_HEADS)
     for layer, head in heads:
         if not (0 <= layer < data.layers and 0 <= head < data.heads):

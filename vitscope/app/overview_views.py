@@ -17,6 +17,7 @@ from vitscope.app.data import StoreData
 from vitscope.app.state import Selection
 from vitscope.app.style import PLOT, SELECTED, class_colours, layer_colours, pane
 from vitscope.engine.metrics import MODE_NAMES
+from vitscope.errors import VitscopeError
 
 METRIC_LABELS = {"prob": "P'[true label]", "jsd": "JSD(P, P')", "cls_dist": "CLS distance", "patch_dist":
                  "patch distance"}
@@ -76,12 +77,11 @@ class ImageOverview(pn.viewable.Viewer):
     def select(self, image: int | None) -> None:
         if image is None:
             self.sel.image = None
-        elif not 0 <= image < self.data.images:
-            self.sel.message = f"image {image} out of range: this store has images 0..{self.data.images - 1}"
-        elif not self.data.valid[image]:
-            self.sel.message = f"image {image} ({self.data.image_ids[image]}) could not be read at build time"
-        else:
-            self.sel.param.update(image=int(image), message="")
+            return
+        try:
+            self.sel.param.update(image=self.data.check_image(image), message="")
+        except VitscopeError as e:
+            self.sel.message = str(e)
 
     @param.depends("sel.image")
     def marker(self) -> hv.Points:
