@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vitscope import engine
 from vitscope.engine.reference import reference_importance
 from vitscope.models import load_model
+from vitscope.vocab import ABLATION_MODES
 
 
 def sync(device: torch.device) -> None:
@@ -54,7 +55,7 @@ def main() -> None:
     x, y = x.to(dev), y.to(dev)
     n_naive = min(args.naive_images or args.images, args.images)
     print(f"model {args.model} on {dev} ({torch.get_num_threads()} CPU threads): "
-          f"{ad.num_layers} layers × {ad.num_heads} heads × 5 modes, {ad.num_tokens} tokens; "
+          f"{ad.num_layers} layers × {ad.num_heads} heads × {len(ABLATION_MODES)} modes, {ad.num_tokens} tokens; "
           f"engine {args.images} images (batch {args.batch_size}, {args.precision}), naive {n_naive} images")
 
     def run_engine():

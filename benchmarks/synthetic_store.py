@@ -17,15 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from vitscope import store
-from vitscope.analysis.patterns import OFFSETS, PATTERNS
+from vitscope.vocab import MODES, OFFSETS, PATTERNS
 
 
 def chunk_arrays(lay: store.Layout, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     L, H, p, C = lay.layers, lay.heads, lay.grid, lay.classes
-    probs = rng.dirichlet(np.full(C, 0.1), size=(n, L, H, 6)).astype(np.float32)  # [n, L, H, 6, C]
+    M = len(MODES)
+    probs = rng.dirichlet(np.full(C, 0.1), size=(n, L, H, M)).astype(np.float32)  # [n, L, H, M, C]
     top = np.argsort(-probs, axis=-1)[..., : lay.topk]
-    imp = np.stack([np.take_along_axis(probs, top[..., :1], -1)[..., 0], rng.beta(1, 20, (n, L, H, 6)),
-                    rng.beta(1, 8, (n, L, H, 6)), rng.beta(1, 8, (n, L, H, 6))], -1)
+    imp = np.stack([np.take_along_axis(probs, top[..., :1], -1)[..., 0], rng.beta(1, 20, (n, L, H, M)),
+                    rng.beta(1, 8, (n, L, H, M)), rng.beta(1, 8, (n, L, H, M))], -1)  # one per METRICS
     imp[:, :, :, 0, 1:] = 0
     strength = rng.dirichlet(np.ones(p), size=(n, L, H)).astype(np.float32)
     cls = rng.dirichlet(np.ones(2 * p * p + 1), size=(n, L, H)).astype(np.float16)

@@ -20,6 +20,7 @@ from vitscope.analysis import cls, strength
 from vitscope.data import demo
 from vitscope.errors import VitscopeError
 from vitscope.models import load_model
+from vitscope.vocab import METRICS, MODES
 
 ARGS = ["--model", "demo", "--images", "demo", "--limit", "24", "--chunk-size", "8", "--ae-epochs", "2"]
 # One thread everywhere, as in the Dask workers: float results then agree to the bit, so even the
@@ -51,8 +52,8 @@ def assert_same_store(a, b):
 def test_store_schema_and_consistency(reference):
     ds = store.open_store(reference)
     assert ds.sizes["image"] == 24 and ds.sizes["layer"] == 6 and ds.sizes["head"] == 4
-    assert ds.sizes["hop"] == 8 and ds.sizes["cls_token"] == 2 * 64 + 1 and ds.sizes["mode"] == 6
-    assert list(ds["metric"].values) == ["prob", "jsd", "cls_dist", "patch_dist"]
+    assert ds.sizes["hop"] == 8 and ds.sizes["cls_token"] == 2 * 64 + 1 and ds.sizes["mode"] == len(MODES)
+    assert list(ds["metric"].values) == list(METRICS) and list(ds["mode"].values) == list(MODES)
     assert ds["valid"].all() and ds.attrs["class_names"] == [str(i) for i in range(10)]
     assert ds["cls_attention"].dtype == np.float16 and ds["thumbnail"].dtype == np.uint8
     for name in ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch"):

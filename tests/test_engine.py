@@ -9,9 +9,10 @@ import torch
 from conftest import images_for, small_vit
 
 from vitscope import engine
-from vitscope.engine.metrics import METRICS, cosine_distance, jsd, region_mask
+from vitscope.engine.metrics import cosine_distance, jsd, region_mask
 from vitscope.engine.reference import reference_importance
 from vitscope.errors import VitscopeError
+from vitscope.vocab import METRICS, MODES
 
 LABELS = torch.tensor([1, 2, 3])
 
@@ -39,8 +40,8 @@ def test_engine_matches_reference(variant, fused):
     x = images_for(ad)
     r = engine.run(ad, x, LABELS, max_batch=7)  # a chunk size that splits heads and images
     imp, tp, ti = reference_importance(ad, x, LABELS)
-    assert r.modes == (0, 1, 2, 3, 4, 5)
-    assert r.importance.shape == (3, ad.num_layers, ad.num_heads, 6, 4)
+    assert r.modes == MODES
+    assert r.importance.shape == (3, ad.num_layers, ad.num_heads, len(MODES), len(METRICS))
     torch.testing.assert_close(r.importance, imp, atol=1e-5, rtol=0)
     torch.testing.assert_close(r.topk_prob, tp, atol=1e-5, rtol=0)
     # top-k indices agree wherever the probabilities are not tied
@@ -123,14 +124,14 @@ def test_cosine_distance():
 
 def test_region_masks_partition_attention():
     P, n = 6, 2
-    m = {k: region_mask(k, P, n) for k in range(6)}
+    m = {k: region_mask(k, P, n) for k in MODES}
     assert not m[0].any() and m[1].all()
     assert m[2].sum() == n * n and m[2][:n, :n].all()
     assert m[3].sum() == 2 * n * (P - n) and m[3][:n, n:].all() and m[3][n:, :n].all()
     assert torch.equal(m[4], m[2] | m[3])
     assert torch.equal(m[5], ~m[4]) and m[5][n:, n:].all()
     with pytest.raises(ValueError):
-        region_mask(6, P, n)
+        region_mask(max(MODES) + 1, P, n)
 
 
 def test_gradient_importance_matches_finite_differences():

@@ -13,14 +13,13 @@ import pytest
 import torch
 
 from vitscope.analysis.patterns import (
-    OFFSETS,
-    PATTERNS,
     _diagonal_hits,
     _row_confinement,
     offset_scores,
     pattern_labels,
     pattern_scores,
 )
+from vitscope.vocab import OFFSETS, PATTERNS
 
 GRIDS = [5, 8, 14]
 
@@ -113,7 +112,7 @@ def test_diagonal_offsets_with_noise_are_labelled(grid, offset):
     assert off.tolist() == [OFFSETS.index(offset)] * 4
     scores = offset_scores(maps, grid)
     best = scores[:, OFFSETS.index(offset)]
-    others = scores[:, [i for i in range(6) if OFFSETS[i] != offset]]
+    others = scores[:, [i for i in range(len(OFFSETS)) if OFFSETS[i] != offset]]
     limit = torch.full((5,), 0.2)
     if offset == "counter" and grid % 2:  # the middle column of an odd grid is its own mirror: 1/grid on "self"
         limit[0] = 1 / grid + 0.1

@@ -22,9 +22,9 @@ from tqdm import tqdm
 from vitscope import engine, store
 from vitscope.analysis import autoencoder, cls, layout, patterns, strength
 from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
-from vitscope.engine.metrics import METRICS
 from vitscope.errors import VitscopeError
 from vitscope.models import ViTAdapter, load_model
+from vitscope.vocab import METRICS
 
 
 @dataclass

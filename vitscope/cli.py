@@ -96,8 +96,8 @@ def cmd_build(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from vitscope import __version__
-    from vitscope.engine.metrics import METRICS
     from vitscope.models.loading import DEMO_WEIGHTS
+    from vitscope.vocab import METRICS, MODES
 
     parser = argparse.ArgumentParser(prog="vitscope", description="How Vision Transformers use attention.")
     parser.add_argument("--version", action="version", version=f"vitscope {__version__}")
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=int, required=True, help="image index in the store (vitscope info STORE)")
     p.add_argument("--heads", nargs="+", metavar="L:H", help="heads to embed (default: the 6 most important)")
     p.add_argument("--metric", default="prob", choices=list(METRICS))
-    p.add_argument("--mode", type=int, default=1, choices=range(6), help="pruning mode of the importance views")
+    p.add_argument("--mode", type=int, default=1, choices=MODES, help="pruning mode of the importance views")
     p.add_argument("--out", type=Path, required=True, help="the .html file to write")
     p.add_argument("--device", default="cpu", help="where the image's attention is computed")
     p.set_defaults(func=cmd_export)

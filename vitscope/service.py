@@ -20,6 +20,7 @@ from vitscope.data.images import normalise
 from vitscope.errors import StoreMismatch, VitscopeError
 from vitscope.models import ViTAdapter, load_model
 from vitscope.store import open_store
+from vitscope.vocab import ABLATION_MODES
 
 
 @lru_cache(maxsize=4)
@@ -65,7 +66,7 @@ class Service:
                        attention="all")
         return r.attention[0].view(ad.num_layers, ad.num_heads, ad.num_tokens, ad.num_tokens).numpy()
 
-    def ablate(self, image: int, layers=None, modes=(1, 2, 3, 4, 5)) -> engine.EngineResult:
+    def ablate(self, image: int, layers=None, modes=ABLATION_MODES) -> engine.EngineResult:
         """The engine's metrics for one image (e.g. for modes or layers not in the store)."""
         label = torch.tensor([int(self.ds["label"][self.check_image(image)])])
         return engine.run(self.adapter, self.input(image), label, layers=layers, modes=modes)

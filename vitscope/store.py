@@ -17,8 +17,8 @@ import xarray as xr
 import zarr
 
 from vitscope import __version__
-from vitscope.analysis.patterns import OFFSETS, PATTERNS
 from vitscope.errors import StoreMismatch, VitscopeError
+from vitscope.vocab import METRICS, MODES, OFFSETS, PATTERNS
 
 SCHEMA_VERSION = 1
 FORMAT = dict(zarr_format=2)  # v2 metadata: readable by every zarr/xarray, no spec warnings
@@ -74,8 +74,8 @@ class Layout:
         return v
 
     def sizes(self) -> dict[str, int]:
-        return dict(image=self.images, layer=self.layers, head=self.heads, mode=6, metric=4, k=self.topk,
-                    hop=self.grid, cls_token=2 * self.grid**2 + 1, pattern=len(PATTERNS),
+        return dict(image=self.images, layer=self.layers, head=self.heads, mode=len(MODES), metric=len(METRICS),
+                    k=self.topk, hop=self.grid, cls_token=2 * self.grid**2 + 1, pattern=len(PATTERNS),
                     bits=-(-self.binary_size**2 // 8),
                     y=self.thumb[0], x=self.thumb[1], rgb=3, latent=self.latent, xy=2, query=self.tokens,
                     key=self.tokens, **{"class": self.classes})
@@ -107,8 +107,8 @@ def create(path: Path, layout: Layout, fingerprint: dict, ids: list[str], class_
     coords = {
         "image_id": ("image", np.asarray(ids, dtype=str)),
         "class_name": ("class", np.asarray(class_names, dtype=str)),
-        "mode": np.arange(6),
-        "metric": list(("prob", "jsd", "cls_dist", "patch_dist")),
+        "mode": np.asarray(MODES),
+        "metric": list(METRICS),
         "pattern": list(PATTERNS),
         "offset": list(OFFSETS),
         "xy": ["x", "y"],

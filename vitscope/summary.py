@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from vitscope.analysis.patterns import OFFSETS, PATTERNS
-from vitscope.engine.metrics import MODE_NAMES
+from vitscope.vocab import ABLATION_MODES, MODE_NAMES, OFFSETS, PATTERNS
 
 BARS = " ▁▂▃▄▅▆▇█"
 
@@ -37,7 +36,7 @@ def store_summary(ds: xr.Dataset) -> str:
     lines += ["", "Most important heads by mean JSD of the output (mode 1): "
               + ", ".join(f"L{k // H}H{k % H} {jsd.ravel()[k]:.3f}" for k in order)]
     lines += ["", "Mean over all heads, by pruning mode:     drop P[true]    JSD   cls_dist  patch_dist"]
-    for m in range(1, 6):
+    for m in ABLATION_MODES:
         d = imp[..., m, :].reshape(-1, imp.shape[-1]).mean(0)
         lines.append(f"  mode {m} {MODE_NAMES[m]:<22}       {base.mean() - d[metric['prob']]:+.4f}  "
                      f"{d[metric['jsd']]:.4f}   {d[metric['cls_dist']]:.4f}     {d[metric['patch_dist']]:.4f}")

@@ -37,8 +37,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-PATTERNS = ("diagonal", "horizontal", "vertical", "block")
-OFFSETS = ("self", "left", "right", "up", "down", "counter")
+from vitscope.vocab import OFFSETS, PATTERNS
+
+__all__ = ["OFFSETS", "PATTERNS", "offset_scores", "pattern_labels", "pattern_scores"]  # the names: vitscope.vocab
 
 
 def _as_float(binary: Tensor, grid: int) -> tuple[Tensor, int]:

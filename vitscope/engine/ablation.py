@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vitscope.engine.metrics import METRICS, importance_metrics, region_mask
+from vitscope.engine.metrics import importance_metrics, region_mask
 from vitscope.errors import VitscopeError
 from vitscope.models.adapter import ViTAdapter, merge_heads
+from vitscope.vocab import ABLATION_MODES, METRICS
 
 PRECISIONS = ("float32", "tf32", "bfloat16")
 
@@ -54,7 +55,7 @@ def run(
     images: Tensor,
     labels: Tensor | None = None,
     *,
-    modes: Sequence[int] = (1, 2, 3, 4, 5),
+    modes: Sequence[int] = ABLATION_MODES,
     layers: Sequence[int] | None = None,
     attention: str | Sequence[tuple[int, int]] | None = None,
     grad: bool = False,
@@ -72,8 +73,8 @@ def run(
     """
     L, H, n = adapter.num_layers, adapter.num_heads, adapter.num_prefix
     modes = tuple(sorted(set(modes) - {0}))
-    if any(m not in range(1, 6) for m in modes):
-        raise VitscopeError(f"pruning modes must be in 1..5, got {modes}")
+    if any(m not in ABLATION_MODES for m in modes):
+        raise VitscopeError(f"pruning modes must be in {ABLATION_MODES[0]}..{ABLATION_MODES[-1]}, got {modes}")
     layers = range(L) if layers is None else sorted(set(layers))
     if any(i not in range(L) for i in layers):
         raise VitscopeError(f"layers must be in 0..{L - 1}, got {list(layers)}")

@@ -5,20 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-METRICS = ("prob", "jsd", "cls_dist", "patch_dist")
-MODES = (0, 1, 2, 3, 4, 5)
-MODE_NAMES = {
-    0: "none (original model)",
-    1: "whole head",
-    2: "CLS→CLS",
-    3: "CLS↔patches",
-    4: "all CLS-related",
-    5: "patches→patches",
-}
+from vitscope.vocab import METRICS, MODE_NAMES, MODES
+
+__all__ = ["METRICS", "MODE_NAMES", "MODES", "cosine_distance", "importance_metrics", "jsd", "region_mask"]
 
 
 def region_mask(mode: int, num_tokens: int, num_prefix: int, device=None) -> Tensor:
     """Boolean [P,P] mask of the attention entries (rows = queries) that mode `mode` sets to 0."""
+    if mode not in MODES:
+        raise ValueError(f"pruning mode must be {MODES[0]}..{MODES[-1]}, got {mode}")
     prefix = torch.arange(num_tokens, device=device) < num_prefix
     q, k = prefix[:, None], prefix[None, :]
     masks = {
@@ -29,8 +24,6 @@ def region_mask(mode: int, num_tokens: int, num_prefix: int, device=None) -> Ten
         4: q | k,  # modes 2 and 3
         5: ~(q | k),  # patches→patches
     }
-    if mode not in masks:
-        raise ValueError(f"pruning mode must be 0..5, got {mode}")
     return masks[mode]
 
 

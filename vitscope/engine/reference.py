@@ -13,8 +13,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from vitscope.engine.metrics import METRICS, importance_metrics, region_mask
+from vitscope.engine.metrics import importance_metrics, region_mask
 from vitscope.models.adapter import ViTAdapter
+from vitscope.vocab import ABLATION_MODES, METRICS
 
 
 def _explicit_forward(attn, x: Tensor, head: int | None, zero: Tensor | None) -> Tensor:
@@ -56,7 +57,7 @@ def ablated(adapter: ViTAdapter, layer: int, head: int | None, mode: int) -> Ite
 
 @torch.no_grad()
 def reference_importance(
-    adapter: ViTAdapter, images: Tensor, labels: Tensor, modes: Sequence[int] = (1, 2, 3, 4, 5), topk: int = 5
+    adapter: ViTAdapter, images: Tensor, labels: Tensor, modes: Sequence[int] = ABLATION_MODES, topk: int = 5
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(importance [B,L,H,M,4], topk_prob, topk_idx) with mode 0 first, one forward per ablation."""
     model, n = adapter.model, adapter.num_prefix

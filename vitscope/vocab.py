@@ -1,0 +1,32 @@
+"""The names vitscope uses everywhere: metrics, pruning modes, patterns, offsets, layouts.
+
+One place, so that adding a metric or a mode is a one-line change here; the engine, the
+store, the build, the CLI, the summary and the app import these instead of spelling
+`6`, `range(1, 6)` or metric names again.
+"""
+
+from __future__ import annotations
+
+METRICS = ("prob", "jsd", "cls_dist", "patch_dist")
+METRIC_LABELS = {
+    "prob": "P'[true label]",
+    "jsd": "JSD(P, P')",
+    "cls_dist": "CLS distance",
+    "patch_dist": "patch distance",
+}
+
+MODES = (0, 1, 2, 3, 4, 5)  # 0 = the unpruned model; 1..5 prune a region of one head's attention
+ABLATION_MODES = MODES[1:]
+MODE_NAMES = {
+    0: "none (original model)",
+    1: "whole head",
+    2: "CLS→CLS",
+    3: "CLS↔patches",
+    4: "all CLS-related",
+    5: "patches→patches",
+}
+
+PATTERNS = ("diagonal", "horizontal", "vertical", "block")
+OFFSETS = ("self", "left", "right", "up", "down", "counter")
+
+LAYOUTS = ("cls", "patch")  # the Attention Pattern View's two head layouts (head_xy_cls, head_xy_patch)
