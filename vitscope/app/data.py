@@ -1,15 +1,24 @@
-"""What the views read from a store, loaded once per process and shared by all sessions."""
+"""What the views read from a store, loaded once per process and shared by all sessions.
+
+Besides the store's small per-head arrays (numpy), the per-store aggregates the views need on every
+change are computed here once, at load: so a selection change only indexes arrays.
+"""
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy.spatial import cKDTree
 
 from vitscope.errors import VitscopeError
 from vitscope.store import open_store
+from vitscope.vocab import LAYOUTS
+
+ENTROPY_BINS = np.linspace(0.0, 1.0, 41)  # strength entropy is normalised to [0, 1]
 
 
 class StoreData:
@@ -21,14 +30,26 @@ class StoreData:
         self.images, self.layers, self.heads = ds.sizes["image"], ds.sizes["layer"], ds.sizes["head"]
         self.grid = int(ds.attrs["patch_grid"])
         self.num_prefix = int(ds.attrs["num_prefix_tokens"])
+        self.tokens = self.num_prefix + self.grid**2
         self.class_names: list[str] = [str(c) for c in ds["class_name"].values]
         self.image_ids: list[str] = [str(i) for i in ds["image_id"].values]
         load = ("label", "valid", "importance", "topk_idx", "topk_prob", "strength", "strength_entropy",
-                "attention_distance", "pattern_label", "pattern_offset", "image_xy", "head_xy_cls", "head_xy_patch")
+                "attention_distance", "pattern_label", "pattern_offset", "pattern_score", "baseline_prob",
+                "image_xy", "head_xy_cls", "head_xy_patch")
         for name in load:
             setattr(self, name, ds[name].values)
         self.metrics: list[str] = [str(m) for m in ds["metric"].values]
+        self.thumb_shape: tuple[int, ...] = tuple(ds["thumbnail"].shape[1:])  # (h, w, 3)
+        # The fraction of values binarised at build (`--top`): the app's default threshold is the same cut.
+        self.top = float(json.loads(ds.attrs.get("fingerprint", "{}")).get("top", 0.01))
+        self.correct = self.valid & (self.topk_idx[:, 0, 0, 0, 0] == self.label)  # [N] unpruned top-1 right
+        self.model_spec = str(ds.attrs.get("model_spec", "?"))
         self._thumbs: dict[int, np.ndarray] = {}
+        self._bands: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._histograms: dict[tuple[int, int], np.ndarray] = {}
+        self._frames: dict[str, pd.DataFrame] = {}
+
+    # -- images ------------------------------------------------------------------------------------
 
     def thumbnail(self, image: int) -> np.ndarray:
         """[h, w, 3] uint8; the last few are kept (several views draw the same image after each selection)."""
@@ -46,6 +67,31 @@ class StoreData:
             raise VitscopeError(f"image {image} ({self.image_ids[image]}) could not be read at build: pick another")
         return int(image)
 
+    def readable(self, image: int | None) -> int | None:
+        """The image if it is in the store and readable, else None (views then show all images)."""
+        return image if image is not None and 0 <= image < self.images and self.valid[image] else None
+
+    @cached_property
+    def classes_present(self) -> list[int]:
+        """Class indices that have at least one readable image, in index order."""
+        return sorted(set(int(c) for c in self.label[self.valid]))
+
+    def class_images(self, cls: int | None) -> np.ndarray:
+        """[N] bool: readable images of class `cls` (all readable images for None)."""
+        return self.valid if cls is None else self.valid & (self.label == cls)
+
+    def find_class(self, text: str) -> int | None:
+        """Class index by exact name, else by the first name containing `text` (case-insensitive)."""
+        t = text.strip().lower()
+        if not t:
+            return None
+        names = [n.lower() for n in self.class_names]
+        if t in names:
+            return names.index(t)
+        return next((i for i in self.classes_present if t in names[i]), None)
+
+    # -- heads -------------------------------------------------------------------------------------
+
     def head_index(self, layer: int, head: int) -> int:
         return layer * self.heads + head
 
@@ -53,10 +99,55 @@ class StoreData:
         """[N, L·H] values of one metric in one mode (rows of unreadable images are NaN)."""
         return self.importance[:, :, :, mode, self.metrics.index(metric)].reshape(self.images, -1)
 
+    def band(self, metric: str, mode: int, cls: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) [L·H] of a metric over the readable images (of one class), cached per store."""
+        key = (metric, mode, cls)
+        if key not in self._bands:
+            v = self.metric_values(metric, mode)[self.class_images(cls)]
+            self._bands[key] = (v.mean(0), v.std(0)) if len(v) else (np.full(v.shape[1], np.nan),) * 2
+        return self._bands[key]
+
+    @cached_property
+    def mean_entropy(self) -> np.ndarray:
+        """[L, H] strength entropy averaged over readable images."""
+        return np.nanmean(self.strength_entropy[self.valid], 0)
+
+    @cached_property
+    def mean_distance(self) -> np.ndarray:
+        return np.nanmean(self.attention_distance[self.valid], 0)
+
+    @cached_property
+    def mean_strength(self) -> np.ndarray:
+        """[L, H, hop]."""
+        return np.nanmean(self.strength[self.valid], 0)
+
+    def entropy_histogram(self, layer: int, head: int) -> np.ndarray:
+        """Counts of one head's strength entropy over readable images in ENTROPY_BINS."""
+        if (layer, head) not in self._histograms:
+            values = self.strength_entropy[self.valid, layer, head]
+            self._histograms[layer, head] = np.histogram(values, bins=ENTROPY_BINS)[0]
+        return self._histograms[layer, head]
+
+    # -- the head maps of the Attention Pattern View ------------------------------------------------
+
+    def head_frame(self, kind: str) -> pd.DataFrame:
+        """All heads of one layout: x, y, image, layer (categorical, for datashader), head; NaN rows dropped."""
+        if kind not in self._frames:
+            xy = getattr(self, f"head_xy_{kind}")  # [N, L, H, 2]
+            n, L, H = xy.shape[:3]
+            grids = np.meshgrid(np.arange(n), np.arange(L), np.arange(H), indexing="ij")
+            image, layer, head = (a.ravel() for a in grids)
+            flat = xy.reshape(-1, 2)
+            ok = np.isfinite(flat).all(1)
+            self._frames[kind] = pd.DataFrame({"x": flat[ok, 0], "y": flat[ok, 1], "image": image[ok],
+                                               "layer": pd.Categorical(layer[ok], categories=range(L)),
+                                               "head": head[ok]})
+        return self._frames[kind]
+
     @cached_property
     def _trees(self) -> dict:
         trees = {}
-        for kind in ("cls", "patch"):
+        for kind in LAYOUTS:
             xy = getattr(self, f"head_xy_{kind}").reshape(-1, 2)  # [N·L·H, 2]
             ok = np.isfinite(xy).all(1)
             trees[kind] = (cKDTree(xy[ok]), np.flatnonzero(ok))
@@ -68,3 +159,11 @@ class StoreData:
         flat = int(index[tree.query([x, y])[1]])
         image, rest = divmod(flat, self.layers * self.heads)
         return image, *divmod(rest, self.heads)
+
+    def bounds(self, kind: str) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) of a head layout with a 5 % margin."""
+        f = self.head_frame(kind)
+        x, y = f["x"].to_numpy(), f["y"].to_numpy()
+        px, py = 0.05 * (np.ptp(x) or 1.0), 0.05 * (np.ptp(y) or 1.0)
+        return float(x.min() - px), float(y.min() - py), float(x.max() + px), float(y.max() + py)
+

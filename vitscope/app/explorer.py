@@ -1,4 +1,9 @@
-"""The assembly: four linked views over one store, served, in Jupyter, or exported."""
+"""The assembly: four linked views over one store on one screen, served, in Jupyter, or exported.
+
+Every plot is a plain Bokeh figure built once per session; a selection change pushes new data into the
+figures that depend on it, all inside one held document change (one message to the browser). This is
+what makes a change settle in the browser in well under a second (see shared notes on app speed).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,21 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-import holoviews as hv
+import numpy as np
 import panel as pn
 import param
 
 from vitscope.app.data import StoreData
-from vitscope.app.overview_views import HeadImportanceView, ImageOverview
+from vitscope.app.importance import HeadImportanceView
+from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
-from vitscope.app.state import Selection
-from vitscope.app.strength_view import AttentionStrengthView
+from vitscope.app.state import COLOUR_BY, Selection
+from vitscope.app.strength import AttentionStrengthView
 from vitscope.errors import VitscopeError
 from vitscope.service import Service
+from vitscope.vocab import MODE_NAMES
 
-hv.extension("bokeh", logo=False)
+SIDEBAR = 250  # px; the template's sidebar collapses with its ☰ button
 
 
 @lru_cache(maxsize=4)
@@ -35,6 +42,14 @@ def service(path: str, device: str) -> Service:
     return Service(path, device)
 
 
+def bokeh_pane(obj, css: str | None = None) -> pn.pane.Bokeh:
+    """A Bokeh model as a pane; `css` names it for tests and the browser benchmark (on the model itself:
+    Panel renders a Bokeh pane as the model, without a wrapper of its own)."""
+    if css:
+        obj.css_classes = [*obj.css_classes, css]
+    return pn.pane.Bokeh(obj, margin=(1, 3))
+
+
 class Explorer(pn.viewable.Viewer):
     """All views of one store with one shared selection (one Explorer per browser session)."""
 
@@ -44,42 +59,151 @@ class Explorer(pn.viewable.Viewer):
         super().__init__(selection=Selection(), **params)
         self.path = str(Path(store).resolve())
         self.device = device
-        self.data = store_data(self.path)
-        self.views = [ImageOverview(self.data, self.selection), HeadImportanceView(self.data, self.selection),
-                      AttentionStrengthView(self.data, self.selection),
-                      AttentionPatternView(self.data, self.selection, self.attention)]
+        self.data = d = store_data(self.path)
+        s = self.selection
+        self.overview = ImageOverview(d, s)
+        self.importance = HeadImportanceView(d, s)
+        self.strength = AttentionStrengthView(d, s)
+        self.pattern = AttentionPatternView(d, s, self.attention, self.overview.thumb_source)
+        self.views = [self.overview, self.importance, self.strength, self.pattern]
+        watched = sorted({name for v in self.views for name in v.watches})
+        s.param.watch(self._changed, watched)
+        self._widgets()
 
-    def attention(self, image: int):
+    def attention(self, image: int) -> np.ndarray:
         """[L, H, P, P] attention of one image, recomputed by the store's model (errors become a page message)."""
         return service(self.path, self.device).attention(image)
+
+    def _changed(self, *events: param.parameterized.Event) -> None:
+        """Push the new selection into every view that depends on it, as one document change."""
+        names = {e.name for e in events}
+        with pn.io.hold():
+            for view in self.views:
+                if names & set(view.watches):
+                    try:
+                        view.update(names)
+                    except Exception as e:  # noqa: BLE001 - one readable line in the page, never a traceback
+                        self.selection.message = f"{type(view).__name__}: {str(e).splitlines()[0] if str(e) else e!r}"
+            self._sync_widgets(names)
+
+    # -- widgets ------------------------------------------------------------------------------------
+
+    def _widgets(self) -> None:
+        d, s = self.data, self.selection
+        self.image_id = pn.widgets.IntInput(name="image id", start=0, end=d.images - 1, value=None,
+                                            placeholder=f"0..{d.images - 1}, Enter", css_classes=["vs-image-id"],
+                                            width=SIDEBAR - 40)
+        self.image_id.param.watch(lambda e: e.new is not None and e.new != s.image and self.overview.select(e.new),
+                                  "value")
+        names = [d.class_names[c] for c in d.classes_present]
+        self.class_search = pn.widgets.AutocompleteInput(
+            name="class (type to search)", options=names, case_sensitive=False, search_strategy="includes",
+            min_characters=1, restrict=False, placeholder=f"{len(names)} classes", css_classes=["vs-class-search"],
+            width=SIDEBAR - 40)
+        self.class_search.param.watch(self._class_typed, "value")
+        self.metric = pn.widgets.Select.from_param(s.param.metric, name="metric", css_classes=["vs-metric"],
+                                                   width=SIDEBAR - 40)
+        self.mode = pn.widgets.RadioButtonGroup.from_param(s.param.mode, css_classes=["vs-mode"], button_type="light",
+                                                           width=SIDEBAR - 40)
+        self.colour_by = pn.widgets.Select.from_param(s.param.colour_by, name="colour images by",
+                                                      options=list(COLOUR_BY), css_classes=["vs-colour-by"],
+                                                      width=SIDEBAR - 40)
+        self.layout = pn.widgets.RadioButtonGroup.from_param(s.param.layout, css_classes=["vs-layout"],
+                                                             button_type="light", width=SIDEBAR - 40)
+        self.threshold = pn.widgets.FloatSlider(name="threshold (or tap the histogram)", start=0.0, end=1.0,
+                                                step=0.001, format="0.[0000]", css_classes=["vs-threshold"], width=170)
+        self.threshold.param.watch(self._slider_moved, "value_throttled")
+        self.top_button = pn.widgets.Button(name=f"top {self.data.top:.0%}", width=60, button_type="light")
+        self.top_button.on_click(lambda _: setattr(s, "threshold", None))
+        self.pin = pn.widgets.Button(name="pin L0H0", width=110, button_type="light", css_classes=["vs-pin"])
+        self.pin.on_click(lambda _: s.toggle_pin(d.head_index(s.layer, s.head)))
+        self.unpin = pn.widgets.Button(name="clear pins", width=90, button_type="light")
+        self.unpin.on_click(lambda _: setattr(s, "pinned", []))
+        self._syncing = False
+        self._sync_widgets(None)
+
+    def _class_typed(self, event: param.parameterized.Event) -> None:
+        cls = self.data.find_class(event.new or "")
+        if event.new and cls is None:
+            self.selection.message = f"no class matches {event.new!r} in this store"
+            return
+        self.selection.param.update(cls=cls, message="")
+
+    def _slider_moved(self, event: param.parameterized.Event) -> None:
+        if not self._syncing:
+            self.selection.threshold = float(event.new)
+
+    def _sync_widgets(self, names: set[str] | None) -> None:
+        """Widgets that show the selection follow it (without writing it back)."""
+        s, d = self.selection, self.data
+        self._syncing = True
+        try:
+            if names is None or "image" in names:
+                self.image_id.value = s.image
+            if names is None or names & {"image", "layer", "head", "threshold"}:
+                A = self.pattern.attention_matrix()
+                top = max(float(A.max()), 1e-6) if A is not None else 1.0
+                self.threshold.param.update(end=top, step=top / 500,
+                                            value=float(np.clip(self.pattern.threshold(A), 0, top)))
+            if names is None or names & {"layer", "head", "pinned"}:
+                pinned = d.head_index(s.layer, s.head) in s.pinned
+                self.pin.name = f"{'unpin' if pinned else 'pin'} L{s.layer}H{s.head}"
+                self.unpin.disabled = not s.pinned
+        finally:
+            self._syncing = False
 
     @param.depends("selection.message")
     def message(self) -> pn.viewable.Viewable:
         text = self.selection.message
-        return pn.pane.Alert(html.escape(text), alert_type="warning") if text else pn.Spacer(height=0)
+        return pn.pane.Alert(html.escape(text), alert_type="warning", margin=(0, 4)) if text else pn.Spacer(height=0)
 
-    def controls(self) -> pn.viewable.Viewable:
+    # -- layout -------------------------------------------------------------------------------------
+
+    def controls(self) -> pn.Column:
         d = self.data
-        s = self.selection
+        modes = "<br>".join(f"{m}: {name}" for m, name in MODE_NAMES.items())
         return pn.Column(
-            pn.pane.Markdown(f"**{self.data.ds.attrs['model_spec']}** — {d.layers} layers × {d.heads} heads, "
-                             f"{d.grid}×{d.grid} patches, {int(d.valid.sum())} images"),
-            pn.widgets.IntSlider.from_param(s.param.layer, end=d.layers - 1, label="layer"),
-            pn.widgets.IntSlider.from_param(s.param.head, end=d.heads - 1, label="head"),
-            pn.widgets.Select.from_param(s.param.metric, label="metric"),
-            pn.widgets.IntSlider.from_param(s.param.mode, label="pruning mode"),
-            pn.widgets.Button(label="show all images", button_type="light",
-                              on_click=lambda e: s.param.update(image=None)),
+            pn.pane.HTML(f"<b>{html.escape(d.model_spec)}</b><br>{d.layers} layers × {d.heads} heads, "
+                         f"{d.grid}×{d.grid} patches, {int(d.valid.sum())} images", width=SIDEBAR - 30),
+            self.image_id,
+            pn.widgets.Button(name="show all images", button_type="light", width=SIDEBAR - 40,
+                              on_click=lambda e: self.selection.param.update(image=None)),
+            self.class_search,
+            pn.widgets.Checkbox.from_param(self.selection.param.only_class, name="show only this class"),
+            self.colour_by, self.metric, "pruning mode", self.mode,
+            pn.pane.HTML(f"<small>{modes}</small>", width=SIDEBAR - 30),
+            "pattern map layout", self.layout,
+            pn.widgets.Checkbox.from_param(self.selection.param.density, name="density contours of all heads"),
         )
 
+    def main(self) -> pn.Column:
+        """The four views on one screen (1600 × 1000), in the paper's Fig. 1 arrangement."""
+        o, i, st, p = self.overview, self.importance, self.strength, self.pattern
+        pin_row = pn.Row(self.pin, self.unpin, margin=0)
+        top = pn.Row(
+            pn.Column(bokeh_pane(o.figure, "vs-image-overview"), pn.Row(bokeh_pane(o.thumb), bokeh_pane(o.detail))),
+            pn.Column(bokeh_pane(i.figure, "vs-importance-line"), bokeh_pane(i.summary),
+                      pn.Row(bokeh_pane(i.bars), bokeh_pane(i.top5))),
+        )
+        m = p.matrix
+        bottom = pn.Row(
+            pn.Column(bokeh_pane(st.figure, "vs-strength-scatter"), pin_row, bokeh_pane(st.bars),
+                      bokeh_pane(st.hist)),
+            bokeh_pane(p.map.figure, "vs-pattern-map"),
+            pn.Column(bokeh_pane(p.info), pn.Row(bokeh_pane(m.heatmap, "vs-heatmap"), bokeh_pane(p.masks.figure)),
+                      pn.Row(bokeh_pane(m.axes, "vs-two-axes"),
+                             pn.Column(bokeh_pane(m.hist, "vs-histogram"), pn.Row(self.threshold, self.top_button)))),
+        )
+        return pn.Column(self.message, top, bottom)
+
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.Column(self.message, *self.views, sizing_mode="stretch_width")
+        return pn.Row(self.controls(), self.main())
 
     def template(self) -> pn.template.BaseTemplate:
-        """The served page: a sidebar with the global controls, the views in the main area."""
-        return pn.template.FastListTemplate(title="vitscope — how this ViT uses attention",
-                                            sidebar=[self.controls()],
-                                            main=[pn.Column(self.message, self.views[0]), *self.views[1:]])
+        """The served page: the global controls in a collapsible sidebar, the four views in the main area."""
+        return pn.template.FastListTemplate(title="vitscope — how this ViT uses attention", sidebar=[self.controls()],
+                                            main=[self.main()], sidebar_width=SIDEBAR, busy_indicator=None,
+                                            main_layout=None, header_background="#3b4252")
 
     @classmethod
     def open(cls, store: str | Path, device: str = "cpu") -> Explorer:

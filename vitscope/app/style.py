@@ -1,14 +1,20 @@
-"""Colours and sizes shared by all views, so a layer has the same colour everywhere."""
+"""Colours, sizes and the one figure factory shared by all views, so a layer has the same colour everywhere."""
 
 from __future__ import annotations
 
 import colorcet
-import panel as pn
+import numpy as np
+from bokeh.models import Range1d
+from bokeh.plotting import figure as bokeh_figure
 
 CLS_COLOUR = "#1f77b4"  # CLS-related attention (blue, as in the paper)
 PATCH_COLOUR = "#ff7f0e"  # patch-to-patch attention (orange)
 SELECTED = "#d62728"
-PLOT = dict(responsive=True, min_height=260, toolbar="above", fontscale=1.0, shared_axes=False)
+CORRECT, WRONG = "#2ca02c", "#d62728"
+PIN_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf")  # pinned heads, in pin order
+MAX_LEGEND = 20  # the Image Overview shows a class legend only up to this many classes
+FONT = "11px"
+VALUE_CMAP = colorcet.bmy  # values in [0, 1] (P[true]): one map for the points and their colour bar
 
 
 def layer_colours(layers: int) -> list[str]:
@@ -23,7 +29,45 @@ def class_colours(classes: int) -> list[str]:
     return [palette[i % len(palette)] for i in range(classes)]
 
 
-def pane(obj, **params) -> pn.pane.HoloViews:
-    """A plot pane with axes of its own: Panel otherwise links every pane's axes that share a dimension name
-    (all views have an x and a y), and one view's zoom or range would move another's."""
-    return pn.pane.HoloViews(obj, linked_axes=False, **params)
+def value_colours(values: np.ndarray, cmap: list[str] | None = None) -> np.ndarray:
+    """Hex colours of values in [0, 1] along a perceptual colour map (NaN → light grey)."""
+    cmap = cmap or VALUE_CMAP
+    idx = np.clip(np.nan_to_num(values, nan=0.0), 0, 1) * (len(cmap) - 1)
+    out = np.asarray(cmap)[idx.round().astype(int)]
+    return np.where(np.isfinite(values), out, "#cccccc")
+
+
+def rgb(colour: str) -> np.ndarray:
+    """'#rrggbb' → float [3] in [0, 1]."""
+    c = colour.lstrip("#")
+    return np.array([int(c[i : i + 2], 16) for i in (0, 2, 4)], dtype=np.float64) / 255.0
+
+
+def rgba_image(pixels: np.ndarray) -> np.ndarray:
+    """[h, w, 3|4] uint8 (row 0 = top) → [h, w] uint32 for Bokeh's image_rgba (row 0 = bottom)."""
+    if pixels.shape[-1] == 3:
+        pixels = np.dstack([pixels, np.full(pixels.shape[:2], 255, np.uint8)])
+    return np.ascontiguousarray(np.flipud(pixels)).view(np.uint32)[..., 0]
+
+
+def figure(title: str, width: int, height: int, tools: str = "pan,wheel_zoom,reset", x_range=(0, 1),
+           y_range=(0, 1), **kw):
+    """A fixed-size Bokeh figure with explicit ranges: a DataRange1d sends range updates back to the server
+    on every change, and responsive plots with a fixed aspect kept Bokeh's layout from settling."""
+    fig = bokeh_figure(title=title, width=width, height=height, tools=tools, toolbar_location="above",
+                       x_range=Range1d(*x_range), y_range=Range1d(*y_range), output_backend="canvas", **kw)
+    fig.toolbar.logo = None
+    fig.title.text_font_size = "12px"
+    fig.min_border_left = fig.min_border_right = 4
+    for axis in (fig.xaxis, fig.yaxis):
+        axis.axis_label_text_font_size = FONT
+        axis.major_label_text_font_size = FONT
+        axis.axis_label_text_font_style = "normal"
+    return fig
+
+
+def bare(fig):
+    """No axes and no grid (images, maps)."""
+    fig.axis.visible = False
+    fig.grid.visible = False
+    return fig

@@ -1,0 +1,149 @@
+"""The paper's Head Importance View (Fig. 1 B): one metric over all layer × head, the selected head in
+modes 0–5, and the top-5 under the current pruning.
+
+Without an image the line is the mean over all images (or over the chosen class) with a ± std band.
+Tap selects a head; a horizontal drag (box select) selects a range of heads, summarised below the line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from bokeh.events import SelectionGeometry, Tap
+from bokeh.layouts import column, row
+from bokeh.models import BoxAnnotation, BoxSelectTool, ColumnDataSource, Div, HoverTool
+
+from vitscope.app.data import StoreData
+from vitscope.app.overview import top5_html
+from vitscope.app.state import Selection
+from vitscope.app.style import SELECTED, figure, layer_colours
+from vitscope.vocab import METRIC_LABELS, MODES
+
+
+def importance_values(data: StoreData, metric: str, mode: int, image: int | None, cls: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(values [L·H], std [L·H] or None): the image's, or the mean and std over all images (of one class)."""
+    if data.readable(image) is not None:
+        return data.metric_values(metric, mode)[image], None
+    return data.band(metric, mode, cls)
+
+
+def mode_values(data: StoreData, metric: str, layer: int, head: int, image: int | None,
+                cls: int | None = None) -> np.ndarray:
+    """[modes] the head's metric in every pruning mode (image, or mean over images / one class)."""
+    v = data.importance[:, layer, head, :, data.metrics.index(metric)]  # [N, modes]
+    if data.readable(image) is not None:
+        return v[image]
+    rows = v[data.class_images(cls)]
+    return rows.mean(0) if len(rows) else np.full(len(MODES), np.nan)
+
+
+def group_summary(data: StoreData, group: list[int], values: np.ndarray, metric: str) -> str:
+    """One line on the drag-selected heads: their range, how many, and the metric's mean and extreme."""
+    if not group:
+        return "<i>Drag across the line to select a range of heads; tap to select one.</i>"
+    v = values[group]
+    worst = group[int(np.nanargmin(v) if metric == "prob" else np.nanargmax(v))]
+    name = lambda k: f"L{k // data.heads}H{k % data.heads}"  # noqa: E731
+    return (f"<b>{len(group)} heads</b> {name(group[0])}–{name(group[-1])}: mean {METRIC_LABELS[metric]} "
+            f"{np.nanmean(v):.3f}; most important {name(worst)} ({values[worst]:.3f})")
+
+
+class HeadImportanceView:
+    """Line of a metric over all heads (with a ± std band for all images), mode bars, top-5."""
+
+    watches = ("image", "metric", "mode", "layer", "head", "cls", "group")
+
+    def __init__(self, data: StoreData, sel: Selection, width: int = 880, height: int = 215) -> None:
+        self.data, self.sel = data, sel
+        n = data.layers * data.heads
+        x = np.arange(n)
+        colours = np.array(layer_colours(data.layers))[x // data.heads]
+        self.source = ColumnDataSource({"x": x, "y": np.zeros(n), "lo": np.zeros(n), "hi": np.zeros(n),
+                                        "layer": x // data.heads, "head": x % data.heads, "colour": colours})
+        fig = figure("Head Importance View", width, height, tools="xpan,xwheel_zoom,reset", x_range=(-0.5, n - 0.5))
+        fig.varea("x", "lo", "hi", source=self.source, fill_color="#888888", fill_alpha=0.25)
+        fig.line("x", "y", source=self.source, color="#333333")
+        dots = fig.scatter("x", "y", source=self.source, color="colour", size=6, line_color=None)
+        fig.vspan(x=list(np.arange(1, data.layers) * data.heads - 0.5), line_color="#bbbbbb", line_dash="dashed")
+        self.group_box = BoxAnnotation(fill_color=SELECTED, fill_alpha=0.08, line_color=SELECTED, visible=False)
+        fig.add_layout(self.group_box)
+        self.ring = ColumnDataSource({"x": [], "y": []})
+        fig.scatter("x", "y", source=self.ring, size=14, fill_alpha=0, line_color=SELECTED, line_width=3)
+        fig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head"), ("value", "@y{0.000}")]),
+                      BoxSelectTool(dimensions="width", renderers=[dots]))
+        fig.xaxis.axis_label = "head (layer × heads + head)"
+        dots.nonselection_glyph = dots.glyph.clone()  # a drag shows as the band, not as greyed-out dots
+        fig.on_event(Tap, lambda e: self.pick(e.x))
+        fig.on_event(SelectionGeometry, self._on_box)
+        self.figure = fig
+
+        self.bar_source = ColumnDataSource({"x": list(MODES), "top": np.zeros(len(MODES))})
+        bars = figure("modes 0–5", 300, 145, tools="", x_range=(-0.6, len(MODES) - 0.4))
+        bars.toolbar_location = None
+        self.bar_glyph = bars.vbar("x", top="top", width=0.7, source=self.bar_source, color="#888888").glyph
+        bars.xaxis.ticker = list(MODES)
+        bars.xaxis.axis_label = "pruning mode"
+        self.bars = bars
+        self.top5 = Div(text="", width=300)
+        self.summary = Div(text="", width=width)
+        self.update()
+
+    # -- interaction ---------------------------------------------------------------------------------
+
+    def pick(self, x: float | None) -> tuple[int, int] | None:
+        """Select the head at x (a tap on the line)."""
+        if x is None:
+            return None
+        k = int(np.clip(round(x), 0, self.data.layers * self.data.heads - 1))
+        layer, head = divmod(k, self.data.heads)
+        self.sel.param.update(layer=layer, head=head)
+        return layer, head
+
+    def select_range(self, x0: float, x1: float) -> list[int]:
+        """Select the heads whose x lies in [x0, x1] as the group (the first becomes the selected head)."""
+        n = self.data.layers * self.data.heads
+        lo, hi = int(np.clip(np.ceil(min(x0, x1)), 0, n)), int(np.clip(np.floor(max(x0, x1)), -1, n - 1))
+        group = list(range(lo, hi + 1))
+        update = {"group": group}
+        if group:
+            update.update(zip(("layer", "head"), divmod(group[0], self.data.heads), strict=True))
+        self.sel.param.update(**update)
+        return group
+
+    def _on_box(self, event: SelectionGeometry) -> None:
+        g = event.geometry
+        if event.final and g.get("type") == "rect":
+            self.select_range(g["x0"], g["x1"])
+
+    # -- drawing -------------------------------------------------------------------------------------
+
+    def update(self, changed: set[str] | None = None) -> None:
+        d, s = self.data, self.sel
+        y, std = importance_values(d, s.metric, s.mode, s.image, s.cls)
+        lo, hi = (y, y) if std is None else (y - std, y + std)
+        k = d.head_index(s.layer, s.head)
+        if changed is None or changed & {"image", "metric", "mode", "cls"}:
+            self.source.data.update(y=y, lo=lo, hi=hi)
+            top, bottom = np.nanmax(hi), np.nanmin(lo)
+            pad = 0.05 * max(float(top - bottom), 1e-6)
+            self.figure.y_range.update(start=float(bottom - pad), end=float(top + pad))
+            self.figure.yaxis.axis_label = METRIC_LABELS[s.metric]
+            image = d.readable(s.image)
+            who = (f"image {image}" if image is not None else
+                   "all images (mean ± std)" if s.cls is None else f"class {d.class_names[s.cls]!r} (mean ± std)")
+            self.figure.title.text = f"Head Importance View — {METRIC_LABELS[s.metric]}, {who}, mode {s.mode}"
+        self.ring.data = {"x": [k], "y": [float(y[k])]}
+        vals = mode_values(d, s.metric, s.layer, s.head, s.image, s.cls)
+        self.bar_source.data = {"x": list(MODES), "top": vals}
+        self.bar_glyph.fill_color = layer_colours(d.layers)[s.layer]
+        self.bars.title.text = f"L{s.layer}H{s.head} in modes 0–5"
+        group = [g for g in s.group if 0 <= g < len(y)]
+        self.group_box.update(left=group[0] - 0.5 if group else 0, right=group[-1] + 0.5 if group else 0,
+                              visible=bool(group))
+        self.summary.text = group_summary(d, group, y, s.metric)
+        image = d.readable(s.image)
+        self.top5.text = ("<i>Select an image to see its top-5 under pruning.</i>" if image is None else
+                          top5_html(d, image, s.layer, s.head, s.mode))
+
+    def bokeh(self):
+        return column(self.figure, self.summary, row(self.bars, self.top5))

@@ -1,0 +1,166 @@
+"""The paper's Image Overview (Fig. 1 A): all images on the tSNE of their head-importance vectors.
+
+Colour by class (a legend up to 20 classes), by correct/wrong top-1, or by P[true]; a chosen class is
+highlighted (or alone); hover names the class; tap or type an id to select an image.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+from bokeh.events import Tap
+from bokeh.layouts import column, row
+from bokeh.models import ColorBar, ColumnDataSource, Div, HoverTool, LinearColorMapper
+from scipy.spatial import cKDTree
+
+from vitscope.app.data import StoreData
+from vitscope.app.state import Selection
+from vitscope.app.style import (
+    CORRECT,
+    MAX_LEGEND,
+    SELECTED,
+    VALUE_CMAP,
+    WRONG,
+    bare,
+    class_colours,
+    figure,
+    rgba_image,
+    value_colours,
+)
+from vitscope.errors import VitscopeError
+from vitscope.vocab import MODE_NAMES
+
+
+def top5_html(data: StoreData, image: int, layer: int, head: int, mode: int) -> str:
+    """Top-5 predictions under the given pruning, the true label in bold."""
+    idx = data.topk_idx[image, layer, head, mode]
+    prob = data.topk_prob[image, layer, head, mode]
+    true = int(data.label[image])
+    rows = []
+    for c, p in zip(idx.tolist(), prob.tolist(), strict=True):
+        name = html.escape(data.class_names[c]) if 0 <= c < len(data.class_names) else str(c)
+        cell = f"<b>{name}</b>" if c == true else name
+        rows.append(f"<tr><td>{cell}</td><td style='text-align:right;padding-left:6px'>{p:.3f}</td></tr>")
+    where = "unpruned" if mode == 0 else f"L{layer}H{head} pruned, mode {mode} ({MODE_NAMES[mode]})"
+    return f"<div style='font-size:12px'><i>top-5, {where}</i><table>{''.join(rows)}</table></div>"
+
+
+def point_colours(data: StoreData, colour_by: str) -> tuple[np.ndarray, np.ndarray]:
+    """(colour, legend text) of every image for one colouring ('class', 'correct' or 'P[true]')."""
+    if colour_by == "class":
+        present = data.classes_present
+        palette = dict(zip(present, class_colours(len(present)), strict=True))
+        colour = np.array([palette.get(int(c), "#cccccc") for c in data.label])
+        return colour, np.array([data.class_names[int(c)] for c in data.label])
+    if colour_by == "correct":
+        return np.where(data.correct, CORRECT, WRONG), np.where(data.correct, "top-1 right", "top-1 wrong")
+    return value_colours(data.baseline_prob), np.full(data.images, "")
+
+
+def overview_columns(data: StoreData, colour_by: str, cls: int | None, only_class: bool) -> dict[str, np.ndarray]:
+    """The varying columns of the Image Overview's points: colour, legend, alpha, size."""
+    colour, legend = point_colours(data, colour_by)
+    chosen = data.class_images(cls) if cls is not None else data.valid
+    dim = 0.0 if only_class else 0.12
+    alpha = np.where(chosen, 0.85, dim) if cls is not None else np.full(data.images, 0.75)
+    size = np.where(chosen & (cls is not None), 9.0, 6.0)
+    ok = np.flatnonzero(data.valid & np.isfinite(data.image_xy).all(1))
+    return {"colour": colour[ok], "legend": legend[ok], "alpha": alpha[ok], "size": size[ok]}
+
+
+class ImageOverview:
+    """Scatter of all images plus the selected image with its unpruned top-5."""
+
+    watches = ("image", "colour_by", "cls", "only_class")
+
+    def __init__(self, data: StoreData, sel: Selection, width: int = 370, height: int = 275) -> None:
+        self.data, self.sel = data, sel
+        ok = np.flatnonzero(data.valid & np.isfinite(data.image_xy).all(1))
+        self._index, self._tree = ok, cKDTree(data.image_xy[ok])
+        xy = data.image_xy[ok]
+        pad = 0.05 * np.ptp(xy, axis=0) if len(xy) else np.ones(2)
+        lo, hi = (xy.min(0) - pad, xy.max(0) + pad) if len(xy) else (-np.ones(2), np.ones(2))
+        pred = data.topk_idx[ok, 0, 0, 0, 0]
+        self.source = ColumnDataSource({
+            "x": xy[:, 0], "y": xy[:, 1], "image": ok, "id": [data.image_ids[i] for i in ok],
+            "label": [data.class_names[int(c)] for c in data.label[ok]],
+            "pred": [data.class_names[int(c)] if 0 <= c < len(data.class_names) else str(c) for c in pred],
+            "p": data.baseline_prob[ok], **overview_columns(data, sel.colour_by, sel.cls, sel.only_class)})
+        fig = bare(figure("Image Overview", width, height, tools="pan,wheel_zoom,box_zoom,reset",
+                          x_range=(lo[0], hi[0]), y_range=(lo[1], hi[1])))
+        dots = fig.scatter("x", "y", source=self.source, color="colour", alpha="alpha", size="size",
+                           line_color=None, legend_field="legend")
+        fig.add_tools(HoverTool(renderers=[dots], tooltips=[("image", "@image  @id"), ("class", "@label"),
+                                                            ("P[true]", "@p{0.000}"), ("top-1", "@pred")]))
+        self.marker = ColumnDataSource({"x": [], "y": []})
+        fig.scatter("x", "y", source=self.marker, size=16, fill_alpha=0, line_color=SELECTED, line_width=3)
+        self.colour_bar = ColorBar(color_mapper=LinearColorMapper(palette=VALUE_CMAP, low=0, high=1), width=8,
+                                   title="P[true]", visible=False)
+        fig.add_layout(self.colour_bar, "right")
+        fig.legend.label_text_font_size = "10px"
+        fig.legend.location = "top_left"
+        fig.legend.background_fill_alpha = 0.6
+        fig.legend.padding = fig.legend.spacing = 0
+        fig.on_event(Tap, lambda e: self.pick(e.x, e.y))
+        self.figure = fig
+
+        s = data.thumb_shape
+        self.thumb_source = ColumnDataSource({"image": [np.zeros(s[:2], np.uint32)]})  # the real size: see rgba_image
+        thumb = bare(figure("", 100, 100, tools="", x_range=(0, 1), y_range=(0, 1)))
+        thumb.toolbar_location = None
+        thumb.image_rgba("image", x=0, y=0, dw=1, dh=1, source=self.thumb_source)
+        thumb.min_border = 0
+        self.thumb, self.detail = thumb, Div(text="Tap a point or type an image id.", width=width - 110)
+        self.update()
+
+    def pick(self, x: float | None, y: float | None) -> int | None:
+        """Select the shown image nearest to (x, y) (only the chosen class's when it is shown alone)."""
+        if x is None or y is None or not len(self._index):
+            return None
+        if self.sel.cls is not None and self.sel.only_class:
+            mine = np.flatnonzero(self.data.label[self._index] == self.sel.cls)
+            if not len(mine):
+                return None
+            d = ((self.data.image_xy[self._index[mine]] - [x, y]) ** 2).sum(1)
+            image = int(self._index[mine[np.argmin(d)]])
+        else:
+            image = int(self._index[self._tree.query([x, y])[1]])
+        self.select(image)
+        return image
+
+    def select(self, image: int | None) -> None:
+        """Select an image by index (None = all images); an unknown or unreadable one is a page message."""
+        if image is None:
+            self.sel.image = None
+            return
+        try:
+            self.sel.param.update(image=self.data.check_image(int(image)), message="")
+        except VitscopeError as e:
+            self.sel.message = str(e)
+
+    def update(self, changed: set[str] | None = None) -> None:
+        d, s = self.data, self.sel
+        if changed is None or changed & {"colour_by", "cls", "only_class"}:
+            self.source.data.update(overview_columns(d, s.colour_by, s.cls, s.only_class))
+            many = s.colour_by == "class" and len(d.classes_present) > MAX_LEGEND
+            self.figure.legend.visible = s.colour_by != "P[true]" and not many
+            self.colour_bar.visible = s.colour_by == "P[true]"
+            chosen = "" if s.cls is None else f", class {d.class_names[s.cls]!r}"
+            self.figure.title.text = f"Image Overview — {int(d.valid.sum())} images by {s.colour_by}{chosen}"
+        if changed is None or "image" in changed:
+            i = d.readable(s.image)
+            self.marker.data = {"x": [] if i is None else [float(d.image_xy[i, 0])],
+                                "y": [] if i is None else [float(d.image_xy[i, 1])]}
+            if i is None:
+                self.detail.text = "<i>Tap a point or type an image id to select an image.</i>"
+                return
+            self.thumb_source.data = {"image": [rgba_image(d.thumbnail(i))]}
+            true = html.escape(d.class_names[int(d.label[i])])
+            self.detail.text = (f"<div style='font-size:12px'><b>image {i}</b> <code>{html.escape(d.image_ids[i])}"
+                                f"</code><br>true label <b>{true}</b> · P[true] {d.baseline_prob[i]:.3f}</div>"
+                                + top5_html(d, i, 0, 0, 0))
+
+    def bokeh(self):
+        """The view as one Bokeh layout (export)."""
+        return column(self.figure, row(self.thumb, self.detail))

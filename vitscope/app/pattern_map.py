@@ -1,0 +1,150 @@
+"""The Attention Pattern View's overview (paper Fig. 1 D1, Fig. 12): every head of every image on the CLS
+or patch-pattern tSNE, aggregated by datashader and coloured by layer, re-aggregated on every zoom and pan.
+
+On top: the selected image's heads (dots coloured by layer), the selected head (ring), and where the
+selected (layer, head) lies across all images (its instances as small dots with density contours, Fig.
+12 C–R); optionally the contours of all heads' density. A tap picks the nearest head of any image.
+"""
+
+from __future__ import annotations
+
+import contourpy
+import datashader as ds
+import datashader.transfer_functions as tf
+import numpy as np
+from bokeh.events import RangesUpdate, Tap
+from bokeh.models import ColumnDataSource, HoverTool
+from scipy.ndimage import gaussian_filter
+
+from vitscope.app.data import StoreData
+from vitscope.app.state import Selection
+from vitscope.app.style import SELECTED, bare, figure, layer_colours
+
+DENSITY_BINS = 96
+HEAD_LEVELS = (0.15, 0.4, 0.7)  # contour levels of one head's density (fraction of its peak)
+ALL_LEVELS = (0.05, 0.15, 0.3, 0.5, 0.7, 0.9)
+
+
+def aggregate(data: StoreData, kind: str, x_range: tuple[float, float], y_range: tuple[float, float],
+              width: int, height: int) -> np.ndarray:
+    """[height, width] uint32 RGBA (row 0 = bottom): all heads of a layout counted per pixel and per layer,
+    each pixel the mix of its layers' colours (datashader `count_cat`), lone heads spread to stay visible."""
+    canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
+    agg = canvas.points(data.head_frame(kind), "x", "y", ds.count_cat("layer"))
+    key = dict(zip(range(data.layers), layer_colours(data.layers), strict=True))
+    img = tf.dynspread(tf.shade(agg, color_key=key, how="eq_hist", min_alpha=70), threshold=0.5, max_px=2)
+    return np.asarray(img.data, dtype=np.uint32)
+
+
+def contour_lines(x: np.ndarray, y: np.ndarray, bounds: tuple[float, float, float, float],
+                  levels: tuple[float, ...], sigma: float = 1.5) -> dict[str, list]:
+    """{xs, ys}: contour lines of the smoothed density of the points (levels as fractions of its peak)."""
+    x0, y0, x1, y1 = bounds
+    if len(x) < 3:
+        return {"xs": [], "ys": []}
+    h, _, _ = np.histogram2d(y, x, bins=DENSITY_BINS, range=[[y0, y1], [x0, x1]])  # [y, x]
+    h = gaussian_filter(h, sigma)
+    if h.max() <= 0:
+        return {"xs": [], "ys": []}
+    gx, gy = np.linspace(x0, x1, DENSITY_BINS), np.linspace(y0, y1, DENSITY_BINS)
+    gen = contourpy.contour_generator(gx, gy, h / h.max())
+    xs, ys = [], []
+    for level in levels:
+        for line in gen.lines(level):
+            xs.append(line[:, 0].tolist())
+            ys.append(line[:, 1].tolist())
+    return {"xs": xs, "ys": ys}
+
+
+def image_heads(data: StoreData, kind: str, image: int | None) -> dict[str, list]:
+    """The selected image's heads in a layout: x, y, layer, head, colour."""
+    if image is None:
+        return {"x": [], "y": [], "layer": [], "head": [], "colour": []}
+    xy = getattr(data, f"head_xy_{kind}")[image].reshape(-1, 2)  # [L·H, 2]
+    layer, head = np.divmod(np.arange(len(xy)), data.heads)
+    return {"x": xy[:, 0], "y": xy[:, 1], "layer": layer, "head": head,
+            "colour": np.array(layer_colours(data.layers))[layer]}
+
+
+def head_instances(data: StoreData, kind: str, layer: int, head: int) -> tuple[np.ndarray, np.ndarray]:
+    """x, y of one (layer, head) in every readable image of a layout."""
+    xy = getattr(data, f"head_xy_{kind}")[:, layer, head]  # [N, 2]
+    ok = data.valid & np.isfinite(xy).all(1)
+    return xy[ok, 0], xy[ok, 1]
+
+
+class PatternMap:
+    """The map figure; `update` follows the selection, `reaggregate` the figure's ranges."""
+
+    watches = ("image", "layer", "head", "layout", "density")
+
+    def __init__(self, data: StoreData, sel: Selection, size: int = 340) -> None:
+        self.data, self.sel, self.size = data, sel, size
+        self.kind = sel.layout
+        x0, y0, x1, y1 = data.bounds(self.kind)
+        fig = bare(figure("Attention Pattern View — all heads", size, size, tools="pan,wheel_zoom,reset",
+                          x_range=(x0, x1), y_range=(y0, y1)))
+        self.raster = ColumnDataSource({"image": [np.zeros((size, size), np.uint32)], "x": [x0], "y": [y0],
+                                        "dw": [x1 - x0], "dh": [y1 - y0]})
+        fig.image_rgba("image", x="x", y="y", dw="dw", dh="dh", source=self.raster)
+        self.all_contours = ColumnDataSource({"xs": [], "ys": []})
+        fig.multi_line("xs", "ys", source=self.all_contours, color="#555555", line_width=1)
+        self.instances = ColumnDataSource({"x": [], "y": []})
+        fig.scatter("x", "y", source=self.instances, size=3, color=SELECTED, alpha=0.35, line_color=None)
+        self.head_contours = ColumnDataSource({"xs": [], "ys": []})
+        fig.multi_line("xs", "ys", source=self.head_contours, color=SELECTED, line_width=1.5)
+        self.heads = ColumnDataSource(image_heads(data, self.kind, None))
+        dots = fig.scatter("x", "y", source=self.heads, color="colour", size=8, line_color="black", line_width=0.5)
+        fig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head")]))
+        self.ring = ColumnDataSource({"x": [], "y": []})
+        fig.scatter("x", "y", source=self.ring, size=16, fill_alpha=0, line_color=SELECTED, line_width=2.5)
+        fig.on_event(Tap, lambda e: self.pick(e.x, e.y))
+        fig.on_event(RangesUpdate, lambda e: self.reaggregate((e.x0, e.x1), (e.y0, e.y1)))
+        self.figure = fig
+        self.reaggregate((x0, x1), (y0, y1))
+        self.update()
+
+    def pick(self, x: float | None, y: float | None) -> tuple[int, int, int] | None:
+        """Select the head nearest to (x, y) in the current layout (KD-tree) and return (image, layer, head)."""
+        if x is None or y is None:
+            return None
+        image, layer, head = self.data.nearest_head(self.sel.layout, float(x), float(y))
+        self.sel.param.update(image=image, layer=layer, head=head)
+        return image, layer, head
+
+    def reaggregate(self, x_range: tuple[float, float], y_range: tuple[float, float]) -> None:
+        """Datashade the current layout into the visible ranges at the figure's pixel size."""
+        if None in (*x_range, *y_range) or x_range[1] <= x_range[0] or y_range[1] <= y_range[0]:
+            return
+        img = aggregate(self.data, self.kind, x_range, y_range, self.size, self.size)
+        self.raster.data = {"image": [img], "x": [x_range[0]], "y": [y_range[0]], "dw": [x_range[1] - x_range[0]],
+                            "dh": [y_range[1] - y_range[0]]}
+
+    def update(self, changed: set[str] | None = None) -> None:
+        d, s = self.data, self.sel
+        if s.layout != self.kind:  # another layout: its own extent, aggregated afresh
+            self.kind = s.layout
+            x0, y0, x1, y1 = d.bounds(self.kind)
+            self.figure.x_range.update(start=x0, end=x1)
+            self.figure.y_range.update(start=y0, end=y1)
+            self.reaggregate((x0, x1), (y0, y1))
+        bounds = d.bounds(self.kind)
+        if changed is None or changed & {"density", "layout"}:
+            frame = d.head_frame(self.kind)
+            on = s.density
+            self.all_contours.data = (contour_lines(frame["x"].to_numpy(), frame["y"].to_numpy(), bounds, ALL_LEVELS)
+                                      if on else {"xs": [], "ys": []})
+        if changed is None or changed & {"layer", "head", "layout"}:
+            x, y = head_instances(d, self.kind, s.layer, s.head)
+            self.instances.data = {"x": x, "y": y}
+            self.head_contours.data = contour_lines(x, y, bounds, HEAD_LEVELS, sigma=2.0)
+        image = d.readable(s.image)
+        if changed is None or changed & {"image", "layout"}:
+            self.heads.data = image_heads(d, self.kind, image)
+        if image is None:
+            self.ring.data = {"x": [], "y": []}
+        else:
+            xy = getattr(d, f"head_xy_{self.kind}")[image, s.layer, s.head]
+            self.ring.data = {"x": [float(xy[0])], "y": [float(xy[1])]}
+        self.figure.title.text = (f"Attention Pattern View — {s.layout} layout, L{s.layer}H{s.head} across "
+                                  f"images in red")

@@ -1,0 +1,155 @@
+"""The paper's Attention Strength View (Fig. 1 C; Fig. 9 D–E): all heads by strength entropy (C1), the
+selected head's k-hop strength vector (C2) and the distribution of its entropy over all images with the
+current image marked (C3). Up to four pinned heads are drawn beside the selected one in C2 and C3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from bokeh.events import Tap
+from bokeh.layouts import column
+from bokeh.models import ColumnDataSource, HoverTool, Span
+
+from vitscope.app.data import ENTROPY_BINS, StoreData
+from vitscope.app.state import Selection
+from vitscope.app.style import PIN_COLOURS, SELECTED, figure, layer_colours
+
+ENTROPY_LABEL = "strength entropy"
+JITTER = 0.6  # width of a layer's column of heads, in layer units (< 1 so columns never touch)
+
+
+def head_x(layers: int, heads: int) -> np.ndarray:
+    """[L·H] x of each head in C1: its layer, spread evenly across a column so heads never overlap."""
+    layer, head = np.divmod(np.arange(layers * heads), heads)
+    return layer + (head - (heads - 1) / 2) * (JITTER / max(heads, 1))
+
+
+def head_points(data: StoreData, image: int | None) -> dict[str, np.ndarray]:
+    """C1 columns: y = strength entropy and mean attention distance of every head (image or mean)."""
+    i = data.readable(image)
+    ent = data.mean_entropy if i is None else data.strength_entropy[i]
+    dist = data.mean_distance if i is None else data.attention_distance[i]
+    return {"y": ent.reshape(-1), "distance": dist.reshape(-1)}
+
+
+def compared(data: StoreData, sel: Selection) -> list[tuple[int, int, str]]:
+    """(layer, head, colour) of the selected head followed by the pinned ones (duplicates dropped)."""
+    out = [(sel.layer, sel.head, SELECTED)]
+    for n, flat in enumerate(sel.pinned):
+        layer, head = divmod(flat, data.heads)
+        if (layer, head) != (sel.layer, sel.head) and layer < data.layers:
+            out.append((layer, head, PIN_COLOURS[n % len(PIN_COLOURS)]))
+    return out
+
+
+def strength_bars(data: StoreData, heads: list[tuple[int, int, str]], image: int | None) -> dict[str, list]:
+    """C2 columns: one bar per (head, hop), the heads side by side within each hop."""
+    i = data.readable(image)
+    width = 0.8 / len(heads)
+    cols: dict[str, list] = {"x": [], "top": [], "colour": [], "name": [], "width": []}
+    for n, (layer, head, colour) in enumerate(heads):
+        vals = (data.mean_strength if i is None else data.strength[i])[layer, head]
+        cols["x"] += list(np.arange(len(vals)) - 0.4 + width * (n + 0.5))
+        cols["top"] += [float(v) for v in vals]
+        cols["colour"] += [colour] * len(vals)
+        cols["name"] += [f"L{layer}H{head}"] * len(vals)
+        cols["width"] += [width] * len(vals)
+    return cols
+
+
+def entropy_steps(data: StoreData, heads: list[tuple[int, int, str]]) -> dict[str, list]:
+    """C3 columns: each head's entropy distribution over readable images as a step outline (share of images)."""
+    xs, ys, colours, names = [], [], [], []
+    total = max(int(data.valid.sum()), 1)
+    for layer, head, colour in heads:
+        share = data.entropy_histogram(layer, head) / total
+        xs.append(list(np.repeat(ENTROPY_BINS, 2)))
+        ys.append([0.0, *np.repeat(share, 2), 0.0])
+        colours.append(colour)
+        names.append(f"L{layer}H{head}")
+    return {"xs": xs, "ys": ys, "colour": colours, "name": names}
+
+
+class AttentionStrengthView:
+    """C1 scatter of heads (tap selects), C2 strength vectors, C3 entropy distributions."""
+
+    watches = ("image", "layer", "head", "pinned")
+
+    def __init__(self, data: StoreData, sel: Selection, width: int = 330) -> None:
+        self.data, self.sel = data, sel
+        L, H = data.layers, data.heads
+        layer, head = np.divmod(np.arange(L * H), H)
+        self.x = head_x(L, H)
+        self.source = ColumnDataSource({"x": self.x, "layer": layer, "head": head,
+                                        "colour": np.array(layer_colours(L))[layer], **head_points(data, None)})
+        fig = figure("Attention Strength View", width, 160, tools="tap", x_range=(-0.5, L - 0.5),
+                     y_range=(-0.03, 1.05))
+        dots = fig.scatter("x", "y", source=self.source, color="colour", size=8, line_color="white")
+        dots.nonselection_glyph = dots.glyph.clone()
+        fig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head"), ("entropy", "@y{0.000}"),
+                                                            ("mean attention distance", "@distance{0.00}")]))
+        self.marks = ColumnDataSource({"x": [], "y": [], "colour": []})
+        fig.scatter("x", "y", source=self.marks, size=15, fill_alpha=0, line_color="colour", line_width=2.5)
+        fig.xaxis.ticker = list(range(L))
+        fig.xaxis.axis_label, fig.yaxis.axis_label = "layer", ENTROPY_LABEL
+        fig.on_event(Tap, lambda e: self.pick(e.x, e.y))
+        self.figure = fig
+
+        self.bar_source = ColumnDataSource({"x": [], "top": [], "colour": [], "name": [], "width": []})
+        bars = figure("k-hop attention strength", width, 125, tools="", x_range=(-0.5, data.grid - 0.5))
+        bars.vbar("x", top="top", width="width", color="colour", source=self.bar_source)
+        bars.add_tools(HoverTool(tooltips=[("head", "@name"), ("strength", "@top{0.000}")]))
+        bars.xaxis.axis_label = "k-hop neighbours"
+        bars.xaxis.ticker = list(range(data.grid))
+        self.bars = bars
+
+        self.step_source = ColumnDataSource({"xs": [], "ys": [], "colour": [], "name": []})
+        hist = figure("strength entropy over all images", width, 125, tools="", x_range=(0, 1))
+        hist.multi_line("xs", "ys", source=self.step_source, color="colour", line_width=2)
+        self.current = Span(dimension="height", location=0, line_color=SELECTED, line_width=2, visible=False)
+        hist.add_layout(self.current)
+        hist.xaxis.axis_label, hist.yaxis.axis_label = ENTROPY_LABEL, "share of images"
+        self.hist = hist
+        for f in (bars, hist):
+            f.toolbar_location = None
+        self.update()
+
+    def pick(self, x: float | None, y: float | None) -> tuple[int, int] | None:
+        """Select the head nearest to (x, y) in data space (NaN points are never picked)."""
+        if x is None or y is None:
+            return None
+        ys = np.asarray(self.source.data["y"], dtype=float)
+        dist = (self.x - x) ** 2 + (ys - y) ** 2
+        k = int(np.argmin(np.where(np.isfinite(dist), dist, np.inf)))
+        layer, head = divmod(k, self.data.heads)
+        self.sel.param.update(layer=layer, head=head)
+        return layer, head
+
+    def update(self, changed: set[str] | None = None) -> None:
+        d, s = self.data, self.sel
+        image = d.readable(s.image)
+        if changed is None or "image" in changed:
+            self.source.data.update(head_points(d, image))
+            who = "mean of all images" if image is None else f"image {image}"
+            self.figure.title.text = f"Attention Strength View — all heads, {who}"
+        heads = compared(d, s)
+        ys = self.source.data["y"]
+        ks = [d.head_index(layer, head) for layer, head, _ in heads]
+        self.marks.data = {"x": list(self.x[ks]), "y": [float(ys[k]) for k in ks], "colour": [c for *_, c in heads]}
+        self.bar_source.data = strength_bars(d, heads, image)
+        self.step_source.data = entropy_steps(d, heads)
+        names = ", ".join(f"L{layer}H{head}" for layer, head, _ in heads)
+        self.bars.title.text = f"k-hop attention strength — {names}"
+        self.hist.y_range.update(start=0, end=max(max((max(y) for y in self.step_source.data["ys"]), default=0),
+                                                  1e-6) * 1.08)
+        if image is None:
+            self.current.visible = False
+            self.hist.title.text = f"strength entropy over all images — {names}"
+        else:
+            value = float(d.strength_entropy[image, s.layer, s.head])
+            self.current.update(location=value, visible=True)
+            self.hist.title.text = f"entropy over all images — {names}; image {image}: {value:.3f}"
+
+    def bokeh(self):
+        return column(self.figure, self.bars, self.hist)
+
