@@ -60,17 +60,20 @@ class HeadImportanceView:
         colours = np.array(layer_colours(data.layers))[x // data.heads]
         self.source = ColumnDataSource({"x": x, "y": np.zeros(n), "lo": np.zeros(n), "hi": np.zeros(n),
                                         "layer": x // data.heads, "head": x % data.heads, "colour": colours})
-        fig = figure("Head Importance View", width, height, tools="xpan,xwheel_zoom,reset", x_range=(-0.5, n - 0.5))
+        fig = figure("Head Importance View", width, height, name="vs-importance-fig",
+                     tools="xpan,xwheel_zoom,reset", x_range=(-0.5, n - 0.5))
         fig.varea("x", "lo", "hi", source=self.source, fill_color="#888888", fill_alpha=0.25)
         fig.line("x", "y", source=self.source, color="#333333")
         dots = fig.scatter("x", "y", source=self.source, color="colour", size=6, line_color=None)
         fig.vspan(x=list(np.arange(1, data.layers) * data.heads - 0.5), line_color="#bbbbbb", line_dash="dashed")
-        self.group_box = BoxAnnotation(fill_color=SELECTED, fill_alpha=0.08, line_color=SELECTED, visible=False)
+        self.group_box = BoxAnnotation(fill_color=SELECTED, fill_alpha=0.08, line_color=SELECTED, visible=False,
+                                       name="vs-group")
         fig.add_layout(self.group_box)
         self.ring = ColumnDataSource({"x": [], "y": []})
         fig.scatter("x", "y", source=self.ring, size=14, fill_alpha=0, line_color=SELECTED, line_width=3)
-        fig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head"), ("value", "@y{0.000}")]),
-                      BoxSelectTool(dimensions="width", renderers=[dots]))
+        drag = BoxSelectTool(dimensions="width", renderers=[dots])
+        fig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head"), ("value", "@y{0.000}")]), drag)
+        fig.toolbar.active_drag = drag  # dragging selects a range of heads; the wheel still zooms
         fig.xaxis.axis_label = "head (layer × heads + head)"
         dots.nonselection_glyph = dots.glyph.clone()  # a drag shows as the band, not as greyed-out dots
         fig.on_event(Tap, lambda e: self.pick(e.x))

@@ -86,8 +86,10 @@ class ImageOverview:
             "x": xy[:, 0], "y": xy[:, 1], "image": ok, "id": [data.image_ids[i] for i in ok],
             "label": [data.class_names[int(c)] for c in data.label[ok]],
             "pred": [data.class_names[int(c)] if 0 <= c < len(data.class_names) else str(c) for c in pred],
-            "p": data.baseline_prob[ok], **overview_columns(data, sel.colour_by, sel.cls, sel.only_class)})
-        fig = bare(figure("Image Overview", width, height, tools="pan,wheel_zoom,box_zoom,reset",
+            "p": data.baseline_prob[ok], **overview_columns(data, sel.colour_by, sel.cls, sel.only_class)},
+            name="vs-overview-points")
+        fig = bare(figure("Image Overview", width, height, name="vs-overview-fig",
+                          tools="pan,wheel_zoom,box_zoom,reset",
                           x_range=(lo[0], hi[0]), y_range=(lo[1], hi[1])))
         dots = fig.scatter("x", "y", source=self.source, color="colour", alpha="alpha", size="size",
                            line_color=None, legend_field="legend")

@@ -82,10 +82,11 @@ class PatternMap:
         self.data, self.sel, self.size = data, sel, size
         self.kind = sel.layout
         x0, y0, x1, y1 = data.bounds(self.kind)
-        fig = bare(figure("Attention Pattern View — all heads", size, size, tools="pan,wheel_zoom,reset",
+        fig = bare(figure("Attention Pattern View — all heads", size, size, name="vs-map-fig",
+                          tools="pan,wheel_zoom,reset",
                           x_range=(x0, x1), y_range=(y0, y1)))
         self.raster = ColumnDataSource({"image": [np.zeros((size, size), np.uint32)], "x": [x0], "y": [y0],
-                                        "dw": [x1 - x0], "dh": [y1 - y0]})
+                                        "dw": [x1 - x0], "dh": [y1 - y0]}, name="vs-raster")
         fig.image_rgba("image", x="x", y="y", dw="dw", dh="dh", source=self.raster)
         self.all_contours = ColumnDataSource({"xs": [], "ys": []})
         fig.multi_line("xs", "ys", source=self.all_contours, color="#555555", line_width=1)

@@ -104,16 +104,17 @@ class MatrixPlots:
         m = int(self.edges[-1])
 
         self.segments = ColumnDataSource({c: [] for c in LINE_COLUMNS})
-        axes = figure("two axes", 370, 160, tools="xpan,xwheel_zoom,reset", x_range=(-1, tokens), y_range=(-0.2, 1.2))
+        axes = figure("two axes", 370, 160, name="vs-axes-fig",
+                      tools="xpan,xwheel_zoom,reset", x_range=(-1, tokens), y_range=(-0.2, 1.2))
         axes.segment("x0", "y0", "x1", "y1", source=self.segments, color="colour", alpha="alpha", line_width=1.2)
-        self.highlight = ColumnDataSource({"x0": [], "y0": [], "x1": [], "y1": []})
+        self.highlight = ColumnDataSource({"x0": [], "y0": [], "x1": [], "y1": []}, name="vs-highlight")
         axes.segment("x0", "y0", "x1", "y1", source=self.highlight, color=SELECTED, line_width=2.5)
         ticks = np.arange(tokens)
         colour = np.where(ticks < prefix, CLS_COLOUR, PATCH_COLOUR)
         tick_src = ColumnDataSource({"x": np.r_[ticks, ticks].astype(float), "y": np.r_[np.ones(tokens),
                                      np.zeros(tokens)], "c": np.r_[colour, colour], "t": np.r_[ticks, ticks]})
         tick_r = axes.scatter("x", "y", source=tick_src, color="c", size=5, line_color=None)
-        axes.add_tools(HoverTool(renderers=[tick_r], tooltips=[("token", "@t")], mode="vline",
+        axes.add_tools(HoverTool(renderers=[tick_r], tooltips=[("token", "@t")],
                                  callback=CustomJS(args={"seg": self.segments, "hl": self.highlight,
                                                          "tokens": tokens}, code=HOVER_JS)))
         axes.yaxis.ticker = [0, 1]

@@ -82,7 +82,8 @@ class AttentionStrengthView:
         self.x = head_x(L, H)
         self.source = ColumnDataSource({"x": self.x, "layer": layer, "head": head,
                                         "colour": np.array(layer_colours(L))[layer], **head_points(data, None)})
-        fig = figure("Attention Strength View", width, 160, tools="tap", x_range=(-0.5, L - 0.5),
+        fig = figure("Attention Strength View", width, 160, name="vs-strength-fig",
+                     tools="tap", x_range=(-0.5, L - 0.5),
                      y_range=(-0.03, 1.05))
         dots = fig.scatter("x", "y", source=self.source, color="colour", size=8, line_color="white")
         dots.nonselection_glyph = dots.glyph.clone()
@@ -95,7 +96,8 @@ class AttentionStrengthView:
         fig.on_event(Tap, lambda e: self.pick(e.x, e.y))
         self.figure = fig
 
-        self.bar_source = ColumnDataSource({"x": [], "top": [], "colour": [], "name": [], "width": []})
+        self.bar_source = ColumnDataSource({"x": [], "top": [], "colour": [], "name": [], "width": []},
+                                           name="vs-strength-bars")
         bars = figure("k-hop attention strength", width, 125, tools="", x_range=(-0.5, data.grid - 0.5))
         bars.vbar("x", top="top", width="width", color="colour", source=self.bar_source)
         bars.add_tools(HoverTool(tooltips=[("head", "@name"), ("strength", "@top{0.000}")]))
