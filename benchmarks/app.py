@@ -3,11 +3,13 @@
     python benchmarks/app.py                      # demo store + synthetic ViT-B store (built once, ~75 s)
     python benchmarks/app.py --no-synthetic --repeat 5
 
+Server side only; what a user feels in the browser is `app_browser.py`.
+
 For each store the whole app (`Explorer`, the page without the sidebar) is rendered once into a
-Bokeh document (`get_root()`: no server, so HoloViews and Panel update the models synchronously),
-then five kinds of selection change are timed: image, layer/head, metric, threshold, layout
-cls↔patch. Each view is also rendered alone (its own selection) and timed the same way, so the
-table shows which view costs what ("–": the view did not change). Every timed change is checked
+Bokeh document (`get_root()`: no server, so the models are updated synchronously), then five
+kinds of selection change are timed: image, layer/head, metric, threshold, layout cls↔patch.
+Each view's own `update` is timed inside the same changes, so the table shows which view costs
+what ("–": the view does not depend on the change). Every timed change is checked
 to have changed the models' data or text, so no no-op is timed. Times stop once the Bokeh models
 are updated: serialising them to the browser and drawing are not included.
 
@@ -37,9 +39,9 @@ from synthetic_store import make
 
 from vitscope.app.explorer import Explorer
 from vitscope.build import cache_root
-from vitscope.engine.metrics import METRICS
 from vitscope.service import Service
 from vitscope.store import open_store
+from vitscope.vocab import METRICS
 
 GOAL_MS = 300.0
 VITB = dict(images=1000, layers=12, heads=12, grid=14, classes=1000, chunk=64)
@@ -108,21 +110,43 @@ def steps(ex: Explorer, thresholds: list[float]) -> dict[str, Callable[[int], No
     }
 
 
-def measure(cls: type[Explorer], path: Path, view: int | None, n: int) -> dict:
-    """{step: (times, noops)} for the whole app (view None) or one of its views, rendered alone."""
+def _timed(update: Callable, log: list[float]) -> Callable:
+    """`update`, adding its seconds to the last entry of `log`."""
+    def run(changed=None) -> None:
+        t = time.perf_counter()
+        update(changed)
+        log[-1] += time.perf_counter() - t
+    return run
+
+
+def measure(cls: type[Explorer], path: Path, n: int) -> tuple[dict, dict]:
+    """({step: (times, noops)} of the whole app, {view: {step: [seconds in its `update` per change]}})."""
     ex = cls(path)
     s = ex.selection
     s.image = int(np.flatnonzero(ex.data.valid)[0])
-    root = pn.panel(ex if view is None else ex.views[view]).get_root()
-    gc.collect()  # start each target without the previous one's garbage
+    root = pn.panel(ex).get_root()
+    spent: dict[str, list[float]] = {type(v).__name__: [0.0] for v in ex.views}
+    for view in ex.views:  # each view's own share of a change, measured inside the whole app's update
+        view.update = _timed(view.update, spent[type(view).__name__])
+    gc.collect()
     thresholds: list[float] = []  # quantiles of the head selected when the threshold step starts
-    out = {}
+    out, per_view = {}, {name: {} for name in spent}
     for name, apply in steps(ex, thresholds).items():
         if name == "threshold":
             A = ex.attention(s.image)[s.layer, s.head]
             thresholds[:] = [float(np.quantile(A, q)) for q in (0.9, 0.95, 0.98, 0.99, 0.995)]
-        out[name] = time_changes(root, apply, n)
-    return out
+        for v in spent.values():
+            v[:] = []
+
+        def apply_counted(k: int, _apply=apply) -> None:
+            for v in spent.values():
+                v.append(0.0)
+            _apply(k)
+
+        out[name] = time_changes(root, apply_counted, n)
+        for view, times in spent.items():
+            per_view[view][name] = list(times)
+    return out, per_view
 
 
 def baseline(points: int, n: int) -> float:
@@ -143,21 +167,19 @@ def bench_store(cls: type[Explorer], path: Path, repeat: int) -> None:
     d = ex.data
     base = baseline(d.images, repeat)
     n = repeat + 1  # the first change of each kind is reported apart (cold caches)
-    app = measure(cls, path, None, n)
-    views = {type(v).__name__: measure(cls, path, k, n) for k, v in enumerate(ex.views)}
+    app, views = measure(cls, path, n)
 
     ms = 1e3
     print(f"\n### {path.name}: {d.images} images, {d.layers} × {d.heads} heads, {d.grid} × {d.grid} patches "
           f"({cls.__name__})\n")
     print(f"baseline (bare hv.Points pane, {d.images} points): {base * ms:.1f} ms\n")
     print("| change | first ms | median ms | max ms | median / 300 ms | median / baseline | "
-          + " | ".join(f"{v} median ms" for v in views) + " |")
+          + " | ".join(f"{v} ms" for v in views) + " |")
     print("| --- " * (6 + len(views)) + "|")
     for name, (times, noops) in app.items():
         assert noops == 0, f"{name}: {noops} of {n} changes left every Bokeh model unchanged"
         med, top = statistics.median(times[1:]), max(times[1:])
-        per_view = (v[name] for v in views.values())
-        cells = [f"{statistics.median(t[1:]) * ms:.1f}" if no < n else "–" for t, no in per_view]
+        cells = [f"{statistics.median(v[name][1:]) * ms:.1f}" if any(v[name]) else "–" for v in views.values()]
         print(f"| {name} | {times[0] * ms:.1f} | **{med * ms:.1f}** | {top * ms:.1f} | {med * ms / GOAL_MS:.2f} | "
               f"{med / base:.1f} | " + " | ".join(cells) + " |")
 

@@ -1,4 +1,8 @@
-"""The served app in real headless Chromium: tap the Image Overview, the other views follow."""
+"""The served app in real headless Chromium: one screen, and every interaction reaches the data behind the plots.
+
+Each step acts as a user would (tap, type, drag, hover, wheel, click, choose) and then reads the Bokeh
+models in the page (`Bokeh.documents`), so what is asserted is what the browser draws.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,32 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true":
     pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
 sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+
+VIEWS = {"Image Overview": "vs-overview-fig", "Head Importance View": "vs-importance-fig",
+         "Attention Strength View": "vs-strength-fig", "Attention Pattern View": "vs-map-fig"}  # title → figure
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
+
+# Page-side readers of the Bokeh document (models are found by the names the app gives them).
+MODEL_JS = """([name, attr]) => {
+  const seq = v => v && v.length !== undefined && typeof v !== 'string';
+  for (const d of Bokeh.documents) {
+    const m = d.get_model_by_name(name);
+    if (!m) continue;
+    const v = attr.split('.').reduce((o, k) => o[k], m);
+    return seq(v) ? Array.from(v, x => seq(x) ? x.length : x) : v;
+  }
+  return null; }"""
+SCREEN_JS = """([name, x, y]) => {
+  for (const d of Bokeh.documents) {
+    const fig = d.get_model_by_name(name);
+    if (!fig) continue;
+    const view = Bokeh.index.find_one(fig), r = view.canvas_view.el.getBoundingClientRect();
+    return [r.left + view.frame.x_scale.compute(x), r.top + view.frame.y_scale.compute(y)];
+  }
+  return null; }"""
+LINES_JS = """() => { for (const d of Bokeh.documents) for (const m of d.all_models)
+  if (m.data && m.data.source && m.data.target && m.data.value) return Array.from(m.data.source);
+  return []; }"""
 
 
 def free_port() -> int:
@@ -45,25 +75,41 @@ def demo(tmp_path_factory):
     proc.wait(timeout=30)
 
 
-def click_plot(page, css: str, fx: float = 0.5, fy: float = 0.5) -> None:
-    """Click at a fraction of a plot pane's box (the panes carry these CSS classes for tests)."""
-    pane = page.locator(css).first
-    pane.scroll_into_view_if_needed()
-    box = pane.bounding_box()
-    page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+def model(page, name: str, attr: str):
+    """A property of the named Bokeh model as the browser holds it (arrays as lists, nested arrays as lengths)."""
+    return page.evaluate(MODEL_JS, [name, attr])
+
+
+def screen(page, fig: str, x: float, y: float) -> tuple[float, float]:
+    """Page pixel of data point (x, y) in the named figure."""
+    return tuple(page.evaluate(SCREEN_JS, [fig, x, y]))
+
+
+def mid_y(page, fig: str) -> float:
+    """The middle of a figure's y range (a tap there lands inside the plot whatever the data)."""
+    return (model(page, fig, "y_range.start") + model(page, fig, "y_range.end")) / 2
 
 
 def text_of(page, css: str) -> str:
-    """Text of a Panel pane (rendered inside the element's shadow root)."""
     js = "e => Array.from((e.shadowRoot || e).children).filter(c => c.tagName !== 'STYLE').map(c => c.innerText)"
     return " ".join(page.locator(css).first.evaluate(js))
 
 
-def settled(page, css: str, differs_from: str | None = None, timeout: float = 60.0, quiet: float = 1.5) -> str:
-    """The pane's text once it differs from `differs_from` and has not changed for `quiet` seconds: one tap
-    can update a pane more than once (the engine call, then the redraw), so a first change is not the end."""
+def until(check, timeout: float = 60.0, what: str = ""):
+    """Poll `check()` until it returns a truthy value (one user action can need a server round trip)."""
     deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what or check}")
+
+
+def settled(page, css: str, differs_from: str | None = None, quiet: float = 1.0) -> str:
+    """The pane's text once it differs from `differs_from` and has not changed for `quiet` seconds."""
     last, since = None, time.time()
+    deadline = time.time() + 60
     while time.time() < deadline:
         now = text_of(page, css)
         if now != last:
@@ -71,53 +117,119 @@ def settled(page, css: str, differs_from: str | None = None, timeout: float = 60
         elif now != differs_from and time.time() - since >= quiet:
             return now
         time.sleep(0.2)
-    raise AssertionError(f"{css} did not settle on a new text after {timeout} s (last: {last!r})")
+    raise AssertionError(f"{css} did not settle on a new text (last: {last!r})")
 
 
-def test_taps_in_every_view_update_the_others(demo, tmp_path):
-    url, _ = demo
+@pytest.fixture(scope="module")
+def browser():
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url, wait_until="networkidle")
-        page.wait_for_selector("text=Select an image to see its top-5 predictions", timeout=60_000)
-        assert "Traceback" not in page.content()
-        info = ".vs-pattern-info"
-        assert "Select an image" in text_of(page, info)
-
-        # Image Overview → detail, Head Importance top-5, and the Attention Pattern View (engine call).
-        click_plot(page, ".vs-image-overview")
-        page.wait_for_selector("text=true label", timeout=60_000)
-        page.wait_for_selector("text=pruned, mode 1", timeout=60_000)
-        page.wait_for_selector("text=mean attention distance", timeout=60_000)
-        assert page.locator("text=Select an image to see its top-5 predictions").count() == 0
-        before = settled(page, info)
-        assert "layer 0 · head 0" in before
-
-        # Head Importance View: a tap on the line picks a head (the right end: the last layer).
-        click_plot(page, ".vs-importance-line", 0.9, 0.5)
-        after = settled(page, info, before)
-        assert "layer 0 · head 0" not in after
-        page.wait_for_selector("text=pruned, mode 1", timeout=60_000)
-
-        # Attention Strength View: a tap on the left of the scatter picks a head of layer 0.
-        click_plot(page, ".vs-strength-scatter", 0.15, 0.5)
-        after2 = settled(page, info, after)
-        assert "layer 0 ·" in after2
-
-        # Attention Pattern View: a tap on the map picks the nearest head of any image.
-        click_plot(page, ".vs-pattern-map", 0.3, 0.7)
-        settled(page, info, after2)
-
-        page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
-        assert (tmp_path / "app.png").stat().st_size > 10_000
-        assert not errors, errors
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
         browser.close()
 
 
-def test_exported_snapshot_opens_from_disk_without_network(demo, tmp_path):
+@pytest.fixture(scope="module")
+def page(demo, browser):
+    """One page for the interaction tests, in order, as one user's session."""
+    pg = browser.new_page(viewport={"width": 1600, "height": 1000})
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.goto(demo[0], wait_until="networkidle")
+    pg.wait_for_selector("text=Select an image to see its top-5", timeout=60_000)
+    yield pg
+    pg.close()
+
+
+def test_one_screen_at_1600_by_1000(page):
+    """The four views' titles and the head details are inside the viewport without scrolling."""
+    for title, fig in VIEWS.items():
+        assert model(page, fig, "title.text").startswith(title)
+    for css in (".vs-image-overview", ".vs-importance-line", ".vs-strength-scatter", ".vs-pattern-map", ".vs-heatmap",
+                ".vs-two-axes", ".vs-histogram", ".vs-pattern-info"):
+        box = page.locator(css).first.bounding_box()
+        assert box and box["x"] >= 0 and box["y"] >= 0, css
+        assert box["x"] + box["width"] <= 1600 and box["y"] + box["height"] <= 1000, (css, box)
+    assert "Traceback" not in page.content()
+
+
+def test_tap_and_typed_id_select_an_image(page):
+    xs, ys = model(page, "vs-overview-points", "data.x"), model(page, "vs-overview-points", "data.y")
+    images = model(page, "vs-overview-points", "data.image")
+    page.mouse.click(*screen(page, "vs-overview-fig", xs[3], ys[3]))
+    info = settled(page, ".vs-pattern-info")
+    assert "layer 0 · head 0" in info and "mean attention distance" in info
+    assert model(page, "vs-overview-marker", "data.x") == [xs[3]]
+    page.wait_for_selector(f"text=image {images[3]} ", timeout=30_000)  # the detail's title
+
+    box = page.locator(".vs-image-id input").first
+    box.fill(str(images[7]))
+    box.press("Enter")
+    until(lambda: model(page, "vs-overview-marker", "data.x") == [xs[7]], what="typed id")
+    assert settled(page, ".vs-pattern-info", info) != info
+
+
+def test_tap_and_drag_select_heads(page):
+    before = settled(page, ".vs-pattern-info")
+    y = mid_y(page, "vs-importance-fig")
+    page.mouse.click(*screen(page, "vs-importance-fig", 13, y))  # demo: 4 heads per layer → L3H1
+    after = settled(page, ".vs-pattern-info", before)
+    assert "layer 3 · head 1" in after
+    x0, y = screen(page, "vs-importance-fig", 3.6, y)
+    x1, _ = screen(page, "vs-importance-fig", 8.4, y)
+    page.mouse.move(x0, y)
+    page.mouse.down()
+    page.mouse.move(x1, y, steps=8)
+    page.mouse.up()
+    until(lambda: model(page, "vs-group", "visible"), what="group box")
+    assert (model(page, "vs-group", "left"), model(page, "vs-group", "right")) == (3.5, 8.5)
+    page.wait_for_selector("text=5 heads", timeout=30_000)
+
+
+def test_hover_a_token_highlights_its_lines_and_masks_follow(page):
+    sources = model(page, "vs-highlight", "data.x0")
+    assert sources == []
+    segs = page.evaluate(LINES_JS)  # the two-axes lines' source tokens, weakest first
+    assert segs, "no line above the threshold"
+    token = int(segs[-1])  # the source of the strongest line
+    page.mouse.move(*screen(page, "vs-axes-fig", token, 1))
+    until(lambda: model(page, "vs-highlight", "data.x0"), what="highlighted lines")
+    assert set(model(page, "vs-highlight", "data.x0")) == {float(token)}
+    name = "CLS" if token == 0 else f"patch {token - 1}"
+    until(lambda: f"source mask of {name} " in model(page, "vs-masks-fig", "title.text"), what="masks follow")
+
+
+def test_wheel_zoom_reaggregates_the_map(page):
+    dw = model(page, "vs-raster", "data.dw")[0]
+    x, y = (page.locator(".vs-pattern-map").first.bounding_box()[k] for k in ("x", "y"))
+    page.mouse.move(x + 170, y + 200)
+    page.mouse.wheel(0, -400)
+    until(lambda: model(page, "vs-raster", "data.dw")[0] < 0.9 * dw, what="map re-aggregated at the zoomed range")
+    assert model(page, "vs-raster", "data.image") == [340 * 340]  # a fresh raster at the figure's pixel size
+
+
+def test_pin_compares_heads(page):
+    pinned = page.locator(".vs-pin button").first.inner_text().split()[-1]  # "pin L1H0": the selected head
+    page.locator(".vs-pin button").first.click()
+    until(lambda: "unpin" in page.locator(".vs-pin button").first.inner_text(), what="pinned")
+    page.mouse.click(*screen(page, "vs-importance-fig", 2, mid_y(page, "vs-importance-fig")))  # another head: L0H2
+    until(lambda: len(set(model(page, "vs-strength-bars", "data.name") or [])) == 2, what="two heads in the bars")
+    assert set(model(page, "vs-strength-bars", "data.name")) == {"L0H2", pinned}
+
+
+def test_colour_by_and_class_search(page):
+    page.locator(".vs-colour-by select").first.select_option("correct")
+    until(lambda: set(model(page, "vs-overview-points", "data.colour")) <= {"#2ca02c", "#d62728"}, what="colour by")
+    box = page.locator(".vs-class-search input").first
+    box.fill("7")
+    box.press("Enter")
+    until(lambda: len(set(model(page, "vs-overview-points", "data.alpha"))) == 2, what="class highlighted")
+    labels = model(page, "vs-overview-points", "data.label")
+    alpha = model(page, "vs-overview-points", "data.alpha")
+    assert all((a > 0.5) == (lab == "7") for lab, a in zip(labels, alpha, strict=True))
+    assert not page.errors, page.errors
+
+
+def test_exported_snapshot_opens_from_disk_without_network(demo, browser, tmp_path):
     _, store = demo
     out = tmp_path / "snap.html"
     res = subprocess.run([sys.executable, "-m", "vitscope.cli", "export", str(store), "--image", "3", "--heads", "0:1",
@@ -125,19 +237,17 @@ def test_exported_snapshot_opens_from_disk_without_network(demo, tmp_path):
     assert res.returncode == 0, res.stderr
     text = out.read_text()
     assert "<script src=" not in text and "cdn.bokeh.org" not in text  # inline resources only
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1200})
-        errors, requests = [], []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
-        page.goto(out.as_uri())
-        page.wait_for_selector("text=layer 0 · head 1", timeout=60_000)  # the first tab's pattern info
-        page.locator("text=L5H3").first.click()
-        page.wait_for_selector("text=layer 5 · head 3", timeout=60_000)
-        assert page.locator("canvas").count() > 10
-        assert not errors and not requests, (errors, requests)
-        browser.close()
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    errors, requests = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+    page.goto(out.as_uri())
+    page.wait_for_selector("text=layer 0 · head 1", timeout=60_000)  # the first tab's pattern info
+    page.locator("text=L5H3").first.click()
+    page.wait_for_selector("text=layer 5 · head 3", timeout=60_000)
+    assert page.locator("canvas").count() > 10
+    assert not errors and not requests, (errors, requests)
+    page.close()
 
 
 def test_notebook_cells_run_on_a_store(demo, tmp_path, monkeypatch):

@@ -81,13 +81,14 @@ class StoreData:
         return self.valid if cls is None else self.valid & (self.label == cls)
 
     def find_class(self, text: str) -> int | None:
-        """Class index by exact name, else by the first name containing `text` (case-insensitive)."""
+        """Class index by exact name, else by the first name containing `text` (case-insensitive); only classes
+        with a readable image (a class without one would leave the views nothing to average: NaN)."""
         t = text.strip().lower()
         if not t:
             return None
         names = [n.lower() for n in self.class_names]
         if t in names:
-            return names.index(t)
+            return names.index(t) if names.index(t) in self.classes_present else None
         return next((i for i in self.classes_present if t in names[i]), None)
 
     # -- heads -------------------------------------------------------------------------------------

@@ -83,7 +83,8 @@ class Explorer(pn.viewable.Viewer):
                     try:
                         view.update(names)
                     except Exception as e:  # noqa: BLE001 - one readable line in the page, never a traceback
-                        self.selection.message = f"{type(view).__name__}: {str(e).splitlines()[0] if str(e) else e!r}"
+                        line = str(e).splitlines()[0] if str(e) else repr(e)
+                        self.selection.message = f"{type(view).__name__}: {line}"
             self._sync_widgets(names)
 
     # -- widgets ------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ class MaskPlot:
     def __init__(self, thumb_source: ColumnDataSource, prefix: int, grid: int, height: int = 125) -> None:
         self.prefix, self.grid = prefix, grid
         width = int(round(height * (3 + 2 * GAP) * 0.9))
-        fig = bare(figure("image · source mask · target mask", width, height + 30, tools="",
+        fig = bare(figure("image · source mask · target mask", width, height + 30, tools="", name="vs-masks-fig",
                           x_range=(0, 3 + 2 * GAP), y_range=(0, 1)))
         fig.toolbar_location = None
         for k in range(3):

@@ -95,15 +95,15 @@ class ImageOverview:
                            line_color=None, legend_field="legend")
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("image", "@image  @id"), ("class", "@label"),
                                                             ("P[true]", "@p{0.000}"), ("top-1", "@pred")]))
-        self.marker = ColumnDataSource({"x": [], "y": []})
+        self.marker = ColumnDataSource({"x": [], "y": []}, name="vs-overview-marker")
         fig.scatter("x", "y", source=self.marker, size=16, fill_alpha=0, line_color=SELECTED, line_width=3)
         self.colour_bar = ColorBar(color_mapper=LinearColorMapper(palette=VALUE_CMAP, low=0, high=1), width=8,
                                    title="P[true]", visible=False)
         fig.add_layout(self.colour_bar, "right")
-        fig.legend.label_text_font_size = "10px"
-        fig.legend.location = "top_left"
-        fig.legend.background_fill_alpha = 0.6
-        fig.legend.padding = fig.legend.spacing = 0
+        legend = fig.legend[0]
+        fig.add_layout(legend, "right")  # beside the points, not over them
+        legend.update(label_text_font_size="10px", glyph_height=12, glyph_width=12, label_height=12, padding=2,
+                      spacing=0, margin=2, border_line_alpha=0)
         fig.on_event(Tap, lambda e: self.pick(e.x, e.y))
         self.figure = fig
 

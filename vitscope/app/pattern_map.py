@@ -21,7 +21,7 @@ from vitscope.app.state import Selection
 from vitscope.app.style import SELECTED, bare, figure, layer_colours
 
 DENSITY_BINS = 96
-HEAD_LEVELS = (0.15, 0.4, 0.7)  # contour levels of one head's density (fraction of its peak)
+HEAD_LEVELS = (0.2, 0.6)  # contour levels of one head's density (fraction of its peak)
 ALL_LEVELS = (0.05, 0.15, 0.3, 0.5, 0.7, 0.9)
 
 
@@ -32,7 +32,7 @@ def aggregate(data: StoreData, kind: str, x_range: tuple[float, float], y_range:
     canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
     agg = canvas.points(data.head_frame(kind), "x", "y", ds.count_cat("layer"))
     key = dict(zip(range(data.layers), layer_colours(data.layers), strict=True))
-    img = tf.dynspread(tf.shade(agg, color_key=key, how="eq_hist", min_alpha=70), threshold=0.5, max_px=2)
+    img = tf.dynspread(tf.shade(agg, color_key=key, how="eq_hist", min_alpha=110), threshold=0.5, max_px=3)
     return np.asarray(img.data, dtype=np.uint32)
 
 
@@ -91,7 +91,7 @@ class PatternMap:
         self.all_contours = ColumnDataSource({"xs": [], "ys": []})
         fig.multi_line("xs", "ys", source=self.all_contours, color="#555555", line_width=1)
         self.instances = ColumnDataSource({"x": [], "y": []})
-        fig.scatter("x", "y", source=self.instances, size=3, color=SELECTED, alpha=0.35, line_color=None)
+        fig.scatter("x", "y", source=self.instances, size=2.5, color=SELECTED, alpha=0.3, line_color=None)
         self.head_contours = ColumnDataSource({"xs": [], "ys": []})
         fig.multi_line("xs", "ys", source=self.head_contours, color=SELECTED, line_width=1.5)
         self.heads = ColumnDataSource(image_heads(data, self.kind, None))
@@ -138,7 +138,7 @@ class PatternMap:
         if changed is None or changed & {"layer", "head", "layout"}:
             x, y = head_instances(d, self.kind, s.layer, s.head)
             self.instances.data = {"x": x, "y": y}
-            self.head_contours.data = contour_lines(x, y, bounds, HEAD_LEVELS, sigma=2.0)
+            self.head_contours.data = contour_lines(x, y, bounds, HEAD_LEVELS, sigma=3.0)
         image = d.readable(s.image)
         if changed is None or changed & {"image", "layout"}:
             self.heads.data = image_heads(d, self.kind, image)
@@ -147,5 +147,4 @@ class PatternMap:
         else:
             xy = getattr(d, f"head_xy_{self.kind}")[image, s.layer, s.head]
             self.ring.data = {"x": [float(xy[0])], "y": [float(xy[1])]}
-        self.figure.title.text = (f"Attention Pattern View — {s.layout} layout, L{s.layer}H{s.head} across "
-                                  f"images in red")
+        self.figure.title.text = f"Attention Pattern View — {s.layout} layout"

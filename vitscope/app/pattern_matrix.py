@@ -151,7 +151,7 @@ class MatrixPlots:
         self.segments.data = seg
         self.highlight.data = {"x0": [], "y0": [], "x1": [], "y1": []}
         self.highlight.tags = []
-        self.axes.title.text = f"two axes: {len(seg['value'])} values > {threshold:.3g} (hover a token)"
+        self.axes.title.text = f"two axes: {len(seg['value'])} lines > {threshold:.3g}"
         m = int(self.edges[-1])
         pixels = np.full((m, m, 3), 255, np.uint8) if A is None else heatmap_rgb(A, threshold, self.prefix)
         self.heat_source.data = {"image": [rgba_image(pixels)]}
@@ -162,4 +162,4 @@ class MatrixPlots:
             self.hist.y_range.update(start=0, end=float(h["top"].max()) * 1.05 + 1e-6)
         self.threshold_line.location = threshold
         kept = 0.0 if A is None else float((A > threshold).mean() * 100)
-        self.hist.title.text = f"threshold {threshold:.3g}: top {kept:.2g} % (tap to move)"
+        self.hist.title.text = f"threshold {threshold:.3g} (top {kept:.2g} %)"

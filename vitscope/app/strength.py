@@ -106,7 +106,7 @@ class AttentionStrengthView:
         self.bars = bars
 
         self.step_source = ColumnDataSource({"xs": [], "ys": [], "colour": [], "name": []})
-        hist = figure("strength entropy over all images", width, 125, tools="", x_range=(0, 1))
+        hist = figure("strength entropy over all images", width, 115, tools="", x_range=(0, 1))
         hist.multi_line("xs", "ys", source=self.step_source, color="colour", line_width=2)
         self.current = Span(dimension="height", location=0, line_color=SELECTED, line_width=2, visible=False)
         hist.add_layout(self.current)
@@ -133,12 +133,13 @@ class AttentionStrengthView:
         if changed is None or "image" in changed:
             self.source.data.update(head_points(d, image))
             who = "mean of all images" if image is None else f"image {image}"
-            self.figure.title.text = f"Attention Strength View — all heads, {who}"
+            self.figure.title.text = f"Attention Strength View — {who}"
         heads = compared(d, s)
         ys = self.source.data["y"]
         ks = [d.head_index(layer, head) for layer, head, _ in heads]
         self.marks.data = {"x": list(self.x[ks]), "y": [float(ys[k]) for k in ks], "colour": [c for *_, c in heads]}
-        self.bar_source.data = strength_bars(d, heads, image)
+        self.bar_source.data = bars = strength_bars(d, heads, image)
+        self.bars.y_range.update(start=0, end=max(max(bars["top"], default=0.0), 1e-6) * 1.1)
         self.step_source.data = entropy_steps(d, heads)
         names = ", ".join(f"L{layer}H{head}" for layer, head, _ in heads)
         self.bars.title.text = f"k-hop attention strength — {names}"

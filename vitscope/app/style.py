@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import colorcet
 import numpy as np
-from bokeh.models import Range1d
+from bokeh.models import Range1d, WheelZoomTool
 from bokeh.plotting import figure as bokeh_figure
 
 CLS_COLOUR = "#1f77b4"  # CLS-related attention (blue, as in the paper)
@@ -57,6 +57,8 @@ def figure(title: str, width: int, height: int, tools: str = "pan,wheel_zoom,res
     fig = bokeh_figure(title=title, width=width, height=height, tools=tools, toolbar_location="above",
                        x_range=Range1d(*x_range), y_range=Range1d(*y_range), output_backend="canvas", **kw)
     fig.toolbar.logo = None
+    # On a one-screen dashboard the wheel zooms the plot under the pointer (Bokeh leaves it off by default).
+    fig.toolbar.active_scroll = next((t for t in fig.tools if isinstance(t, WheelZoomTool)), None)
     fig.title.text_font_size = "12px"
     fig.min_border_left = fig.min_border_right = 4
     for axis in (fig.xaxis, fig.yaxis):
