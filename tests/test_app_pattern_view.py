@@ -1,227 +1,443 @@
-"""Attention Pattern View: picking, layouts, lines, threshold, masks, errors and rendering, without a browser."""
+"""Attention Pattern View: the map (pick, raster, zoom, layouts, contours), the matrix plots (lines, threshold,
+heatmap, histogram, hover protocol), the masks, and attention errors, without a browser.
+
+Each check compares the data behind the plots (ColumnDataSources after `update`) with a slow reference
+computed here with plain loops.
+"""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import math
 
 import numpy as np
+import panel as pn
 import pytest
+from app_helpers import CountingAttention, fake_attention, make_store, rgba_bytes
+from bokeh.document import Document
+from bokeh.events import RangesUpdate, Tap
+from bokeh.model import Model
+from bokeh.models import ColumnDataSource
 
 from vitscope.app.data import StoreData
-from vitscope.app.pattern_view import CLS_COLOUR, PATCH_COLOUR, AttentionPatternView
+from vitscope.app.masks import DIM, GAP, MaskPlot, dimming
+from vitscope.app.pattern_map import aggregate, head_instances
+from vitscope.app.pattern_matrix import (
+    HIST_BINS,
+    MAX_LINES,
+    PREFIX_CELLS,
+    MatrixPlots,
+    heatmap_edges,
+    heatmap_rgb,
+    histogram,
+    lines,
+    token_at,
+)
+from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import Selection
+from vitscope.app.style import CLS_COLOUR, PATCH_COLOUR, layer_colours, rgb
 from vitscope.errors import VitscopeError
+from vitscope.vocab import OFFSETS, PATTERNS
 
 N, L, H, GRID = 12, 2, 3, 4
-P = 1 + GRID * GRID
-
-
-def _synthetic():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic_store.py"
-    spec = importlib.util.spec_from_file_location("synthetic_store", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("synthetic_store", mod)
-    spec.loader.exec_module(mod)
-    return mod
+P = 1 + GRID * GRID  # one prefix token (CLS)
+UNREADABLE = (10,)
+READABLE = [i for i in range(N) if i not in UNREADABLE]
+attention = fake_attention(L, H, P)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> StoreData:
-    out = tmp_path_factory.mktemp("pv") / "s.zarr"
-    _synthetic().make(out, images=N, layers=L, heads=H, grid=GRID, classes=3, chunk=5)
-    return StoreData(out)
+    return StoreData(make_store(tmp_path_factory.mktemp("pattern") / "s.zarr", N, L, H, GRID, 3, UNREADABLE))
 
 
-def fake_attention(image: int) -> np.ndarray:
-    """Deterministic peaky row-stochastic attention [L, H, P, P] per image."""
-    rng = np.random.default_rng(image)
-    a = rng.random((L, H, P, P)).astype(np.float32) ** 6
-    return a / a.sum(-1, keepdims=True)
+def view_of(data: StoreData, fn=attention, **selection) -> tuple[AttentionPatternView, Selection]:
+    sel = Selection(**selection)
+    thumbs = ColumnDataSource({"image": [np.zeros(data.thumb_shape[:2], np.uint32)]})
+    return AttentionPatternView(data, sel, fn, thumbs), sel
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, image: int) -> np.ndarray:
-        self.calls += 1
-        return fake_attention(image)
+def head_points(data: StoreData, kind: str) -> list[tuple[float, float, int, int, int]]:
+    """(x, y, image, layer, head) of every head of every readable image in a layout."""
+    xy = getattr(data, f"head_xy_{kind}")
+    return [(float(xy[i, la, h, 0]), float(xy[i, la, h, 1]), i, la, h)
+            for i in READABLE for la in range(L) for h in range(H)]
 
 
-def view(data: StoreData, fn=fake_attention, **sel) -> tuple[AttentionPatternView, Selection]:
-    s = Selection(**sel)
-    return AttentionPatternView(data, s, fn), s
+def bounds_of(data: StoreData, kind: str) -> tuple[float, float, float, float]:
+    pts = head_points(data, kind)
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    px, py = 0.05 * (max(xs) - min(xs)), 0.05 * (max(ys) - min(ys))
+    return min(xs) - px, min(ys) - py, max(xs) + px, max(ys) + py
 
 
-def test_pick_selects_kdtree_nearest_head(data):
-    v, s = view(data)
-    xy = data.head_xy_cls  # [N, L, H, 2]
+def one_line(message: str) -> bool:
+    return bool(message) and "\n" not in message and "Traceback" not in message
+
+
+def trigger(fig, event) -> None:
+    fig._trigger_event(event)
+
+
+# -- the map ----------------------------------------------------------------------------------------------
+
+
+def test_tap_picks_the_nearest_head_in_both_layouts(data):
+    view, sel = view_of(data)
     rng = np.random.default_rng(1)
-    for x, y in rng.normal(size=(10, 2)):
-        got = v.pick(x, y)
-        brute = np.unravel_index(np.argmin(((xy - [x, y]) ** 2).sum(-1)), xy.shape[:3])
-        assert got == tuple(int(b) for b in brute)
-        assert (s.image, s.layer, s.head) == got
-    s.layout = "patch"
-    x, y = data.head_xy_patch[3, 1, 2]
-    assert v.pick(x, y) == (3, 1, 2)
+    for kind in ("cls", "patch"):
+        sel.layout = kind
+        view.update({"layout"})
+        pts = head_points(data, kind)
+        for x, y in rng.normal(size=(12, 2)):
+            best = min(pts, key=lambda p: (p[0] - x) ** 2 + (p[1] - y) ** 2)
+            assert view.map.pick(x, y) == best[2:] == (sel.image, sel.layer, sel.head)
+        x, y, *want = pts[17]
+        trigger(view.map.figure, Tap(view.map.figure, x=x, y=y))  # a click in the browser
+        assert (sel.image, sel.layer, sel.head) == tuple(want)
+    assert view.map.pick(None, 1.0) is None
 
 
-def test_switching_layout_changes_points(data):
-    v, s = view(data)
-    cls = v.overview_points()
-    assert len(cls) == N * L * H
-    np.testing.assert_allclose(cls[["x", "y"]].to_numpy(), data.head_xy_cls.reshape(-1, 2))
-    s.layout = "patch"
-    patch = v.overview_points()
-    np.testing.assert_allclose(patch[["x", "y"]].to_numpy(), data.head_xy_patch.reshape(-1, 2))
-    assert not np.allclose(cls[["x", "y"]].to_numpy(), patch[["x", "y"]].to_numpy())
-    row = patch.iloc[7]
-    assert (row["image"], row["layer"], row["head"]) == (1, 0, 1)  # 7 = 1·L·H + 0·H + 1
-    s.image = 2
-    sel = v.selected_points()
-    assert len(sel) == L * H
-    np.testing.assert_allclose(sel[["x", "y"]].to_numpy(), data.head_xy_patch[2].reshape(-1, 2))
+def test_instances_are_the_head_in_every_readable_image(data):
+    view, sel = view_of(data, image=3)
+    for layer, head in ((0, 0), (1, 2), (0, 1)):
+        sel.param.update(layer=layer, head=head)
+        view.update({"layer", "head"})
+        want = [(p[0], p[1]) for p in head_points(data, "cls") if p[3:] == (layer, head)]
+        assert len(want) == len(READABLE)
+        x, y = head_instances(data, "cls", layer, head)
+        assert list(zip(x.tolist(), y.tolist(), strict=True)) == want
+        src = view.map.instances.data
+        assert list(zip(list(src["x"]), list(src["y"]), strict=True)) == want
+        assert view.map.ring.data == {"x": [float(data.head_xy_cls[3, layer, head, 0])],
+                                      "y": [float(data.head_xy_cls[3, layer, head, 1])]}
+    heads = view.map.heads.data  # the selected image's heads, coloured by layer
+    assert list(zip(heads["x"], heads["y"], strict=True)) == [(p[0], p[1]) for p in head_points(data, "cls")
+                                                               if p[2] == 3]
+    assert list(heads["colour"]) == [layer_colours(L)[k // H] for k in range(L * H)]
 
 
-def test_lines_are_entries_above_threshold_with_colours(data):
-    v, s = view(data, image=4, layer=1, head=2)
-    A = fake_attention(4)[1, 2]
+def check_raster(data: StoreData, raster: dict, kind: str, x_range, y_range, size: int) -> None:
+    """Every head inside the ranges lights its pixel in its layer's colour; nothing lights far from a head."""
+    img = raster["image"][0]
+    assert img.shape == (size, size)
+    (x0, x1), (y0, y1) = x_range, y_range
+    assert (raster["x"][0], raster["y"][0], raster["dw"][0], raster["dh"][0]) == pytest.approx(
+        (x0, y0, x1 - x0, y1 - y0))
+    alpha = img >> 24  # row 0 = bottom
+    pixels = []
+    for x, y, _, layer, _ in head_points(data, kind):
+        if x0 <= x <= x1 and y0 <= y <= y1:
+            pixels.append((min(int((y - y0) / (y1 - y0) * size), size - 1),
+                           min(int((x - x0) / (x1 - x0) * size), size - 1), layer))
+    assert pixels
+    for r, c, layer in pixels:
+        assert alpha[r, c] > 0
+        alone = all(max(abs(r - r2), abs(c - c2)) > 4 for r2, c2, la in pixels if la != layer)
+        if alone:  # a pixel of one layer only has that layer's colour
+            v = int(img[r, c])
+            got = np.array([v & 255, (v >> 8) & 255, (v >> 16) & 255])
+            assert np.abs(got - np.round(rgb(layer_colours(L)[layer]) * 255)).max() <= 1
+    lit = np.argwhere(alpha > 0)
+    heads = np.array([(r, c) for r, c, _ in pixels])
+    far = np.abs(lit[:, None, :] - heads[None, :, :]).max(-1).min(1)  # Chebyshev distance to the nearest head
+    assert far.max() <= 4  # dynspread grows lone points by a few pixels, no more
+
+
+def test_raster_is_every_head_at_full_extent_and_reaggregates_on_zoom(data):
+    view, sel = view_of(data)
+    m = view.map
+    x0, y0, x1, y1 = bounds_of(data, "cls")
+    assert data.bounds("cls") == pytest.approx((x0, y0, x1, y1))
+    assert ((aggregate(data, "cls", (x0, x1), (y0, y1), 100, 100) >> 24) > 0).sum() > 0
+    full = m.raster.data["image"][0]
+    check_raster(data, m.raster.data, "cls", (x0, x1), (y0, y1), m.size)
+    xs = sorted(p[0] for p in head_points(data, "cls"))
+    ys = sorted(p[1] for p in head_points(data, "cls"))
+    zoom = (xs[len(xs) // 4], xs[3 * len(xs) // 4]), (ys[len(ys) // 4], ys[3 * len(ys) // 4])
+    trigger(m.figure, RangesUpdate(m.figure, x0=zoom[0][0], x1=zoom[0][1], y0=zoom[1][0], y1=zoom[1][1]))
+    zoomed = m.raster.data["image"][0]
+    assert zoomed.shape == full.shape and not np.array_equal(zoomed, full)
+    check_raster(data, m.raster.data, "cls", *zoom, m.size)
+    m.reaggregate((1.0, 1.0), (0.0, 1.0))  # an empty range is ignored
+    m.reaggregate((None, 1.0), (0.0, 1.0))
+    assert m.raster.data["image"][0] is zoomed
+
+
+def test_switching_layout_moves_the_ranges_and_the_points(data):
+    view, sel = view_of(data, image=4, layer=1, head=1)
+    for kind in ("patch", "cls"):
+        sel.layout = kind
+        view.update({"layout"})
+        x0, y0, x1, y1 = bounds_of(data, kind)
+        fig = view.map.figure
+        assert (fig.x_range.start, fig.x_range.end, fig.y_range.start, fig.y_range.end) == pytest.approx(
+            (x0, x1, y0, y1))
+        check_raster(data, view.map.raster.data, kind, (x0, x1), (y0, y1), view.map.size)
+        heads = view.map.heads.data
+        want = [(p[0], p[1]) for p in head_points(data, kind) if p[2] == 4]
+        assert list(zip(heads["x"], heads["y"], strict=True)) == want
+        inst = view.map.instances.data
+        assert list(zip(list(inst["x"]), list(inst["y"]), strict=True)) == [
+            (p[0], p[1]) for p in head_points(data, kind) if p[3:] == (1, 1)]
+        assert f"{kind} layout" in fig.title.text
+
+
+def test_contours_lie_within_the_layout(data):
+    view, sel = view_of(data)
+    some = 0
+    for kind in ("cls", "patch"):
+        sel.layout = kind
+        x0, y0, x1, y1 = bounds_of(data, kind)
+        ex, ey = 1e-6 * (x1 - x0), 1e-6 * (y1 - y0)  # the layouts are float32
+        for layer, head in ((0, 0), (1, 2)):
+            sel.param.update(layer=layer, head=head)
+            view.update({"layout", "layer", "head"})
+            c = view.map.head_contours.data
+            some += len(c["xs"])
+            for xs, ys in zip(c["xs"], c["ys"], strict=True):
+                assert len(xs) == len(ys) >= 2
+                assert all(x0 - ex <= x <= x1 + ex for x in xs) and all(y0 - ey <= y <= y1 + ey for y in ys)
+        assert view.map.all_contours.data["xs"] == []
+        sel.density = True
+        view.update({"density"})
+        c = view.map.all_contours.data
+        assert c["xs"] and all(x0 - ex <= x <= x1 + ex for xs in c["xs"] for x in xs)
+        assert all(y0 - ey <= y <= y1 + ey for ys in c["ys"] for y in ys)
+        sel.density = False
+        view.update({"density"})
+        assert view.map.all_contours.data["xs"] == []
+    assert some > 0
+
+
+# -- the matrix plots -------------------------------------------------------------------------------------
+
+
+def lines_reference(A: np.ndarray, threshold: float, prefix: int) -> list[tuple]:
+    """(source, target, value, colour) of every value above the threshold, weakest first."""
+    out = [(s, t, float(A[s, t]), CLS_COLOUR if s < prefix or t < prefix else PATCH_COLOUR)
+           for s in range(len(A)) for t in range(len(A)) if A[s, t] > threshold]
+    return sorted(out, key=lambda r: r[2])
+
+
+def check_lines(seg: dict, A: np.ndarray, threshold: float, prefix: int = 1) -> None:
+    want = lines_reference(A, threshold, prefix)
+    got = list(zip(list(seg["source"]), list(seg["target"]), list(seg["value"]), list(seg["colour"]), strict=True))
+    assert [(int(s), int(t), float(v), c) for s, t, v, c in got] == want
+    assert list(seg["x0"]) == [float(s) for s, *_ in want] and list(seg["x1"]) == [float(t) for _, t, *_ in want]
+    assert set(seg["y0"]) <= {1.0} and set(seg["y1"]) <= {0.0}  # source on top, target below
+    top = max((v for _, _, v, _ in want), default=1.0)
+    np.testing.assert_allclose(seg["alpha"], [0.15 + 0.85 * v / top for _, _, v, _ in want], rtol=1e-6)
+
+
+def test_lines_are_the_values_above_the_threshold_with_colours(data):
+    A = attention(4)[1, 2]
     thr = float(np.quantile(A, 0.9))
-    df = v.lines(thr)
-    want = {(int(i), int(j)) for i, j in zip(*np.nonzero(A > thr), strict=True)}
-    got = set(zip(df["source"].astype(int), df["target"].astype(int), strict=True))
-    assert got == want and len(df) == len(want)
-    np.testing.assert_allclose(df["value"], A[df["source"], df["target"]])
-    assert (df["y0"] == 1).all() and (df["y1"] == 0).all()
-    assert (df["x0"] == df["source"]).all() and (df["x1"] == df["target"]).all()
-    cls = (df["source"] == 0) | (df["target"] == 0)
-    assert (df.loc[cls, "colour"] == CLS_COLOUR).all()
-    assert (df.loc[~cls, "colour"] == PATCH_COLOUR).all()
-    assert cls.any() and (~cls).any()
-    s.threshold = thr
-    assert len(v.lines()) == len(want)
+    seg = lines(A, thr, 1)
+    check_lines(seg, A, thr)
+    cls = [s == 0 or t == 0 for s, t in zip(seg["source"], seg["target"], strict=True)]
+    assert any(cls) and not all(cls)  # both colours occur
+    assert all(len(v) == 0 for v in lines(None, 0.0, 1).values())
+    view, sel = view_of(data, image=4, layer=1, head=2, threshold=thr)
+    check_lines(view.matrix.segments.data, A, thr)
+    assert str(len(lines_reference(A, thr, 1))) in view.matrix.axes.title.text  # the count of lines drawn
+    sel.threshold = 0.2
+    view.update({"threshold"})
+    check_lines(view.matrix.segments.data, A, 0.2)
+    assert view.matrix.threshold_line.location == 0.2
 
 
-def test_default_threshold_keeps_top_one_percent(data):
-    v, s = view(data, image=1, layer=0, head=1)
-    A = fake_attention(1)[0, 1]
-    thr = v.default_threshold()
-    kept = int((A > thr).sum())
-    assert kept == max(1, round(0.01 * A.size))
-    assert s.threshold is None and v.threshold() == thr
+def test_lines_keep_the_strongest_max_lines(data):
+    A = np.random.default_rng(3).random((160, 160))
+    assert A.size > MAX_LINES
+    seg = lines(A, -1.0, 2)
+    assert len(seg["value"]) == MAX_LINES
+    kept = {(int(s), int(t)) for s, t in zip(seg["source"], seg["target"], strict=True)}
+    dropped = [A[s, t] for s in range(160) for t in range(160) if (s, t) not in kept]
+    assert len(dropped) == A.size - MAX_LINES and min(seg["value"]) >= max(dropped)
+    assert all(np.diff(seg["value"]) >= 0) and seg["alpha"][-1] == pytest.approx(1.0)
+
+
+def test_default_threshold_keeps_the_stores_top_fraction(data):
+    view, sel = view_of(data, image=1, layer=0, head=1)
+    A = attention(1)[0, 1]
+    thr = view.threshold()
+    kept = sum(1 for v in A.ravel() if v > thr)
+    assert kept == max(1, round(data.top * A.size))
+    assert sel.threshold is None and view.matrix.threshold_line.location == thr
+    check_lines(view.matrix.segments.data, A, thr)
     big = np.random.default_rng(0).random((197, 197))
-    assert abs((big > v.default_threshold(big)).mean() - 0.01) < 1e-3
+    t = view.threshold(big)
+    assert sum(1 for v in big.ravel() if v > t) == round(data.top * big.size)
 
 
-def test_masks_are_rows_and_columns_on_the_grid(data):
-    v, _ = view(data, image=6, layer=0, head=0)
-    A = fake_attention(6)[0, 0]
-    for token in (0, 1, P - 1):
-        src, tgt = v.masks(token)
-        assert src.shape == tgt.shape == (GRID, GRID)
-        np.testing.assert_array_equal(src.ravel(), A[token, 1:])
-        np.testing.assert_array_equal(tgt.ravel(), A[1:, token])
-    src, tgt = v.masks(3, 5)
-    np.testing.assert_array_equal(tgt.ravel(), A[1:, 5])
+def test_heatmap_enlarges_the_prefix_and_taps_map_to_tokens(data):
+    edges = heatmap_edges(1, P)
+    want, x = [0], 0
+    for token in range(P):
+        x += PREFIX_CELLS if token < 1 else 1
+        want.append(x)
+    assert list(edges) == want
+    m = want[-1]
+    for token in range(P):  # every cell's inside maps back to its token
+        for frac in (0.01, 0.5, 0.99):
+            assert token_at(edges, want[token] + frac * (want[token + 1] - want[token])) == token
+    assert token_at(edges, -3) == 0 and token_at(edges, m + 3) == P - 1
+    view, sel = view_of(data, image=0, layer=1, head=0)
+    A = attention(0)[1, 0]
+    thr = view.threshold()
+    pixels = rgba_bytes(view.matrix.heat_source.data["image"][0])  # row 0 = top = source token 0
+    assert pixels.shape == (m, m, 4)
+    for s, t in ((0, 0), (0, 5), (3, 0), (7, 9), (P - 1, P - 1)):
+        v = math.sqrt(min(max(float(A[s, t]) / float(A.max()), 0.0), 1.0)) * (1 if A[s, t] > thr else 0.2)
+        base = rgb(CLS_COLOUR if s == 0 or t == 0 else PATCH_COLOUR)
+        colour = [round((1 - v * (1 - b)) * 255) for b in base]
+        block = pixels[want[s]:want[s + 1], want[t]:want[t + 1], :3]
+        assert (np.abs(block.astype(int) - colour) <= 1).all(), (s, t)
+    assert np.array_equal(heatmap_rgb(A, thr, 1), pixels[..., :3])
+    heat = view.matrix.heatmap
+    for x, y, source, target in ((m - 0.5, 0.5, P - 1, P - 1), (0.5, m - 0.5, 0, 0), (10.5, m - 11.5, 2, 1)):
+        trigger(heat, Tap(heat, x=x, y=y))  # y grows upwards, rows (sources) downwards
+        assert (sel.source_token, sel.target_token) == (source, target)
 
 
-def test_attention_cached_per_image(data):
-    fn = Counter()
-    v, s = view(data, fn, image=0)
-    v.lines(), v.masks(0), v.default_threshold()
-    s.param.update(layer=1, head=2)
-    v.lines()
-    assert fn.calls == 1
-    s.image = 1
-    v.lines()
-    assert fn.calls == 2
+def test_histogram_counts_and_tap_sets_the_threshold(data):
+    A = attention(2)[0, 2]
+    h = histogram(A)
+    top = float(A.max())
+    counts = [0] * HIST_BINS
+    for v in A.ravel():
+        counts[min(int(float(v) / top * HIST_BINS), HIST_BINS - 1)] += 1
+    np.testing.assert_allclose(h["top"], [math.log10(c + 1) for c in counts], rtol=1e-6)
+    assert h["left"][0] == 0 and h["right"][-1] == pytest.approx(top)
+    view, sel = view_of(data, image=2, layer=0, head=2)
+    np.testing.assert_allclose(view.matrix.hist_source.data["top"], h["top"])
+    hist = view.matrix.hist
+    trigger(hist, Tap(hist, x=0.05, y=0.3))
+    assert sel.threshold == pytest.approx(0.05)
+    trigger(hist, Tap(hist, x=-0.2, y=0.3))
+    assert sel.threshold == 0.0
 
 
-def test_heatmap_enlarges_prefix_and_maps_taps(data):
-    v, _ = view(data, image=0)
-    rgb = v.heatmap_rgb()
-    m = int(v.heatmap_edges()[-1])
-    assert rgb.shape == (m, m, 3) and m > P
-    assert v.token_at(0.5) == 0 and v.token_at(m - 0.5) == P - 1
-    v._on_tap_heatmap(m - 0.5, 0.5)  # bottom-right cell: last source → last target
-    assert (v.source_token, v.target_token) == (P - 1, P - 1)
+def test_hover_token_protocol_reaches_the_selection_and_the_masks(data):
+    view, sel = view_of(data, image=5, layer=1, head=1)
+    hl = view.matrix.highlight
+    hl.tags = [4, 1]  # what HOVER_JS writes when a source token is hovered
+    assert sel.source_token == 4
+    hl.tags = [9, 0]  # a target token
+    assert (sel.source_token, sel.target_token) == (4, 9)
+    Document().add_root(view.matrix.axes)  # within a document (a served session) the change arrives the same way
+    hl.tags = [7, 1]
+    assert sel.source_token == 7
+    hl.tags = []  # what `show` resets: no token
+    assert (sel.source_token, sel.target_token) == (7, 9)
+    view.update({"source_token", "target_token"})
+    centres = list(zip(view.masks.outline.data["x"], view.masks.outline.data["y"], strict=True))
+    for panel, (token, (x, y)) in enumerate(zip((7, 9), centres, strict=True), start=1):
+        r, c = divmod(token - 1, GRID)
+        left = panel * (1 + GAP)
+        assert left + c / GRID < x < left + (c + 1) / GRID and 1 - (r + 1) / GRID < y < 1 - r / GRID
+    calls = []
+    plots = MatrixPlots(1, P, on_token=lambda t, s: calls.append((t, s)))
+    plots.show(attention(0)[0, 0], 0.1)
+    plots.highlight.tags = [3, 0]
+    assert calls == [(3, False)]
 
 
-def test_raising_attention_sets_message(data):
+# -- the masks --------------------------------------------------------------------------------------------
+
+
+def test_masks_dim_unattended_patches_and_outline_the_token(data):
+    view, sel = view_of(data, image=6, layer=0, head=0, source_token=0, target_token=2)
+    A = attention(6)[0, 0]
+    for panel, mask in ((0, [A[0, 1 + k] for k in range(GRID * GRID)]), (1, [A[1 + k, 2] for k in range(GRID**2)])):
+        alpha = rgba_bytes(view.masks.overlay.data["image"][panel])[..., 3]  # row 0 = top patch row
+        for k, v in enumerate(mask):
+            r, c = divmod(k, GRID)
+            assert alpha[r, c] == round(DIM * (1 - float(v) / max(mask)) * 255)
+        assert alpha[divmod(int(np.argmax(mask)), GRID)] == 0  # the most attended patch stays clear
+    xs, ys = view.masks.outline.data["x"], view.masks.outline.data["y"]
+    assert len(xs) == 1  # CLS has no patch; patch 1 (token 2) on the target panel
+    assert 2 * (1 + GAP) + 1 / GRID < xs[0] < 2 * (1 + GAP) + 2 / GRID and 1 - 1 / GRID < ys[0] < 1
+    plot = MaskPlot(ColumnDataSource({"image": []}), 1, GRID)
+    B = np.zeros((P, P))
+    B[5, 1 + 6], B[5, 1 + 9] = 1.0, 0.5  # token 5 attends patch 6 fully, patch 9 half, nothing else
+    plot.show(B, 5, 5)
+    alpha = rgba_bytes(plot.overlay.data["image"][0])[..., 3]
+    assert alpha[divmod(6, GRID)] == 0 and alpha[divmod(9, GRID)] == round(DIM * 0.5 * 255)
+    assert alpha[0, 0] == round(DIM * 255) and np.array_equal(rgba_bytes(dimming(B[5, 1:].reshape(GRID, GRID))),
+                                                              rgba_bytes(plot.overlay.data["image"][0]))
+    plot.show(None, 5, 5)
+    assert plot.outline.data == {"x": [], "y": []}
+
+
+# -- attention: cache and errors --------------------------------------------------------------------------
+
+
+def test_attention_is_called_once_per_image(data):
+    fn = CountingAttention(attention)
+    view, sel = view_of(data, fn, image=0)
+    for change in ({"layer": 1, "head": 2}, {"threshold": 0.1}, {"source_token": 3}, {"layout": "patch"},
+                   {"threshold": None}):
+        sel.param.update(**change)
+        view.update(set(change))
+    assert fn.calls == {0: 1}
+    sel.image = 1
+    view.update({"image"})
+    sel.head = 0
+    view.update({"head"})
+    assert fn.calls == {0: 1, 1: 1}
+    check_lines(view.matrix.segments.data, attention(1)[1, 0], view.threshold())
+
+
+def test_attention_errors_become_one_line_messages_and_never_raise(data):
     def broken(image: int) -> np.ndarray:
-        raise VitscopeError(f"image {image} could not be read at build")
+        if image == 3:
+            raise VitscopeError(f"image {image} could not be read\nmore detail")
+        if image == 4:
+            raise RuntimeError("CUDA out of memory\nTraceback (most recent call last): ...")
+        return attention(image)
 
-    v, s = view(data, broken, image=3)
-    assert v.attention_matrix() is None
-    assert "could not be read" in s.message and "could not be read" in v.error
-    assert len(v.lines(0.0)) == 0 and v.masks(0) is None
-    pn_root(v)  # renders the message instead of raising
-
-
-def test_wrong_shape_sets_message(data):
-    v, s = view(data, lambda i: np.zeros((1, 1, 3, 3)), image=0)
-    assert v.attention_matrix() is None and "shape" in s.message
-
-
-def test_out_of_range_selection_does_not_raise(data):
-    v, s = view(data, image=N + 5)
-    assert v.attention_matrix() is None and "not in this store" in v.info()
-    s.param.update(image=0, layer=L + 1)
-    assert v.attention_matrix() is None and "not in this model" in v.info()
-    pn_root(v)
+    view, sel = view_of(data, broken, image=3)
+    assert view.attention_matrix() is None
+    assert sel.message == "attention of image 3: image 3 could not be read" and view.error == sel.message
+    assert len(view.matrix.segments.data["value"]) == 0 and view.masks.outline.data == {"x": [], "y": []}
+    assert sel.message in view.info.text
+    sel.image = 4
+    view.update({"image"})
+    assert sel.message == "attention of image 4: CUDA out of memory" and one_line(sel.message)
+    sel.image = 7  # a good image clears the attention's message
+    view.update({"image"})
+    assert sel.message == "" and view.error == "" and len(view.matrix.segments.data["value"]) > 0
+    assert isinstance(pn.panel(view.bokeh()).get_root(), Model)
 
 
-def pn_root(v: AttentionPatternView):
-    import panel as pn
-    from bokeh.model import Model
-
-    root = pn.panel(v).get_root()
-    assert isinstance(root, Model)
-    return root
+def test_wrong_shape_is_a_message(data):
+    view, sel = view_of(data, lambda image: np.zeros((1, 1, 3, 3)), image=0)
+    assert view.attention_matrix() is None and "shape" in sel.message and one_line(sel.message)
 
 
-def test_renders_to_bokeh(data):
-    v, s = view(data)
-    pn_root(v)  # no image: hint
-    s.param.update(image=2, layer=1, head=0)
-    assert "image" in v.info() and "pattern" in v.info()
-    s.density = True
-    s.layout = "patch"
-    pn_root(v)
-    v._on_tap_histogram(0.05)
-    assert s.threshold == pytest.approx(0.05)
-    v._on_hover_axes(3.2, 0.2)
-    assert v.target_token == 3
-    pn_root(v)
+def test_out_of_range_and_unreadable_images_are_messages(data):
+    fn = CountingAttention(attention)
+    view, sel = view_of(data, fn, image=N + 5)
+    assert view.attention_matrix() is None and "out of range" in sel.message and one_line(sel.message)
+    assert "not a readable image" in view.info.text
+    sel.image = UNREADABLE[0]
+    view.update({"image"})
+    assert view.attention_matrix() is None and "could not be read" in sel.message
+    assert fn.calls == {}  # the model is never asked about an image the store does not have
 
 
-def test_streams_drive_the_selection(data):
-    """The HoloViews streams the browser fires (tap, pointer) reach the selection and the view's tokens."""
-    v, s = view(data)
-    pn_root(v)
-    x, y = data.head_xy_cls[5, 0, 2]
-    v.overview_tap.event(x=float(x), y=float(y))
-    assert (s.image, s.layer, s.head) == (5, 0, 2)
-    v.axes_pointer.event(x=4.1, y=0.9)
-    assert v.source_token == 4
-    v.histogram_tap.event(x=0.2, y=0.0)
-    assert s.threshold == pytest.approx(0.2) and v._slider.value == pytest.approx(min(0.2, v._slider.end))
-    v._slider.value = 0.01
-    assert s.threshold == pytest.approx(0.01)
-
-
-def test_masks_picture_tints_the_image_where_the_token_attends(data):
-    v, _ = view(data, image=6, layer=0, head=0)
-    A = fake_attention(6)[0, 0]
-    rgb = v.masks_rgb(0, 2).astype(float)
-    size = data.thumbnail(6).shape[0]
-    cell, gap = size // GRID, max(size // 16, 1)
-    assert rgb.shape == (size, 3 * size + 2 * gap, 3)
-    base = rgb[:, :size]
-    for panel, mask in ((rgb[:, size + gap: 2 * size + gap], A[0, 1:]), (rgb[:, 2 * size + 2 * gap:], A[1:, 2])):
-        per_patch = np.abs(panel - base).sum(-1)[: cell * GRID, : cell * GRID].reshape(GRID, cell, GRID, cell)
-        assert np.corrcoef(per_patch.mean((1, 3)).ravel(), mask)[0, 1] > 0.8
-    np.testing.assert_array_equal(rgb[0, 2 * size + 2 * gap + cell], [214, 39, 40])  # patch 1's outline, red
+def test_head_info_names_the_pattern_scores_and_distance(data):
+    view, sel = view_of(data)
+    assert "Select an image" in view.info.text
+    for image, layer, head in ((2, 1, 0), (0, 0, 2), (8, 1, 1)):
+        sel.param.update(image=image, layer=layer, head=head)
+        view.update({"image", "layer", "head"})
+        label, offset = int(data.pattern_label[image, layer, head]), int(data.pattern_offset[image, layer, head])
+        pattern = PATTERNS[label] + (f" ({OFFSETS[offset]})" if PATTERNS[label] == "diagonal" else "")
+        text = view.info.text
+        assert f"pattern: <b>{pattern}</b>" in text and data.image_ids[image] in text
+        assert f"<b>{float(data.attention_distance[image, layer, head]):.2f}</b>" in text
+        for name, score in zip(PATTERNS, data.pattern_score[image, layer, head], strict=True):
+            assert f"{name} {float(score):.2f}" in text
+    assert isinstance(pn.panel(view.bokeh()).get_root(), Model)

@@ -1,59 +1,397 @@
-"""Image Overview and Head Importance View callbacks, without a browser."""
+"""Image Overview, Head Importance View and the Explorer's wiring, without a browser.
+
+Every check reads the data behind the plots (the ColumnDataSources after `update`) and compares it with a
+slow reference computed here from the store's arrays with plain loops.
+"""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import math
+import re
 
 import numpy as np
 import panel as pn
 import pytest
+from app_helpers import fake_attention, make_store, rgba_bytes
+from bokeh.events import SelectionGeometry, Tap
+from bokeh.model import Model
 
 from vitscope.app.data import StoreData
-from vitscope.app.overview_views import HeadImportanceView, ImageOverview, top5_html
+from vitscope.app.explorer import Explorer
+from vitscope.app.importance import HeadImportanceView
+from vitscope.app.overview import ImageOverview, top5_html
 from vitscope.app.state import Selection
+from vitscope.app.style import CORRECT, MAX_LEGEND, VALUE_CMAP, WRONG, class_colours
+from vitscope.vocab import METRICS, MODES
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import synthetic_store  # noqa: E402
+N, L, H, GRID, CLASSES = 30, 3, 4, 4, 6
+UNREADABLE = (2, 5)  # images the build could not read
+READABLE = [i for i in range(N) if i not in UNREADABLE]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = synthetic_store.make(tmp_path_factory.mktemp("s") / "s.zarr", images=30, layers=3, heads=4, grid=4,
-                               classes=6, chunk=8)
-    return StoreData(out)
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("views") / "s.zarr", N, L, H, GRID, CLASSES, UNREADABLE)
 
 
-def test_tap_selects_the_nearest_image_and_ids_are_checked(data):
+@pytest.fixture(scope="module")
+def data(store) -> StoreData:
+    return StoreData(store)
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> StoreData:
+    """A tiny store with more than MAX_LEGEND classes present."""
+    return StoreData(make_store(tmp_path_factory.mktemp("many") / "m.zarr", 60, 1, 2, 2, 30))
+
+
+def nearest(data: StoreData, x: float, y: float, images: list[int]) -> int:
+    best, best_d = -1, math.inf
+    for i in images:
+        d = (float(data.image_xy[i, 0]) - x) ** 2 + (float(data.image_xy[i, 1]) - y) ** 2
+        if d < best_d:
+            best, best_d = i, d
+    return best
+
+
+def trigger(fig, event) -> None:
+    """What a browser event does on the server: run the figure's callbacks for it."""
+    fig._trigger_event(event)
+
+
+def one_line(message: str) -> bool:
+    return bool(message) and "\n" not in message and "Traceback" not in message
+
+
+# -- Image Overview ---------------------------------------------------------------------------------------
+
+
+def test_overview_points_are_the_readable_images(data):
+    view = ImageOverview(data, Selection())
+    src = view.source.data
+    assert list(src["image"]) == READABLE
+    for row, i in enumerate(READABLE):
+        assert (src["x"][row], src["y"][row]) == (data.image_xy[i, 0], data.image_xy[i, 1])
+        assert src["id"][row] == data.image_ids[i]
+        assert src["label"][row] == data.class_names[int(data.label[i])]
+        assert src["p"][row] == data.baseline_prob[i]
+    assert all(len(v) == len(READABLE) for v in src.values())
+
+
+def test_tap_selects_the_nearest_readable_image_kdtree_vs_brute_force(data):
     sel = Selection()
     view = ImageOverview(data, sel)
-    x, y = 0.3, -0.7
-    nearest = int(np.argmin(((data.image_xy - [x, y]) ** 2).sum(1)))
-    assert view.pick(x, y) == nearest and sel.image == nearest
-    view.id_input.value = 7
+    rng = np.random.default_rng(0)
+    for x, y in rng.normal(scale=1.5, size=(25, 2)):
+        want = nearest(data, x, y, READABLE)
+        assert view.pick(x, y) == want and sel.image == want
+    assert view.pick(None, 0.0) is None and sel.image == want
+    x, y = data.image_xy[11]
+    trigger(view.figure, Tap(view.figure, x=float(x) + 1e-6, y=float(y)))  # what a click sends
+    assert sel.image == 11
+    view.update({"image"})  # what the Explorer does on the change
+    assert view.marker.data == {"x": [float(x)], "y": [float(y)]}
+    assert "image 11" in view.detail.text and data.image_ids[11] in view.detail.text
+    thumb = data.thumbnail(11)  # the thumbnail travels as RGBA, opaque, row 0 at the bottom
+    got = rgba_bytes(view.thumb_source.data["image"][0])
+    assert np.array_equal(got[..., :3], thumb) and (got[..., 3] == 255).all()
+
+
+def test_ids_are_checked_with_one_line_messages(data):
+    sel = Selection()
+    view = ImageOverview(data, sel)
+    view.select(7)
     assert sel.image == 7 and sel.message == ""
     view.select(99)
+    assert sel.image == 7 and "out of range" in sel.message and one_line(sel.message)
+    view.select(-1)
     assert sel.image == 7 and "out of range" in sel.message
-    assert "image 7" in view.detail().objects[1].objects[0].object
-    pn.panel(view).get_root()
+    view.select(UNREADABLE[0])
+    assert sel.image == 7 and "could not be read" in sel.message and one_line(sel.message)
+    view.select(3)
+    assert sel.image == 3 and sel.message == ""
+    view.select(None)
+    view.update({"image"})
+    assert sel.image is None and view.marker.data == {"x": [], "y": []} and "Tap a point" in view.detail.text
 
 
-def test_head_importance_values_pick_and_top5(data):
+def test_colour_by_class_correct_and_probability(data):
+    sel = Selection()
+    view = ImageOverview(data, sel)
+    present = sorted({int(data.label[i]) for i in READABLE})
+    palette = class_colours(len(present))
+    for colour_by in ("class", "correct", "P[true]"):
+        sel.colour_by = colour_by
+        view.update({"colour_by"})
+        src = view.source.data
+        for row, i in enumerate(READABLE):
+            label = int(data.label[i])
+            if colour_by == "class":
+                want, legend = palette[present.index(label)], data.class_names[label]
+            elif colour_by == "correct":
+                right = int(data.topk_idx[i, 0, 0, 0, 0]) == label  # unpruned top-1 is the true label
+                want, legend = (CORRECT, "top-1 right") if right else (WRONG, "top-1 wrong")
+            else:
+                p = float(data.baseline_prob[i])
+                want, legend = VALUE_CMAP[int(round(p * (len(VALUE_CMAP) - 1)))], ""
+            assert (src["colour"][row], src["legend"][row]) == (want, legend), (colour_by, i)
+        legend_on = view.figure.legend[0].visible
+        assert legend_on == (colour_by != "P[true]") and view.colour_bar.visible == (colour_by == "P[true]")
+        assert colour_by in view.figure.title.text
+    sel.colour_by = "class"
+    view.update({"colour_by"})
+    by_class = dict(zip(view.source.data["legend"], view.source.data["colour"], strict=True))
+    assert len(set(by_class.values())) == len(present)  # one colour per class, distinct
+    right = [int(data.topk_idx[i, 0, 0, 0, 0]) == int(data.label[i]) for i in READABLE]
+    assert any(right) and not all(right)  # both colours occur
+
+
+def test_class_legend_only_up_to_twenty_classes(many):
+    assert len({int(c) for c in many.label}) > MAX_LEGEND
+    sel = Selection()
+    view = ImageOverview(many, sel)
+    assert not view.figure.legend[0].visible and not view.colour_bar.visible
+    for colour_by, legend in (("correct", True), ("P[true]", False), ("class", False)):
+        sel.colour_by = colour_by
+        view.update({"colour_by"})
+        assert view.figure.legend[0].visible == legend and view.colour_bar.visible == (colour_by == "P[true]")
+
+
+def test_find_class_exact_substring_case_insensitive(data, many):
+    names = many.class_names
+    present = sorted({int(c) for c in many.label[many.valid]})
+    assert many.find_class("class 1") == 1  # exact, though "class 10".."class 19" contain it too
+    assert many.find_class("  CLASS 12 ") == 12
+    for text in ("ss 2", "S 1", "2"):
+        want = next(c for c in present if text.strip().lower() in names[c].lower())
+        assert many.find_class(text) == want
+    assert many.find_class("zebra") is None and many.find_class("") is None and many.find_class("   ") is None
+    absent = [c for c in range(len(names)) if c not in present]
+    assert absent and many.find_class(names[absent[0]]) is None  # no readable image: nothing to show
+    assert data.find_class(data.class_names[3].upper()) == 3
+
+
+def test_choosing_a_class_highlights_it_and_only_class_hides_the_rest(data):
+    sel = Selection()
+    view = ImageOverview(data, sel)
+    assert len(set(view.source.data["alpha"])) == 1  # no class chosen: all alike
+    cls = int(data.label[READABLE[0]])
+    mine = [i for i in READABLE if int(data.label[i]) == cls]
+    others = [i for i in READABLE if int(data.label[i]) != cls]
+    sel.cls = cls
+    view.update({"cls"})
+    alpha, size = dict(zip(READABLE, view.source.data["alpha"], strict=True)), dict(
+        zip(READABLE, view.source.data["size"], strict=True))
+    assert min(alpha[i] for i in mine) > max(alpha[i] for i in others) > 0  # others dimmed, still visible
+    assert min(size[i] for i in mine) > max(size[i] for i in others)
+    assert repr(data.class_names[cls]) in view.figure.title.text
+    rng = np.random.default_rng(1)
+    probes = rng.normal(scale=1.5, size=(25, 2))
+    assert any(nearest(data, x, y, READABLE) != nearest(data, x, y, mine) for x, y in probes)
+    for x, y in probes:  # highlighted only: a tap still picks any image
+        assert view.pick(x, y) == nearest(data, x, y, READABLE)
+    sel.only_class = True
+    view.update({"only_class"})
+    alpha = dict(zip(READABLE, view.source.data["alpha"], strict=True))
+    assert all(alpha[i] == 0 for i in others) and all(alpha[i] > 0 for i in mine)
+    for x, y in probes:  # shown alone: a tap picks only among the class's images
+        want = nearest(data, x, y, mine)
+        assert view.pick(x, y) == want and sel.image == want
+    sel.cls = None
+    view.update({"cls"})
+    assert len(set(view.source.data["alpha"])) == 1 and min(view.source.data["alpha"]) > 0
+
+
+# -- Head Importance View ---------------------------------------------------------------------------------
+
+
+def mean_std(data: StoreData, metric: str, mode: int, images: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    m = METRICS.index(metric)
+    mean, std = np.zeros(L * H), np.zeros(L * H)
+    for k in range(L * H):
+        vals = [float(data.importance[i, k // H, k % H, mode, m]) for i in images]
+        mean[k] = sum(vals) / len(vals)
+        std[k] = math.sqrt(sum((v - mean[k]) ** 2 for v in vals) / len(vals))
+    return mean, std
+
+
+def test_importance_line_is_the_mean_and_std_over_readable_images(data):
+    sel = Selection(metric="jsd", mode=3)
+    view = HeadImportanceView(data, sel)
+    mean, std = mean_std(data, "jsd", 3, READABLE)
+    src = view.source.data
+    np.testing.assert_allclose(src["y"], mean, rtol=1e-5)
+    np.testing.assert_allclose(src["lo"], mean - std, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(src["hi"], mean + std, rtol=1e-5)
+    assert view.figure.y_range.start < min(src["lo"]) and view.figure.y_range.end > max(src["hi"])
+    assert "all images (mean ± std)" in view.figure.title.text
+    for image in (4, 0):
+        sel.image = image
+        view.update({"image"})
+        want = [float(data.importance[image, k // H, k % H, 3, 1]) for k in range(L * H)]
+        np.testing.assert_array_equal(view.source.data["y"], want)
+        np.testing.assert_array_equal(view.source.data["lo"], want)
+        np.testing.assert_array_equal(view.source.data["hi"], want)
+    sel.image = UNREADABLE[1]  # an unreadable image shows the mean instead of NaNs
+    view.update({"image"})
+    np.testing.assert_allclose(view.source.data["y"], mean, rtol=1e-5)
+
+
+def test_class_band_is_the_mean_and_std_over_that_class(data):
+    cls = int(data.label[READABLE[3]])
+    sel = Selection(metric="prob", mode=1, cls=cls)
+    view = HeadImportanceView(data, sel)
+    mean, std = mean_std(data, "prob", 1, [i for i in READABLE if int(data.label[i]) == cls])
+    np.testing.assert_allclose(view.source.data["y"], mean, rtol=1e-5)
+    np.testing.assert_allclose(view.source.data["hi"] - view.source.data["y"], std, rtol=1e-4, atol=1e-7)
+    assert repr(data.class_names[cls]) in view.figure.title.text
+    all_mean, _ = mean_std(data, "prob", 1, READABLE)
+    assert not np.allclose(mean, all_mean)
+    sel.image = 8  # an image beats the class
+    view.update({"image"})
+    np.testing.assert_array_equal(view.source.data["y"], data.importance[8, :, :, 1, METRICS.index("prob")].reshape(-1))
+
+
+def test_tap_picks_a_head_and_the_mode_bars_and_top5_follow(data):
+    sel = Selection(metric="jsd", mode=3, image=4)
+    view = HeadImportanceView(data, sel)
+    for x in (6.2, -3.0, 1e9, 0.49, 10.51):
+        k = min(max(int(math.floor(x + 0.5)), 0), L * H - 1)
+        assert view.pick(x) == (k // H, k % H) == (sel.layer, sel.head)
+    trigger(view.figure, Tap(view.figure, x=6.2, y=0.0))
+    assert (sel.layer, sel.head) == (1, 2)
+    view.update({"layer", "head"})
+    assert list(view.bar_source.data["x"]) == list(MODES)
+    assert list(view.bar_source.data["top"]) == [float(data.importance[4, 1, 2, m, 1]) for m in MODES]
+    assert view.ring.data == {"x": [6], "y": [float(data.importance[4, 1, 2, 3, 1])]}
+    assert view.top5.text == top5_html(data, 4, 1, 2, 3)
+    sel.image = None
+    view.update({"image"})
+    want = [sum(float(data.importance[i, 1, 2, m, 1]) for i in READABLE) / len(READABLE) for m in MODES]
+    np.testing.assert_allclose(view.bar_source.data["top"], want, rtol=1e-5)
+    assert "Select an image" in view.top5.text
+
+
+def test_top5_lists_the_pruned_predictions_with_the_true_label_in_bold(data):
+    for image, layer, head, mode in ((4, 1, 2, 3), (0, 0, 0, 0), (7, 2, 3, 5)):
+        html = top5_html(data, image, layer, head, mode)
+        rows = re.findall(r"<tr><td>(.*?)</td><td[^>]*>(.*?)</td></tr>", html)
+        true = int(data.label[image])
+        want = []
+        for c, p in zip(data.topk_idx[image, layer, head, mode], data.topk_prob[image, layer, head, mode],
+                        strict=True):
+            name = data.class_names[int(c)]
+            want.append((f"<b>{name}</b>" if int(c) == true else name, f"{float(p):.3f}"))
+        assert rows == want
+        assert ("unpruned" in html) == (mode == 0)
+
+
+def test_drag_selects_a_range_of_heads_shown_as_a_band(data):
     sel = Selection()
     view = HeadImportanceView(data, sel)
-    sel.metric, sel.mode = "jsd", 3
-    mean, std = view.values()
-    v = data.importance[:, :, :, 3, 1].reshape(30, -1)
-    np.testing.assert_allclose(mean, v.mean(0), rtol=1e-6)
-    np.testing.assert_allclose(std, v.std(0), rtol=1e-5)
-    sel.image = 4
-    values, none = view.values()
-    assert none is None and np.array_equal(values, v[4])
-    assert view.pick(6.2) == (1, 2) and (sel.layer, sel.head) == (1, 2)
-    bars = view.mode_bars()
-    assert [round(float(b), 6) for b in bars.dimension_values(1)] == [
-        round(float(x), 6) for x in data.importance[4, 1, 2, :, 1]]
-    html = top5_html(data, 4, 1, 2, 3)
-    true = data.class_names[int(data.label[4])]
-    assert html.count("<tr>") == 5 and (f"<b>{true}</b>" in html) == (int(data.label[4]) in data.topk_idx[4, 1, 2, 3])
-    pn.panel(view).get_root()
+    for x0, x1 in ((2.2, 6.7), (6.7, 2.2), (-5.0, 1.5), (10.5, 40.0), (3.0, 3.0), (3.2, 3.8)):
+        before = (sel.layer, sel.head)
+        group = [k for k in range(L * H) if min(x0, x1) <= k <= max(x0, x1)]
+        assert view.select_range(x0, x1) == group and sel.group == group
+        view.update({"group", "layer", "head"})
+        box = view.group_box
+        if group:
+            assert (sel.layer, sel.head) == (group[0] // H, group[0] % H)
+            assert box.visible and (box.left, box.right) == (group[0] - 0.5, group[-1] + 0.5)
+            assert f"{len(group)} heads" in view.summary.text
+        else:
+            assert (sel.layer, sel.head) == before and not box.visible
+    geometry = {"type": "rect", "x0": 0.6, "x1": 3.4, "y0": 0.0, "y1": 1.0}
+    trigger(view.figure, SelectionGeometry(view.figure, geometry=geometry, final=True))  # a drag in the browser
+    assert sel.group == [1, 2, 3] and (sel.layer, sel.head) == (0, 1)
+
+
+# -- Explorer ---------------------------------------------------------------------------------------------
+
+DEPENDS = {  # a selection change → the views that draw it
+    "colour_by": {"overview"}, "only_class": {"overview"}, "cls": {"overview", "importance"},
+    "metric": {"importance"}, "mode": {"importance"}, "group": {"importance"}, "pinned": {"strength"},
+    "layout": {"pattern"}, "density": {"pattern"}, "threshold": {"pattern"}, "source_token": {"pattern"},
+    "image": {"overview", "importance", "strength", "pattern"}, "layer": {"importance", "strength", "pattern"},
+}
+
+
+@pytest.fixture
+def explorer(store, monkeypatch) -> Explorer:
+    monkeypatch.setattr(Explorer, "attention", lambda self, image: fake_attention(L, H, 1 + GRID**2)(image))
+    return Explorer(store)
+
+
+def count_updates(explorer: Explorer, monkeypatch) -> dict[str, list[set[str]]]:
+    calls: dict[str, list[set[str]]] = {}
+    for name in ("overview", "importance", "strength", "pattern"):
+        view = getattr(explorer, name)
+        calls[name] = []
+
+        def counted(changed=None, _update=view.update, _calls=calls[name]):
+            _calls.append(set(changed))
+            return _update(changed)
+
+        monkeypatch.setattr(view, "update", counted)
+    return calls
+
+
+def test_explorer_renders_and_its_widgets_drive_the_selection(explorer, data):
+    root = pn.panel(explorer).get_root()
+    assert isinstance(root, Model)
+    sel = explorer.selection
+    explorer.image_id.value = 7
+    assert sel.image == 7 and sel.message == ""
+    assert explorer.overview.marker.data == {"x": [float(data.image_xy[7, 0])], "y": [float(data.image_xy[7, 1])]}
+    cls = int(data.label[READABLE[0]])
+    explorer.class_search.value = data.class_names[cls].upper()
+    assert sel.cls == cls
+    explorer.class_search.value = "zebra"
+    assert sel.cls == cls and "zebra" in sel.message and one_line(sel.message)
+    explorer.pin.clicks += 1
+    assert sel.pinned == [0]
+    pn.panel(explorer).get_root()  # renders with an image, a class and a pin
+
+
+def test_one_change_updates_each_dependent_view_once(explorer, monkeypatch):
+    sel = explorer.selection
+    calls = count_updates(explorer, monkeypatch)
+    changes = {"colour_by": "correct", "only_class": True, "cls": 1, "metric": "jsd", "mode": 4, "group": [2, 3],
+               "pinned": [5], "layout": "patch", "density": True, "threshold": 0.05, "source_token": 3, "image": 4,
+               "layer": 2}
+    for name, value in changes.items():
+        for c in calls.values():
+            c.clear()
+        setattr(sel, name, value)
+        got = {view for view, c in calls.items() if c}
+        assert got == DEPENDS[name], name
+        assert all(c == [{name}] for c in calls.values() if c), name
+    for c in calls.values():
+        c.clear()
+    sel.param.update(layer=1, head=3)  # one held change for both
+    assert {view: len(c) for view, c in calls.items()} == {"overview": 0, "importance": 1, "strength": 1,
+                                                          "pattern": 1}
+    assert calls["strength"] == [{"layer", "head"}]
+    for c in calls.values():
+        c.clear()
+    sel.message = "anything"
+    assert not any(calls.values())
+
+
+def test_an_error_in_a_view_becomes_a_one_line_message(explorer, monkeypatch, data):
+    sel = explorer.selection
+
+    def broken(changed=None):
+        raise ValueError("the importance view broke\n  with a second line")
+
+    update = explorer.importance.update
+    monkeypatch.setattr(explorer.importance, "update", broken)
+    sel.metric = "jsd"  # does not raise
+    assert sel.message == "HeadImportanceView: the importance view broke"
+    sel.image = 4  # the other views still follow
+    np.testing.assert_array_equal(explorer.strength.source.data["y"], data.strength_entropy[4].reshape(-1))
+    assert explorer.overview.marker.data["x"] == [float(data.image_xy[4, 0])]
+    monkeypatch.setattr(explorer.importance, "update", update)
+    sel.message = ""
+    sel.layer = L + 2  # a layer the model does not have: a message, never an exception
+    assert one_line(sel.message)

@@ -1,0 +1,60 @@
+"""Shared by the app tests: a small synthetic store with unreadable images, and fake attention functions."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from vitscope import store
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import synthetic_store  # noqa: E402
+
+
+def make_store(path: Path, images: int, layers: int, heads: int, grid: int, classes: int,
+               unreadable: tuple[int, ...] = ()) -> Path:
+    """A synthetic store in the real schema; the `unreadable` images hold what a build writes for an image it
+    could not read (every per-image variable at its fill value: NaN, -1, False, 0; valid False)."""
+    out = synthetic_store.make(Path(path), images=images, layers=layers, heads=heads, grid=grid, classes=classes,
+                               chunk=8)
+    for name in (*store.PER_CHUNK, *store.GLOBAL):
+        if (out / name).exists():
+            arr = zarr.open_array(str(out / name), mode="r+")
+            for i in unreadable:
+                arr[i] = store.fill_value(arr.dtype)
+    return out
+
+
+def fake_attention(layers: int, heads: int, tokens: int):
+    """A deterministic attention function: peaky row-stochastic [L, H, P, P] per image."""
+
+    def attention(image: int) -> np.ndarray:
+        a = np.random.default_rng(image).random((layers, heads, tokens, tokens)) ** 6
+        return (a / a.sum(-1, keepdims=True)).astype(np.float32)
+
+    return attention
+
+
+class CountingAttention:
+    """Wraps an attention function and counts its calls per image."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.calls = fn, Counter()
+
+    def __call__(self, image: int) -> np.ndarray:
+        self.calls[image] += 1
+        return self.fn(image)
+
+
+def rgba_bytes(image: np.ndarray) -> np.ndarray:
+    """Bokeh's image_rgba array [h, w] uint32 (row 0 = bottom) → [h, w, 4] uint8 (row 0 = top)."""
+    out = np.zeros((*image.shape, 4), np.uint8)
+    for r in range(image.shape[0]):
+        for c in range(image.shape[1]):
+            v = int(image[r, c])
+            out[image.shape[0] - 1 - r, c] = [v & 255, (v >> 8) & 255, (v >> 16) & 255, v >> 24]
+    return out
