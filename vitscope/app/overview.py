@@ -64,7 +64,7 @@ def overview_columns(data: StoreData, colour_by: str, cls: int | None, only_clas
     chosen = data.class_images(cls) if cls is not None else data.valid
     dim = 0.0 if only_class else 0.12
     alpha = np.where(chosen, 0.85, dim) if cls is not None else np.full(data.images, 0.75)
-    size = np.where(chosen & (cls is not None), 9.0, 6.0)
+    size = np.where(chosen & (cls is not None), 9.0, 0.0 if only_class and cls is not None else 6.0)  # 0: no hover
     ok = np.flatnonzero(data.valid & np.isfinite(data.image_xy).all(1))
     return {"colour": colour[ok], "legend": legend[ok], "alpha": alpha[ok], "size": size[ok]}
 
