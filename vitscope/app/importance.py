@@ -87,8 +87,8 @@ class HeadImportanceView:
         bars.xaxis.ticker = list(MODES)
         bars.xaxis.axis_label = "pruning mode"
         self.bars = bars
-        self.top5 = Div(text="", width=300)
-        self.summary = Div(text="", width=width)
+        self.top5 = Div(text="", width=300, height=150)
+        self.summary = Div(text="", width=width, height=22)
         self.update()
 
     # -- interaction ---------------------------------------------------------------------------------
@@ -138,6 +138,8 @@ class HeadImportanceView:
         self.ring.data = {"x": [k], "y": [float(y[k])]}
         vals = mode_values(d, s.metric, s.layer, s.head, s.image, s.cls)
         self.bar_source.data = {"x": list(MODES), "top": vals}
+        low, high = min(0.0, float(np.nanmin(vals))), max(0.0, float(np.nanmax(vals)))
+        self.bars.y_range.update(start=low, end=high + 0.08 * max(high - low, 1e-9))  # JSD ~1e-4 stays visible
         self.bar_glyph.fill_color = layer_colours(d.layers)[s.layer]
         self.bars.title.text = f"L{s.layer}H{s.head} in modes 0–5"
         group = [g for g in s.group if 0 <= g < len(y)]

@@ -113,7 +113,8 @@ class ImageOverview:
         thumb.toolbar_location = None
         thumb.image_rgba("image", x=0, y=0, dw=1, dh=1, source=self.thumb_source)
         thumb.min_border = 0
-        self.thumb, self.detail = thumb, Div(text="Tap a point or type an image id.", width=width - 110)
+        self.thumb, self.detail = thumb, Div(text="Tap a point or type an image id.", width=width - 110,
+                                                height=150)
         self.update()
 
     def pick(self, x: float | None, y: float | None) -> int | None:

@@ -56,7 +56,7 @@ class AttentionPatternView:
                                   on_threshold=lambda t: setattr(sel, "threshold", t),
                                   on_cell=lambda s, t: sel.param.update(source_token=s, target_token=t))
         self.masks = MaskPlot(thumb_source, data.num_prefix, data.grid)
-        self.info = Div(text="", width=640, css_classes=["vs-pattern-info"])
+        self.info = Div(text="", width=640, height=44, css_classes=["vs-pattern-info"])
         self.update()
 
     def _on_token(self, token: int, source: bool) -> None:

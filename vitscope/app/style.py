@@ -53,7 +53,8 @@ def rgba_image(pixels: np.ndarray) -> np.ndarray:
 def figure(title: str, width: int, height: int, tools: str = "pan,wheel_zoom,reset", x_range=(0, 1),
            y_range=(0, 1), **kw):
     """A fixed-size Bokeh figure with explicit ranges: a DataRange1d sends range updates back to the server
-    on every change, and responsive plots with a fixed aspect kept Bokeh's layout from settling."""
+    on every change, and responsive plots with a fixed aspect kept Bokeh's layout from settling. (Divs get a
+    fixed size too: one whose height follows its text makes the browser lay out the page again per change.)"""
     fig = bokeh_figure(title=title, width=width, height=height, tools=tools, toolbar_location="above",
                        x_range=Range1d(*x_range), y_range=Range1d(*y_range), output_backend="canvas", **kw)
     fig.toolbar.logo = None
