@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_app_pattern_view import _synthetic
+from app_helpers import make_store
 
 from vitscope.app.data import StoreData
 from vitscope.app.export import export, most_important_heads, parse_head
@@ -13,7 +13,7 @@ from vitscope.errors import VitscopeError
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     out = tmp_path_factory.mktemp("ex") / "s.zarr"
-    _synthetic().make(out, images=6, layers=3, heads=4, grid=4, classes=3, chunk=3)
+    make_store(out, images=6, layers=3, heads=4, grid=4, classes=3)
     return out
 
 

@@ -91,34 +91,34 @@ class Explorer(pn.viewable.Viewer):
 
     def _widgets(self) -> None:
         d, s = self.data, self.selection
-        self.image_id = pn.widgets.IntInput(name="image id", start=0, end=d.images - 1, value=None,
+        self.image_id = pn.widgets.IntInput(label="image id", start=0, end=d.images - 1, value=None,
                                             placeholder=f"0..{d.images - 1}, Enter", css_classes=["vs-image-id"],
                                             width=SIDEBAR - 40)
         self.image_id.param.watch(lambda e: e.new is not None and e.new != s.image and self.overview.select(e.new),
                                   "value")
         names = [d.class_names[c] for c in d.classes_present]
         self.class_search = pn.widgets.AutocompleteInput(
-            name="class (type to search)", options=names, case_sensitive=False, search_strategy="includes",
+            label="class (type to search)", options=names, case_sensitive=False, search_strategy="includes",
             min_characters=1, restrict=False, placeholder=f"{len(names)} classes", css_classes=["vs-class-search"],
             width=SIDEBAR - 40)
         self.class_search.param.watch(self._class_typed, "value")
-        self.metric = pn.widgets.Select.from_param(s.param.metric, name="metric", css_classes=["vs-metric"],
+        self.metric = pn.widgets.Select.from_param(s.param.metric, label="metric", css_classes=["vs-metric"],
                                                    width=SIDEBAR - 40)
         self.mode = pn.widgets.RadioButtonGroup.from_param(s.param.mode, css_classes=["vs-mode"], button_type="light",
                                                            width=SIDEBAR - 40)
-        self.colour_by = pn.widgets.Select.from_param(s.param.colour_by, name="colour images by",
+        self.colour_by = pn.widgets.Select.from_param(s.param.colour_by, label="colour images by",
                                                       options=list(COLOUR_BY), css_classes=["vs-colour-by"],
                                                       width=SIDEBAR - 40)
         self.layout = pn.widgets.RadioButtonGroup.from_param(s.param.layout, css_classes=["vs-layout"],
                                                              button_type="light", width=SIDEBAR - 40)
-        self.threshold = pn.widgets.FloatSlider(name="threshold (or tap the histogram)", start=0.0, end=1.0,
+        self.threshold = pn.widgets.FloatSlider(label="threshold (or tap the histogram)", start=0.0, end=1.0,
                                                 step=0.001, format="0.[0000]", css_classes=["vs-threshold"], width=170)
         self.threshold.param.watch(self._slider_moved, "value_throttled")
-        self.top_button = pn.widgets.Button(name=f"top {self.data.top:.0%}", width=60, button_type="light")
+        self.top_button = pn.widgets.Button(label=f"top {self.data.top:.0%}", width=60, button_type="light")
         self.top_button.on_click(lambda _: setattr(s, "threshold", None))
-        self.pin = pn.widgets.Button(name="pin L0H0", width=110, button_type="light", css_classes=["vs-pin"])
+        self.pin = pn.widgets.Button(label="pin L0H0", width=110, button_type="light", css_classes=["vs-pin"])
         self.pin.on_click(lambda _: s.toggle_pin(d.head_index(s.layer, s.head)))
-        self.unpin = pn.widgets.Button(name="clear pins", width=90, button_type="light")
+        self.unpin = pn.widgets.Button(label="clear pins", width=90, button_type="light")
         self.unpin.on_click(lambda _: setattr(s, "pinned", []))
         self._syncing = False
         self._sync_widgets(None)
@@ -148,7 +148,7 @@ class Explorer(pn.viewable.Viewer):
                                             value=float(np.clip(self.pattern.threshold(A), 0, top)))
             if names is None or names & {"layer", "head", "pinned"}:
                 pinned = d.head_index(s.layer, s.head) in s.pinned
-                self.pin.name = f"{'unpin' if pinned else 'pin'} L{s.layer}H{s.head}"
+                self.pin.label = f"{'unpin' if pinned else 'pin'} L{s.layer}H{s.head}"
                 self.unpin.disabled = not s.pinned
         finally:
             self._syncing = False
@@ -167,14 +167,14 @@ class Explorer(pn.viewable.Viewer):
             pn.pane.HTML(f"<b>{html.escape(d.model_spec)}</b><br>{d.layers} layers × {d.heads} heads, "
                          f"{d.grid}×{d.grid} patches, {int(d.valid.sum())} images", width=SIDEBAR - 30),
             self.image_id,
-            pn.widgets.Button(name="show all images", button_type="light", width=SIDEBAR - 40,
+            pn.widgets.Button(label="show all images", button_type="light", width=SIDEBAR - 40,
                               on_click=lambda e: self.selection.param.update(image=None)),
             self.class_search,
-            pn.widgets.Checkbox.from_param(self.selection.param.only_class, name="show only this class"),
+            pn.widgets.Checkbox.from_param(self.selection.param.only_class, label="show only this class"),
             self.colour_by, self.metric, "pruning mode", self.mode,
             pn.pane.HTML(f"<small>{modes}</small>", width=SIDEBAR - 30),
             "pattern map layout", self.layout,
-            pn.widgets.Checkbox.from_param(self.selection.param.density, name="density contours of all heads"),
+            pn.widgets.Checkbox.from_param(self.selection.param.density, label="density contours of all heads"),
         )
 
     def main(self) -> pn.Column:

@@ -160,7 +160,8 @@ class ImageOverview:
                 return
             self.thumb_source.data = {"image": [rgba_image(d.thumbnail(i))]}
             true = html.escape(d.class_names[int(d.label[i])])
-            self.detail.text = (f"<div style='font-size:12px'><b>image {i}</b> <code>{html.escape(d.image_ids[i])}"
+            name = html.escape(d.image_ids[i].rsplit("/", 1)[-1])  # the file name: a full path wraps
+            self.detail.text = (f"<div style='font-size:12px'><b>image {i}</b> <code>{name}"
                                 f"</code><br>true label <b>{true}</b> · P[true] {d.baseline_prob[i]:.3f}</div>"
                                 + top5_html(d, i, 0, 0, 0))
 

@@ -151,7 +151,7 @@ class AttentionStrengthView:
         else:
             value = float(d.strength_entropy[image, s.layer, s.head])
             self.current.update(location=value, visible=True)
-            self.hist.title.text = f"entropy over all images — {names}; image {image}: {value:.3f}"
+            self.hist.title.text = f"entropy over images — {names} (image {image}: {value:.2f})"
 
     def bokeh(self):
         return column(self.figure, self.bars, self.hist)
