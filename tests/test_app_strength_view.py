@@ -174,7 +174,7 @@ def test_current_image_span_sits_at_its_entropy(data):
     view.update({"image", "head"})
     assert view.current.visible and view.current.location == float(data.strength_entropy[12, 2, 3])
     title = view.hist.title.text
-    assert "image 12" in title and f"{float(data.strength_entropy[12, 2, 3]):.3f}" in title
+    assert "image 12" in title and f"{float(data.strength_entropy[12, 2, 3]):.2f}" in title
     for image in (None, UNREADABLE[1], N + 3):
         sel.image = image
         view.update({"image"})
