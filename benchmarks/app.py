@@ -17,7 +17,7 @@ The demo store uses its real model, so its image change includes the engine; the
 (`Service.attention`) is printed below the table. The synthetic ViT-B-shaped store
 (12 × 12 heads, 14 × 14 patches, 1000 images; `synthetic_store.py`) has no model: its
 attention is one fixed row-stochastic array. Baseline, measured in the same run: one bare
-`hv.Points` pane of as many points as the store has images, updated with new points. Not a
+Bokeh figure whose ColumnDataSource of as many points as the store has images is replaced. Not a
 test: timings are noisy, only medians over `--repeat` changes are worth comparing.
 """
 
@@ -32,9 +32,11 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-import holoviews as hv
+import bokeh
 import numpy as np
 import panel as pn
+from bokeh.models import ColumnDataSource
+from bokeh.plotting import figure
 from synthetic_store import make
 
 from vitscope.app.explorer import Explorer
@@ -150,13 +152,15 @@ def measure(cls: type[Explorer], path: Path, n: int) -> tuple[dict, dict]:
 
 
 def baseline(points: int, n: int) -> float:
-    """Median seconds of one bare hv.Points pane update with `points` new points."""
+    """Median seconds of replacing the data of one bare Bokeh figure's ColumnDataSource of `points` points."""
     rng = np.random.default_rng(0)
     frames = [rng.normal(size=(points, 2)) for _ in range(n + 1)]
-    stream = hv.streams.Stream.define("K", k=0)()
-    dmap = hv.DynamicMap(lambda k: hv.Points(frames[k]), streams=[stream])
-    root = pn.pane.HoloViews(dmap).get_root()
-    times, noops = time_changes(root, lambda k: stream.event(k=k + 1), n)
+    source = ColumnDataSource({"x": frames[0][:, 0], "y": frames[0][:, 1]})
+    fig = figure(width=300, height=300)
+    fig.scatter("x", "y", source=source)
+    root = pn.pane.Bokeh(fig).get_root()
+    times, noops = time_changes(root, lambda k: setattr(source, "data", {"x": frames[k + 1][:, 0],
+                                                                         "y": frames[k + 1][:, 1]}), n)
     assert noops == 0, "baseline update did not reach the Bokeh model"
     return statistics.median(times)
 
@@ -172,7 +176,7 @@ def bench_store(cls: type[Explorer], path: Path, repeat: int) -> None:
     ms = 1e3
     print(f"\n### {path.name}: {d.images} images, {d.layers} × {d.heads} heads, {d.grid} × {d.grid} patches "
           f"({cls.__name__})\n")
-    print(f"baseline (bare hv.Points pane, {d.images} points): {base * ms:.1f} ms\n")
+    print(f"baseline (bare Bokeh figure, {d.images} points replaced): {base * ms:.1f} ms\n")
     print("| change | first ms | median ms | max ms | median / 300 ms | median / baseline | "
           + " | ".join(f"{v} ms" for v in views) + " |")
     print("| --- " * (6 + len(views)) + "|")
@@ -222,7 +226,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10, help="timed changes of each kind (after one first change)")
     args = ap.parse_args()
     pn.extension()
-    print(f"panel {pn.__version__}, holoviews {hv.__version__}; times in ms from the selection change to updated "
+    print(f"panel {pn.__version__}, bokeh {bokeh.__version__}; times in ms from the selection change to updated "
           f"Bokeh models (no browser); goal ≤ {GOAL_MS:.0f} ms")
     bench_store(Explorer, args.store, args.repeat)
     engine_time(args.store, args.repeat)

@@ -12,12 +12,14 @@ import math
 import numpy as np
 import panel as pn
 import pytest
+import torch
 from app_helpers import CountingAttention, fake_attention, make_store, rgba_bytes
 from bokeh.document import Document
 from bokeh.events import RangesUpdate, Tap
 from bokeh.model import Model
 from bokeh.models import ColumnDataSource
 
+from vitscope.analysis.cls import binarise
 from vitscope.app.data import StoreData
 from vitscope.app.masks import DIM, GAP, MaskPlot, dimming
 from vitscope.app.pattern_map import aggregate, head_instances
@@ -261,13 +263,16 @@ def test_default_threshold_keeps_the_stores_top_fraction(data):
     view, sel = view_of(data, image=1, layer=0, head=1)
     A = attention(1)[0, 1]
     thr = view.threshold()
-    kept = sum(1 for v in A.ravel() if v > thr)
-    assert kept == max(1, round(data.top * A.size))
+    patches = [A[s, t] for s in range(1, P) for t in range(1, P)]  # the block the build binarises
+    assert sum(1 for v in patches if v > thr) == max(1, math.ceil(data.top * len(patches)))
     assert sel.threshold is None and view.matrix.threshold_line.location == thr
     check_lines(view.matrix.segments.data, A, thr)
     big = np.random.default_rng(0).random((197, 197))
     t = view.threshold(big)
-    assert sum(1 for v in big.ravel() if v > t) == round(data.top * big.size)
+    assert sum(1 for v in big[1:, 1:].ravel() if v > t) == math.ceil(data.top * 196 * 196)
+    # the same cut as the build's binarisation of this block
+    want = binarise(torch.from_numpy(big[1:, 1:]), data.top).numpy()
+    assert np.array_equal(big[1:, 1:] > t, want)
 
 
 def test_heatmap_enlarges_the_prefix_and_taps_map_to_tokens(data):

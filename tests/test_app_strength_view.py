@@ -75,12 +75,14 @@ def test_points_are_the_image_entropies_or_the_readable_mean(data):
         assert "mean of all images" in view.figure.title.text
 
 
-def test_tap_picks_the_nearest_head_in_data_space(data):
+def test_tap_picks_the_nearest_head_on_screen(data):
     view, sel = view_of(data, image=3)
-    src = view.source.data
+    src, f = view.source.data, view.figure
+    px = f.width / (f.x_range.end - f.x_range.start)  # pixels per unit: a layer is narrow, entropy tall
+    py = f.height / (f.y_range.end - f.y_range.start)
     rng = np.random.default_rng(0)
     for x, y in zip(rng.uniform(-0.5, L - 0.5, 20), rng.uniform(0, 1, 20), strict=True):
-        k = min(range(L * H), key=lambda k: (src["x"][k] - x) ** 2 + (src["y"][k] - y) ** 2)
+        k = min(range(L * H), key=lambda k: (px * (src["x"][k] - x)) ** 2 + (py * (src["y"][k] - y)) ** 2)
         assert view.pick(x, y) == (src["layer"][k], src["head"][k]) == (sel.layer, sel.head)
     assert view.pick(None, 0.5) is None
     k = 2 * H + 1

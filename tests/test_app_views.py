@@ -22,6 +22,7 @@ from vitscope.app.importance import HeadImportanceView
 from vitscope.app.overview import ImageOverview, top5_html
 from vitscope.app.state import Selection
 from vitscope.app.style import CORRECT, MAX_LEGEND, VALUE_CMAP, WRONG, class_colours
+from vitscope.errors import VitscopeError
 from vitscope.vocab import METRICS, MODES
 
 N, L, H, GRID, CLASSES = 30, 3, 4, 4, 6
@@ -365,7 +366,9 @@ def test_one_change_updates_each_dependent_view_once(explorer, monkeypatch):
         setattr(sel, name, value)
         got = {view for view, c in calls.items() if c}
         assert got == DEPENDS[name], name
-        assert all(c == [{name}] for c in calls.values() if c), name
+        # the image change comes after a threshold was set: that threshold is dropped in the same change
+        want = {name, "threshold"} if name == "image" else {name}
+        assert all(c == [want] for c in calls.values() if c), name
     for c in calls.values():
         c.clear()
     sel.param.update(layer=1, head=3)  # one held change for both
@@ -395,3 +398,36 @@ def test_an_error_in_a_view_becomes_a_one_line_message(explorer, monkeypatch, da
     sel.message = ""
     sel.layer = L + 2  # a layer the model does not have: a message, never an exception
     assert one_line(sel.message)
+
+
+def test_a_new_head_or_image_starts_from_the_stores_threshold(explorer):
+    """A threshold the user set is a value of one head's A: on another head it could hide every line."""
+    sel, view = explorer.selection, explorer.pattern
+    sel.param.update(image=4, layer=0, head=0)
+    default = view.threshold()
+    sel.threshold = default / 2
+    assert view.matrix.threshold_line.location == default / 2
+    sel.head = 1
+    assert sel.threshold is None and view.threshold() != default / 2
+    assert view.matrix.threshold_line.location == view.threshold()
+    assert explorer.threshold.value == pytest.approx(view.threshold())
+
+
+def test_a_model_that_cannot_be_loaded_is_tried_once(monkeypatch):
+    from vitscope.app import explorer as module
+
+    calls = []
+
+    def broken(path, device):
+        calls.append(path)
+        raise VitscopeError("no such model")
+
+    monkeypatch.setattr(module, "Service", broken)
+    module._service_or_error.cache_clear()
+    try:
+        for _ in range(3):
+            with pytest.raises(VitscopeError, match="no such model"):
+                module.service("/nowhere.zarr", "cpu")
+        assert calls == ["/nowhere.zarr"]
+    finally:
+        module._service_or_error.cache_clear()

@@ -1,4 +1,4 @@
-"""Text summary of a store's head importance (what `vitscope demo` prints until the app lands)."""
+"""Text summary of a store's head importance (what `vitscope demo` prints before it serves the app)."""
 
 from __future__ import annotations
 

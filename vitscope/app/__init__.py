@@ -1,4 +1,5 @@
-"""The Panel app: one Viewer per view, one shared selection, and the assembly (`Explorer`)."""
+"""The Panel app: one class per view (plain Bokeh figures built once, fed new data), one shared selection,
+and the assembly (`Explorer`)."""
 
 from vitscope.app.explorer import Explorer, serve
 

@@ -2,7 +2,7 @@
 
 Every plot is a plain Bokeh figure built once per session; a selection change pushes new data into the
 figures that depend on it, all inside one held document change (one message to the browser). This is
-what makes a change settle in the browser in well under a second (see shared notes on app speed).
+what makes a change settle in the browser in well under a second (README, Performance).
 """
 
 from __future__ import annotations
@@ -37,9 +37,20 @@ def store_data(path: str) -> StoreData:
 
 
 @lru_cache(maxsize=4)
+def _service_or_error(path: str, device: str) -> Service | VitscopeError:
+    try:
+        return Service(path, device)
+    except VitscopeError as e:
+        return e
+
+
 def service(path: str, device: str) -> Service:
-    """One model per process and device, shared by every session (loading it takes seconds)."""
-    return Service(path, device)
+    """One model per process and device, shared by every session (loading it takes seconds); a model that
+    cannot be loaded fails once, and then at once with the same line (not a new attempt per image)."""
+    got = _service_or_error(path, device)
+    if isinstance(got, VitscopeError):
+        raise got
+    return got
 
 
 def bokeh_pane(obj, css: str | None = None) -> pn.pane.Bokeh:
@@ -77,6 +88,11 @@ class Explorer(pn.viewable.Viewer):
     def _changed(self, *events: param.parameterized.Event) -> None:
         """Push the new selection into every view that depends on it, as one document change."""
         names = {e.name for e in events}
+        s = self.selection
+        if names & {"image", "layer", "head"} and "threshold" not in names and s.threshold is not None:
+            with param.parameterized.discard_events(s):  # a value of the old head's A: back to the store's cut
+                s.threshold = None
+            names.add("threshold")
         with pn.io.hold():
             for view in self.views:
                 if names & set(view.watches):
@@ -114,7 +130,7 @@ class Explorer(pn.viewable.Viewer):
         self.threshold = pn.widgets.FloatSlider(label="threshold (or tap the histogram)", start=0.0, end=1.0,
                                                 step=0.001, format="0.[0000]", css_classes=["vs-threshold"], width=170)
         self.threshold.param.watch(self._slider_moved, "value_throttled")
-        self.top_button = pn.widgets.Button(label=f"top {self.data.top:.0%}", width=60, button_type="light")
+        self.top_button = pn.widgets.Button(label=f"top {self.data.top * 100:g} %", width=60, button_type="light")
         self.top_button.on_click(lambda _: setattr(s, "threshold", None))
         self.pin = pn.widgets.Button(label="pin L0H0", width=110, button_type="light", css_classes=["vs-pin"])
         self.pin.on_click(lambda _: s.toggle_pin(d.head_index(s.layer, s.head)))

@@ -74,7 +74,8 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[tuple[int
     page = column(header, overview.bokeh(), Tabs(tabs=tabs))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = file_html(page, resources=INLINE, title=f"vitscope — image {image} ({data.image_ids[image]})")
+    text = file_html(page, resources=INLINE, title=f"vitscope — image {image} ({data.image_ids[image]})",
+                     suppress_callback_warning=True)  # the live app's Python callbacks: none run in a file
     # Importing Panel adds a <script src="static/..."> (ES-module shims for Panel's own components) to Bokeh's
     # inline resources; this page has no Panel components, and from disk the relative path cannot load.
     text = re.sub(r'<script src="static/[^"]*"></script>\s*', "", text)

@@ -59,6 +59,7 @@ class MaskPlot:
             blank = dimming(np.ones((p, p)))
             self.overlay.data = {"image": [blank, blank], "x": [1 + GAP, 2 + 2 * GAP]}
             self.outline.data = {"x": [], "y": []}
+            self.figure.title.text = "image · source mask · target mask"
             return
         src, tgt = token_masks(A, source, target, self.prefix, p)
         self.overlay.data = {"image": [dimming(src), dimming(tgt)], "x": [1 + GAP, 2 + 2 * GAP]}

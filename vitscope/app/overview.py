@@ -157,6 +157,7 @@ class ImageOverview:
                                 "y": [] if i is None else [float(d.image_xy[i, 1])]}
             if i is None:
                 self.detail.text = "<i>Tap a point or type an image id to select an image.</i>"
+                self.thumb_source.data = {"image": [np.zeros(d.thumb_shape[:2], np.uint32)]}  # the masks show it too
                 return
             self.thumb_source.data = {"image": [rgba_image(d.thumbnail(i))]}
             true = html.escape(d.class_names[int(d.label[i])])

@@ -46,7 +46,8 @@ def contour_lines(x: np.ndarray, y: np.ndarray, bounds: tuple[float, float, floa
     h = gaussian_filter(h, sigma)
     if h.max() <= 0:
         return {"xs": [], "ys": []}
-    gx, gy = np.linspace(x0, x1, DENSITY_BINS), np.linspace(y0, y1, DENSITY_BINS)
+    centre = (np.arange(DENSITY_BINS) + 0.5) / DENSITY_BINS
+    gx, gy = x0 + centre * (x1 - x0), y0 + centre * (y1 - y0)
     gen = contourpy.contour_generator(gx, gy, h / h.max())
     xs, ys = [], []
     for level in levels:

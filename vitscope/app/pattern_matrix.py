@@ -18,12 +18,13 @@ HIST_BINS = 60
 LINE_COLUMNS = ("x0", "y0", "x1", "y1", "source", "target", "value", "colour", "alpha")
 
 
-def top_threshold(A: np.ndarray | None, fraction: float) -> float:
-    """The value above which exactly the top `fraction` of A's values lie (ties aside)."""
+def top_threshold(A: np.ndarray | None, fraction: float, prefix: int) -> float:
+    """The value above which lie exactly the k = ceil(fraction·N²) largest patch→patch values (ties aside): the
+    build's binarisation (`analysis.cls.binarise`), so the default view shows the map the pattern labels saw."""
     if A is None:
         return 0.0
-    flat = A.ravel()
-    k = max(1, int(round(fraction * flat.size)))
+    flat = A[prefix:, prefix:].ravel()
+    k = max(1, int(np.ceil(fraction * flat.size)))
     if k >= flat.size:
         return float(flat.min()) - 1e-12
     return float(np.partition(flat, flat.size - k - 1)[flat.size - k - 1])  # (k+1)-th largest
@@ -151,7 +152,9 @@ class MatrixPlots:
         self.segments.data = seg
         self.highlight.data = {"x0": [], "y0": [], "x1": [], "y1": []}
         self.highlight.tags = []
-        self.axes.title.text = f"two axes: {len(seg['value'])} lines > {threshold:.3g}"
+        above = 0 if A is None else int((A > threshold).sum())
+        shown = f"{len(seg['value'])} of {above}" if above > len(seg["value"]) else str(above)
+        self.axes.title.text = f"two axes: {shown} lines > {threshold:.3g}"
         m = int(self.edges[-1])
         pixels = np.full((m, m, 3), 255, np.uint8) if A is None else heatmap_rgb(A, threshold, self.prefix)
         self.heat_source.data = {"image": [rgba_image(pixels)]}
@@ -161,5 +164,5 @@ class MatrixPlots:
             self.hist.x_range.update(start=0, end=float(h["right"][-1]))
             self.hist.y_range.update(start=0, end=float(h["top"].max()) * 1.05 + 1e-6)
         self.threshold_line.location = threshold
-        kept = 0.0 if A is None else float((A > threshold).mean() * 100)
-        self.hist.title.text = f"threshold {threshold:.3g} (top {kept:.2g} %)"
+        kept = 0.0 if A is None else float((A[self.prefix:, self.prefix:] > threshold).mean() * 100)
+        self.hist.title.text = f"threshold {threshold:.3g} (top {kept:.2g} % of patch→patch)"

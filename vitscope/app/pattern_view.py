@@ -2,7 +2,7 @@
 for the selected head its label, scores and distance, the two-axes view, heatmap and histogram
 (`pattern_matrix`) and the image masks (`masks`).
 
-Attention is not stored: it comes from `attention(image)` (the app passes `Service.attention`), called once
+Attention is not stored: it comes from `attention(image)` (the app passes `Explorer.attention`), called once
 per image change and kept; a failed call is one line in the page, never a traceback.
 """
 
@@ -66,6 +66,10 @@ class AttentionPatternView:
         """A [P, P] of the selected head, or None (no image, or the attention call failed: see `error`)."""
         image = self.sel.image
         if image is None:
+            self._cached_image, self._cached = None, None
+            if self.error and self.sel.message == self.error:
+                self.sel.message = ""
+            self.error = ""
             return None
         if image != self._cached_image:
             self._cached_image, self._cached = image, None
@@ -84,6 +88,7 @@ class AttentionPatternView:
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 self.error = f"attention of image {image}: {msg}"
                 self.sel.message = self.error
+                self._cached_image = None  # picked again, it is tried again (a lost worker, a transient error)
         if self._cached is None or not (0 <= self.sel.layer < self.data.layers and 0 <= self.sel.head <
                                         self.data.heads):
             return None
@@ -92,7 +97,9 @@ class AttentionPatternView:
     def threshold(self, A: np.ndarray | None = None) -> float:
         """The threshold in use: the selection's, or the value above which the store's top fraction lies."""
         t = self.sel.threshold
-        return top_threshold(self.attention_matrix() if A is None else A, self.data.top) if t is None else float(t)
+        if t is not None:
+            return float(t)
+        return top_threshold(self.attention_matrix() if A is None else A, self.data.top, self.data.num_prefix)
 
     def update(self, changed: set[str] | None = None) -> None:
         s = self.sel

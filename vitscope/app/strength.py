@@ -117,11 +117,14 @@ class AttentionStrengthView:
         self.update()
 
     def pick(self, x: float | None, y: float | None) -> tuple[int, int] | None:
-        """Select the head nearest to (x, y) in data space (NaN points are never picked)."""
+        """Select the head nearest to (x, y) on screen (NaN points are never picked)."""
         if x is None or y is None:
             return None
         ys = np.asarray(self.source.data["y"], dtype=float)
-        dist = (self.x - x) ** 2 + (ys - y) ** 2
+        f = self.figure
+        sx = f.width / (f.x_range.end - f.x_range.start)  # pixels per data unit
+        sy = f.height / (f.y_range.end - f.y_range.start)
+        dist = (sx * (self.x - x)) ** 2 + (sy * (ys - y)) ** 2
         k = int(np.argmin(np.where(np.isfinite(dist), dist, np.inf)))
         layer, head = divmod(k, self.data.heads)
         self.sel.param.update(layer=layer, head=head)
