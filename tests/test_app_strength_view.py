@@ -189,3 +189,21 @@ def test_renders_with_titles_named_after_the_paper(data):
     assert view.figure.title.text.startswith("Attention Strength View")
     assert "mean of all images" in view.figure.title.text
     assert isinstance(pn.panel(view.bokeh()).get_root(), Model)
+
+
+def test_a_chosen_class_gives_its_own_means(data):
+    """With a class chosen and no image, C1 and C2 are means over that class's readable images (as the Head
+    Importance band), not over all images."""
+    cls = int(data.label[READABLE[0]])
+    mine = [i for i in READABLE if int(data.label[i]) == cls]
+    view, sel = view_of(data, cls=cls, layer=1, head=2)
+    for k in range(L * H):
+        layer, head = divmod(k, H)
+        want = sum(float(data.strength_entropy[i, layer, head]) for i in mine) / len(mine)
+        assert view.source.data["y"][k] == pytest.approx(want, rel=1e-5)
+    hops = [sum(float(data.strength[i, 1, 2, h]) for i in mine) / len(mine) for h in range(GRID)]
+    assert view.bar_source.data["top"] == pytest.approx(hops, rel=1e-5)
+    assert "class" in view.figure.title.text
+    sel.cls = None
+    view.update({"cls"})
+    assert view.source.data["y"][0] == pytest.approx(readable_mean(data.strength_entropy[:, 0, 0]), rel=1e-5)

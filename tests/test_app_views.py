@@ -310,7 +310,7 @@ def test_drag_selects_a_range_of_heads_shown_as_a_band(data):
 # -- Explorer ---------------------------------------------------------------------------------------------
 
 DEPENDS = {  # a selection change → the views that draw it
-    "colour_by": {"overview"}, "only_class": {"overview"}, "cls": {"overview", "importance"},
+    "colour_by": {"overview"}, "only_class": {"overview"}, "cls": {"overview", "importance", "strength"},
     "metric": {"importance"}, "mode": {"importance"}, "group": {"importance"}, "pinned": {"strength"},
     "layout": {"pattern"}, "density": {"pattern"}, "threshold": {"pattern"}, "source_token": {"pattern"},
     "image": {"overview", "importance", "strength", "pattern"}, "layer": {"importance", "strength", "pattern"},

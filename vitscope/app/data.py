@@ -47,6 +47,7 @@ class StoreData:
         self._thumbs: dict[int, np.ndarray] = {}
         self._bands: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._histograms: dict[tuple[int, int], np.ndarray] = {}
+        self._means: dict[tuple[str, int | None], np.ndarray] = {}
         self._frames: dict[str, pd.DataFrame] = {}
 
     # -- images ------------------------------------------------------------------------------------
@@ -108,19 +109,16 @@ class StoreData:
             self._bands[key] = (v.mean(0), v.std(0)) if len(v) else (np.full(v.shape[1], np.nan),) * 2
         return self._bands[key]
 
-    @cached_property
-    def mean_entropy(self) -> np.ndarray:
-        """[L, H] strength entropy averaged over readable images."""
-        return np.nanmean(self.strength_entropy[self.valid], 0)
-
-    @cached_property
-    def mean_distance(self) -> np.ndarray:
-        return np.nanmean(self.attention_distance[self.valid], 0)
-
-    @cached_property
-    def mean_strength(self) -> np.ndarray:
-        """[L, H, hop]."""
-        return np.nanmean(self.strength[self.valid], 0)
+    def image_or_mean(self, name: str, image: int | None, cls: int | None = None) -> np.ndarray:
+        """A per-image variable (`strength`, `strength_entropy`, …) of a readable image, else its mean over the
+        readable images (of one class): what every view shows until an image is chosen. Means are cached."""
+        values = getattr(self, name)
+        if self.readable(image) is not None:
+            return values[image]
+        if (name, cls) not in self._means:
+            rows = values[self.class_images(cls)]
+            self._means[name, cls] = rows.mean(0) if len(rows) else np.full(values.shape[1:], np.nan)
+        return self._means[name, cls]
 
     def entropy_histogram(self, layer: int, head: int) -> np.ndarray:
         """Counts of one head's strength entropy over readable images in ENTROPY_BINS."""

@@ -30,11 +30,7 @@ def importance_values(data: StoreData, metric: str, mode: int, image: int | None
 def mode_values(data: StoreData, metric: str, layer: int, head: int, image: int | None,
                 cls: int | None = None) -> np.ndarray:
     """[modes] the head's metric in every pruning mode (image, or mean over images / one class)."""
-    v = data.importance[:, layer, head, :, data.metrics.index(metric)]  # [N, modes]
-    if data.readable(image) is not None:
-        return v[image]
-    rows = v[data.class_images(cls)]
-    return rows.mean(0) if len(rows) else np.full(len(MODES), np.nan)
+    return data.image_or_mean("importance", image, cls)[layer, head, :, data.metrics.index(metric)]
 
 
 def group_summary(data: StoreData, group: list[int], values: np.ndarray, metric: str) -> str:

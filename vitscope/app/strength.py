@@ -24,12 +24,11 @@ def head_x(layers: int, heads: int) -> np.ndarray:
     return layer + (head - (heads - 1) / 2) * (JITTER / max(heads, 1))
 
 
-def head_points(data: StoreData, image: int | None) -> dict[str, np.ndarray]:
-    """C1 columns: y = strength entropy and mean attention distance of every head (image or mean)."""
-    i = data.readable(image)
-    ent = data.mean_entropy if i is None else data.strength_entropy[i]
-    dist = data.mean_distance if i is None else data.attention_distance[i]
-    return {"y": ent.reshape(-1), "distance": dist.reshape(-1)}
+def head_points(data: StoreData, image: int | None, cls: int | None = None) -> dict[str, np.ndarray]:
+    """C1 columns: y = strength entropy and mean attention distance of every head (image, or mean over all
+    images or one class)."""
+    return {"y": data.image_or_mean("strength_entropy", image, cls).reshape(-1),
+            "distance": data.image_or_mean("attention_distance", image, cls).reshape(-1)}
 
 
 def compared(data: StoreData, sel: Selection) -> list[tuple[int, int, str]]:
@@ -42,13 +41,14 @@ def compared(data: StoreData, sel: Selection) -> list[tuple[int, int, str]]:
     return out
 
 
-def strength_bars(data: StoreData, heads: list[tuple[int, int, str]], image: int | None) -> dict[str, list]:
+def strength_bars(data: StoreData, heads: list[tuple[int, int, str]], image: int | None,
+                  cls: int | None = None) -> dict[str, list]:
     """C2 columns: one bar per (head, hop), the heads side by side within each hop."""
-    i = data.readable(image)
+    strength = data.image_or_mean("strength", image, cls)  # [L, H, hop]
     width = 0.8 / len(heads)
     cols: dict[str, list] = {"x": [], "top": [], "colour": [], "name": [], "width": []}
     for n, (layer, head, colour) in enumerate(heads):
-        vals = (data.mean_strength if i is None else data.strength[i])[layer, head]
+        vals = strength[layer, head]
         cols["x"] += list(np.arange(len(vals)) - 0.4 + width * (n + 0.5))
         cols["top"] += [float(v) for v in vals]
         cols["colour"] += [colour] * len(vals)
@@ -73,7 +73,7 @@ def entropy_steps(data: StoreData, heads: list[tuple[int, int, str]]) -> dict[st
 class AttentionStrengthView:
     """C1 scatter of heads (tap selects), C2 strength vectors, C3 entropy distributions."""
 
-    watches = ("image", "layer", "head", "pinned")
+    watches = ("image", "layer", "head", "pinned", "cls")
 
     def __init__(self, data: StoreData, sel: Selection, width: int = 330) -> None:
         self.data, self.sel = data, sel
@@ -133,15 +133,16 @@ class AttentionStrengthView:
     def update(self, changed: set[str] | None = None) -> None:
         d, s = self.data, self.sel
         image = d.readable(s.image)
-        if changed is None or "image" in changed:
-            self.source.data.update(head_points(d, image))
-            who = "mean of all images" if image is None else f"image {image}"
+        if changed is None or changed & {"image", "cls"}:
+            self.source.data.update(head_points(d, image, s.cls))
+            who = (f"image {image}" if image is not None else "mean of all images" if s.cls is None else
+                   f"mean of class {d.class_names[s.cls]!r}")
             self.figure.title.text = f"Attention Strength View — {who}"
         heads = compared(d, s)
         ys = self.source.data["y"]
         ks = [d.head_index(layer, head) for layer, head, _ in heads]
         self.marks.data = {"x": list(self.x[ks]), "y": [float(ys[k]) for k in ks], "colour": [c for *_, c in heads]}
-        self.bar_source.data = bars = strength_bars(d, heads, image)
+        self.bar_source.data = bars = strength_bars(d, heads, image, s.cls)
         self.bars.y_range.update(start=0, end=max(max(bars["top"], default=0.0), 1e-6) * 1.1)
         self.step_source.data = entropy_steps(d, heads)
         names = ", ".join(f"L{layer}H{head}" for layer, head, _ in heads)
