@@ -30,3 +30,13 @@ PATTERNS = ("diagonal", "horizontal", "vertical", "block")
 OFFSETS = ("self", "left", "right", "up", "down", "counter")
 
 LAYOUTS = ("cls", "patch")  # the Attention Pattern View's two head layouts (head_xy_cls, head_xy_patch)
+
+
+def head_name(layer: int, head: int) -> str:
+    """How a head is named everywhere: L3H7."""
+    return f"L{layer}H{head}"
+
+
+def harm(metric: str, values):
+    """How much pruning hurts, larger = more important: P'[true] falls (so −P'), the others grow."""
+    return -values if metric == "prob" else values

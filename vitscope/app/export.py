@@ -25,6 +25,7 @@ from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import Selection
 from vitscope.app.strength import AttentionStrengthView
 from vitscope.errors import VitscopeError
+from vitscope.vocab import harm, head_name
 
 DEFAULT_HEADS = 6
 
@@ -40,7 +41,7 @@ def parse_head(text: str) -> tuple[int, int]:
 def most_important_heads(data: StoreData, image: int, metric: str, mode: int, k: int) -> list[tuple[int, int]]:
     """The k heads whose pruning changes the image's prediction most (lowest P'[true], else largest distance)."""
     v = data.metric_values(metric, mode)[image]  # [L·H]
-    score = -v if metric == "prob" else v
+    score = harm(metric, v)
     order = np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")[:k]
     return [divmod(int(i), data.heads) for i in order]
 
@@ -70,7 +71,7 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[tuple[int
         strength = AttentionStrengthView(data, sel)
         pattern = AttentionPatternView(data, sel, lambda _: attention, overview.thumb_source)
         tab = column(importance.bokeh(), row(strength.bokeh(), pattern.bokeh()))
-        tabs.append(TabPanel(child=tab, title=f"L{layer}H{head}"))
+        tabs.append(TabPanel(child=tab, title=head_name(layer, head)))
     page = column(header, overview.bokeh(), Tabs(tabs=tabs))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from vitscope.app.data import StoreData
 from vitscope.app.overview import top5_html
 from vitscope.app.state import Selection
 from vitscope.app.style import SELECTED, figure, layer_colours
-from vitscope.vocab import METRIC_LABELS, MODES
+from vitscope.vocab import METRIC_LABELS, MODES, harm, head_name
 
 
 def importance_values(data: StoreData, metric: str, mode: int, image: int | None, cls: int | None = None
@@ -38,8 +38,8 @@ def group_summary(data: StoreData, group: list[int], values: np.ndarray, metric:
     if not group:
         return "<i>Drag across the line to select a range of heads; tap to select one.</i>"
     v = values[group]
-    worst = group[int(np.nanargmin(v) if metric == "prob" else np.nanargmax(v))]
-    name = lambda k: f"L{k // data.heads}H{k % data.heads}"  # noqa: E731
+    worst = group[int(np.nanargmax(harm(metric, v)))]
+    name = lambda k: head_name(*divmod(k, data.heads))  # noqa: E731
     return (f"<b>{len(group)} heads</b> {name(group[0])}–{name(group[-1])}: mean {METRIC_LABELS[metric]} "
             f"{np.nanmean(v):.3f}; most important {name(worst)} ({values[worst]:.3f})")
 
@@ -77,7 +77,7 @@ class HeadImportanceView:
         self.figure = fig
 
         self.bar_source = ColumnDataSource({"x": list(MODES), "top": np.zeros(len(MODES))})
-        bars = figure("modes 0–5", 300, 145, tools="", x_range=(-0.6, len(MODES) - 0.4))
+        bars = figure("modes", 300, 145, tools="", x_range=(-0.6, len(MODES) - 0.4))
         bars.toolbar_location = None
         self.bar_glyph = bars.vbar("x", top="top", width=0.7, source=self.bar_source, color="#888888").glyph
         bars.xaxis.ticker = list(MODES)
@@ -137,7 +137,7 @@ class HeadImportanceView:
         low, high = min(0.0, float(np.nanmin(vals))), max(0.0, float(np.nanmax(vals)))
         self.bars.y_range.update(start=low, end=high + 0.08 * max(high - low, 1e-9))  # JSD ~1e-4 stays visible
         self.bar_glyph.fill_color = layer_colours(d.layers)[s.layer]
-        self.bars.title.text = f"L{s.layer}H{s.head} in modes 0–5"
+        self.bars.title.text = f"{head_name(s.layer, s.head)} in modes {MODES[0]}–{MODES[-1]}"
         group = [g for g in s.group if 0 <= g < len(y)]
         self.group_box.update(left=group[0] - 0.5 if group else 0, right=group[-1] + 0.5 if group else 0,
                               visible=bool(group))

@@ -29,7 +29,7 @@ from vitscope.app.style import (
     value_colours,
 )
 from vitscope.errors import VitscopeError
-from vitscope.vocab import MODE_NAMES
+from vitscope.vocab import MODE_NAMES, head_name
 
 
 def top5_html(data: StoreData, image: int, layer: int, head: int, mode: int) -> str:
@@ -42,7 +42,7 @@ def top5_html(data: StoreData, image: int, layer: int, head: int, mode: int) -> 
         name = html.escape(data.class_names[c]) if 0 <= c < len(data.class_names) else str(c)
         cell = f"<b>{name}</b>" if c == true else name
         rows.append(f"<tr><td>{cell}</td><td style='text-align:right;padding-left:6px'>{p:.3f}</td></tr>")
-    where = "unpruned" if mode == 0 else f"L{layer}H{head} pruned, mode {mode} ({MODE_NAMES[mode]})"
+    where = "unpruned" if mode == 0 else f"{head_name(layer, head)} pruned, mode {mode} ({MODE_NAMES[mode]})"
     return f"<div style='font-size:12px'><i>top-5, {where}</i><table>{''.join(rows)}</table></div>"
 
 

@@ -13,6 +13,7 @@ from bokeh.models import ColumnDataSource, HoverTool, Span
 from vitscope.app.data import ENTROPY_BINS, StoreData
 from vitscope.app.state import Selection
 from vitscope.app.style import PIN_COLOURS, SELECTED, figure, layer_colours
+from vitscope.vocab import head_name
 
 ENTROPY_LABEL = "strength entropy"
 JITTER = 0.6  # width of a layer's column of heads, in layer units (< 1 so columns never touch)
@@ -52,7 +53,7 @@ def strength_bars(data: StoreData, heads: list[tuple[int, int, str]], image: int
         cols["x"] += list(np.arange(len(vals)) - 0.4 + width * (n + 0.5))
         cols["top"] += [float(v) for v in vals]
         cols["colour"] += [colour] * len(vals)
-        cols["name"] += [f"L{layer}H{head}"] * len(vals)
+        cols["name"] += [head_name(layer, head)] * len(vals)
         cols["width"] += [width] * len(vals)
     return cols
 
@@ -66,7 +67,7 @@ def entropy_steps(data: StoreData, heads: list[tuple[int, int, str]]) -> dict[st
         xs.append(list(np.repeat(ENTROPY_BINS, 2)))
         ys.append([0.0, *np.repeat(share, 2), 0.0])
         colours.append(colour)
-        names.append(f"L{layer}H{head}")
+        names.append(head_name(layer, head))
     return {"xs": xs, "ys": ys, "colour": colours, "name": names}
 
 
@@ -145,7 +146,7 @@ class AttentionStrengthView:
         self.bar_source.data = bars = strength_bars(d, heads, image, s.cls)
         self.bars.y_range.update(start=0, end=max(max(bars["top"], default=0.0), 1e-6) * 1.1)
         self.step_source.data = entropy_steps(d, heads)
-        names = ", ".join(f"L{layer}H{head}" for layer, head, _ in heads)
+        names = ", ".join(head_name(layer, head) for layer, head, _ in heads)
         self.bars.title.text = f"k-hop attention strength — {names}"
         self.hist.y_range.update(start=0, end=max(max((max(y) for y in self.step_source.data["ys"]), default=0),
                                                   1e-6) * 1.08)
