@@ -431,3 +431,18 @@ def test_a_model_that_cannot_be_loaded_is_tried_once(monkeypatch):
         assert calls == ["/nowhere.zarr"]
     finally:
         module._service_or_error.cache_clear()
+
+
+def test_images_are_sent_at_the_size_they_are_shown():
+    from vitscope.app.style import SHOWN_SIDE, shown
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    small = shown(big)
+    assert small.shape == (SHOWN_SIDE, SHOWN_SIDE, 3) and small.dtype == np.uint8
+    # a box filter: each shown pixel is the mean of the pixels it covers (224 → 128: 1.75 × 1.75 each)
+    assert abs(float(small.mean()) - float(big.mean())) < 1.0
+    wide = shown(rng.integers(0, 256, (100, 300, 3), dtype=np.uint8))
+    assert wide.shape[1] == SHOWN_SIDE and wide.shape[0] == round(100 * SHOWN_SIDE / 300)
+    tiny = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert shown(tiny) is tiny

@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 from bokeh.events import SelectionGeometry, Tap
 from bokeh.layouts import column, row
-from bokeh.models import BoxAnnotation, BoxSelectTool, ColumnDataSource, Div, HoverTool
+from bokeh.models import BoxAnnotation, BoxSelectTool, ColumnDataSource, HoverTool
 
 from vitscope.app.data import StoreData
 from vitscope.app.overview import top5_html
 from vitscope.app.state import Selection
-from vitscope.app.style import SELECTED, figure, layer_colours
+from vitscope.app.style import SELECTED, div, figure, layer_colours
 from vitscope.vocab import METRIC_LABELS, MODES, harm, head_name
 
 
@@ -83,8 +83,8 @@ class HeadImportanceView:
         bars.xaxis.ticker = list(MODES)
         bars.xaxis.axis_label = "pruning mode"
         self.bars = bars
-        self.top5 = Div(text="", width=300, height=150)
-        self.summary = Div(text="", width=width, height=22)
+        self.top5 = div(300, 150)
+        self.summary = div(width, 22)
         self.update()
 
     # -- interaction ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import html
 import numpy as np
 from bokeh.events import Tap
 from bokeh.layouts import column, row
-from bokeh.models import ColorBar, ColumnDataSource, Div, HoverTool, LinearColorMapper
+from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
 from scipy.spatial import cKDTree
 
 from vitscope.app.data import StoreData
@@ -24,8 +24,10 @@ from vitscope.app.style import (
     WRONG,
     bare,
     class_colours,
+    div,
     figure,
     rgba_image,
+    shown,
     value_colours,
 )
 from vitscope.errors import VitscopeError
@@ -43,7 +45,8 @@ def top5_html(data: StoreData, image: int, layer: int, head: int, mode: int) -> 
         cell = f"<b>{name}</b>" if c == true else name
         rows.append(f"<tr><td>{cell}</td><td style='text-align:right;padding-left:6px'>{p:.3f}</td></tr>")
     where = "unpruned" if mode == 0 else f"{head_name(layer, head)} pruned, mode {mode} ({MODE_NAMES[mode]})"
-    return f"<div style='font-size:12px'><i>top-5, {where}</i><table>{''.join(rows)}</table></div>"
+    return (f"<div style='font-size:12px'><i>top-5, {where}</i><table style='border-spacing:0;line-height:1.25'>"
+            f"{''.join(rows)}</table></div>")
 
 
 def point_colours(data: StoreData, colour_by: str) -> tuple[np.ndarray, np.ndarray]:
@@ -107,14 +110,14 @@ class ImageOverview:
         fig.on_event(Tap, lambda e: self.pick(e.x, e.y))
         self.figure = fig
 
-        s = data.thumb_shape
-        self.thumb_source = ColumnDataSource({"image": [np.zeros(s[:2], np.uint32)]})  # the real size: see rgba_image
+        # A blank of the real (shown) size: Bokeh keeps an image glyph's first resolution across updates.
+        self.blank = np.zeros(shown(np.zeros(data.thumb_shape, np.uint8)).shape[:2], np.uint32)
+        self.thumb_source = ColumnDataSource({"image": [self.blank]})
         thumb = bare(figure("", 100, 100, tools="", x_range=(0, 1), y_range=(0, 1)))
         thumb.toolbar_location = None
         thumb.image_rgba("image", x=0, y=0, dw=1, dh=1, source=self.thumb_source)
         thumb.min_border = 0
-        self.thumb, self.detail = thumb, Div(text="Tap a point or type an image id.", width=width - 110,
-                                                height=150)
+        self.thumb, self.detail = thumb, div(width - 110, 150)
         self.update()
 
     def pick(self, x: float | None, y: float | None) -> int | None:
@@ -157,9 +160,9 @@ class ImageOverview:
                                 "y": [] if i is None else [float(d.image_xy[i, 1])]}
             if i is None:
                 self.detail.text = "<i>Tap a point or type an image id to select an image.</i>"
-                self.thumb_source.data = {"image": [np.zeros(d.thumb_shape[:2], np.uint32)]}  # the masks show it too
+                self.thumb_source.data = {"image": [self.blank]}  # the masks show it too
                 return
-            self.thumb_source.data = {"image": [rgba_image(d.thumbnail(i))]}
+            self.thumb_source.data = {"image": [rgba_image(shown(d.thumbnail(i)))]}
             true = html.escape(d.class_names[int(d.label[i])])
             name = html.escape(d.image_ids[i].rsplit("/", 1)[-1])  # the file name: a full path wraps
             self.detail.text = (f"<div style='font-size:12px'><b>image {i}</b> <code>{name}"

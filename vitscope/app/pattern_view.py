@@ -12,13 +12,14 @@ from collections.abc import Callable
 
 import numpy as np
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, Div
+from bokeh.models import ColumnDataSource
 
 from vitscope.app.data import StoreData
 from vitscope.app.masks import MaskPlot
 from vitscope.app.pattern_map import PatternMap
 from vitscope.app.pattern_matrix import MatrixPlots, top_threshold
 from vitscope.app.state import Selection
+from vitscope.app.style import div
 from vitscope.vocab import OFFSETS, PATTERNS
 
 HINT = "Select an image (Image Overview, or tap a head in the map) to see a head's attention pattern."
@@ -56,7 +57,7 @@ class AttentionPatternView:
                                   on_threshold=lambda t: setattr(sel, "threshold", t),
                                   on_cell=lambda s, t: sel.param.update(source_token=s, target_token=t))
         self.masks = MaskPlot(thumb_source, data.num_prefix, data.grid)
-        self.info = Div(text="", width=640, height=44, css_classes=["vs-pattern-info"])
+        self.info = div(640, 44, css_classes=["vs-pattern-info"])
         self.update()
 
     def _on_token(self, token: int, source: bool) -> None:

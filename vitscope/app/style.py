@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import colorcet
 import numpy as np
-from bokeh.models import Range1d, WheelZoomTool
+from bokeh.models import Div, Range1d, WheelZoomTool
 from bokeh.plotting import figure as bokeh_figure
+from PIL import Image
 
 CLS_COLOUR = "#1f77b4"  # CLS-related attention (blue, as in the paper)
 PATCH_COLOUR = "#ff7f0e"  # patch-to-patch attention (orange)
@@ -14,6 +15,7 @@ CORRECT, WRONG = "#2ca02c", "#d62728"
 PIN_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf")  # pinned heads, in pin order
 MAX_LEGEND = 20  # the Image Overview shows a class legend only up to this many classes
 FONT = "11px"
+SHOWN_SIDE = 128  # pixels a side of the images sent to the page
 VALUE_CMAP = colorcet.bmy  # values in [0, 1] (P[true]): one map for the points and their colour bar
 
 
@@ -50,11 +52,26 @@ def rgba_image(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.flipud(pixels)).view(np.uint32)[..., 0]
 
 
+def shown(pixels: np.ndarray, side: int = SHOWN_SIDE) -> np.ndarray:
+    """[h, w, 3] uint8 scaled down to at most `side` pixels a side: the page draws images at ~100–130 px, and a
+    224 × 224 thumbnail would send 200 kB per image change where 64 kB look the same."""
+    h, w = pixels.shape[:2]
+    if max(h, w) <= side:
+        return pixels
+    size = (max(1, round(w * side / max(h, w))), max(1, round(h * side / max(h, w))))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BOX))
+
+
+def div(width: int, height: int, **kw) -> Div:
+    """A fixed-size text box that never shows a scrollbar: a box whose size follows its text, or a scrollbar
+    that comes and goes, makes the browser lay the page out again (and tell the server) on every change."""
+    return Div(text="", width=width, height=height, styles={"overflow": "hidden"}, **kw)
+
+
 def figure(title: str, width: int, height: int, tools: str = "pan,wheel_zoom,reset", x_range=(0, 1),
            y_range=(0, 1), **kw):
     """A fixed-size Bokeh figure with explicit ranges: a DataRange1d sends range updates back to the server
-    on every change, and responsive plots with a fixed aspect kept Bokeh's layout from settling. (Divs get a
-    fixed size too: one whose height follows its text makes the browser lay out the page again per change.)"""
+    on every change, and responsive plots with a fixed aspect kept Bokeh's layout from settling (texts: `div`)."""
     fig = bokeh_figure(title=title, width=width, height=height, tools=tools, toolbar_location="above",
                        x_range=Range1d(*x_range), y_range=Range1d(*y_range), output_backend="canvas", **kw)
     fig.toolbar.logo = None
