@@ -446,3 +446,15 @@ def test_images_are_sent_at_the_size_they_are_shown():
     assert wide.shape[1] == SHOWN_SIDE and wide.shape[0] == round(100 * SHOWN_SIDE / 300)
     tiny = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     assert shown(tiny) is tiny
+
+
+def test_an_error_in_a_browser_event_is_a_page_message(explorer, monkeypatch):
+    """A tap whose handler breaks says so in the page (one line) instead of a traceback in the terminal."""
+    from bokeh.events import Tap
+
+    def broken(x, y):
+        raise RuntimeError("no head there\nsecond line")
+
+    monkeypatch.setattr(explorer.pattern.map, "pick", broken)
+    explorer.pattern.map.figure._trigger_event(Tap(explorer.pattern.map.figure, x=0.0, y=0.0))
+    assert explorer.selection.message == "head tap: no head there"

@@ -23,7 +23,7 @@ from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import COLOUR_BY, Selection
 from vitscope.app.strength import AttentionStrengthView
-from vitscope.errors import VitscopeError
+from vitscope.errors import VitscopeError, one_line
 from vitscope.service import Service
 from vitscope.vocab import MODE_NAMES
 
@@ -99,8 +99,7 @@ class Explorer(pn.viewable.Viewer):
                     try:
                         view.update(names)
                     except Exception as e:  # noqa: BLE001 - one readable line in the page, never a traceback
-                        line = str(e).splitlines()[0] if str(e) else repr(e)
-                        self.selection.message = f"{type(view).__name__}: {line}"
+                        self.selection.message = f"{type(view).__name__}: {one_line(e)}"
             self._sync_widgets(names)
 
     # -- widgets ------------------------------------------------------------------------------------

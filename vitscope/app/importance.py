@@ -14,7 +14,7 @@ from bokeh.models import BoxAnnotation, BoxSelectTool, ColumnDataSource, HoverTo
 
 from vitscope.app.data import StoreData
 from vitscope.app.overview import top5_html
-from vitscope.app.state import Selection
+from vitscope.app.state import Selection, guarded
 from vitscope.app.style import SELECTED, div, figure, layer_colours
 from vitscope.vocab import METRIC_LABELS, MODES, harm, head_name
 
@@ -72,8 +72,8 @@ class HeadImportanceView:
         fig.toolbar.active_drag = drag  # dragging selects a range of heads; the wheel still zooms
         fig.xaxis.axis_label = "head (layer × heads + head)"
         dots.nonselection_glyph = dots.glyph.clone()  # a drag shows as the band, not as greyed-out dots
-        fig.on_event(Tap, lambda e: self.pick(e.x))
-        fig.on_event(SelectionGeometry, self._on_box)
+        fig.on_event(Tap, guarded(sel, "head tap", lambda e: self.pick(e.x)))
+        fig.on_event(SelectionGeometry, guarded(sel, "head range", self._on_box))
         self.figure = fig
 
         self.bar_source = ColumnDataSource({"x": list(MODES), "top": np.zeros(len(MODES))})

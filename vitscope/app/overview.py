@@ -15,7 +15,7 @@ from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMappe
 from scipy.spatial import cKDTree
 
 from vitscope.app.data import StoreData
-from vitscope.app.state import Selection
+from vitscope.app.state import Selection, guarded
 from vitscope.app.style import (
     CORRECT,
     MAX_LEGEND,
@@ -107,7 +107,7 @@ class ImageOverview:
         fig.add_layout(legend, "right")  # beside the points, not over them
         legend.update(label_text_font_size="10px", glyph_height=12, glyph_width=12, label_height=12, padding=2,
                       spacing=0, margin=2, border_line_alpha=0)
-        fig.on_event(Tap, lambda e: self.pick(e.x, e.y))
+        fig.on_event(Tap, guarded(sel, "image tap", lambda e: self.pick(e.x, e.y)))
         self.figure = fig
 
         # A blank of the real (shown) size: Bokeh keeps an image glyph's first resolution across updates.

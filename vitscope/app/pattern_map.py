@@ -17,7 +17,7 @@ from bokeh.models import ColumnDataSource, HoverTool
 from scipy.ndimage import gaussian_filter
 
 from vitscope.app.data import StoreData
-from vitscope.app.state import Selection
+from vitscope.app.state import Selection, guarded
 from vitscope.app.style import SELECTED, bare, figure, layer_colours
 
 DENSITY_BINS = 96
@@ -100,8 +100,8 @@ class PatternMap:
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head")]))
         self.ring = ColumnDataSource({"x": [], "y": []})
         fig.scatter("x", "y", source=self.ring, size=16, fill_alpha=0, line_color=SELECTED, line_width=2.5)
-        fig.on_event(Tap, lambda e: self.pick(e.x, e.y))
-        fig.on_event(RangesUpdate, lambda e: self.reaggregate((e.x0, e.x1), (e.y0, e.y1)))
+        fig.on_event(Tap, guarded(sel, "head tap", lambda e: self.pick(e.x, e.y)))
+        fig.on_event(RangesUpdate, guarded(sel, "map zoom", lambda e: self.reaggregate((e.x0, e.x1), (e.y0, e.y1))))
         self.figure = fig
         self.reaggregate((x0, x1), (y0, y1))
         self.update()

@@ -18,8 +18,9 @@ from vitscope.app.data import StoreData
 from vitscope.app.masks import MaskPlot
 from vitscope.app.pattern_map import PatternMap
 from vitscope.app.pattern_matrix import MatrixPlots, top_threshold
-from vitscope.app.state import Selection
+from vitscope.app.state import Selection, guarded
 from vitscope.app.style import div
+from vitscope.errors import one_line
 from vitscope.vocab import OFFSETS, PATTERNS
 
 HINT = "Select an image (Image Overview, or tap a head in the map) to see a head's attention pattern."
@@ -53,9 +54,10 @@ class AttentionPatternView:
         self._cached: np.ndarray | None = None  # [L, H, P, P] of _cached_image, None after an error
         self.error = ""
         self.map = PatternMap(data, sel)
-        self.matrix = MatrixPlots(data.num_prefix, data.tokens, on_token=self._on_token,
-                                  on_threshold=lambda t: setattr(sel, "threshold", t),
-                                  on_cell=lambda s, t: sel.param.update(source_token=s, target_token=t))
+        self.matrix = MatrixPlots(data.num_prefix, data.tokens, on_token=guarded(sel, "token", self._on_token),
+                                  on_threshold=guarded(sel, "threshold", lambda t: setattr(sel, "threshold", t)),
+                                  on_cell=guarded(sel, "heatmap cell",
+                                                  lambda s, t: sel.param.update(source_token=s, target_token=t)))
         self.masks = MaskPlot(thumb_source, data.num_prefix, data.grid)
         self.info = div(640, 44, css_classes=["vs-pattern-info"])
         self.update()
@@ -86,8 +88,7 @@ class AttentionPatternView:
                 if previous and self.sel.message == previous:
                     self.sel.message = ""
             except Exception as e:  # noqa: BLE001 - never raise into Panel: show one readable line
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                self.error = f"attention of image {image}: {msg}"
+                self.error = f"attention of image {image}: {one_line(e)}"
                 self.sel.message = self.error
                 self._cached_image = None  # picked again, it is tried again (a lost worker, a transient error)
         if self._cached is None or not (0 <= self.sel.layer < self.data.layers and 0 <= self.sel.head <

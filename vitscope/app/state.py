@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import param
 
+from vitscope.errors import one_line
 from vitscope.vocab import LAYOUTS, METRICS, MODES
 
 COLOUR_BY = ("class", "correct", "P[true]")  # how the Image Overview colours its points
@@ -36,3 +39,14 @@ class Selection(param.Parameterized):
         if len(pins) == len(self.pinned):
             pins = (pins + [flat])[-MAX_PINNED:]
         self.pinned = pins
+
+
+def guarded(sel: Selection, what: str, callback: Callable) -> Callable:
+    """A browser-event callback whose errors become one line in the page ("`what`: …"), never a traceback in
+    the terminal."""
+    def run(*args) -> None:
+        try:
+            callback(*args)
+        except Exception as e:  # noqa: BLE001 - whatever broke, the page says so in one line and goes on
+            sel.message = f"{what}: {one_line(e)}"
+    return run

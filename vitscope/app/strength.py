@@ -11,7 +11,7 @@ from bokeh.layouts import column
 from bokeh.models import ColumnDataSource, HoverTool, Span
 
 from vitscope.app.data import ENTROPY_BINS, StoreData
-from vitscope.app.state import Selection
+from vitscope.app.state import Selection, guarded
 from vitscope.app.style import PIN_COLOURS, SELECTED, figure, layer_colours
 from vitscope.vocab import head_name
 
@@ -94,7 +94,7 @@ class AttentionStrengthView:
         fig.scatter("x", "y", source=self.marks, size=15, fill_alpha=0, line_color="colour", line_width=2.5)
         fig.xaxis.ticker = list(range(L))
         fig.xaxis.axis_label, fig.yaxis.axis_label = "layer", ENTROPY_LABEL
-        fig.on_event(Tap, lambda e: self.pick(e.x, e.y))
+        fig.on_event(Tap, guarded(sel, "head tap", lambda e: self.pick(e.x, e.y)))
         self.figure = fig
 
         self.bar_source = ColumnDataSource({"x": [], "top": [], "colour": [], "name": [], "width": []},

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from vitscope.errors import VitscopeError
+from vitscope.errors import VitscopeError, one_line
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 WNID = re.compile(r"^n\d{8}$")
@@ -82,7 +82,7 @@ def read_rgb(path: Path) -> Image.Image:
     except BadImage:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise BadImage(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        raise BadImage(one_line(e)) from None
     if rgb.width == 0 or rgb.height == 0:
         raise BadImage("zero-size image")
     return rgb
