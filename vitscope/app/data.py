@@ -1,7 +1,8 @@
 """What the views read from a store, loaded once per process and shared by all sessions.
 
-Besides the store's small per-head arrays (numpy), the per-store aggregates the views need on every
-change are computed here once, at load: so a selection change only indexes arrays.
+Besides the store's small per-head arrays (numpy), the per-store aggregates the views need (means over
+images or a class, histograms, layout frames and bounds) are computed here once, on first use, and kept:
+so a selection change mostly indexes arrays.
 """
 
 from __future__ import annotations
@@ -45,9 +46,8 @@ class StoreData:
         self.correct = self.valid & (self.topk_idx[:, 0, 0, 0, 0] == self.label)  # [N] unpruned top-1 right
         self.model_spec = str(ds.attrs.get("model_spec", "?"))
         self._thumbs: dict[int, np.ndarray] = {}
-        self._bands: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._stats: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray]] = {}
         self._histograms: dict[tuple[int, int], np.ndarray] = {}
-        self._means: dict[tuple[str, int | None], np.ndarray] = {}
         self._frames: dict[str, pd.DataFrame] = {}
 
     # -- images ------------------------------------------------------------------------------------
@@ -71,6 +71,11 @@ class StoreData:
     def readable(self, image: int | None) -> int | None:
         """The image if it is in the store and readable, else None (views then show all images)."""
         return image if image is not None and 0 <= image < self.images and self.valid[image] else None
+
+    @cached_property
+    def placed(self) -> np.ndarray:
+        """Indices of the readable images that have a place in the Image Overview's layout."""
+        return np.flatnonzero(self.valid & np.isfinite(self.image_xy).all(1))
 
     @cached_property
     def classes_present(self) -> list[int]:
@@ -101,24 +106,25 @@ class StoreData:
         """[N, L·H] values of one metric in one mode (rows of unreadable images are NaN)."""
         return self.importance[:, :, :, mode, self.metrics.index(metric)].reshape(self.images, -1)
 
-    def band(self, metric: str, mode: int, cls: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, std) [L·H] of a metric over the readable images (of one class), cached per store."""
-        key = (metric, mode, cls)
-        if key not in self._bands:
-            v = self.metric_values(metric, mode)[self.class_images(cls)]
-            self._bands[key] = (v.mean(0), v.std(0)) if len(v) else (np.full(v.shape[1], np.nan),) * 2
-        return self._bands[key]
+    def over_images(self, name: str, cls: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) of a per-image variable (`importance`, `strength`, …) over the readable images (of one
+        class), computed once per store and class."""
+        if (name, cls) not in self._stats:
+            rows = getattr(self, name)[self.class_images(cls)]
+            nan = np.full(rows.shape[1:], np.nan)
+            self._stats[name, cls] = (rows.mean(0), rows.std(0)) if len(rows) else (nan, nan)
+        return self._stats[name, cls]
 
     def image_or_mean(self, name: str, image: int | None, cls: int | None = None) -> np.ndarray:
-        """A per-image variable (`strength`, `strength_entropy`, …) of a readable image, else its mean over the
-        readable images (of one class): what every view shows until an image is chosen. Means are cached."""
-        values = getattr(self, name)
-        if self.readable(image) is not None:
-            return values[image]
-        if (name, cls) not in self._means:
-            rows = values[self.class_images(cls)]
-            self._means[name, cls] = rows.mean(0) if len(rows) else np.full(values.shape[1:], np.nan)
-        return self._means[name, cls]
+        """A per-image variable of a readable image, else its mean over the readable images (of one class):
+        what every view shows until an image is chosen."""
+        return getattr(self, name)[image] if self.readable(image) is not None else self.over_images(name, cls)[0]
+
+    def band(self, metric: str, mode: int, cls: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) [L·H] of a metric in one mode over the readable images (of one class)."""
+        mean, std = self.over_images("importance", cls)  # [L, H, mode, metric]
+        m = self.metrics.index(metric)
+        return mean[..., mode, m].reshape(-1), std[..., mode, m].reshape(-1)
 
     def entropy_histogram(self, layer: int, head: int) -> np.ndarray:
         """Counts of one head's strength entropy over readable images in ENTROPY_BINS."""
@@ -159,10 +165,20 @@ class StoreData:
         image, rest = divmod(flat, self.layers * self.heads)
         return image, *divmod(rest, self.heads)
 
+    @cached_property
+    def _bounds(self) -> dict[str, tuple[float, float, float, float]]:
+        return {kind: padded_bounds(self.head_frame(kind)[["x", "y"]].to_numpy()) for kind in LAYOUTS}
+
     def bounds(self, kind: str) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1) of a head layout with a 5 % margin."""
-        f = self.head_frame(kind)
-        x, y = f["x"].to_numpy(), f["y"].to_numpy()
-        px, py = 0.05 * (np.ptp(x) or 1.0), 0.05 * (np.ptp(y) or 1.0)
-        return float(x.min() - px), float(y.min() - py), float(x.max() + px), float(y.max() + py)
+        return self._bounds[kind]
+
+
+def padded_bounds(xy: np.ndarray) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of points [n, 2] with a 5 % margin ((-1, -1, 1, 1) for none)."""
+    if not len(xy):
+        return -1.0, -1.0, 1.0, 1.0
+    lo, hi = xy.min(0), xy.max(0)
+    pad = 0.05 * np.where(hi > lo, hi - lo, 1.0)
+    return float(lo[0] - pad[0]), float(lo[1] - pad[1]), float(hi[0] + pad[0]), float(hi[1] + pad[1])
 

@@ -159,8 +159,8 @@ class Explorer(pn.viewable.Viewer):
             if names is None or names & {"image", "layer", "head", "threshold"}:
                 A = self.pattern.attention_matrix()
                 top = max(float(A.max()), 1e-6) if A is not None else 1.0
-                self.threshold.param.update(end=top, step=top / 500,
-                                            value=float(np.clip(self.pattern.threshold(A), 0, top)))
+                used = self.pattern.matrix.threshold_line.location  # drawn by the pattern view just now
+                self.threshold.param.update(end=top, step=top / 500, value=float(np.clip(used, 0, top)))
             if names is None or names & {"layer", "head", "pinned"}:
                 pinned = d.head_index(s.layer, s.head) in s.pinned
                 self.pin.label = f"{'unpin' if pinned else 'pin'} L{s.layer}H{s.head}"

@@ -64,12 +64,13 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[tuple[int
     header = Div(text=f"<h2>vitscope snapshot — image {image} <code>{name}</code>, true label <b>{true}</b></h2>"
                       f"<p>{html.escape(data.model_spec)}: {data.layers} layers × {data.heads} heads, {data.images} "
                       "images in the store. One tab per head; pan, zoom and hover work offline.</p>", width=1200)
-    tabs = []
+    tabs, raster = [], None
     for layer, head in heads:
         sel = Selection(image=image, layer=layer, head=head, metric=metric, mode=mode)
         importance = HeadImportanceView(data, sel)
         strength = AttentionStrengthView(data, sel)
-        pattern = AttentionPatternView(data, sel, lambda _: attention, overview.thumb_source)
+        pattern = AttentionPatternView(data, sel, lambda _: attention, overview.thumb_source, raster)
+        raster = pattern.map.raster  # the map of all heads is the same in every tab: one copy in the file
         tab = column(importance.bokeh(), row(strength.bokeh(), pattern.bokeh()))
         tabs.append(TabPanel(child=tab, title=head_name(layer, head)))
     page = column(header, overview.bokeh(), Tabs(tabs=tabs))

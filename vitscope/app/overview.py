@@ -14,7 +14,7 @@ from bokeh.layouts import column, row
 from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
 from scipy.spatial import cKDTree
 
-from vitscope.app.data import StoreData
+from vitscope.app.data import StoreData, padded_bounds
 from vitscope.app.state import Selection, guarded
 from vitscope.app.style import (
     CORRECT,
@@ -53,9 +53,10 @@ def point_colours(data: StoreData, colour_by: str) -> tuple[np.ndarray, np.ndarr
     """(colour, legend text) of every image for one colouring ('class', 'correct' or 'P[true]')."""
     if colour_by == "class":
         present = data.classes_present
-        palette = dict(zip(present, class_colours(len(present)), strict=True))
-        colour = np.array([palette.get(int(c), "#cccccc") for c in data.label])
-        return colour, np.array([data.class_names[int(c)] for c in data.label])
+        lut = np.full(len(data.class_names), "#cccccc", dtype=object)  # class index → colour
+        lut[present] = class_colours(len(present))
+        label = np.clip(data.label, 0, len(data.class_names) - 1)  # unreadable images hold -1
+        return lut[label], np.asarray(data.class_names, dtype=object)[label]
     if colour_by == "correct":
         return np.where(data.correct, CORRECT, WRONG), np.where(data.correct, "top-1 right", "top-1 wrong")
     return value_colours(data.baseline_prob), np.full(data.images, "")
@@ -68,7 +69,7 @@ def overview_columns(data: StoreData, colour_by: str, cls: int | None, only_clas
     dim = 0.0 if only_class else 0.12
     alpha = np.where(chosen, 0.85, dim) if cls is not None else np.full(data.images, 0.75)
     size = np.where(chosen & (cls is not None), 9.0, 0.0 if only_class and cls is not None else 6.0)  # 0: no hover
-    ok = np.flatnonzero(data.valid & np.isfinite(data.image_xy).all(1))
+    ok = data.placed
     return {"colour": colour[ok], "legend": legend[ok], "alpha": alpha[ok], "size": size[ok]}
 
 
@@ -79,11 +80,10 @@ class ImageOverview:
 
     def __init__(self, data: StoreData, sel: Selection, width: int = 370, height: int = 275) -> None:
         self.data, self.sel = data, sel
-        ok = np.flatnonzero(data.valid & np.isfinite(data.image_xy).all(1))
+        ok = data.placed
         self._index, self._tree = ok, cKDTree(data.image_xy[ok])
         xy = data.image_xy[ok]
-        pad = 0.05 * np.ptp(xy, axis=0) if len(xy) else np.ones(2)
-        lo, hi = (xy.min(0) - pad, xy.max(0) + pad) if len(xy) else (-np.ones(2), np.ones(2))
+        x0, y0, x1, y1 = padded_bounds(xy)
         pred = data.topk_idx[ok, 0, 0, 0, 0]
         self.source = ColumnDataSource({
             "x": xy[:, 0], "y": xy[:, 1], "image": ok, "id": [data.image_ids[i] for i in ok],
@@ -93,7 +93,7 @@ class ImageOverview:
             name="vs-overview-points")
         fig = bare(figure("Image Overview", width, height, name="vs-overview-fig",
                           tools="pan,wheel_zoom,box_zoom,reset",
-                          x_range=(lo[0], hi[0]), y_range=(lo[1], hi[1])))
+                          x_range=(x0, x1), y_range=(y0, y1)))
         dots = fig.scatter("x", "y", source=self.source, color="colour", alpha="alpha", size="size",
                            line_color=None, legend_field="legend")
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("image", "@image  @id"), ("class", "@label"),

@@ -79,15 +79,20 @@ class PatternMap:
 
     watches = ("image", "layer", "head", "layout", "density")
 
-    def __init__(self, data: StoreData, sel: Selection, size: int = 340) -> None:
+    def __init__(self, data: StoreData, sel: Selection, size: int = 340,
+                 raster: ColumnDataSource | None = None) -> None:
+        """`raster`: another map's aggregated image to share (export draws one map per head tab; the image of
+        all heads is the same in each, so it is aggregated and written into the file once)."""
         self.data, self.sel, self.size = data, sel, size
         self.kind = sel.layout
         x0, y0, x1, y1 = data.bounds(self.kind)
         fig = bare(figure("Attention Pattern View — all heads", size, size, name="vs-map-fig",
                           tools="pan,wheel_zoom,reset",
                           x_range=(x0, x1), y_range=(y0, y1)))
-        self.raster = ColumnDataSource({"image": [np.zeros((size, size), np.uint32)], "x": [x0], "y": [y0],
-                                        "dw": [x1 - x0], "dh": [y1 - y0]}, name="vs-raster")
+        shared = raster is not None
+        self.raster = raster if shared else ColumnDataSource({"image": [np.zeros((size, size), np.uint32)], "x": [x0],
+                                                              "y": [y0], "dw": [x1 - x0], "dh": [y1 - y0]},
+                                                             name="vs-raster")
         fig.image_rgba("image", x="x", y="y", dw="dw", dh="dh", source=self.raster)
         self.all_contours = ColumnDataSource({"xs": [], "ys": []})
         fig.multi_line("xs", "ys", source=self.all_contours, color="#555555", line_width=1)
@@ -103,7 +108,8 @@ class PatternMap:
         fig.on_event(Tap, guarded(sel, "head tap", lambda e: self.pick(e.x, e.y)))
         fig.on_event(RangesUpdate, guarded(sel, "map zoom", lambda e: self.reaggregate((e.x0, e.x1), (e.y0, e.y1))))
         self.figure = fig
-        self.reaggregate((x0, x1), (y0, y1))
+        if not shared:
+            self.reaggregate((x0, x1), (y0, y1))
         self.update()
 
     def pick(self, x: float | None, y: float | None) -> tuple[int, int, int] | None:

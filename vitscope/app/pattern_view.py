@@ -48,12 +48,12 @@ class AttentionPatternView:
     watches = ("image", "layer", "head", "layout", "density", "threshold", "source_token", "target_token")
 
     def __init__(self, data: StoreData, sel: Selection, attention: Callable[[int], np.ndarray],
-                 thumb_source: ColumnDataSource) -> None:
+                 thumb_source: ColumnDataSource, raster: ColumnDataSource | None = None) -> None:
         self.data, self.sel, self._attention_fn = data, sel, attention
         self._cached_image: int | None = None
         self._cached: np.ndarray | None = None  # [L, H, P, P] of _cached_image, None after an error
         self.error = ""
-        self.map = PatternMap(data, sel)
+        self.map = PatternMap(data, sel, raster=raster)
         self.matrix = MatrixPlots(data.num_prefix, data.tokens, on_token=guarded(sel, "token", self._on_token),
                                   on_threshold=guarded(sel, "threshold", lambda t: setattr(sel, "threshold", t)),
                                   on_cell=guarded(sel, "heatmap cell",
