@@ -1,0 +1,127 @@
+"""How well the gradient proxy |∂CE/∂gate| (Michel et al. 2019) ranks heads like exact pruning does.
+
+Proxy-based tools show only the proxy; the store has both, so vitscope can say how far to trust it: the
+Spearman rank correlation between the proxy and the exact change of cross-entropy when the whole head is
+pruned (mode 1), per image, of the dataset means, and per layer. Pure numpy: arrays in, arrays out.
+
+The proxy is a first-order estimate of |CE(gate = 0) − CE(gate = 1)|, an absolute value, so it is compared
+with |ΔCE| by default; `signed=True` compares with ΔCE itself (pruning can also help an image: ΔCE < 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vitscope.vocab import METRICS
+
+WHOLE_HEAD = 1  # the pruning mode the proxy estimates: the head's gate from 1 to 0
+TINY = float(np.finfo(np.float32).tiny)  # P'[true] that underflowed to 0 in float32 counts as this
+
+
+def delta_ce(baseline_prob: np.ndarray, pruned_prob: np.ndarray) -> np.ndarray:
+    """ΔCE = log P[true] − log P'[true] (> 0: pruning hurts), broadcast; a P' of 0 is clipped to float32's
+    smallest normal so the change stays finite (and ranks last-but-equal instead of breaking the ranks)."""
+    p = np.maximum(np.asarray(baseline_prob, np.float64), TINY)
+    q = np.maximum(np.asarray(pruned_prob, np.float64), TINY)
+    return np.log(p) - np.log(q)
+
+
+def exact_delta_ce(importance: np.ndarray, baseline_prob: np.ndarray, signed: bool = False) -> np.ndarray:
+    """[N, L, H] the exact ΔCE of pruning each whole head (or |ΔCE|), from the store's `importance`
+    [N, L, H, mode, metric] (metric `prob` = P'[true]) and `baseline_prob` [N]. NaN rows stay NaN."""
+    pruned = importance[..., WHOLE_HEAD, METRICS.index("prob")]
+    d = delta_ce(np.asarray(baseline_prob)[:, None, None], pruned)
+    d[~np.isfinite(pruned)] = np.nan
+    return d if signed else np.abs(d)
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n along the last axis, ties sharing their average rank (as scipy.stats.rankdata); NaNs are
+    ranked after every number (the caller masks them)."""
+    x = np.asarray(x, np.float64)
+    shape, n = x.shape, x.shape[-1]
+    flat = x.reshape(-1, n)
+    rows = flat.shape[0]
+    if n == 0 or rows == 0:
+        return np.zeros(shape)
+    order = np.argsort(flat, axis=1, kind="stable")  # NaN sorts last
+    s = np.take_along_axis(flat, order, axis=1)
+    new = np.ones_like(s, dtype=bool)  # a new tie group starts here
+    same = (s[:, 1:] == s[:, :-1]) | (np.isnan(s[:, 1:]) & np.isnan(s[:, :-1]))
+    new[:, 1:] = ~same
+    group = np.cumsum(new.ravel()) - 1  # group ids are global: every row starts a new one
+    pos = np.tile(np.arange(1, n + 1, dtype=np.float64), rows)
+    mean_rank = np.bincount(group, weights=pos) / np.bincount(group)
+    ranks = np.empty_like(s)
+    np.put_along_axis(ranks, order, mean_rank[group].reshape(rows, n), axis=1)
+    return ranks.reshape(shape)
+
+
+def spearman(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman rank correlation of a and b along `axis` (average ranks for ties). Positions where either is
+    NaN are left out of that slice; a slice with fewer than 2 pairs left, or a constant one, gives NaN (an
+    unreadable image's row is all NaN), never a warning."""
+    a, b = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(b, np.float64))
+    a, b = np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1)
+    ok = np.isfinite(a) & np.isfinite(b)
+    ra = average_ranks(np.where(ok, a, np.nan))  # left-out positions rank after every kept one: kept
+    rb = average_ranks(np.where(ok, b, np.nan))  # positions get ranks 1..n_kept, as if alone
+    n = ok.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ma = np.where(ok, ra, 0).sum(-1) / n
+        mb = np.where(ok, rb, 0).sum(-1) / n
+        da, db = np.where(ok, ra - ma[..., None], 0), np.where(ok, rb - mb[..., None], 0)
+        r = (da * db).sum(-1) / np.sqrt((da**2).sum(-1) * (db**2).sum(-1))
+    return np.where(n >= 2, r, np.nan)
+
+
+@dataclass
+class Agreement:
+    """Rank agreement of the proxy with exact pruning over the images in scope."""
+
+    per_image: np.ndarray  # [N] ρ over an image's L·H heads (NaN outside the scope or unreadable)
+    of_means: float  # ρ between the per-head means over the images in scope
+    per_layer: np.ndarray  # [L] ρ of a layer's heads pooled over the images in scope
+    images: int  # readable images in scope
+
+    @property
+    def median(self) -> float:
+        """Median of the per-image ρ (NaN when no image has one)."""
+        v = self.per_image[np.isfinite(self.per_image)]
+        return float(np.median(v)) if len(v) else float("nan")
+
+
+def agreement(proxy: np.ndarray, exact: np.ndarray, scope: np.ndarray | None = None) -> Agreement:
+    """The three agreement figures of `proxy` and `exact` [N, L, H] over the images in `scope` ([N] bool,
+    default all); images whose rows are NaN drop out of every figure."""
+    proxy, exact = np.asarray(proxy, np.float64), np.asarray(exact, np.float64)
+    N, L, H = proxy.shape
+    scope = np.ones(N, bool) if scope is None else np.asarray(scope, bool)
+    readable = scope & np.isfinite(proxy).all((1, 2)) & np.isfinite(exact).all((1, 2))
+    per_image = np.full(N, np.nan)
+    per_image[readable] = spearman(proxy[readable].reshape(-1, L * H), exact[readable].reshape(-1, L * H))
+    if readable.any():
+        of_means = float(spearman(proxy[readable].mean(0).ravel(), exact[readable].mean(0).ravel()))
+        pooled = lambda x: np.moveaxis(x[readable], 1, 0).reshape(L, -1)  # noqa: E731 - [L, n·H]
+        per_layer = spearman(pooled(proxy), pooled(exact))
+    else:
+        of_means, per_layer = float("nan"), np.full(L, np.nan)
+    return Agreement(per_image, of_means, per_layer, int(readable.sum()))
+
+
+def summary_lines(importance: np.ndarray, baseline_prob: np.ndarray, grad_importance: np.ndarray,
+                  valid: np.ndarray) -> list[str]:
+    """What `vitscope info STORE` says about the proxy: both figures against |ΔCE| and signed ΔCE."""
+    lines = []
+    for signed in (False, True):
+        exact = exact_delta_ce(importance, baseline_prob, signed=signed)
+        a = agreement(grad_importance, exact, valid)
+        if not a.images:
+            return ["no readable image with both the proxy and exact pruning"]
+        name = "ΔCE" if signed else "|ΔCE|"
+        layers = " ".join(f"{r:+.2f}" for r in a.per_layer)
+        lines.append(f"Spearman ρ(|∂CE/∂gate|, exact {name}, whole head): median per image {a.median:+.2f}, "
+                     f"of the dataset means {a.of_means:+.2f} ({a.images} images); per layer {layers}")
+    return lines
