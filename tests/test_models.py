@@ -111,3 +111,52 @@ def test_cli_info():
     out = run_cli("info", "--model", "demo")
     assert out.returncode == 0, out.stderr
     assert "layers: 6" in out.stdout and "patch_grid: 8x8" in out.stdout
+
+
+def test_cli_info_store_prints_the_proxy_agreement_and_class_trends(tmp_path):
+    import numpy as np
+    from app_helpers import make_store
+
+    from vitscope.analysis.proxy import summary_lines
+    from vitscope.classes import class_report
+    from vitscope.store import open_store
+
+    path = make_store(tmp_path / "s.zarr", 24, 2, 3, 4, 4, unreadable=(1,))
+    ds = open_store(path)
+    a = {k: ds[k].values for k in ("label", "valid", "baseline_prob", "importance", "topk_idx", "strength_entropy",
+                                    "grad_importance")}
+    valid = a["valid"].astype(bool)
+    out = run_cli("info", str(path))
+    assert out.returncode == 0, out.stderr
+    for line in summary_lines(a["importance"], a["baseline_prob"], a["grad_importance"], valid):
+        assert line in out.stdout
+    cls = int(a["label"][valid][0])
+    name = str(ds["class_name"].values[cls])
+    out = run_cli("info", str(path), "--class", name.upper(), "--top", "4")
+    assert out.returncode == 0, out.stderr
+    r = class_report(cls, a["label"], valid, a["baseline_prob"], a["importance"], a["topk_idx"],
+                     a["strength_entropy"], top=4)
+    assert f"class {name!r} (index {cls}): {r.images} images, unpruned top-1 accuracy {r.accuracy:.1%}" in out.stdout
+    rows = [ln.split() for ln in out.stdout.splitlines() if ln.strip().startswith("L") and "±" in ln]
+    assert [row[0] for row in rows] == [h.name for h in r.heads]
+    for row, h in zip(rows, r.heads, strict=True):
+        assert (float(row[1]), float(row[3]), float(row[4]), int(row[5])) == (
+            round(h.drop_mean, 4), round(h.drop_std, 4), round(h.jsd_mean, 4), h.flips)
+    for layer in r.layers:
+        assert f"layer {layer.layer:>2}: {layer.entropy_class:.3f} / {layer.entropy_all:.3f}" in out.stdout
+    mine = valid & (a["label"] == cls)
+    assert summary_lines(a["importance"], a["baseline_prob"], a["grad_importance"], mine)[1] in out.stdout
+    assert np.isfinite([h.drop_mean for h in r.heads]).all()
+
+
+def test_cli_info_unknown_class_is_one_line_with_close_names(tmp_path):
+    from app_helpers import make_store
+
+    path = make_store(tmp_path / "s.zarr", 12, 1, 2, 2, 3)
+    out = run_cli("info", str(path), "--class", "clas 7")
+    assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "vitscope info: error: no class matches 'clas 7' among the store's 3 classes; close: 'class 2', "
+        "'class 1', 'class 0'"]
+    out = run_cli("info", "--model", "demo", "--class", "x")
+    assert out.returncode == 2 and "--class needs a STORE" in out.stderr

@@ -133,8 +133,11 @@ def test_summary_lines_name_both_targets_and_skip_unreadable_images():
     valid[3] = False
     importance[3], base[3], grad[3] = np.nan, np.nan, np.nan
     lines = summary_lines(importance, base, grad, valid)
-    assert len(lines) == 2 and "|ΔCE|" in lines[0] and " ΔCE," in lines[1] and "(7 images)" in lines[0]
-    a = agreement(grad, exact_delta_ce(importance, base), valid)
-    assert f"median per image {a.median:+.2f}" in lines[0] and f"dataset means {a.of_means:+.2f}" in lines[0]
+    assert len(lines) == 3 and "over 7 images" in lines[0]
+    assert lines[1].startswith("vs |ΔCE|") and lines[2].startswith("vs ΔCE ")
+    for line, signed in ((lines[1], False), (lines[2], True)):
+        a = agreement(grad, exact_delta_ce(importance, base, signed=signed), valid)
+        assert f"median per image {a.median:+.2f}" in line and f"dataset means {a.of_means:+.2f}" in line
+        assert line.endswith(" ".join(f"{r:+.2f}" for r in a.per_layer))
     assert summary_lines(importance, base, grad, np.zeros(N, bool)) == [
         "no readable image with both the proxy and exact pruning"]

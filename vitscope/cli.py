@@ -55,13 +55,81 @@ def cmd_train_demo(args) -> None:
 def cmd_info(args) -> None:
     if (args.store is None) == (args.model is None):
         raise VitscopeError("give a STORE to describe, or --model SPEC (not both)")
+    if args.cls is not None and args.store is None:
+        raise VitscopeError("--class needs a STORE: the class's images are in a store")
     if args.store is not None:
         from vitscope.store import describe
 
-        print(describe(args.store))
+        text = describe(args.store)
+        arrays = _info_arrays(args.store)
+        cls = None if args.cls is None else _find_class(arrays, args.cls)  # a bad name: one line, nothing else
+        print(text)
+        _print_proxy(arrays, arrays["valid"])
+        if cls is not None:
+            _print_class(arrays, *cls, args.top)
         return
     for key, value in _load(args).describe().items():
         print(f"{key:>14}: {value}")
+
+
+def _info_arrays(path: Path) -> dict:
+    """The small per-head arrays `info` summarises (whatever chunks are finished; the rest is not valid)."""
+    import xarray as xr
+
+    from vitscope.vocab import METRICS
+
+    ds = xr.open_zarr(str(path), consolidated=True)
+    out = {name: ds[name].values for name in ("label", "valid", "baseline_prob", "topk_idx", "strength_entropy")
+           if name in ds}
+    out["valid"] = out["valid"].astype(bool)
+    out["importance"] = ds["importance"].sel(metric=list(METRICS)).values  # [N, L, H, mode, metric]
+    out["grad_importance"] = ds["grad_importance"].values if "grad_importance" in ds else None
+    out["class_names"] = [str(c) for c in ds["class_name"].values]
+    return out
+
+
+def _print_proxy(arrays: dict, scope, who: str = "") -> None:
+    from vitscope.analysis.proxy import summary_lines
+
+    if arrays["grad_importance"] is None:
+        print(f"{'proxy':>13}: this store has no grad_importance")
+        return
+    lines = summary_lines(arrays["importance"], arrays["baseline_prob"], arrays["grad_importance"], scope)
+    head = f"{'proxy' + who:>13}: "
+    for i, line in enumerate(lines):
+        print((head if i == 0 else " " * len(head)) + line)
+
+
+def _find_class(arrays: dict, text: str) -> tuple[int, list[int]]:
+    from vitscope.classes import match_class
+
+    present = sorted({int(c) for c in arrays["label"][arrays["valid"]]})
+    return match_class(text, arrays["class_names"], present)
+
+
+def _print_class(arrays: dict, cls: int, matches: list[int], top: int) -> None:
+    """`info STORE --class NAME`: the class's accuracy, the heads it relies on most, its strength entropy."""
+    import numpy as np
+
+    from vitscope.classes import class_report
+
+    names, valid = arrays["class_names"], arrays["valid"]
+    r = class_report(cls, arrays["label"], valid, arrays["baseline_prob"], arrays["importance"],
+                     arrays["topk_idx"], arrays["strength_entropy"], top=top)
+    also = [names[c] for c in matches if c != cls]
+    print(f"\nclass {names[cls]!r} (index {cls}): {r.images} images, unpruned top-1 accuracy {r.accuracy:.1%} "
+          f"({r.correct}/{r.images})" + (f"; also matching: {', '.join(map(repr, also[:5]))}"
+                                         f"{', …' if len(also) > 5 else ''}" if also else ""))
+    print(f"heads whose pruning (whole head, mode 1) hurts this class most, over its {r.images} images:")
+    print(f"  {'head':>6}  {'drop of P[true] (mean ± std)':>28}  {'mean JSD':>9}  top-1 changes")
+    for h in r.heads:
+        print(f"  {h.name:>6}  {h.drop_mean:>+17.4f} ± {h.drop_std:<8.4f}  {h.jsd_mean:>9.4f}  "
+              f"{h.flips:>4} / {r.images}")
+    print(f"mean strength entropy per layer (this class / all {int(valid.sum())} images):")
+    for row in r.layers:
+        print(f"  layer {row.layer:>2}: {row.entropy_class:.3f} / {row.entropy_all:.3f}"
+              f"  ({row.entropy_class - row.entropy_all:+.3f})")
+    _print_proxy(arrays, valid & (np.asarray(arrays["label"]) == cls), " (class)")
 
 
 def cmd_serve(args) -> None:
@@ -156,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="what is in a store, or what vitscope sees in a model")
     p.add_argument("store", nargs="?", type=Path, help="a store built by vitscope build")
+    p.add_argument("--class", dest="cls", metavar="NAME", help="trends of one class of the store's images (exact "
+                   "name, else a part of it in any case): accuracy, the heads it relies on, strength entropy")
+    p.add_argument("--top", type=int, default=10, help="how many heads --class lists")
     _model_args(p, required=False)
     p.set_defaults(func=cmd_info)
     return parser

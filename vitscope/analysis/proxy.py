@@ -113,15 +113,15 @@ def agreement(proxy: np.ndarray, exact: np.ndarray, scope: np.ndarray | None = N
 
 def summary_lines(importance: np.ndarray, baseline_prob: np.ndarray, grad_importance: np.ndarray,
                   valid: np.ndarray) -> list[str]:
-    """What `vitscope info STORE` says about the proxy: both figures against |ΔCE| and signed ΔCE."""
+    """What `vitscope info STORE` says about the proxy: its Spearman ρ with |ΔCE| and with signed ΔCE."""
     lines = []
     for signed in (False, True):
-        exact = exact_delta_ce(importance, baseline_prob, signed=signed)
-        a = agreement(grad_importance, exact, valid)
+        a = agreement(grad_importance, exact_delta_ce(importance, baseline_prob, signed=signed), valid)
         if not a.images:
             return ["no readable image with both the proxy and exact pruning"]
-        name = "ΔCE" if signed else "|ΔCE|"
+        if not lines:
+            lines.append(f"Spearman ρ of |∂CE/∂gate| with exact whole-head pruning over {a.images} images:")
         layers = " ".join(f"{r:+.2f}" for r in a.per_layer)
-        lines.append(f"Spearman ρ(|∂CE/∂gate|, exact {name}, whole head): median per image {a.median:+.2f}, "
-                     f"of the dataset means {a.of_means:+.2f} ({a.images} images); per layer {layers}")
+        lines.append(f"vs {'ΔCE' if signed else '|ΔCE|':<5}  median per image {a.median:+.2f}, of the dataset "
+                     f"means {a.of_means:+.2f}; per layer {layers}")
     return lines
