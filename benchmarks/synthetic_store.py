@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from vitscope import store
-from vitscope.vocab import MODES, OFFSETS, PATTERNS
+from vitscope.build import binary_ones
+from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, MODES, OFFSETS, PATTERNS
 
 
 def chunk_arrays(lay: store.Layout, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -30,22 +31,24 @@ def chunk_arrays(lay: store.Layout, rng: np.random.Generator, n: int) -> dict[st
     imp[:, :, :, 0, 1:] = 0
     strength = rng.dirichlet(np.ones(p), size=(n, L, H)).astype(np.float32)
     cls = rng.dirichlet(np.ones(2 * p * p + 1), size=(n, L, H)).astype(np.float16)
-    bits = np.packbits(rng.random((n, L, H, lay.binary_size**2)) < 0.01, axis=-1)
+    index = np.sort(rng.integers(0, lay.binary_size**2, (n, L, H, lay.binary_ones)), axis=-1).astype(np.uint16)
     return {
         "label": rng.integers(0, C, n), "valid": np.ones(n, bool), "baseline_prob": rng.random(n),
         "topk_idx": top, "topk_prob": np.take_along_axis(probs, top, -1), "importance": imp,
         "grad_importance": rng.exponential(0.01, (n, L, H)), "strength": strength,
         "strength_entropy": rng.random((n, L, H)), "attention_distance": rng.uniform(0, p, (n, L, H)),
-        "cls_attention": cls, "pattern_score": rng.random((n, L, H, len(PATTERNS))),
+        "cls_attention": cls, "pattern_score": rng.random((n, L, H, len(BASE_PATTERNS))),
         "pattern_label": rng.integers(0, len(PATTERNS), (n, L, H)),
-        "pattern_offset": rng.integers(0, len(OFFSETS), (n, L, H)), "binary_bits": bits,
+        "pattern_second": rng.integers(0, len(PATTERNS), (n, L, H)),
+        "pattern_offset": rng.integers(0, len(OFFSETS), (n, L, H)), "binary_index": index,
         "thumbnail": rng.integers(0, 256, (n, *lay.thumb, 3), dtype=np.uint8),
     }
 
 
 def make(out: Path, images: int, layers: int, heads: int, grid: int, classes: int, chunk: int, seed: int = 0) -> Path:
     lay = store.Layout(images=images, layers=layers, heads=heads, classes=classes, grid=grid, tokens=1 + grid * grid,
-                       topk=min(5, classes), latent=16, binary_size=min(32, grid * grid),
+                       topk=min(5, classes), latent=16, binary_size=min(256, grid * grid),
+                       binary_ones=binary_ones(0.01, grid),
                        thumb=(grid * 16, grid * 16), chunk=chunk)
     store.remove(out)
     attrs = {"model_spec": "synthetic", "model_class": "VisionTransformer", "model_pretrained": False,
@@ -61,6 +64,7 @@ def make(out: Path, images: int, layers: int, heads: int, grid: int, classes: in
     store.write_global(out, {
         "pattern_latent": rng.normal(size=(n, L, H, 16)), "image_xy": rng.normal(size=(n, 2)),
         "head_xy_cls": rng.normal(size=(n, L, H, 2)), "head_xy_patch": rng.normal(size=(n, L, H, 2)),
+        "head_consistency": rng.random((L, H)), "head_kind": rng.integers(0, len(HEAD_KINDS), (L, H)),
     }, {"ae_loss": [0.0], "valid_images": n, "layout_metric": "prob"})
     return out
 

@@ -141,3 +141,65 @@ def test_encode_checks_size_and_accepts_torch():
         encode(model, np.zeros((2, 16, 16), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"\[M, S, S\]"):
         train_autoencoder(np.zeros((16, 16)), progress=False)
+
+
+def _offset_maps(grid: int, n_each: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Self / left / right / up / down diagonals of a grid × grid image (maps of side grid²), each entry kept
+    with probability 0.8 plus a few scattered 1s, like binarised attention of offset heads on varied images."""
+    rng = np.random.default_rng(seed)
+    n = grid * grid
+    s = np.arange(n)
+    r, c = s // grid, s % grid
+    targets = {"self": (s, np.ones(n, bool)), "left": (s - 1, c > 0), "right": (s + 1, c < grid - 1),
+               "up": (s - grid, r > 0), "down": (s + grid, r < grid - 1)}
+    maps, labels = [], []
+    for k, (t, ok) in enumerate(targets.values()):
+        for _ in range(n_each):
+            m = (rng.random((n, n)) < 0.002).astype(np.uint8)
+            keep = ok & (rng.random(n) < 0.8)
+            m[s[keep], t[keep]] = 1
+            maps.append(m)
+            labels.append(k)
+    return np.stack(maps), np.asarray(labels)
+
+
+def _knn_purity(z: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    """Mean share of each point's k nearest other points (Euclidean) that carry its label."""
+    d = ((z[:, None] - z[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    nearest = np.argsort(d, axis=1)[:, :k]
+    return float((labels[nearest] == labels[:, None]).mean())
+
+
+def test_full_resolution_keeps_one_cell_offsets_apart():
+    # the demo's 8 × 8 grid gives 64 × 64 maps; trained at that resolution (not pooled to 32 × 32, which
+    # merges neighbouring diagonals) the five offsets land in separate latent clusters, packed as the store
+    # keeps them
+    from vitscope.analysis.autoencoder import PackedMaps
+    from vitscope.analysis.cls import pack_binary
+
+    maps, labels = _offset_maps(8, 60)
+    packed = PackedMaps(pack_binary(torch.from_numpy(maps).bool(), 64, int(maps.sum((1, 2)).max())), 64)
+    model, _ = train_autoencoder(packed, latent=16, epochs=15, batch_size=64, seed=0, progress=False)
+    purity = _knn_purity(encode(model, packed), labels)
+    assert purity >= 0.95, purity
+
+
+def test_packed_maps_train_and_encode_like_dense_ones():
+    from vitscope.analysis.autoencoder import PackedMaps
+    from vitscope.analysis.cls import pack_binary
+
+    maps, _ = _offset_maps(5, 8)  # 25 × 25 maps
+    packed = PackedMaps(pack_binary(torch.from_numpy(maps).bool(), 25, int(maps.sum((1, 2)).max())), 25)
+    dense_model, dense_loss = train_autoencoder(maps, epochs=2, batch_size=16, seed=3, progress=False)
+    packed_model, packed_loss = train_autoencoder(packed, epochs=2, batch_size=16, seed=3, progress=False)
+    np.testing.assert_allclose(packed_loss, dense_loss, rtol=1e-6)
+    np.testing.assert_allclose(encode(packed_model, packed), encode(dense_model, maps), rtol=1e-5, atol=1e-6)
+
+
+def test_max_maps_trains_on_a_sample_and_encodes_all():
+    maps, _ = _offset_maps(5, 20)  # 100 maps
+    model, _ = train_autoencoder(maps, epochs=1, batch_size=16, max_maps=30, seed=0, progress=False)
+    full, _ = train_autoencoder(maps, epochs=1, batch_size=16, seed=0, progress=False)
+    assert encode(model, maps).shape == (100, 16)
+    assert not np.allclose(encode(model, maps), encode(full, maps))  # trained on other data

@@ -16,11 +16,11 @@ import zarr
 from PIL import Image
 
 from vitscope import engine, store
-from vitscope.analysis import cls, strength
+from vitscope.analysis import cls, consistency, patterns, strength
 from vitscope.data import demo
 from vitscope.errors import VitscopeError
 from vitscope.models import load_model
-from vitscope.vocab import METRICS, MODES
+from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, METRICS, MODES, PATTERNS
 
 ARGS = ["--model", "demo", "--images", "demo", "--limit", "24", "--chunk-size", "8", "--ae-epochs", "2"]
 # One thread everywhere, as in the Dask workers: float results then agree to the bit, so even the
@@ -73,6 +73,26 @@ def test_store_schema_and_consistency(reference):
                                atol=1e-6)
 
 
+def test_store_keeps_labels_full_maps_and_head_kinds(reference):
+    ds = store.open_store(reference)
+    assert list(ds["pattern"].values) == list(BASE_PATTERNS) and ds["pattern_label"].attrs["patterns"] == list(PATTERNS)
+    assert ds["head_kind"].attrs["kinds"] == list(HEAD_KINDS)
+    images, labels = demo.eval_set(8)
+    r = engine.run(load_model("demo"), demo.to_tensor(images), torch.from_numpy(labels), modes=(), attention="all")
+    binary = cls.binarise(r.attention.view(8, 6, 4, 65, 65)[..., 1:, 1:], 0.01)  # [8, L, H, 64, 64]
+    # the maps are kept at full resolution (64 × 64 for the demo's 8 × 8 grid), as the 1s' indices
+    assert ds.sizes["one"] == 41 and ds["binary_index"].dtype == np.uint16
+    assert torch.equal(cls.unpack_binary(ds["binary_index"].values[:8], 64), binary)
+    first, second = patterns.labels_from_scores(patterns.pattern_scores(binary, 8))
+    np.testing.assert_array_equal(ds["pattern_label"].values[:8], first.numpy())
+    np.testing.assert_array_equal(ds["pattern_second"].values[:8], second.numpy())
+    # head consistency over all the store's images, and the kinds cut from it
+    index = ds["binary_index"].values
+    np.testing.assert_allclose(ds["head_consistency"].values, consistency.head_consistency(index, 64))
+    np.testing.assert_array_equal(ds["head_kind"].values, consistency.head_kinds(ds["head_consistency"].values))
+    assert np.isfinite(ds["head_consistency"].values).all()
+
+
 def test_resume_after_kill_gives_the_same_store(reference, tmp_path):
     out = tmp_path / "killed.zarr"
     cmd = [sys.executable, "-m", "vitscope.cli", "build", *ARGS, "--out", str(out), "--store-attention"]
@@ -123,7 +143,11 @@ def test_info_describes_a_store(reference):
     res = vitscope("info", str(reference))
     assert res.returncode == 0, res.stderr
     assert "24 listed, 24 analysed" in res.stdout and "6 layers × 4 heads" in res.stdout
-    assert "head_xy_patch" in res.stdout and "schema: v1" in res.stdout
+    assert "head_xy_patch" in res.stdout and f"schema: v{store.SCHEMA_VERSION}" in res.stdout
+    kinds = store.open_store(reference)["head_kind"].values  # [6, 4]
+    letters = "  ".join("".join(HEAD_KINDS[k][0].upper() for k in layer) for layer in kinds)
+    assert f"by layer: {letters}" in res.stdout
+    assert all(f"{name} {int((kinds == k).sum())}" in res.stdout for k, name in enumerate(HEAD_KINDS))
 
 
 def test_folder_with_bad_files(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from vitscope.analysis.cls import binarise, cls_attention_vector
@@ -32,3 +33,17 @@ def test_binarise_keeps_exactly_the_top_values():
         threshold = flat.sort(-1, descending=True).values[..., k - 1:k]  # the k-th largest value
         assert torch.equal(b.flatten(-2), flat >= threshold)
     assert binarise(torch.rand(1, 2, 2), 0.01).sum() == 1  # at least one entry
+
+
+def test_pack_binary_round_trips_and_pools():
+    from vitscope.analysis.autoencoder import downsample_binary
+    from vitscope.analysis.cls import pack_binary, unpack_binary
+
+    g = torch.Generator().manual_seed(4)
+    b = binarise(torch.rand(2, 3, 36, 36, generator=g), 0.01)  # 13 ones each
+    index = pack_binary(b, 36, 13)
+    assert index.dtype == np.uint16 and index.shape == (2, 3, 13)
+    assert (np.diff(index.astype(int), axis=-1) > 0).all()  # sorted, one index per 1
+    assert torch.equal(unpack_binary(index, 36), b)
+    pooled = pack_binary(b, 12, 13)  # 3 × 3 cells: ones can merge, the rest repeats an index
+    assert torch.equal(unpack_binary(pooled, 12), downsample_binary(b, 12) > 0.5)

@@ -15,11 +15,12 @@ import torch
 from vitscope.analysis.patterns import (
     _diagonal_hits,
     _row_confinement,
+    labels_from_scores,
     offset_scores,
     pattern_labels,
     pattern_scores,
 )
-from vitscope.vocab import OFFSETS, PATTERNS
+from vitscope.vocab import BASE_PATTERNS, OFFSETS, PATTERNS
 
 GRIDS = [5, 8, 14]
 
@@ -303,3 +304,65 @@ def test_diagonal_hits_match_torch_diagonal():
         b = (torch.rand(3, n, n, generator=g) < 0.4).float()
         ref = torch.stack([torch.stack([torch.diagonal(m, d).sum() for d in range(-(n - 1), n)]) for m in b])
         assert torch.equal(_diagonal_hits(b), ref)
+
+
+def exactly_k_noise(grid: int, count: int, g: torch.Generator) -> torch.Tensor:
+    """`count` maps with exactly ceil(1 % · N²) scattered 1s: what binarising pure noise gives."""
+    n = grid * grid
+    k = -(-n * n // 100)
+    idx = torch.rand(count, n * n, generator=g).argsort(-1)[:, :k]
+    return torch.zeros(count, n * n).scatter_(1, idx, 1.0).reshape(count, n, n)
+
+
+@pytest.mark.parametrize("grid", [8, 14])
+def test_noise_empty_maps_and_long_rows_are_none(grid):
+    # "none": no base pattern explains the map beyond chance (before, argmax called all of these diagonal/self)
+    g = torch.Generator().manual_seed(grid)
+    n = grid * grid
+    maps = torch.cat([exactly_k_noise(grid, 200, g), torch.zeros(1, n, n),
+                      torch.stack([lines_map(grid, g, vertical=False) for _ in range(4)]).float()])
+    labels, _ = pattern_labels(maps, grid)
+    none = PATTERNS.index("none")
+    assert (labels == none).all(), (labels != none).nonzero()
+    first, second = labels_from_scores(pattern_scores(maps, grid))
+    assert (first == none).all() and (second == none).all()
+
+
+def test_real_patterns_with_noise_are_not_none():
+    # the same noise on top of a drawn pattern leaves the pattern's label: "none" only where nothing is drawn
+    g = torch.Generator().manual_seed(4)
+    grid = 8
+    maps = torch.stack([add_noise(offset_map(grid, "up"), 40, g), add_noise(horizontal_map(grid, g, True), 40, g),
+                        add_noise(lines_map(grid, g, vertical=True), 40, g), add_noise(block_map(grid, g), 40, g)])
+    assert pattern_labels(maps, grid)[0].tolist() == [PATTERNS.index(p) for p in BASE_PATTERNS]
+
+
+def test_diagonal_with_horizontal_runs_reports_both():
+    # the paper's Fig. 13 J/K: every patch attends itself, and in half the image rows also runs horizontally;
+    # horizontal runs drawn with the self-diagonal are horizontal first, diagonal second
+    g = torch.Generator().manual_seed(6)
+    grid = 8
+    half = grid * grid // 2
+    mixed = offset_map(grid, "self").clone()
+    mixed[half:] |= horizontal_map(grid, g, with_self=False)[half:]
+    maps = torch.stack([mixed, horizontal_map(grid, g, with_self=True), offset_map(grid, "self")])
+    first, second = labels_from_scores(pattern_scores(maps, grid))
+    d, h, none = (PATTERNS.index(p) for p in ("diagonal", "horizontal", "none"))
+    assert {int(first[0]), int(second[0])} == {d, h}, pattern_scores(mixed, grid)
+    assert (first[1], second[1]) == (h, d), pattern_scores(maps[1], grid)
+    assert (first[2], second[2]) == (d, none)  # a clean diagonal has no second pattern
+
+
+def test_labels_from_scores_follow_the_documented_thresholds():
+    from vitscope.analysis.patterns import NONE_BELOW, SECOND_ABOVE
+
+    none = PATTERNS.index("none")
+    scores = torch.tensor([[0.0, 0.0, 0.0, 0.0],  # nothing: none, none
+                           [NONE_BELOW - 1e-3, 0.0, 0.0, 0.0],  # just below the cut: none
+                           [0.1, NONE_BELOW, 0.0, 0.0],  # just at it: horizontal
+                           [0.6, 0.0, SECOND_ABOVE, 0.1],  # vertical second, just at its cut
+                           [0.3, 0.0, 0.0, 0.3],  # a tie goes to the earlier pattern, the other is second
+                           [0.9, SECOND_ABOVE - 1e-3, 0.0, 0.0]])  # runner-up too weak: no second
+    first, second = labels_from_scores(scores)
+    assert first.tolist() == [none, none, 1, 0, 0, 0]
+    assert second.tolist() == [none, none, none, 2, 3, none]

@@ -2,7 +2,8 @@
 
 Per image chunk: preprocess, run the engine (every head × mode, attention, gradient proxy),
 derive strength, CLS vectors, binarised maps and pattern labels, write the chunk's region,
-mark it done. Then, over the whole set: the pattern autoencoder and the tSNE layouts.
+mark it done. Then, over the whole set: head consistency and kinds, the pattern autoencoder and the tSNE
+layouts.
 Chunks run in this process or on a Dask cluster (each worker writes its own regions).
 """
 
@@ -20,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from vitscope import engine, store
-from vitscope.analysis import autoencoder, cls, layout, patterns, strength
+from vitscope.analysis import autoencoder, cls, consistency, layout, patterns, strength
 from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
 from vitscope.models import ViTAdapter, load_model
@@ -44,9 +45,10 @@ class BuildConfig:
     chunk: int = 64
     precision: str = "float32"
     top: float = 0.01  # binarisation: top fraction of patch attention
-    binary_size: int = 32  # side of the maps the autoencoder sees
+    binary_size: int = 256  # side of the binarised maps kept and learnt (larger ones are max-pooled to it)
     latent: int = 16
     ae_epochs: int = 10
+    ae_maps: int = 8192  # the autoencoder trains on a seeded sample of this many maps (all are encoded)
     layout_metric: str = "prob"
     store_attention: bool = False
     overwrite: bool = False
@@ -56,7 +58,7 @@ class BuildConfig:
     timings: dict = field(default_factory=dict)
 
     def params(self) -> dict:
-        keys = ("top", "binary_size", "latent", "ae_epochs", "layout_metric", "store_attention", "chunk",
+        keys = ("top", "binary_size", "latent", "ae_epochs", "ae_maps", "layout_metric", "store_attention", "chunk",
                 "precision", "seed", "limit")
         return {k: getattr(self, k) for k in keys}
 
@@ -127,7 +129,8 @@ def build(cfg: BuildConfig) -> Path:
         lay = store.Layout(
             images=len(images), layers=adapter.num_layers, heads=adapter.num_heads, classes=adapter.num_classes,
             grid=adapter.grid, tokens=adapter.num_tokens, topk=min(5, adapter.num_classes), latent=cfg.latent,
-            binary_size=min(cfg.binary_size, adapter.grid**2), thumb=tuple(pre.config["input_size"][1:]),
+            binary_size=min(cfg.binary_size, adapter.grid**2), binary_ones=binary_ones(cfg.top, adapter.grid),
+            thumb=tuple(pre.config["input_size"][1:]),
             chunk=cfg.chunk, store_attention=cfg.store_attention,
         )
         attrs = {"model_spec": adapter.spec, "model_class": type(adapter.model).__name__,
@@ -159,6 +162,12 @@ def build(cfg: BuildConfig) -> Path:
     cfg.timings["images"] = time.perf_counter() - t
     finish(out, cfg)
     return out
+
+
+def binary_ones(top: float, grid: int) -> int:
+    """1s per binarised patch map: ceil(top · N²), N = grid², as `cls.binarise` sets them."""
+    n = grid * grid
+    return max(1, int(np.ceil(top * n * n)))
 
 
 def _say(cfg: BuildConfig, text: str) -> None:
@@ -212,8 +221,8 @@ def compute_chunk(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay:
         a = res.attention.view(len(sel), lay.layers, lay.heads, lay.tokens, lay.tokens)  # [B, L, H, P, P]
         patch = a[..., n:, n:]
         binary = cls.binarise(patch, cfg.top)
-        small = autoencoder.downsample_binary(binary, lay.binary_size) > 0.5  # [B, L, H, S, S]
-        label, offset = patterns.pattern_labels(binary, p)
+        scores = patterns.pattern_scores(binary, p)  # [B, L, H, 4]
+        label, second = patterns.labels_from_scores(scores)
         s_vec = strength.attention_strength(patch, p)
         out = {
             "baseline_prob": res.probs.gather(1, y[:, None])[:, 0],
@@ -222,8 +231,9 @@ def compute_chunk(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay:
             "strength_entropy": strength.strength_entropy(s_vec),
             "attention_distance": strength.attention_distance(patch, p),
             "cls_attention": cls.cls_attention_vector(a, n).half(),
-            "pattern_score": patterns.pattern_scores(binary, p), "pattern_label": label, "pattern_offset": offset,
-            "binary_bits": np.packbits(small.flatten(-2).numpy(), axis=-1),
+            "pattern_score": scores, "pattern_label": label, "pattern_second": second,
+            "pattern_offset": patterns.offset_scores(binary, p).argmax(-1),
+            "binary_index": cls.pack_binary(binary, lay.binary_size, lay.binary_ones),
         }
         if lay.store_attention:
             out["attention"] = a.half()
@@ -233,7 +243,8 @@ def compute_chunk(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay:
 
 
 def finish(out: Path, cfg: BuildConfig) -> None:
-    """Whole-set results: pattern autoencoder on every valid head map, then the three tSNE layouts."""
+    """Whole-set results: head consistency and kinds, the pattern autoencoder on every valid head map, then
+    the three tSNE layouts."""
     import xarray as xr
 
     ds = xr.open_zarr(str(out), consolidated=True)
@@ -244,12 +255,12 @@ def finish(out: Path, cfg: BuildConfig) -> None:
         raise VitscopeError(f"no readable image in {cfg.images}: nothing to analyse")
     if nv < lay.images:
         _say(cfg, f"{lay.images - nv} unreadable images skipped (listed above); {nv} analysed")
-    s = lay.binary_size
-    bits = ds["binary_bits"].values[valid]  # [Nv, L, H, bits]
-    maps = np.unpackbits(bits, axis=-1, count=s * s).reshape(-1, s, s)  # [Nv·L·H, S, S]
+    index = ds["binary_index"].values[valid]  # [Nv, L, H, ones]
+    agree = consistency.head_consistency(index, lay.binary_size)  # [L, H]
+    maps = autoencoder.PackedMaps(index.reshape(nv * L * H, -1), lay.binary_size)  # [Nv·L·H] maps
     t = time.perf_counter()
     model, losses = autoencoder.train_autoencoder(maps, latent=lay.latent, epochs=cfg.ae_epochs, seed=cfg.seed,
-                                                  device=cfg.device, progress=cfg.progress)
+                                                  max_maps=cfg.ae_maps, device=cfg.device, progress=cfg.progress)
     latents = autoencoder.encode(model, maps, device=cfg.device)
     cfg.timings["autoencoder"] = time.perf_counter() - t
 
@@ -273,6 +284,7 @@ def finish(out: Path, cfg: BuildConfig) -> None:
         "image_xy": scatter(xy["image_xy"], (2,)),
         "head_xy_cls": scatter(xy["head_xy_cls"], (L, H, 2)),
         "head_xy_patch": scatter(xy["head_xy_patch"], (L, H, 2)),
+        "head_consistency": agree, "head_kind": consistency.head_kinds(agree),
     }, {"ae_loss": [float(v) for v in losses], "valid_images": nv, "layout_metric": cfg.layout_metric})
 
 

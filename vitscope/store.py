@@ -18,9 +18,9 @@ import zarr
 
 from vitscope import __version__
 from vitscope.errors import StoreMismatch, VitscopeError
-from vitscope.vocab import METRICS, MODES, OFFSETS, PATTERNS
+from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, METRICS, MODES, OFFSETS, PATTERNS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: pattern label 'none', pattern_second, binary_index, head_consistency / head_kind
 FORMAT = dict(zarr_format=2)  # v2 metadata: readable by every zarr/xarray, no spec warnings
 
 
@@ -36,7 +36,8 @@ class Layout:
     tokens: int
     topk: int
     latent: int
-    binary_size: int  # side of the downsampled binarised maps kept for the autoencoder
+    binary_size: int  # side S of the binarised maps kept (N = p², max-pooled to S when N > S)
+    binary_ones: int  # indices kept per map: the 1s of a top-`top` map, ceil(top·N²)
     thumb: tuple[int, int]
     chunk: int
     store_attention: bool = False
@@ -61,13 +62,16 @@ class Layout:
             "cls_attention": (("image", "layer", "head", "cls_token"), "float16"),
             "pattern_score": (("image", "layer", "head", "pattern"), "float32"),
             "pattern_label": (("image", "layer", "head"), "int8"),
+            "pattern_second": (("image", "layer", "head"), "int8"),
             "pattern_offset": (("image", "layer", "head"), "int8"),
-            "binary_bits": (("image", "layer", "head", "bits"), "uint8"),
+            "binary_index": (("image", "layer", "head", "one"), "uint16"),
             "thumbnail": (("image", "y", "x", "rgb"), "uint8"),
             "pattern_latent": (("image", "layer", "head", "latent"), "float32"),
             "image_xy": (("image", "xy"), "float32"),
             "head_xy_cls": (("image", "layer", "head", "xy"), "float32"),
             "head_xy_patch": (("image", "layer", "head", "xy"), "float32"),
+            "head_consistency": (("layer", "head"), "float32"),
+            "head_kind": (("layer", "head"), "int8"),
         }
         if self.store_attention:
             v["attention"] = (("image", "layer", "head", "query", "key"), "float16")
@@ -75,16 +79,19 @@ class Layout:
 
     def sizes(self) -> dict[str, int]:
         return dict(image=self.images, layer=self.layers, head=self.heads, mode=len(MODES), metric=len(METRICS),
-                    k=self.topk, hop=self.grid, cls_token=2 * self.grid**2 + 1, pattern=len(PATTERNS),
-                    bits=-(-self.binary_size**2 // 8),
+                    k=self.topk, hop=self.grid, cls_token=2 * self.grid**2 + 1, pattern=len(BASE_PATTERNS),
+                    one=self.binary_ones,
                     y=self.thumb[0], x=self.thumb[1], rgb=3, latent=self.latent, xy=2, query=self.tokens,
                     key=self.tokens, **{"class": self.classes})
 
 
 PER_CHUNK = ("label", "valid", "baseline_prob", "topk_idx", "topk_prob", "importance", "grad_importance",
              "strength", "strength_entropy", "attention_distance", "cls_attention", "pattern_score",
-             "pattern_label", "pattern_offset", "binary_bits", "thumbnail", "attention")
-GLOBAL = ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch")
+             "pattern_label", "pattern_second", "pattern_offset", "binary_index", "thumbnail", "attention")
+GLOBAL = ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch", "head_consistency", "head_kind")
+# What integer codes mean, kept with the variables so that a store reads without vitscope.
+CODES = {"pattern_label": ("patterns", PATTERNS), "pattern_second": ("patterns", PATTERNS),
+         "pattern_offset": ("offsets", OFFSETS), "head_kind": ("kinds", HEAD_KINDS)}
 
 
 def fill_value(dtype: str):
@@ -103,13 +110,16 @@ def create(path: Path, layout: Layout, fingerprint: dict, ids: list[str], class_
     for name, (dims, dtype) in layout.variables().items():
         shape = tuple(sizes[d] for d in dims)
         chunks = tuple(layout.chunk if d == "image" else sizes[d] for d in dims)
-        data[name] = (dims, da.full(shape, fill_value(dtype), dtype=dtype, chunks=chunks))
+        data[name] = xr.DataArray(da.full(shape, fill_value(dtype), dtype=dtype, chunks=chunks), dims=dims)
+        if name in CODES:
+            key, names = CODES[name]
+            data[name].attrs[key] = list(names)
     coords = {
         "image_id": ("image", np.asarray(ids, dtype=str)),
         "class_name": ("class", np.asarray(class_names, dtype=str)),
         "mode": np.asarray(MODES),
         "metric": list(METRICS),
-        "pattern": list(PATTERNS),
+        "pattern": list(BASE_PATTERNS),
         "offset": list(OFFSETS),
         "xy": ["x", "y"],
     }
@@ -181,11 +191,14 @@ def write_chunk(path: Path, index: int, layout: Layout, arrays: dict[str, np.nda
 
 
 def write_global(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
-    """Write the whole-set results (latents, layouts) and mark the store complete."""
+    """Write the whole-set results (latents, layouts, head kinds) and mark the store complete."""
     layout = read_layout(path)
     variables = layout.variables()
-    ds = xr.Dataset({k: (variables[k][0], np.asarray(v, dtype=variables[k][1])) for k, v in arrays.items()})
+    per_image = {k: v for k, v in arrays.items() if "image" in variables[k][0]}
+    ds = xr.Dataset({k: (variables[k][0], np.asarray(v, dtype=variables[k][1])) for k, v in per_image.items()})
     ds.to_zarr(path, region={"image": slice(0, layout.images)}, **FORMAT)
+    for k in arrays.keys() - per_image.keys():  # [layer, head]: small, written whole (a region needs `image`)
+        zarr.open_array(str(Path(path) / k), mode="r+")[...] = np.asarray(arrays[k], dtype=variables[k][1])
     group = zarr.open_group(str(path), mode="r+")
     group.attrs.update({**attrs, "complete": True})
     zarr.consolidate_metadata(str(path))
@@ -199,6 +212,14 @@ def open_store(path: str | Path) -> xr.Dataset:
     ds = xr.open_zarr(str(path), consolidated=True)
     ds.attrs["class_names"] = list(ds["class_name"].values)
     return ds
+
+
+def head_kind_rows(kind: np.ndarray, agree: np.ndarray) -> list[tuple[str, str]]:
+    """`vitscope info` rows on positional / content / mixed heads: counts, then one letter per head by layer."""
+    counts = ", ".join(f"{name} {int((kind == k).sum())}" for k, name in enumerate(HEAD_KINDS))
+    letters = "  ".join("".join(HEAD_KINDS[k][0].upper() if k >= 0 else "?" for k in layer) for layer in kind)
+    return [("head kinds", f"{counts} (agreement of each head's maps across images, mean {np.nanmean(agree):.2f})"),
+            ("by layer", letters)]
 
 
 def describe(path: str | Path) -> str:
@@ -225,6 +246,8 @@ def describe(path: str | Path) -> str:
         ("schema", f"v{attrs['vitscope_schema']} (vitscope {attrs['vitscope_version']})"),
         ("analyses", ", ".join(present)),
     ]
+    if attrs.get("complete"):
+        rows += head_kind_rows(ds["head_kind"].values, ds["head_consistency"].values)
     if "ae_loss" in attrs:
         rows.append(("autoencoder", f"reconstruction loss {attrs['ae_loss'][-1]:.4f} after {len(attrs['ae_loss'])} "
                                     "epochs"))

@@ -1,4 +1,4 @@
-"""The names vitscope uses everywhere: metrics, pruning modes, patterns, offsets, layouts.
+"""The names vitscope uses everywhere: metrics, pruning modes, patterns, offsets, head kinds, layouts.
 
 One place, so that adding a metric or a mode is a one-line change here; the engine, the
 store, the build, the CLI, the summary and the app import these instead of spelling
@@ -26,8 +26,13 @@ MODE_NAMES = {
     5: "patches→patches",
 }
 
-PATTERNS = ("diagonal", "horizontal", "vertical", "block")
+BASE_PATTERNS = ("diagonal", "horizontal", "vertical", "block")  # the paper's four, each scored (pattern_score)
+PATTERNS = (*BASE_PATTERNS, "none")  # the labels: a base pattern, or none that explains the map beyond chance
 OFFSETS = ("self", "left", "right", "up", "down", "counter")
+
+# What a head is across images (head_kind): its binarised maps agree across images (positional: the same
+# patches whatever the content), differ (content), or in between (mixed).
+HEAD_KINDS = ("positional", "content", "mixed")
 
 LAYOUTS = ("cls", "patch")  # the Attention Pattern View's two head layouts (head_xy_cls, head_xy_patch)
 

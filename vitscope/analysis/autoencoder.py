@@ -1,13 +1,16 @@
 """Pattern autoencoder of binarised patch-attention maps (paper Sec. 5.4.1).
 
 tSNE on raw patch attention (p² × p² values) does not cluster patterns, so the paper trains a small
-convolutional autoencoder on the binarised maps and lays out its bottleneck instead. Maps are first
-max-pooled to a fixed size so that every model feeds the same network and large grids fit in memory.
+convolutional autoencoder on the binarised maps and lays out its bottleneck instead. It trains at the maps'
+full resolution up to 256 × 256 (ViT-B/16 at 224 has 196 × 196): pooling merges neighbouring diagonals,
+so a "left" head would look like a "self" head. Maps come dense, or as the store keeps them (`PackedMaps`:
+the indices of their 1s), unpacked one batch at a time so that a large set fits in memory.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["PatternAutoencoder", "downsample_binary", "encode", "train_autoencoder"]
+__all__ = ["PackedMaps", "PatternAutoencoder", "downsample_binary", "encode", "train_autoencoder"]
 
 _POOL_CHUNK = 2048  # maps pooled at once: bounds the float copy of a [..., 196, 196] input
 _MAX_POS_WEIGHT = 100.0  # caps the positive-class weight for (almost) empty maps
@@ -90,8 +93,26 @@ class PatternAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
 
-def _as_maps(maps: np.ndarray | Tensor) -> Tensor:
-    """Validate [M, S, S] 0/1 maps; keep them compact (uint8) so large sets fit, convert per batch."""
+@dataclass(frozen=True)
+class PackedMaps:
+    """[M] binary S × S maps as uint16 indices of their 1s, [M, ones] (`vitscope.analysis.cls.pack_binary`)."""
+
+    index: np.ndarray
+    size: int
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+Maps = Tensor | PackedMaps  # dense [M, S, S] (uint8 or float32), or packed
+
+
+def _as_maps(maps: np.ndarray | Tensor | PackedMaps) -> Maps:
+    """Validate [M, S, S] 0/1 maps; keep them compact (uint8, or packed) so large sets fit, convert per batch."""
+    if isinstance(maps, PackedMaps):
+        if maps.index.ndim != 2 or len(maps) == 0:
+            raise ValueError(f"expected packed maps of shape [M, ones] with M ≥ 1, got {maps.index.shape}")
+        return maps
     t = torch.as_tensor(maps)
     if t.ndim != 3 or t.shape[1] != t.shape[2]:
         raise ValueError(f"expected binary maps of shape [M, S, S], got {tuple(t.shape)}")
@@ -102,11 +123,35 @@ def _as_maps(maps: np.ndarray | Tensor) -> Tensor:
     return t.to(torch.float32)
 
 
+def _size(data: Maps) -> int:
+    return data.size if isinstance(data, PackedMaps) else data.shape[-1]
+
+
+def _batch(data: Maps, idx: Tensor | slice, device: str | torch.device) -> Tensor:
+    """Maps `idx` as float32 [B, 1, S, S] on `device`."""
+    if isinstance(data, PackedMaps):
+        from vitscope.analysis.cls import unpack_binary
+
+        dense = unpack_binary(data.index[idx], data.size)  # [B, S, S] bool
+    else:
+        dense = data[idx]
+    return dense.to(device=device, dtype=torch.float32).unsqueeze(1)
+
+
+def _ones(data: Maps) -> float:
+    """Number of 1s in all maps (a packed map's repeated padding index counts once)."""
+    if isinstance(data, PackedMaps):
+        sorted_ = np.sort(data.index, axis=-1)
+        return float(len(data) + (np.diff(sorted_, axis=-1) != 0).sum())
+    return float(data.sum(dtype=torch.float64))
+
+
 def train_autoencoder(
-    maps: np.ndarray | Tensor,
+    maps: np.ndarray | Tensor | PackedMaps,
     *,
     latent: int = 16,
     epochs: int = 10,
+    max_maps: int | None = None,
     batch_size: int = 256,
     lr: float = 1e-3,
     seed: int = 0,
@@ -115,21 +160,27 @@ def train_autoencoder(
 ) -> tuple[PatternAutoencoder, list[float]]:
     """Train a PatternAutoencoder on [M, S, S] 0/1 maps; return it (eval mode) and the loss per epoch.
 
+    `max_maps` trains on a seeded sample of that many maps (every map is still encoded): the maps of a
+    store repeat a few patterns many times, so a sample learns them at a fraction of the cost.
     Seeded through a private RNG (global torch RNG untouched): identical inputs give identical models
     on CPU. The loss per epoch is the mean positive-weighted BCE per pixel that is being minimised.
     """
-    data = _as_maps(maps)  # [M, S, S]
-    m, size = data.shape[0], data.shape[-1]
+    data = _as_maps(maps)  # [M, S, S] or packed
+    size = _size(data)
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.arange(len(data))
+    if max_maps is not None and len(data) > max_maps:
+        pool = torch.randperm(len(data), generator=gen)[:max_maps].sort().values
+    m = len(pool)
     with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG
         torch.manual_seed(seed)
         model = PatternAutoencoder(size, latent).to(device)
-    gen = torch.Generator().manual_seed(seed)
 
     # Binarised top-1 % maps are ~99 % zeros: unweighted BCE is minimised by predicting all zeros, which
     # makes every latent the same. Weighting the ones by the zero/one ratio balances the two classes so the
     # network must place the ones, i.e. learn the pattern (capped for maps that are nearly empty).
-    ones = float(data.sum(dtype=torch.float64))
-    zeros = data.numel() - ones
+    ones = _ones(data)
+    zeros = len(data) * size * size - ones
     pos_weight = min(max(zeros / ones, 1.0), _MAX_POS_WEIGHT) if ones > 0 else 1.0
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -139,11 +190,11 @@ def train_autoencoder(
     model.train()
     with tqdm(total=epochs * n_batches, desc="pattern autoencoder", unit="batch", disable=not progress) as bar:
         for epoch in range(epochs):
-            order = torch.randperm(m, generator=gen)
+            order = pool[torch.randperm(m, generator=gen)]
             total = 0.0
             for b in range(n_batches):
                 idx = order[b * batch_size : (b + 1) * batch_size]
-                x = data[idx].to(device=device, dtype=torch.float32).unsqueeze(1)  # [B, 1, S, S]
+                x = _batch(data, idx.numpy() if isinstance(data, PackedMaps) else idx, device)  # [B, 1, S, S]
                 loss = loss_fn(model(x), x)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -157,20 +208,22 @@ def train_autoencoder(
 
 @torch.no_grad()
 def encode(
-    model: PatternAutoencoder, maps: np.ndarray | Tensor, batch_size: int = 1024, device: str | torch.device = "cpu"
+    model: PatternAutoencoder, maps: np.ndarray | Tensor | PackedMaps, batch_size: int = 1024,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Bottleneck codes of [M, S, S] maps → float32 [M, latent], in batches (inputs can be large)."""
-    data = _as_maps(maps)  # [M, S, S]
-    if data.shape[-1] != model.size:
+    data = _as_maps(maps)  # [M, S, S] or packed
+    size = _size(data)
+    if size != model.size:
         raise ValueError(
-            f"maps are {data.shape[-1]}×{data.shape[-1]} but the autoencoder was built for {model.size}×{model.size}; "
+            f"maps are {size}×{size} but the autoencoder was built for {model.size}×{model.size}; "
             "downsample them with downsample_binary(maps, size) first"
         )
     was_training = model.training
     model.eval().to(device)
-    out = np.empty((data.shape[0], model.latent), dtype=np.float32)  # [M, latent]
-    for start in range(0, data.shape[0], batch_size):
-        x = data[start : start + batch_size].to(device=device, dtype=torch.float32).unsqueeze(1)  # [B, 1, S, S]
+    out = np.empty((len(data), model.latent), dtype=np.float32)  # [M, latent]
+    for start in range(0, len(data), batch_size):
+        x = _batch(data, slice(start, start + batch_size), device)  # [B, 1, S, S]
         out[start : start + x.shape[0]] = model.encode(x).float().cpu().numpy()
     model.train(was_training)
     return out

@@ -37,9 +37,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vitscope.vocab import OFFSETS, PATTERNS
+from vitscope.vocab import BASE_PATTERNS, OFFSETS, PATTERNS
 
-__all__ = ["OFFSETS", "PATTERNS", "offset_scores", "pattern_labels", "pattern_scores"]  # the names: vitscope.vocab
+__all__ = ["BASE_PATTERNS", "OFFSETS", "PATTERNS", "labels_from_scores", "offset_scores", "pattern_labels",
+           "pattern_scores"]  # the names: vitscope.vocab
+
+# A map is "none" when no base pattern explains at least this share of its 1s beyond chance. Scattered
+# top-1 % noise (2000 maps, exactly ceil(1 % · N²) ones) never scored above 0.14 on an 8 × 8 grid and 0.06
+# on 14 × 14 (its highest pattern is vertical, from columns hit twice by chance); long heatmap rows ≤ 0.03.
+NONE_BELOW = 0.2
+# A second pattern is reported when the runner-up too clears that cut (the paper's Fig. 13 J/K: a diagonal
+# drawn together with horizontal runs).
+SECOND_ABOVE = NONE_BELOW
+NONE = PATTERNS.index("none")
 
 
 def _as_float(binary: Tensor, grid: int) -> tuple[Tensor, int]:
@@ -286,7 +296,7 @@ def _closure_block_score(b: Tensor, eta: Tensor, rows: Tensor, cols: Tensor, cou
 
 
 def pattern_scores(binary: Tensor, grid: int) -> Tensor:
-    """`[..., 4]` in [0, 1], order PATTERNS: how much of the map each base pattern explains.
+    """`[..., 4]` in [0, 1], order BASE_PATTERNS: how much of the map each base pattern explains.
 
     With R_s = 1s in row s, C_t = 1s in column t, n = all 1s, η = horizontal weight of each
     in-row 1 (`_horizontal_weights`: the source attends, and the target is attended by, ≥ 2
@@ -325,13 +335,24 @@ def _pattern_scores(b: Tensor, n: int, grid: int) -> Tensor:
     return torch.stack([diagonal, horizontal, vertical, block], -1).clamp(0, 1).reshape(*batch, 4)
 
 
+def labels_from_scores(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """(pattern `[...]`, second pattern `[...]`), int64 indices into PATTERNS, from `pattern_scores` `[..., 4]`.
+
+    The pattern is the best-scoring base pattern, or "none" when even it explains less than NONE_BELOW of
+    the map beyond chance (empty maps, scattered noise, long heatmap rows). The second is the runner-up
+    when it explains at least SECOND_ABOVE too, else "none". Ties go to the earlier base pattern.
+    """
+    value, order = torch.sort(scores, dim=-1, descending=True, stable=True)  # [..., 4]
+    first = torch.where(value[..., 0] >= NONE_BELOW, order[..., 0], NONE)
+    second = torch.where(value[..., 1] >= SECOND_ABOVE, order[..., 1], NONE)
+    return first, second
+
+
 def pattern_labels(binary: Tensor, grid: int) -> tuple[Tensor, Tensor]:
     """(pattern index `[...]`, best offset index `[...]`), int64, into PATTERNS and OFFSETS.
 
-    The pattern is the argmax of `pattern_scores`; the offset is the argmax of `offset_scores`
-    and is meaningful when the pattern is "diagonal". Ties go to the earlier entry, so a map
-    that scores 0 everywhere (empty, pure noise, long heatmap rows) gets "diagonal"/"self":
-    check the scores when that matters.
+    The pattern is that of `labels_from_scores` ("none" for a map no base pattern explains beyond
+    chance); the offset is the argmax of `offset_scores` and is meaningful when the pattern is "diagonal".
     """
     b, n = _as_float(binary, grid)  # [..., N, N]
-    return _pattern_scores(b, n, grid).argmax(-1), _offset_scores(b, n, grid).argmax(-1)
+    return labels_from_scores(_pattern_scores(b, n, grid))[0], _offset_scores(b, n, grid).argmax(-1)
