@@ -12,6 +12,7 @@ import re
 import numpy as np
 import panel as pn
 import pytest
+import scipy.stats
 from app_helpers import fake_attention, make_store, rgba_bytes
 from bokeh.events import SelectionGeometry, Tap
 from bokeh.model import Model
@@ -305,6 +306,87 @@ def test_drag_selects_a_range_of_heads_shown_as_a_band(data):
     geometry = {"type": "rect", "x0": 0.6, "x1": 3.4, "y0": 0.0, "y1": 1.0}
     trigger(view.figure, SelectionGeometry(view.figure, geometry=geometry, final=True))  # a drag in the browser
     assert sel.group == [1, 2, 3] and (sel.layer, sel.head) == (0, 1)
+
+
+def slow_rho(a: list[float], b: list[float]) -> float:
+    return float(scipy.stats.spearmanr(a, b).statistic)
+
+
+def slow_delta_ce(data: StoreData, i: int, layer: int, head: int, signed: bool) -> float:
+    d = math.log(float(data.baseline_prob[i])) - math.log(float(data.importance[i, layer, head, 1, 0]))
+    return d if signed else abs(d)
+
+
+def test_proxy_is_drawn_beside_the_metric_on_its_own_axis(data):
+    sel = Selection(metric="jsd", mode=3)
+    view = HeadImportanceView(data, sel)
+    for image, metric, cls in ((None, "jsd", None), (4, "jsd", None), (4, "prob", None), (None, "prob", 1)):
+        sel.param.update(image=image, metric=metric, cls=cls)
+        view.update({"image", "metric", "cls"})
+        scope = ([image] if image is not None else
+                 [i for i in READABLE if cls is None or int(data.label[i]) == cls])
+        want = [sum(float(data.grad_importance[i, k // H, k % H]) for i in scope) / len(scope) for k in range(L * H)]
+        src = view.source.data
+        np.testing.assert_allclose(src["proxy"], want, rtol=1e-5)
+        # the proxy's min..max lies over the line's min..max, upside down for P'[true] (low P' = important)
+        y0, y1 = view.figure.y_range.start, view.figure.y_range.end
+        rng = view.figure.extra_y_ranges["proxy"]
+        lo, hi = (min(src["y"]), max(src["y"])) if metric != "prob" else (max(src["y"]), min(src["y"]))
+        for v, at in ((min(want), lo), (max(want), hi)):
+            height = y0 + (v - rng.start) / (rng.end - rng.start) * (y1 - y0)
+            assert height == pytest.approx(at, rel=1e-6, abs=1e-9)
+        assert (rng.start > rng.end) == (metric == "prob")
+
+
+def test_proxy_agreement_bars_are_spearman_per_layer(data):
+    sel = Selection()
+    view = HeadImportanceView(data, sel)
+    cls = int(data.label[READABLE[2]])
+    for image, cls_ in ((None, None), (6, None), (None, cls), (UNREADABLE[0], None)):
+        sel.param.update(image=image, cls=cls_)
+        view.update({"image", "cls"})
+        src = view.agree_source.data
+        readable = image is not None and image not in UNREADABLE
+        scope = [image] if readable else [i for i in READABLE if cls_ is None or int(data.label[i]) == cls_]
+        for signed, key in ((True, "signed"), (False, "abs")):
+            for layer in range(L):
+                proxy = [float(data.grad_importance[i, layer, h]) for i in scope for h in range(H)]
+                exact = [slow_delta_ce(data, i, layer, h, signed) for i in scope for h in range(H)]
+                assert src[key][layer] == pytest.approx(slow_rho(proxy, exact), abs=1e-9), (image, cls_, key, layer)
+            per_image = [slow_rho([float(data.grad_importance[i, k // H, k % H]) for k in range(L * H)],
+                                  [slow_delta_ce(data, i, k // H, k % H, signed) for k in range(L * H)])
+                         for i in scope]
+            title = view.agreement.title.text.splitlines()[0 if signed else 1]
+            name = "ΔCE" if signed else "|ΔCE|"
+            if readable:
+                assert title == f"ρ(proxy, {name}) image {image}: {per_image[0]:+.2f}"
+            else:
+                means = slow_rho(
+                    [sum(float(data.grad_importance[i, k // H, k % H]) for i in scope) / len(scope)
+                     for k in range(L * H)],
+                    [sum(slow_delta_ce(data, i, k // H, k % H, signed) for i in scope) / len(scope)
+                     for k in range(L * H)])
+                assert title == f"ρ(proxy, {name}): {float(np.median(per_image)):+.2f}/image, means {means:+.2f}"
+
+
+def test_choosing_a_class_switches_the_importance_band_and_the_strength_view(explorer, data):
+    """The class search (Image Overview) drives `Selection.cls`; both views then show that class's means."""
+    cls = int(data.label[READABLE[4]])
+    mine = [i for i in READABLE if int(data.label[i]) == cls]
+    explorer.class_search.value = data.class_names[cls]
+    assert explorer.selection.cls == cls
+    mean, std = mean_std(data, explorer.selection.metric, explorer.selection.mode, mine)
+    np.testing.assert_allclose(explorer.importance.source.data["y"], mean, rtol=1e-5)
+    np.testing.assert_allclose(explorer.importance.source.data["hi"], mean + std, rtol=1e-5)
+    want = [sum(float(data.strength_entropy[i, k // H, k % H]) for i in mine) / len(mine) for k in range(L * H)]
+    np.testing.assert_allclose(explorer.strength.source.data["y"], want, rtol=1e-5)
+    proxy = [sum(float(data.grad_importance[i, k // H, k % H]) for i in mine) / len(mine) for k in range(L * H)]
+    np.testing.assert_allclose(explorer.importance.source.data["proxy"], proxy, rtol=1e-5)
+    assert repr(data.class_names[cls]) in explorer.importance.figure.title.text
+    explorer.class_search.value = ""
+    assert explorer.selection.cls is None
+    all_mean, _ = mean_std(data, explorer.selection.metric, explorer.selection.mode, READABLE)
+    np.testing.assert_allclose(explorer.importance.source.data["y"], all_mean, rtol=1e-5)
 
 
 # -- Explorer ---------------------------------------------------------------------------------------------

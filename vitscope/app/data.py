@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from vitscope.analysis.proxy import Agreement, agreement, exact_delta_ce, spearman
 from vitscope.errors import VitscopeError
 from vitscope.store import open_store
 from vitscope.vocab import LAYOUTS
@@ -36,7 +37,7 @@ class StoreData:
         self.image_ids: list[str] = [str(i) for i in ds["image_id"].values]
         load = ("label", "valid", "importance", "topk_idx", "topk_prob", "strength", "strength_entropy",
                 "attention_distance", "pattern_label", "pattern_offset", "pattern_score", "baseline_prob",
-                "image_xy", "head_xy_cls", "head_xy_patch")
+                "grad_importance", "image_xy", "head_xy_cls", "head_xy_patch")
         for name in load:
             setattr(self, name, ds[name].values)
         self.metrics: list[str] = [str(m) for m in ds["metric"].values]
@@ -49,6 +50,8 @@ class StoreData:
         self._stats: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray]] = {}
         self._histograms: dict[tuple[int, int], np.ndarray] = {}
         self._frames: dict[str, pd.DataFrame] = {}
+        self._agreement: dict[tuple[bool, int | None], Agreement] = {}
+        self._proxy_layers: dict[bool, np.ndarray] = {}
 
     # -- images ------------------------------------------------------------------------------------
 
@@ -125,6 +128,21 @@ class StoreData:
         mean, std = self.over_images("importance", cls)  # [L, H, mode, metric]
         m = self.metrics.index(metric)
         return mean[..., mode, m].reshape(-1), std[..., mode, m].reshape(-1)
+
+    def proxy_agreement(self, signed: bool, cls: int | None = None) -> Agreement:
+        """How the gradient proxy ranks heads against exact whole-head pruning (ΔCE, or |ΔCE|) over the
+        readable images (of one class): computed once per store, target and class."""
+        if (signed, cls) not in self._agreement:
+            exact = exact_delta_ce(self.importance, self.baseline_prob, signed=signed)
+            self._agreement[signed, cls] = agreement(self.grad_importance, exact, self.class_images(cls))
+        return self._agreement[signed, cls]
+
+    def proxy_layers(self, signed: bool) -> np.ndarray:
+        """[N, L] Spearman ρ of the proxy with exact ΔCE (or |ΔCE|) over each image's heads of each layer."""
+        if signed not in self._proxy_layers:
+            exact = exact_delta_ce(self.importance, self.baseline_prob, signed=signed)
+            self._proxy_layers[signed] = spearman(self.grad_importance, exact)  # along the head axis
+        return self._proxy_layers[signed]
 
     def entropy_histogram(self, layer: int, head: int) -> np.ndarray:
         """Counts of one head's strength entropy over readable images in ENTROPY_BINS."""

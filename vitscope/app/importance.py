@@ -3,6 +3,9 @@ modes 0–5, and the top-5 under the current pruning.
 
 Without an image the line is the mean over all images (or over the chosen class) with a ± std band.
 Tap selects a head; a horizontal drag (box select) selects a range of heads, summarised below the line.
+Beside the exact metric, dashed, the gradient proxy |∂CE/∂gate| (Michel et al. 2019) on its own right axis,
+and how well it ranks heads like exact whole-head pruning (Spearman ρ per layer): proxy-based tools show
+only the proxy, and on real ViTs it often disagrees with what pruning does.
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ from __future__ import annotations
 import numpy as np
 from bokeh.events import SelectionGeometry, Tap
 from bokeh.layouts import column, row
-from bokeh.models import BoxAnnotation, BoxSelectTool, ColumnDataSource, HoverTool
+from bokeh.models import BoxAnnotation, BoxSelectTool, ColumnDataSource, HoverTool, LinearAxis, Range1d, Span
 
 from vitscope.app.data import StoreData
 from vitscope.app.overview import top5_html
 from vitscope.app.state import Selection, guarded
-from vitscope.app.style import SELECTED, div, figure, layer_colours
+from vitscope.app.style import FONT, SELECTED, div, figure, layer_colours
 from vitscope.vocab import METRIC_LABELS, MODES, harm, head_name
+
+PROXY = "#d55e00"  # the gradient proxy's line and axis
 
 
 def importance_values(data: StoreData, metric: str, mode: int, image: int | None, cls: int | None = None
@@ -31,6 +36,51 @@ def mode_values(data: StoreData, metric: str, layer: int, head: int, image: int 
                 cls: int | None = None) -> np.ndarray:
     """[modes] the head's metric in every pruning mode (image, or mean over images / one class)."""
     return data.image_or_mean("importance", image, cls)[layer, head, :, data.metrics.index(metric)]
+
+
+def proxy_values(data: StoreData, image: int | None, cls: int | None = None) -> np.ndarray:
+    """[L·H] the gradient proxy |∂CE/∂gate| of the image, or its mean over all images (of one class)."""
+    return data.image_or_mean("grad_importance", image, cls).reshape(-1)
+
+
+def proxy_range(proxy: np.ndarray, y: np.ndarray, start: float, end: float, metric: str) -> tuple[float, float]:
+    """The proxy axis's (start, end) that lays the proxy's min..max over the metric line's min..max on a y axis
+    from `start` to `end`; flipped for `prob` (a large proxy means important, as a low P'[true])."""
+    pmin, pmax, ymin, ymax = (float(f(v)) for v in (proxy, y) for f in (np.nanmin, np.nanmax))
+    if not np.isfinite([pmin, pmax, ymin, ymax]).all():
+        return 0.0, 1.0
+    pspan, yspan = max(pmax - pmin, 1e-12), max(ymax - ymin, 1e-12)
+    at = lambda v: pmin + (v - ymin) / yspan * pspan  # noqa: E731 - proxy value drawn at height v
+    if metric == "prob":
+        at = lambda v: pmax - (v - ymin) / yspan * pspan  # noqa: E731
+    return at(start), at(end)
+
+
+def agreement_values(data: StoreData, image: int | None, cls: int | None = None) -> dict[str, object]:
+    """Spearman ρ of the proxy with exact whole-head ΔCE and |ΔCE|: per layer (the image's heads, or the
+    layer's heads pooled over all images / one class) and overall (the image's, or the median per image and
+    the ρ of the means)."""
+    signed, absolute = data.proxy_agreement(True, cls), data.proxy_agreement(False, cls)
+    image = data.readable(image)
+    if image is not None:
+        return {"signed": data.proxy_layers(True)[image], "abs": data.proxy_layers(False)[image],
+                "overall": (float(data.proxy_agreement(True).per_image[image]),
+                            float(data.proxy_agreement(False).per_image[image])), "means": None}
+    return {"signed": signed.per_layer, "abs": absolute.per_layer, "overall": (signed.median, absolute.median),
+            "means": (signed.of_means, absolute.of_means)}
+
+
+def agreement_title(data: StoreData, image: int | None, values: dict) -> str:
+    """Two lines: ρ of the proxy with ΔCE and with |ΔCE|, for the image or the images in scope."""
+    image = data.readable(image)
+    rho = lambda v: "n/a" if not np.isfinite(v) else f"{v:+.2f}"  # noqa: E731 - e.g. a head-less class
+    lines = []
+    for name, k in (("ΔCE", 0), ("|ΔCE|", 1)):
+        if image is not None:
+            lines.append(f"ρ(proxy, {name}) image {image}: {rho(values['overall'][k])}")
+        else:
+            lines.append(f"ρ(proxy, {name}): {rho(values['overall'][k])}/image, means {rho(values['means'][k])}")
+    return "\n".join(lines)
 
 
 def group_summary(data: StoreData, group: list[int], values: np.ndarray, metric: str) -> str:
@@ -55,11 +105,20 @@ class HeadImportanceView:
         x = np.arange(n)
         colours = np.array(layer_colours(data.layers))[x // data.heads]
         self.source = ColumnDataSource({"x": x, "y": np.zeros(n), "lo": np.zeros(n), "hi": np.zeros(n),
+                                        "proxy": np.zeros(n),
                                         "layer": x // data.heads, "head": x % data.heads, "colour": colours})
         fig = figure("Head Importance View", width, height, name="vs-importance-fig",
                      tools="xpan,xwheel_zoom,reset", x_range=(-0.5, n - 0.5))
         fig.varea("x", "lo", "hi", source=self.source, fill_color="#888888", fill_alpha=0.25)
         fig.line("x", "y", source=self.source, color="#333333")
+        fig.extra_y_ranges = {"proxy": Range1d(0, 1)}
+        self.proxy_axis = LinearAxis(y_range_name="proxy", axis_label="|∂CE/∂gate| (dashed)",
+                                     axis_label_text_font_size=FONT, major_label_text_font_size=FONT,
+                                     axis_label_text_font_style="normal", axis_label_text_color=PROXY,
+                                     major_label_text_color=PROXY, axis_line_color=PROXY)
+        fig.add_layout(self.proxy_axis, "right")
+        fig.line("x", "proxy", source=self.source, color=PROXY, line_dash="dashed", line_width=1.5,
+                 y_range_name="proxy")
         dots = fig.scatter("x", "y", source=self.source, color="colour", size=6, line_color=None)
         fig.vspan(x=list(np.arange(1, data.layers) * data.heads - 0.5), line_color="#bbbbbb", line_dash="dashed")
         self.group_box = BoxAnnotation(fill_color=SELECTED, fill_alpha=0.08, line_color=SELECTED, visible=False,
@@ -68,7 +127,8 @@ class HeadImportanceView:
         self.ring = ColumnDataSource({"x": [], "y": []})
         fig.scatter("x", "y", source=self.ring, size=14, fill_alpha=0, line_color=SELECTED, line_width=3)
         drag = BoxSelectTool(dimensions="width", renderers=[dots])
-        fig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head"), ("value", "@y{0.000}")]), drag)
+        fig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head"), ("value", "@y{0.000}"),
+                                                            ("|∂CE/∂gate|", "@proxy{0.0000}")]), drag)
         fig.toolbar.active_drag = drag  # dragging selects a range of heads; the wheel still zooms
         fig.xaxis.axis_label = "head (layer × heads + head)"
         dots.nonselection_glyph = dots.glyph.clone()  # a drag shows as the band, not as greyed-out dots
@@ -82,7 +142,25 @@ class HeadImportanceView:
         self.bar_glyph = bars.vbar("x", top="top", width=0.7, source=self.bar_source, color="#888888").glyph
         bars.xaxis.ticker = list(MODES)
         bars.xaxis.axis_label = "pruning mode"
-        self.bars = bars
+        self.mode_bars = bars
+
+        layers = np.arange(data.layers)
+        self.agree_source = ColumnDataSource({"layer": layers, "signed": np.zeros(data.layers),
+                                              "abs": np.zeros(data.layers), "colour": layer_colours(data.layers)})
+        agree = figure("", 270, 145, tools="", x_range=(-0.6, data.layers - 0.4), y_range=(-1.05, 1.05))
+        agree.toolbar_location = None
+        agree.title.text_font_size = "11px"
+        agree_bars = agree.vbar("layer", top="signed", width=0.7, source=self.agree_source, color="colour")
+        rings = agree.scatter("layer", "abs", source=self.agree_source, size=6, fill_color=None, line_color="#222222")
+        agree.add_layout(Span(location=0, dimension="width", line_color="#999999", line_width=1))
+        agree.add_tools(HoverTool(renderers=[agree_bars, rings], tooltips=[
+            ("layer", "@layer"), ("ρ with ΔCE", "@signed{+0.00}"), ("ρ with |ΔCE|", "@abs{+0.00}")]))
+        agree.xaxis.ticker = list(layers)
+        agree.xaxis.axis_label = "layer: bars ΔCE, ○ |ΔCE|"
+        agree.yaxis.ticker = [-1, 0, 1]
+        self.agreement = agree
+        # The mode bars and the proxy agreement side by side: the block the Explorer shows left of the top-5.
+        self.bars = row(bars, agree)
         self.top5 = div(300, 150)
         self.summary = div(width, 22)
         self.update()
@@ -122,22 +200,30 @@ class HeadImportanceView:
         lo, hi = (y, y) if std is None else (y - std, y + std)
         k = d.head_index(s.layer, s.head)
         if changed is None or changed & {"image", "metric", "mode", "cls"}:
-            self.source.data.update(y=y, lo=lo, hi=hi)
+            proxy = proxy_values(d, s.image, s.cls)
+            self.source.data.update(y=y, lo=lo, hi=hi, proxy=proxy)
             top, bottom = np.nanmax(hi), np.nanmin(lo)
             pad = 0.05 * max(float(top - bottom), 1e-6)
-            self.figure.y_range.update(start=float(bottom - pad), end=float(top + pad))
+            start, end = float(bottom - pad), float(top + pad)
+            self.figure.y_range.update(start=start, end=end)
+            p0, p1 = proxy_range(proxy, y, start, end, s.metric)
+            self.figure.extra_y_ranges["proxy"].update(start=p0, end=p1)
             self.figure.yaxis.axis_label = METRIC_LABELS[s.metric]
             image = d.readable(s.image)
             who = (f"image {image}" if image is not None else
                    "all images (mean ± std)" if s.cls is None else f"class {d.class_names[s.cls]!r} (mean ± std)")
             self.figure.title.text = f"Head Importance View — {METRIC_LABELS[s.metric]}, {who}, mode {s.mode}"
+        if changed is None or changed & {"image", "cls"}:
+            values = agreement_values(d, s.image, s.cls)
+            self.agree_source.data.update(signed=values["signed"], abs=values["abs"])
+            self.agreement.title.text = agreement_title(d, s.image, values)
         self.ring.data = {"x": [k], "y": [float(y[k])]}
         vals = mode_values(d, s.metric, s.layer, s.head, s.image, s.cls)
         self.bar_source.data = {"x": list(MODES), "top": vals}
         low, high = min(0.0, float(np.nanmin(vals))), max(0.0, float(np.nanmax(vals)))
-        self.bars.y_range.update(start=low, end=high + 0.08 * max(high - low, 1e-9))  # JSD ~1e-4 stays visible
+        self.mode_bars.y_range.update(start=low, end=high + 0.08 * max(high - low, 1e-9))  # JSD ~1e-4 visible
         self.bar_glyph.fill_color = layer_colours(d.layers)[s.layer]
-        self.bars.title.text = f"{head_name(s.layer, s.head)} in modes {MODES[0]}–{MODES[-1]}"
+        self.mode_bars.title.text = f"{head_name(s.layer, s.head)} in modes {MODES[0]}–{MODES[-1]}"
         group = [g for g in s.group if 0 <= g < len(y)]
         self.group_box.update(left=group[0] - 0.5 if group else 0, right=group[-1] + 0.5 if group else 0,
                               visible=bool(group))
