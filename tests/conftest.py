@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -60,3 +62,11 @@ def images_for(adapter: ViTAdapter, n: int = 3, seed: int = 1) -> torch.Tensor:
 @pytest.fixture(params=list(VARIANTS))
 def variant(request) -> str:
     return request.param
+
+
+# The real pretrained ViT-Ti/16 and 200 ImageNet photos: in CI and on developer machines at
+# ../shared, never on a user's machine (tests that need them skip) and never committed.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+REAL_VIT_ARCH = "vit_tiny_patch16_224"
+REAL_VIT = SHARED / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
+REAL_IMAGES = SHARED / "data" / "imagenet-sample-200"
