@@ -24,7 +24,7 @@ from vitscope.app.overview import ImageOverview, top5_html
 from vitscope.app.state import Selection
 from vitscope.app.style import CORRECT, MAX_LEGEND, VALUE_CMAP, WRONG, class_colours
 from vitscope.errors import VitscopeError
-from vitscope.vocab import METRICS, MODES
+from vitscope.vocab import METRIC_LABELS, METRICS, MODES
 
 N, L, H, GRID, CLASSES = 30, 3, 4, 4, 6
 UNREADABLE = (2, 5)  # images the build could not read
@@ -336,6 +336,9 @@ def test_proxy_is_drawn_beside_the_metric_on_its_own_axis(data):
             height = y0 + (v - rng.start) / (rng.end - rng.start) * (y1 - y0)
             assert height == pytest.approx(at, rel=1e-6, abs=1e-9)
         assert (rng.start > rng.end) == (metric == "prob")
+        ticks = view.proxy_axis.ticker.ticks
+        assert ticks[0] == pytest.approx(min(want), rel=1e-6) and ticks[-1] == pytest.approx(max(want), rel=1e-6)
+        assert view.metric_axis.axis_label == METRIC_LABELS[metric] and "∂CE/∂gate" in view.proxy_axis.axis_label
 
 
 def test_proxy_agreement_bars_are_spearman_per_layer(data):

@@ -13,7 +13,17 @@ from __future__ import annotations
 import numpy as np
 from bokeh.events import SelectionGeometry, Tap
 from bokeh.layouts import column, row
-from bokeh.models import BoxAnnotation, BoxSelectTool, ColumnDataSource, HoverTool, LinearAxis, Range1d, Span
+from bokeh.models import (
+    BoxAnnotation,
+    BoxSelectTool,
+    ColumnDataSource,
+    FixedTicker,
+    HoverTool,
+    LinearAxis,
+    PrintfTickFormatter,
+    Range1d,
+    Span,
+)
 
 from vitscope.app.data import StoreData
 from vitscope.app.overview import top5_html
@@ -111,8 +121,10 @@ class HeadImportanceView:
                      tools="xpan,xwheel_zoom,reset", x_range=(-0.5, n - 0.5))
         fig.varea("x", "lo", "hi", source=self.source, fill_color="#888888", fill_alpha=0.25)
         fig.line("x", "y", source=self.source, color="#333333")
+        self.metric_axis = fig.yaxis[0]
         fig.extra_y_ranges = {"proxy": Range1d(0, 1)}
-        self.proxy_axis = LinearAxis(y_range_name="proxy", axis_label="|∂CE/∂gate| (dashed)",
+        self.proxy_axis = LinearAxis(y_range_name="proxy", axis_label="|∂CE/∂gate| (dashed)", ticker=FixedTicker(),
+                                     formatter=PrintfTickFormatter(format="%.2g"),
                                      axis_label_text_font_size=FONT, major_label_text_font_size=FONT,
                                      axis_label_text_font_style="normal", axis_label_text_color=PROXY,
                                      major_label_text_color=PROXY, axis_line_color=PROXY)
@@ -147,7 +159,8 @@ class HeadImportanceView:
         layers = np.arange(data.layers)
         self.agree_source = ColumnDataSource({"layer": layers, "signed": np.zeros(data.layers),
                                               "abs": np.zeros(data.layers), "colour": layer_colours(data.layers)})
-        agree = figure("", 270, 145, tools="", x_range=(-0.6, data.layers - 0.4), y_range=(-1.05, 1.05))
+        agree = figure("", 270, 145, tools="", x_range=(-0.6, data.layers - 0.4), y_range=(-1.05, 1.05),
+                       name="vs-proxy-agreement")
         agree.toolbar_location = None
         agree.title.text_font_size = "11px"
         agree_bars = agree.vbar("layer", top="signed", width=0.7, source=self.agree_source, color="colour")
@@ -208,7 +221,10 @@ class HeadImportanceView:
             self.figure.y_range.update(start=start, end=end)
             p0, p1 = proxy_range(proxy, y, start, end, s.metric)
             self.figure.extra_y_ranges["proxy"].update(start=p0, end=p1)
-            self.figure.yaxis.axis_label = METRIC_LABELS[s.metric]
+            # ticks only where the proxy is (the axis runs on past it, below 0 too, to line up with the metric)
+            ticks = np.linspace(np.nanmin(proxy), np.nanmax(proxy), 3) if np.isfinite(proxy).any() else []
+            self.proxy_axis.ticker.ticks = [float(v) for v in ticks]
+            self.metric_axis.axis_label = METRIC_LABELS[s.metric]
             image = d.readable(s.image)
             who = (f"image {image}" if image is not None else
                    "all images (mean ± std)" if s.cls is None else f"class {d.class_names[s.cls]!r} (mean ± std)")
