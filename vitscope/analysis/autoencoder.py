@@ -47,10 +47,12 @@ def downsample_binary(binary: Tensor, size: int = 32) -> Tensor:
 
 
 class PatternAutoencoder(nn.Module):
-    """Conv autoencoder of [S, S] binary maps: 2 stride-2 convs + FC encoder, symmetric decoder.
+    """Conv autoencoder of [S, S] binary maps: 2 strided convs + FC encoder, symmetric decoder.
 
-    Any S works: the transposed convs use an output_padding that restores the exact encoder sizes.
-    `forward` returns logits (train with BCEWithLogits); `encode` returns the bottleneck.
+    The first conv has stride 2, or ceil(S / 64) for maps over 128 (a kernel of stride + 1 or 2, so each
+    window still sees where a 1 sits in it: one-cell offsets stay apart): a ViT-B's 196 × 196 maps then cost
+    a third of a stride-2 network. Any S works: the transposed convs use an output_padding that restores the
+    exact encoder sizes. `forward` returns logits (train with BCEWithLogits); `encode` returns the bottleneck.
     """
 
     def __init__(self, size: int, latent: int = 16, channels: tuple[int, int] = (16, 32)) -> None:
@@ -59,11 +61,13 @@ class PatternAutoencoder(nn.Module):
             raise ValueError(f"PatternAutoencoder: size and latent must be >= 1, got size={size}, latent={latent}")
         self.size, self.latent = size, latent
         c1, c2 = channels
-        s1 = (size + 1) // 2  # size after conv 1 (k=3, stride 2, pad 1)
-        s2 = (s1 + 1) // 2  # size after conv 2
+        st = max(2, -(-size // 64))  # first stride
+        k1 = st + 1 + st % 2  # odd kernel ≥ stride + 1
+        s1 = (size - 1) // st + 1  # size after conv 1 (padding k1 // 2)
+        s2 = (s1 + 1) // 2  # size after conv 2 (k=3, stride 2, pad 1)
         self._hidden = (c2, s2, s2)
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, c1, 3, stride=2, padding=1),  # [B, c1, s1, s1]
+            nn.Conv2d(1, c1, k1, stride=st, padding=k1 // 2),  # [B, c1, s1, s1]
             nn.ReLU(),
             nn.Conv2d(c1, c2, 3, stride=2, padding=1),  # [B, c2, s2, s2]
             nn.ReLU(),
@@ -71,11 +75,12 @@ class PatternAutoencoder(nn.Module):
             nn.Linear(c2 * s2 * s2, latent),  # [B, latent]
         )
         self.decoder_fc = nn.Sequential(nn.Linear(latent, c2 * s2 * s2), nn.ReLU())
-        # ConvTranspose(k=3, s=2, p=1) maps n to 2n - 1 + output_padding; pick it to land exactly on s1 / size.
+        # ConvTranspose(k, s, p = k // 2, odd k) maps n to (n - 1)·s + 1 + output_padding: land exactly on s1 / size.
         self.decoder = nn.Sequential(
             nn.ConvTranspose2d(c2, c1, 3, stride=2, padding=1, output_padding=s1 - 2 * s2 + 1),  # [B, c1, s1, s1]
             nn.ReLU(),
-            nn.ConvTranspose2d(c1, 1, 3, stride=2, padding=1, output_padding=size - 2 * s1 + 1),  # [B, 1, S, S]
+            nn.ConvTranspose2d(c1, 1, k1, stride=st, padding=k1 // 2,
+                               output_padding=(size - 1) % st),  # [B, 1, S, S]
         )
 
     def encode(self, x: Tensor) -> Tensor:
