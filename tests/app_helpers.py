@@ -24,6 +24,8 @@ def make_store(path: Path, images: int, layers: int, heads: int, grid: int, clas
     for name in (*store.PER_CHUNK, *store.GLOBAL):
         if (out / name).exists():
             arr = zarr.open_array(str(out / name), mode="r+")
+            if arr.attrs["_ARRAY_DIMENSIONS"][0] != "image":  # per head (head_kind, …): no image's to clear
+                continue
             for i in unreadable:
                 arr[i] = store.fill_value(arr.dtype)
     return out

@@ -38,7 +38,7 @@ from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import Selection
 from vitscope.app.style import CLS_COLOUR, PATCH_COLOUR, layer_colours, rgb
 from vitscope.errors import VitscopeError
-from vitscope.vocab import OFFSETS, PATTERNS
+from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, OFFSETS, PATTERNS
 
 N, L, H, GRID = 12, 2, 3, 4
 P = 1 + GRID * GRID  # one prefix token (CLS)
@@ -435,14 +435,27 @@ def test_out_of_range_and_unreadable_images_are_messages(data):
 def test_head_info_names_the_pattern_scores_and_distance(data):
     view, sel = view_of(data)
     assert "Select an image" in view.info.text
-    for image, layer, head in ((2, 1, 0), (0, 0, 2), (8, 1, 1)):
-        sel.param.update(image=image, layer=layer, head=head)
-        view.update({"image", "layer", "head"})
-        label, offset = int(data.pattern_label[image, layer, head]), int(data.pattern_offset[image, layer, head])
-        pattern = PATTERNS[label] + (f" ({OFFSETS[offset]})" if PATTERNS[label] == "diagonal" else "")
-        text = view.info.text
-        assert f"pattern: <b>{pattern}</b>" in text and data.image_ids[image] in text
-        assert f"<b>{float(data.attention_distance[image, layer, head]):.2f}</b>" in text
-        for name, score in zip(PATTERNS, data.pattern_score[image, layer, head], strict=True):
-            assert f"{name} {float(score):.2f}" in text
+    none = PATTERNS.index("none")
+    seen_second = seen_none = False
+    for image in range(N):
+        if not data.valid[image]:
+            continue
+        for layer, head in ((1, 0), (0, 2), (1, 1)):
+            sel.param.update(image=image, layer=layer, head=head)
+            view.update({"image", "layer", "head"})
+            label, offset = int(data.pattern_label[image, layer, head]), int(data.pattern_offset[image, layer, head])
+            second = int(data.pattern_second[image, layer, head])
+            names = [PATTERNS[k] + (f" ({OFFSETS[offset]})" if PATTERNS[k] == "diagonal" else "")
+                     for k in (label, second)]
+            pattern = names[0] if second == none else f"{names[0]} + {names[1]}"
+            seen_second |= second != none
+            seen_none |= label == none
+            text = view.info.text
+            assert f"pattern: <b>{pattern}</b>" in text and data.image_ids[image] in text
+            assert f"<b>{float(data.attention_distance[image, layer, head]):.2f}</b>" in text
+            for name, score in zip(BASE_PATTERNS, data.pattern_score[image, layer, head], strict=True):
+                assert f"{name} {float(score):.2f}" in text
+            kind = HEAD_KINDS[int(data.head_kind[layer, head])]
+            assert f"{kind} head (maps agree {float(data.head_consistency[layer, head]):.2f}" in text
+    assert seen_second and seen_none  # the random store has both
     assert isinstance(pn.panel(view.bokeh()).get_root(), Model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from vitscope.vocab import ABLATION_MODES, MODE_NAMES, OFFSETS, PATTERNS
+from vitscope.vocab import ABLATION_MODES, HEAD_KINDS, MODE_NAMES, OFFSETS, PATTERNS
 
 BARS = " ▁▂▃▄▅▆▇█"
 
@@ -53,4 +53,24 @@ def store_summary(ds: xr.Dataset) -> str:
         counts[0] += " (" + ", ".join(f"{o} {np.mean(diag == k):.0%}" for k, o in enumerate(OFFSETS)
                                       if np.mean(diag == k) >= 0.01) + ")"
     lines += ["", "Patterns of all heads × images: " + ", ".join(counts)]
+    second = ds["pattern_second"].values[valid]
+    mixed = [f"{PATTERNS[a]} + {PATTERNS[b]} {share:.0%}" for (a, b), share in _pairs(labels, second)[:3]
+             if share >= 0.01]
+    if mixed:
+        lines.append("  with a second pattern: " + ", ".join(mixed))
+    kind = ds["head_kind"].values  # [L, H]
+    lines += ["", "Head kinds (agreement of each head's maps across images): "
+              + ", ".join(f"{name} {int((kind == k).sum())}" for k, name in enumerate(HEAD_KINDS))]
+    for i in range(L):
+        names = " ".join(f"{HEAD_KINDS[k] if k >= 0 else '?':<10}" for k in kind[i])
+        lines.append(f"  layer {i:<2} {names}".rstrip())
     return "\n".join(lines)
+
+
+def _pairs(first: np.ndarray, second: np.ndarray) -> list[tuple[tuple[int, int], float]]:
+    """(first, second) pattern pairs with a second pattern, most frequent first, with their share of all maps."""
+    none = PATTERNS.index("none")
+    has = second != none
+    keys, counts = np.unique(first[has] * len(PATTERNS) + second[has], return_counts=True)
+    order = np.argsort(-counts)
+    return [(divmod(int(keys[i]), len(PATTERNS)), counts[i] / first.size) for i in order]

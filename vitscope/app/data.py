@@ -36,7 +36,8 @@ class StoreData:
         self.class_names: list[str] = [str(c) for c in ds["class_name"].values]
         self.image_ids: list[str] = [str(i) for i in ds["image_id"].values]
         load = ("label", "valid", "importance", "topk_idx", "topk_prob", "strength", "strength_entropy",
-                "attention_distance", "pattern_label", "pattern_offset", "pattern_score", "baseline_prob",
+                "attention_distance", "pattern_label", "pattern_second", "pattern_offset", "pattern_score",
+                "head_consistency", "head_kind", "baseline_prob",
                 "grad_importance", "image_xy", "head_xy_cls", "head_xy_patch")
         for name in load:
             setattr(self, name, ds[name].values)

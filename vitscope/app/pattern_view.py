@@ -21,25 +21,37 @@ from vitscope.app.pattern_matrix import MatrixPlots, top_threshold
 from vitscope.app.state import Selection, guarded
 from vitscope.app.style import div
 from vitscope.errors import one_line
-from vitscope.vocab import OFFSETS, PATTERNS
+from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, OFFSETS, PATTERNS
 
 HINT = "Select an image (Image Overview, or tap a head in the map) to see a head's attention pattern."
 
 
+def head_kind_text(data: StoreData, layer: int, head: int) -> str:
+    """'positional head (maps agree 0.62 across images)': what the head is over the whole store."""
+    k = int(data.head_kind[layer, head])
+    if not 0 <= k < len(HEAD_KINDS):
+        return "head kind unknown (fewer than 2 images)"
+    return f"{HEAD_KINDS[k]} head (maps agree {float(data.head_consistency[layer, head]):.2f} across images)"
+
+
 def head_info(data: StoreData, image: int | None, layer: int, head: int) -> str:
-    """HTML line: the head's pattern label with its four scores and its mean attention distance."""
+    """HTML line: the head's pattern label (and second pattern) with its four scores, its mean attention distance
+    and its kind across images."""
     if image is None:
         return f"<i>{HINT}</i>"
     if data.readable(image) is None:
         return f"image {image} is not a readable image of this store (0..{data.images - 1})"
     label, offset = int(data.pattern_label[image, layer, head]), int(data.pattern_offset[image, layer, head])
-    pattern = PATTERNS[label] if 0 <= label < len(PATTERNS) else "—"
-    if pattern == "diagonal" and 0 <= offset < len(OFFSETS):
-        pattern += f" ({OFFSETS[offset]})"
-    scores = " ".join(f"{p} {s:.2f}" for p, s in zip(PATTERNS, data.pattern_score[image, layer, head], strict=True))
+    second = int(data.pattern_second[image, layer, head])
+    names = [PATTERNS[k] if 0 <= k < len(PATTERNS) else "—" for k in (label, second)]
+    names = [f"{n} ({OFFSETS[offset]})" if n == "diagonal" and 0 <= offset < len(OFFSETS) else n for n in names]
+    pattern = names[0] + (f" + {names[1]}" if second != PATTERNS.index("none") else "")
+    scores = " ".join(f"{p} {s:.2f}" for p, s in zip(BASE_PATTERNS, data.pattern_score[image, layer, head],
+                                                     strict=True))
     dist = float(data.attention_distance[image, layer, head])
     return (f"<b>image {data.image_ids[image]} · layer {layer} · head {head}</b> — pattern: <b>{pattern}</b> "
-            f"<span style='color:#666'>(scores: {scores})</span> · mean attention distance: <b>{dist:.2f}</b> patches")
+            f"<span style='color:#666'>(scores: {scores})</span> · mean attention distance: <b>{dist:.2f}</b> "
+            f"patches · {head_kind_text(data, layer, head)}")
 
 
 class AttentionPatternView:
