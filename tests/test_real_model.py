@@ -166,3 +166,30 @@ def test_one_head_is_critical(real_store):
 
 
 # -- head kinds (positional / content) ---------------------------------------------------------
+
+
+def test_early_heads_are_positional_middle_heads_content(real_store):
+    """Layers 0–2 (offset diagonals) draw the same map on every photo: positional; layers 6–7, whose
+    vertical maps follow the object, draw a different one on each: content (200 photos: 7 of 9 and
+    6 of 6)."""
+    from vitscope.vocab import HEAD_KINDS
+
+    kind = real_store["head_kind"].values  # [L, H]
+    assert (kind[:3] == HEAD_KINDS.index("positional")).sum() >= 6, kind
+    assert (kind[6:8] == HEAD_KINDS.index("content")).sum() >= 5, kind
+
+
+def test_late_heads_attend_the_corner_patches_on_every_photo(real_store):
+    """The late "vertical" heads of this ViT-Ti send their patch→patch attention to the four corner
+    patches whatever the photo shows (an attention sink, cf. Darcet et al. 2023, "Vision Transformers
+    Need Registers"), so their maps agree across photos (≈ 0.5: each photo's top 1 % takes about two of
+    the four corners) and they are not content heads, contrary to the paper's content-relevant reading."""
+    ds = real_store
+    index = ds["binary_index"].values[ds["valid"].values].astype(int)  # [N, L, H, ones] flat (source, target)
+    grid = int(ds.attrs["patch_grid"])
+    target = index % (grid * grid)
+    corners = [0, grid - 1, grid * (grid - 1), grid * grid - 1]
+    on_corners = np.isin(target, corners).mean(axis=(0, 3))  # [L, H] share of the 1s
+    assert (on_corners[9:] >= 0.8).all(), on_corners[9:]
+    assert (on_corners[:3] <= 0.2).all(), on_corners[:3]  # early heads look elsewhere: the test can fail
+    assert (ds["head_consistency"].values[9:] >= 0.3).all(), ds["head_consistency"].values[9:]
