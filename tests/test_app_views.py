@@ -162,8 +162,10 @@ def test_class_legend_only_up_to_twenty_classes(many):
 def test_find_class_exact_substring_case_insensitive(data, many):
     names = many.class_names
     present = sorted({int(c) for c in many.label[many.valid]})
-    assert many.find_class("class 1") == 1  # exact, though "class 10".."class 19" contain it too
-    assert many.find_class("  CLASS 12 ") == 12
+    # an exact name wins though longer names contain it ("class 1" in "class 10".."class 19")
+    prefix = next(c for c in present if any(names[c] in n and n != names[c] for n in names))
+    assert many.find_class(names[prefix]) == prefix
+    assert many.find_class(f"  {names[present[-1]].upper()} ") == present[-1]
     for text in ("ss 2", "S 1", "2"):
         want = next(c for c in present if text.strip().lower() in names[c].lower())
         assert many.find_class(text) == want
@@ -237,6 +239,20 @@ def test_importance_line_is_the_mean_and_std_over_readable_images(data):
     sel.image = UNREADABLE[1]  # an unreadable image shows the mean instead of NaNs
     view.update({"image"})
     np.testing.assert_allclose(view.source.data["y"], mean, rtol=1e-5)
+
+
+def test_importance_dots_show_each_heads_kind(data):
+    from vitscope.vocab import HEAD_KINDS
+
+    view = HeadImportanceView(data, Selection())
+    src = view.source.data
+    shapes = {"positional": "square", "content": "circle", "mixed": "triangle"}
+    for k in range(L * H):
+        kind = HEAD_KINDS[int(data.head_kind[k // H, k % H])]
+        assert src["kind"][k] == kind and src["marker"][k] == shapes[kind]
+        assert src["agree"][k] == pytest.approx(float(data.head_consistency[k // H, k % H]))
+    assert len(set(src["kind"])) > 1  # the random store has several kinds: the test can tell them apart
+    assert "■ positional" in view.figure.xaxis[0].axis_label
 
 
 def test_class_band_is_the_mean_and_std_over_that_class(data):

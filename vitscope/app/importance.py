@@ -29,9 +29,18 @@ from vitscope.app.data import StoreData
 from vitscope.app.overview import top5_html
 from vitscope.app.state import Selection, guarded
 from vitscope.app.style import FONT, SELECTED, div, figure, layer_colours
-from vitscope.vocab import METRIC_LABELS, MODES, harm, head_name
+from vitscope.vocab import HEAD_KINDS, METRIC_LABELS, MODES, harm, head_name
 
 PROXY = "#d55e00"  # the gradient proxy's line and axis
+KIND_MARKERS = {"positional": "square", "content": "circle", "mixed": "triangle"}  # a head's dot, by head_kind
+KIND_KEY = "■ positional  ● content  ▲ mixed"
+
+
+def kind_columns(data: StoreData) -> dict[str, list]:
+    """Per head (flat order): its kind's name and marker, and its maps' agreement across images (fixed per store)."""
+    kinds = [HEAD_KINDS[k] if 0 <= k < len(HEAD_KINDS) else "unknown" for k in data.head_kind.reshape(-1)]
+    return {"kind": kinds, "marker": [KIND_MARKERS.get(k, "x") for k in kinds],
+            "agree": data.head_consistency.reshape(-1).astype(float)}
 
 
 def importance_values(data: StoreData, metric: str, mode: int, image: int | None, cls: int | None = None
@@ -115,8 +124,8 @@ class HeadImportanceView:
         x = np.arange(n)
         colours = np.array(layer_colours(data.layers))[x // data.heads]
         self.source = ColumnDataSource({"x": x, "y": np.zeros(n), "lo": np.zeros(n), "hi": np.zeros(n),
-                                        "proxy": np.zeros(n),
-                                        "layer": x // data.heads, "head": x % data.heads, "colour": colours})
+                                        "proxy": np.zeros(n), "layer": x // data.heads, "head": x % data.heads,
+                                        "colour": colours, **kind_columns(data)})
         fig = figure("Head Importance View", width, height, name="vs-importance-fig",
                      tools="xpan,xwheel_zoom,reset", x_range=(-0.5, n - 0.5))
         fig.varea("x", "lo", "hi", source=self.source, fill_color="#888888", fill_alpha=0.25)
@@ -131,7 +140,7 @@ class HeadImportanceView:
         fig.add_layout(self.proxy_axis, "right")
         fig.line("x", "proxy", source=self.source, color=PROXY, line_dash="dashed", line_width=1.5,
                  y_range_name="proxy")
-        dots = fig.scatter("x", "y", source=self.source, color="colour", size=6, line_color=None)
+        dots = fig.scatter("x", "y", source=self.source, color="colour", marker="marker", size=7, line_color=None)
         fig.vspan(x=list(np.arange(1, data.layers) * data.heads - 0.5), line_color="#bbbbbb", line_dash="dashed")
         self.group_box = BoxAnnotation(fill_color=SELECTED, fill_alpha=0.08, line_color=SELECTED, visible=False,
                                        name="vs-group")
@@ -140,9 +149,10 @@ class HeadImportanceView:
         fig.scatter("x", "y", source=self.ring, size=14, fill_alpha=0, line_color=SELECTED, line_width=3)
         drag = BoxSelectTool(dimensions="width", renderers=[dots])
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head"), ("value", "@y{0.000}"),
-                                                            ("|∂CE/∂gate|", "@proxy{0.0000}")]), drag)
+                                                            ("|∂CE/∂gate|", "@proxy{0.0000}"),
+                                                            ("kind", "@kind (maps agree @agree{0.00})")]), drag)
         fig.toolbar.active_drag = drag  # dragging selects a range of heads; the wheel still zooms
-        fig.xaxis.axis_label = "head (layer × heads + head)"
+        fig.xaxis.axis_label = f"head (layer × heads + head)   {KIND_KEY}"
         dots.nonselection_glyph = dots.glyph.clone()  # a drag shows as the band, not as greyed-out dots
         fig.on_event(Tap, guarded(sel, "head tap", lambda e: self.pick(e.x)))
         fig.on_event(SelectionGeometry, guarded(sel, "head range", self._on_box))
