@@ -25,37 +25,14 @@ def accuracy(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, bat
     return hits / len(images)
 
 
-# Per-layer std of the tied query/key init (0: timm's own init); see `local_init`.
-LOCAL_INIT = (0.2, 0.2, 0.1, 0.0, 0.0, 0.0)
-
-
-@torch.no_grad()
-def local_init(model: torch.nn.Module, stds: tuple[float, ...] = LOCAL_INIT) -> None:
-    """Tie each listed layer's key weights to its query weights, drawn N(0, std²).
-
-    q·k is then a positive form, largest between similar tokens; with the sin-cos position
-    embedding those are the same and nearby patches, so these layers start local (mean attention
-    distance ≈ 2 patches instead of ≈ 4) and stay the most local after training, as a real ViT's
-    early layers are. Later layers keep timm's init: tied in every layer, the class token attends
-    only to itself, and nothing reaches the classifier (the loss stays at ln 10).
-    """
-    for blk, std in zip(model.blocks, stds, strict=False):
-        if std > 0:
-            w, d = blk.attn.qkv.weight, model.embed_dim  # rows: q, k, v
-            w[:d].normal_(0, std)
-            w[d:2 * d] = w[:d]
-
-
 def train(rounds: int = 270, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-          out: Path = DEMO_WEIGHTS, local: tuple[float, ...] = LOCAL_INIT) -> float:
+          out: Path = DEMO_WEIGHTS) -> float:
     """Train on `rounds` fresh compositions of the 797 training digits; save; return held-out accuracy."""
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
     model = build_demo_model()
-    local_init(model, local)
-    params = [p for p in model.parameters() if p.requires_grad]  # not the frozen position embedding
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     per_round = math.ceil(len(demo_data.split_indices()[0]) / batch_size)
     total = rounds * per_round
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -74,7 +51,7 @@ def train(rounds: int = 270, batch_size: int = 64, lr: float = 1e-3, seed: int =
             loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             bar.update()

@@ -23,17 +23,8 @@ DEMO_DATA_CFG = dict(
 
 
 def build_demo_model() -> torch.nn.Module:
-    """The demo architecture, randomly initialised (train-demo trains it), with a frozen 2-D sin-cos
-    position embedding: 797 digits are too few to learn a 2-D one, and without it no head turns local."""
-    from timm.layers import build_sincos2d_pos_embed
-
-    model = timm.create_model(DEMO_ARCH, pretrained=False, pretrained_cfg_overlay=DEMO_DATA_CFG, **DEMO_KWARGS)
-    with torch.no_grad():
-        model.pos_embed.zero_()  # the class token's position stays 0
-        model.pos_embed[0, model.num_prefix_tokens:] = build_sincos2d_pos_embed(
-            list(model.patch_embed.grid_size), model.embed_dim)
-    model.pos_embed.requires_grad_(False)
-    return model
+    """The demo architecture, randomly initialised (train-demo trains it)."""
+    return timm.create_model(DEMO_ARCH, pretrained=False, pretrained_cfg_overlay=DEMO_DATA_CFG, **DEMO_KWARGS)
 
 
 def load_model(
