@@ -94,5 +94,7 @@ def test_match_class_errors_are_one_line_with_close_names():
         match_class("zebra", NAMES, list(range(6)))
     with pytest.raises(VitscopeError, match="'tench' has no readable image"):
         match_class("tench", NAMES, [1, 2])
+    with pytest.raises(VitscopeError, match=r"no image of a class matching 'gold' in this store \('goldfish' have"):
+        match_class("gold", NAMES, [0, 2])  # the name is right, the store has no image of it
     with pytest.raises(VitscopeError, match="give a class name"):
         match_class(" ", NAMES, list(range(6)))

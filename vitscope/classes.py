@@ -30,6 +30,11 @@ def match_class(text: str, class_names: list[str], present: list[int]) -> tuple[
     if exact is None and contains:
         exact = contains[0]
     if exact is None:
+        empty = [n for n in class_names if t.lower() in n.lower()]
+        if empty:  # the name is right, the store has no image of it
+            names = ", ".join(map(repr, empty[:5])) + (", …" if len(empty) > 5 else "")
+            raise VitscopeError(f"no image of a class matching {text!r} in this store ({names} have none); "
+                                "pick a class it has images of")
         close = difflib.get_close_matches(t.lower(), low, n=5, cutoff=0.5)
         hint = f"; close: {', '.join(repr(class_names[low.index(c)]) for c in close)}" if close else ""
         raise VitscopeError(f"no class matches {text!r} among the store's {len(class_names)} classes{hint}")

@@ -117,10 +117,11 @@ def _print_class(arrays: dict, cls: int, matches: list[int], top: int) -> None:
     r = class_report(cls, arrays["label"], valid, arrays["baseline_prob"], arrays["importance"],
                      arrays["topk_idx"], arrays["strength_entropy"], top=top)
     also = [names[c] for c in matches if c != cls]
-    print(f"\nclass {names[cls]!r} (index {cls}): {r.images} images, unpruned top-1 accuracy {r.accuracy:.1%} "
+    print(f"\nclass {names[cls]!r} (index {cls}): {r.images} {_images(r.images)}, "
+          f"unpruned top-1 accuracy {r.accuracy:.1%} "
           f"({r.correct}/{r.images})" + (f"; also matching: {', '.join(map(repr, also[:5]))}"
                                          f"{', …' if len(also) > 5 else ''}" if also else ""))
-    print(f"heads whose pruning (whole head, mode 1) hurts this class most, over its {r.images} images:")
+    print(f"heads whose pruning (whole head, mode 1) hurts this class most, over its {r.images} {_images(r.images)}:")
     print(f"  {'head':>6}  {'drop of P[true] (mean ± std)':>28}  {'mean JSD':>9}  top-1 changes")
     for h in r.heads:
         print(f"  {h.name:>6}  {h.drop_mean:>+17.4f} ± {h.drop_std:<8.4f}  {h.jsd_mean:>9.4f}  "
@@ -130,6 +131,10 @@ def _print_class(arrays: dict, cls: int, matches: list[int], top: int) -> None:
         print(f"  layer {row.layer:>2}: {row.entropy_class:.3f} / {row.entropy_all:.3f}"
               f"  ({row.entropy_class - row.entropy_all:+.3f})")
     _print_proxy(arrays, valid & (np.asarray(arrays["label"]) == cls), " (class)")
+
+
+def _images(n: int) -> str:
+    return "image" if n == 1 else "images"
 
 
 def cmd_serve(args) -> None:
@@ -243,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         hint = "; finished chunks are kept: run the same command to resume" if args.command in ("build", "demo") else ""
         print(f"vitscope {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like, which stopped reading: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     return 0
 
 
