@@ -451,11 +451,11 @@ def test_head_info_names_the_pattern_scores_and_distance(data):
             seen_second |= second != none
             seen_none |= label == none
             text = view.info.text
-            assert f"pattern: <b>{pattern}</b>" in text and data.image_ids[image] in text
+            assert f"pattern: <b>{pattern}</b>" in text and f"image {data.image_ids[image].split('/')[-1]} ·" in text
             assert f"<b>{float(data.attention_distance[image, layer, head]):.2f}</b>" in text
             for name, score in zip(BASE_PATTERNS, data.pattern_score[image, layer, head], strict=True):
                 assert f"{name} {float(score):.2f}" in text
             kind = HEAD_KINDS[int(data.head_kind[layer, head])]
-            assert f"{kind} head (maps agree {float(data.head_consistency[layer, head]):.2f}" in text
+            assert f"{kind} head (agreement {float(data.head_consistency[layer, head]):.2f})" in text
     assert seen_second and seen_none  # the random store has both
     assert isinstance(pn.panel(view.bokeh()).get_root(), Model)

@@ -16,6 +16,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from vitscope.analysis.proxy import Agreement, agreement, exact_delta_ce, spearman
+from vitscope.classes import match_class
 from vitscope.errors import VitscopeError
 from vitscope.store import open_store
 from vitscope.vocab import LAYOUTS
@@ -93,13 +94,12 @@ class StoreData:
     def find_class(self, text: str) -> int | None:
         """Class index by exact name, else by the first name containing `text` (case-insensitive); only classes
         with a readable image (a class without one would leave the views nothing to average: NaN)."""
-        t = text.strip().lower()
-        if not t:
+        if not text.strip():
             return None
-        names = [n.lower() for n in self.class_names]
-        if t in names:
-            return names.index(t) if names.index(t) in self.classes_present else None
-        return next((i for i in self.classes_present if t in names[i]), None)
+        try:
+            return match_class(text, self.class_names, self.classes_present)[0]
+        except VitscopeError:
+            return None
 
     # -- heads -------------------------------------------------------------------------------------
 

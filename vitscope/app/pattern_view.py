@@ -27,11 +27,12 @@ HINT = "Select an image (Image Overview, or tap a head in the map) to see a head
 
 
 def head_kind_text(data: StoreData, layer: int, head: int) -> str:
-    """'positional head (maps agree 0.62 across images)': what the head is over the whole store."""
+    """'positional head (agreement 0.62)': what the head is over the whole store (its maps' agreement across
+    images)."""
     k = int(data.head_kind[layer, head])
     if not 0 <= k < len(HEAD_KINDS):
         return "head kind unknown (fewer than 2 images)"
-    return f"{HEAD_KINDS[k]} head (maps agree {float(data.head_consistency[layer, head]):.2f} across images)"
+    return f"{HEAD_KINDS[k]} head (agreement {float(data.head_consistency[layer, head]):.2f})"
 
 
 def head_info(data: StoreData, image: int | None, layer: int, head: int) -> str:
@@ -49,7 +50,8 @@ def head_info(data: StoreData, image: int | None, layer: int, head: int) -> str:
     scores = " ".join(f"{p} {s:.2f}" for p, s in zip(BASE_PATTERNS, data.pattern_score[image, layer, head],
                                                      strict=True))
     dist = float(data.attention_distance[image, layer, head])
-    return (f"<b>image {data.image_ids[image]} · layer {layer} · head {head}</b> — pattern: <b>{pattern}</b> "
+    name = data.image_ids[image].rsplit("/", 1)[-1]  # the file, as the Image Overview names it: a path wraps
+    return (f"<b>image {name} · layer {layer} · head {head}</b> — pattern: <b>{pattern}</b> "
             f"<span style='color:#666'>(scores: {scores})</span> · mean attention distance: <b>{dist:.2f}</b> "
             f"patches · {head_kind_text(data, layer, head)}")
 
