@@ -20,7 +20,8 @@ import numpy as np
 import xarray as xr
 
 from vitscope import store
-from vitscope.build import BuildConfig, binary_ones, build
+from vitscope.analysis.cls import top_count
+from vitscope.build import BuildConfig, build
 
 
 def raw_bytes_per_image(lay: store.Layout, skip=("thumbnail", "attention")) -> int:
@@ -57,7 +58,7 @@ def main() -> None:
         print(f"  on disk without thumbnails: {disk / n / 1e3:.1f} kB per image "
               f"(uncompressed {raw / n / 1e3:.1f} kB; compression {raw / disk:.2f}x)")
         vitb = store.Layout(images=1000, layers=12, heads=12, classes=1000, grid=14, tokens=197, topk=5,
-                            latent=16, binary_size=196, binary_ones=binary_ones(0.01, 14), thumb=(224, 224), chunk=64)
+                            latent=16, binary_size=196, binary_ones=top_count(0.01, 196), thumb=(224, 224), chunk=64)
         est = raw_bytes_per_image(vitb)
         print(f"ViT-B/16 estimate: {est / 1e6:.3f} MB per image uncompressed, "
               f"~{est / (raw / disk) / 1e6:.3f} MB at the demo's compression (goal ≤ 0.3 MB); "

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vitscope import store
-from vitscope.build import binary_ones
+from vitscope.analysis.cls import top_count
 from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, MODES, OFFSETS, PATTERNS
 
 
@@ -48,7 +48,7 @@ def chunk_arrays(lay: store.Layout, rng: np.random.Generator, n: int) -> dict[st
 def make(out: Path, images: int, layers: int, heads: int, grid: int, classes: int, chunk: int, seed: int = 0) -> Path:
     lay = store.Layout(images=images, layers=layers, heads=heads, classes=classes, grid=grid, tokens=1 + grid * grid,
                        topk=min(5, classes), latent=16, binary_size=min(256, grid * grid),
-                       binary_ones=binary_ones(0.01, grid),
+                       binary_ones=top_count(0.01, grid * grid),
                        thumb=(grid * 16, grid * 16), chunk=chunk)
     store.remove(out)
     attrs = {"model_spec": "synthetic", "model_class": "VisionTransformer", "model_pretrained": False,

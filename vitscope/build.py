@@ -129,7 +129,7 @@ def build(cfg: BuildConfig) -> Path:
         lay = store.Layout(
             images=len(images), layers=adapter.num_layers, heads=adapter.num_heads, classes=adapter.num_classes,
             grid=adapter.grid, tokens=adapter.num_tokens, topk=min(5, adapter.num_classes), latent=cfg.latent,
-            binary_size=min(cfg.binary_size, adapter.grid**2), binary_ones=binary_ones(cfg.top, adapter.grid),
+            binary_size=min(cfg.binary_size, adapter.grid**2), binary_ones=cls.top_count(cfg.top, adapter.grid**2),
             thumb=tuple(pre.config["input_size"][1:]),
             chunk=cfg.chunk, store_attention=cfg.store_attention,
         )
@@ -162,12 +162,6 @@ def build(cfg: BuildConfig) -> Path:
     cfg.timings["images"] = time.perf_counter() - t
     finish(out, cfg)
     return out
-
-
-def binary_ones(top: float, grid: int) -> int:
-    """1s per binarised patch map: ceil(top · N²), N = grid², as `cls.binarise` sets them."""
-    n = grid * grid
-    return max(1, int(np.ceil(top * n * n)))
 
 
 def _say(cfg: BuildConfig, text: str) -> None:

@@ -3,6 +3,8 @@ store keeps the binarised maps in: the flat indices of their 1s."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -18,6 +20,12 @@ def cls_attention_vector(attn: Tensor, num_prefix: int) -> Tensor:
     return torch.cat([attn[..., 0, :1], attn[..., 0, n:], attn[..., n:, 0]], dim=-1)
 
 
+def top_count(top: float, n: int) -> int:
+    """Entries `binarise` sets in an N × N map: k = ceil(top·N²), at least one. One place, so that the store's
+    index width (`Layout.binary_ones`) is always the k the maps have."""
+    return max(1, math.ceil(top * n * n))
+
+
 def binarise(patch_attn: Tensor, top: float = 0.01) -> Tensor:
     """[..., N, N] → bool, with the top `top` fraction of each map's values set (at least one entry).
 
@@ -25,7 +33,7 @@ def binarise(patch_attn: Tensor, top: float = 0.01) -> Tensor:
     """
     *lead, n, _ = patch_attn.shape
     flat = patch_attn.reshape(-1, n * n)
-    k = max(1, int(torch.ceil(torch.tensor(top * n * n)).item()))
+    k = top_count(top, n)
     idx = flat.topk(k, dim=-1, sorted=False).indices
     out = torch.zeros_like(flat, dtype=torch.bool)
     out.scatter_(1, idx, True)
