@@ -19,7 +19,7 @@ from vitscope.vocab import ABLATION_MODES, METRICS
 
 
 def _explicit_forward(attn, x: Tensor, head: int | None, zero: Tensor | None) -> Tensor:
-    """timm Attention.forward written out, with A[:, head][zero] = 0."""
+    """timm Attention.forward written out, with A[:, head][zero] = 0 (head None and zero [H,P,P]: A[:, zero] = 0)."""
     B, N, C = x.shape
     gate = attn.gate(x).sigmoid() if attn.gate is not None else None
     q, k, v = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -28,6 +28,8 @@ def _explicit_forward(attn, x: Tensor, head: int | None, zero: Tensor | None) ->
     if head is not None:
         a = a.clone()
         a[:, head] = a[:, head].masked_fill(zero, 0.0)
+    elif zero is not None:
+        a = a.masked_fill(zero, 0.0)
     y = (a @ v).transpose(1, 2).reshape(B, N, attn.num_heads * attn.head_dim)
     y = attn.norm(y)
     if gate is not None:
@@ -53,6 +55,31 @@ def ablated(adapter: ViTAdapter, layer: int, head: int | None, mode: int) -> Ite
         yield captured
     finally:
         del attn.forward  # back to the class's forward
+
+
+@contextlib.contextmanager
+def pruned(adapter: ViTAdapter, zero: dict[int, Tensor]) -> Iterator[dict[int, list[Tensor]]]:
+    """Within the block, `adapter.model(x)` runs with A[:, zero[layer]] = 0 in each listed layer
+    (zero[layer]: bool [H,P,P]); the yielded dict receives each listed layer's attention output z."""
+    captured: dict[int, list[Tensor]] = {i: [] for i in zero}
+
+    def patch(i: int) -> None:
+        attn = adapter.blocks[i].attn
+
+        def forward(x, attn_mask=None, is_causal=False):
+            out = _explicit_forward(attn, x, None, zero[i].to(x.device))
+            captured[i].append(out)
+            return out
+
+        attn.forward = forward
+
+    for i in zero:
+        patch(i)
+    try:
+        yield captured
+    finally:
+        for i in zero:
+            del adapter.blocks[i].attn.forward
 
 
 @torch.no_grad()

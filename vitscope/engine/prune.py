@@ -1,0 +1,294 @@
+"""Any set of heads pruned together, each in its own mode or region; pairs, progressive pruning, patch saliency.
+
+Exact, like the leave-one-out engine: one baseline pass caches each block's input, and a request
+(an image and the heads it prunes) runs again only from its lowest pruned layer, many requests
+per forward (one sequence each). Layers no request of a batch prunes run timm's own blocks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vitscope.engine.metrics import importance_metrics, jsd, region_mask
+from vitscope.errors import VitscopeError
+from vitscope.models.adapter import ViTAdapter, merge_heads
+from vitscope.vocab import MODES, head_name
+
+Rect = tuple[int, int, int, int]  # (row0, col0, row1, col1) on the patch grid, half-open
+
+
+@dataclass(frozen=True)
+class Region:
+    """A custom region of one head's attention A to zero (rows = source/query tokens).
+
+    The source × target block of patches (a missing rectangle means all patches; no rectangle at
+    all means no block), plus the prefix-token rows (what CLS takes in) and columns (what the
+    patches take from CLS).
+    """
+
+    source: Rect | None = None
+    target: Rect | None = None
+    cls_rows: bool = False
+    cls_cols: bool = False
+
+
+@dataclass(frozen=True)
+class HeadPrune:
+    """One head and what of its attention is zeroed: a pruning mode (1 = all of A) or a Region."""
+
+    layer: int
+    head: int
+    mode: int | Region = 1
+
+    @property
+    def name(self) -> str:
+        what = f"mode {self.mode}" if isinstance(self.mode, int) else "region"
+        return f"{head_name(self.layer, self.head)} ({what})"
+
+
+@dataclass
+class PruneResult:
+    """One request's outcome; the distances are NaN unless every pruned head is in one layer."""
+
+    prob: float  # P'[true]
+    baseline_prob: float  # P[true]
+    jsd: float
+    cls_dist: float
+    patch_dist: float
+    top_idx: list[int]
+    top_prob: list[float]
+
+    @property
+    def drop(self) -> float:
+        return self.baseline_prob - self.prob
+
+
+def parse_prune(text: str) -> HeadPrune:
+    """'L:H' or 'L:H:MODE' (mode defaults to 1, the whole head) → HeadPrune."""
+    m = re.fullmatch(r"\s*(\d+):(\d+)(?::(\d+))?\s*", text)
+    if not m:
+        raise VitscopeError(f"bad head {text!r}: write LAYER:HEAD or LAYER:HEAD:MODE, e.g. 3:1 or 3:1:5")
+    return HeadPrune(int(m[1]), int(m[2]), 1 if m[3] is None else int(m[3]))
+
+
+def _rect_tokens(rect: Rect | None, grid: int, what: str) -> Tensor:
+    if rect is None:
+        return torch.ones(grid, grid, dtype=torch.bool)
+    r0, c0, r1, c1 = (int(v) for v in rect)
+    if not (0 <= r0 < r1 <= grid and 0 <= c0 < c1 <= grid):
+        raise VitscopeError(f"{what} rectangle {tuple(rect)} is empty or outside the {grid}×{grid} patch grid: "
+                            f"give (row0, col0, row1, col1) with 0 ≤ row0 < row1 ≤ {grid}, same for columns")
+    out = torch.zeros(grid, grid, dtype=torch.bool)
+    out[r0:r1, c0:c1] = True
+    return out
+
+
+def region_zero(region: Region, grid: int, num_prefix: int) -> Tensor:
+    """Boolean [P,P] mask of the entries of A that `region` sets to 0."""
+    n, P = num_prefix, num_prefix + grid * grid
+    zero = torch.zeros(P, P, dtype=torch.bool)
+    if region.source is not None or region.target is not None:
+        rows = _rect_tokens(region.source, grid, "source").flatten()
+        cols = _rect_tokens(region.target, grid, "target").flatten()
+        zero[n:, n:] = rows[:, None] & cols[None, :]
+    if region.cls_rows:
+        zero[:n] = True
+    if region.cls_cols:
+        zero[:, :n] = True
+    if not zero.any():
+        raise VitscopeError("empty region: give a source or target rectangle, or CLS rows or columns")
+    return zero
+
+
+def zero_masks(adapter: ViTAdapter, heads: Sequence[HeadPrune]) -> dict[int, Tensor]:
+    """{layer: bool [H,P,P]} of the attention entries the listed heads zero (a head listed twice: the union)."""
+    L, H, P = adapter.num_layers, adapter.num_heads, adapter.num_tokens
+    out: dict[int, Tensor] = {}
+    for hp in heads:
+        if not (0 <= hp.layer < L and 0 <= hp.head < H):
+            raise VitscopeError(f"unknown head {head_name(hp.layer, hp.head)}: this model has layers 0..{L - 1} "
+                                f"and heads 0..{H - 1}")
+        if isinstance(hp.mode, Region):
+            zero = region_zero(hp.mode, adapter.grid, adapter.num_prefix)
+        elif hp.mode in MODES:
+            zero = region_mask(hp.mode, P, adapter.num_prefix)
+        else:
+            raise VitscopeError(f"{head_name(hp.layer, hp.head)}: pruning mode {hp.mode} out of range: "
+                                f"modes are {MODES[0]}..{MODES[-1]} (1 = whole head)")
+        layer = out.setdefault(hp.layer, torch.zeros(H, P, P, dtype=torch.bool))
+        layer[hp.head] |= zero
+    return out
+
+
+@dataclass
+class Baseline:
+    """The unpruned pass of a batch of images: each block's input and attention output, and P."""
+
+    inputs: list[Tensor]  # per layer [B, P, D]
+    outputs: list[Tensor]  # per layer z [B, P, D]
+    probs: Tensor  # [B, C]
+    labels: Tensor  # [B]
+
+
+@torch.inference_mode()
+def baseline(adapter: ViTAdapter, images: Tensor, labels: Tensor | None = None) -> Baseline:
+    """One forward of `images` [B,3,h,w] (preprocessed) keeping what pruned passes restart from."""
+    x = adapter.embed(images.to(adapter.device, adapter.dtype))
+    inputs, outputs = [], []
+    for i in range(adapter.num_layers):
+        parts = adapter.attention(i, x)
+        z = adapter.project(i, merge_heads(parts.attn @ parts.v), parts.gate)
+        inputs.append(x)
+        outputs.append(z)
+        x = adapter.finish_block(i, x, z)
+    probs = adapter.head(x).float().softmax(-1)
+    labels = probs.argmax(-1) if labels is None else torch.as_tensor(labels, device=probs.device).long().view(-1)
+    if labels.shape != probs.shape[:1] or labels.min() < 0 or labels.max() >= probs.shape[-1]:
+        raise VitscopeError(f"labels must be {probs.shape[0]} class indices in 0..{probs.shape[-1] - 1}")
+    return Baseline(inputs, outputs, probs, labels)
+
+
+@torch.inference_mode()
+def run_pruned(
+    adapter: ViTAdapter,
+    base: Baseline,
+    requests: Sequence[tuple[int, Sequence[HeadPrune]]],
+    *,
+    topk: int = 5,
+    max_batch: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[PruneResult]:
+    """Each request (image row in `base`, heads pruned together) → PruneResult, in order.
+
+    An empty head list is the unpruned model. `progress(done, total)` is called after each forward.
+    """
+    masks = [zero_masks(adapter, heads) for _, heads in requests]
+    rows = [int(b) for b, _ in requests]
+    B = base.probs.shape[0]
+    if any(not 0 <= b < B for b in rows):
+        raise VitscopeError(f"image rows must be in 0..{B - 1}")
+    results: list[PruneResult | None] = [None] * len(requests)
+    # Requests with the same lowest layer share the most work: batch them together.
+    order = sorted(range(len(requests)), key=lambda r: min(masks[r], default=adapter.num_layers))
+    for start in range(0, len(order), max_batch):
+        chunk = order[start:start + max_batch]
+        for r, res in zip(chunk, _forward(adapter, base, [rows[r] for r in chunk], [masks[r] for r in chunk], topk),
+                          strict=True):
+            results[r] = res
+        if progress is not None:
+            progress(min(start + max_batch, len(order)), len(order))
+    return results  # type: ignore[return-value]
+
+
+def _forward(adapter: ViTAdapter, base: Baseline, rows: list[int], masks: list[dict[int, Tensor]], topk: int
+             ) -> list[PruneResult]:
+    L, dev, n = adapter.num_layers, base.probs.device, adapter.num_prefix
+    b = torch.tensor(rows, device=dev)
+    layers = sorted({i for m in masks for i in m})
+    single = [next(iter(m)) if len(m) == 1 else None for m in masks]
+    z_new: dict[int, Tensor] = {}  # request position → its one pruned layer's pruned output
+    if not layers:
+        p_new = base.probs[b]
+    else:
+        x = base.inputs[layers[0]][b]
+        for i in range(layers[0], L):
+            if i > layers[-1]:
+                x = adapter.run_blocks(x, i)
+                break
+            if i not in layers:
+                x = adapter.blocks[i](x)
+                continue
+            keep = torch.ones(len(rows), adapter.num_heads, adapter.num_tokens, adapter.num_tokens, device=dev,
+                              dtype=x.dtype)
+            for r, m in enumerate(masks):
+                if i in m:
+                    keep[r].masked_fill_(m[i].to(dev), 0.0)
+            parts = adapter.attention(i, x)
+            z = adapter.project(i, merge_heads((parts.attn * keep) @ parts.v), parts.gate)
+            z_new |= {r: z[r] for r in range(len(rows)) if single[r] == i}
+            x = adapter.finish_block(i, x, z)
+        p_new = adapter.head(x.float()).float().softmax(-1)
+    p, labels = base.probs[b], base.labels[b]
+    prob, div = p_new.gather(-1, labels[:, None])[:, 0], jsd(p, p_new)
+    top = p_new.topk(min(topk, p_new.shape[-1]), dim=-1)
+    out = []
+    for r in range(len(rows)):
+        dist = [float("nan")] * 2
+        if r in z_new:
+            i = single[r]
+            zb = base.outputs[i][b[r]]
+            dist = importance_metrics(p[r], p_new[r], labels[r], zb, z_new[r], n)[2:].tolist()
+        elif not masks[r]:
+            dist = [0.0, 0.0]
+        out.append(PruneResult(
+            prob=float(prob[r]), baseline_prob=float(p[r, labels[r]]), jsd=float(div[r]),
+            cls_dist=dist[0], patch_dist=dist[1], top_idx=top.indices[r].tolist(), top_prob=top.values[r].tolist(),
+        ))
+    return out
+
+
+def pair_interactions(adapter: ViTAdapter, base: Baseline, row: int, heads: Sequence[tuple[int, int]],
+                      progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor]:
+    """(single drops [k], pair drops [k,k]) of P[true] for the listed heads (whole-head pruning).
+
+    interaction(i, j) = pair[i, j] − single[i] − single[j]; the diagonal of `pair` is the single drop.
+    """
+    k = len(heads)
+    hp = [HeadPrune(layer, head) for layer, head in heads]
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    reqs = [(row, [h]) for h in hp] + [(row, [hp[i], hp[j]]) for i, j in pairs]
+    res = run_pruned(adapter, base, reqs, progress=progress)
+    single = torch.tensor([r.drop for r in res[:k]])
+    pair = torch.diag(single)
+    for (i, j), r in zip(pairs, res[k:], strict=True):
+        pair[i, j] = pair[j, i] = r.drop
+    return single, pair
+
+
+def progressive(adapter: ViTAdapter, base: Baseline, order: Sequence[tuple[int, int]], steps: Sequence[int],
+                progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor]:
+    """Prune the first n heads of `order` together, for each n in `steps`, on every image of `base`.
+
+    Returns (P'[true] [B, S], top-1 correct [B, S] bool).
+    """
+    hp = [HeadPrune(layer, head) for layer, head in order]
+    B = base.probs.shape[0]
+    reqs = [(b, hp[:n]) for b in range(B) for n in steps]
+    res = run_pruned(adapter, base, reqs, topk=1, progress=progress)
+    prob = torch.tensor([r.prob for r in res]).view(B, len(steps))
+    correct = torch.tensor([r.top_idx[0] for r in res]).view(B, len(steps)) == base.labels.cpu()[:, None]
+    return prob, correct
+
+
+@torch.inference_mode()
+def patch_saliency(adapter: ViTAdapter, image: Tensor, label: int, block: int = 1, max_batch: int = 64,
+                   progress: Callable[[int, int], None] | None = None) -> Tensor:
+    """Drop of P[true] when each block × block square of patches is occluded at the input → [g/block, g/block].
+
+    Occluded pixels are set to 0 after normalisation (the data config's mean colour), so a patch keeps
+    its position embedding and loses its content: the patch token becomes the embedding of a plain patch.
+    """
+    g = adapter.grid
+    if block < 1 or g % block:
+        raise VitscopeError(f"saliency block {block} must divide the {g}×{g} patch grid")
+    ps = adapter.model.patch_embed.patch_size[0]
+    image = image.to(adapter.device, adapter.dtype).view(1, *image.shape[-3:])
+    p0 = adapter.model(image).float().softmax(-1)[0, label]
+    s = g // block
+    side = ps * block
+    drops = torch.empty(s * s)
+    for start in range(0, s * s, max_batch):
+        cells = range(start, min(start + max_batch, s * s))
+        x = image.repeat(len(cells), 1, 1, 1)
+        for r, c in enumerate(cells):
+            y0, x0 = (c // s) * side, (c % s) * side
+            x[r, :, y0:y0 + side, x0:x0 + side] = 0
+        drops[start:start + len(cells)] = (p0 - adapter.model(x).float().softmax(-1)[:, label]).cpu()
+        if progress is not None:
+            progress(cells.stop, s * s)
+    return drops.view(s, s)

@@ -1,0 +1,150 @@
+"""`vitscope ablate`: the service from the command line (heads pruned together, pairs, curves, saliency, new images)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vitscope.errors import VitscopeError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("ablate", help="on-demand ablation: prune heads together, head pairs, pruning curves, "
+                       "patch saliency, or a new image")
+    p.add_argument("store", type=Path)
+    p.add_argument("--image", type=int, help="image index in the store (vitscope info STORE)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prune", nargs="+", metavar="L:H[:MODE]", help="heads pruned together; MODE 0-5, default 1 "
+                      "(whole head)")
+    what.add_argument("--pairs", type=int, nargs="?", const=12, metavar="K",
+                      help="pair interactions of the image's top K heads (default 12)")
+    what.add_argument("--curve", nargs="*", metavar="ORDER", help="progressive pruning in these orders (exact, proxy, "
+                      "random; default all) for --image, --class NAME, or every image")
+    what.add_argument("--saliency", action="store_true", help="patch-ablation saliency of --image")
+    what.add_argument("--file", type=Path, help="analyse a new image file (not written into the store)")
+    p.add_argument("--class", dest="cls", metavar="NAME", help="with --curve: the class's images")
+    p.add_argument("--block", type=int, default=1, help="with --saliency: occlude BLOCK×BLOCK patches at a time")
+    p.add_argument("--label", type=int, help="with --file: the true class index (default: the prediction)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--scheduler", help="run on a Dask worker of this scheduler (e.g. tcp://gpu-host:8786)")
+    p.set_defaults(func=cmd_ablate)
+
+
+def request_from(args: argparse.Namespace, class_names: list[str], labels) -> dict:
+    if args.file is not None:
+        return {"kind": "new_image", "path": str(args.file), "label": args.label}
+    if args.curve is not None:
+        cls = None
+        if args.cls is not None:
+            from vitscope.classes import match_class
+
+            cls = match_class(args.cls, class_names, sorted({int(c) for c in labels}))[0]
+        if args.cls is not None and args.image is not None:
+            raise VitscopeError("--curve takes --image or --class, not both")
+        return {"kind": "curve", "image": args.image, "cls": cls, "orders": args.curve or ["exact", "proxy", "random"]}
+    if args.image is None:
+        raise VitscopeError("give --image I (the image's index in the store; vitscope info STORE lists them)")
+    if args.prune is not None:
+        return {"kind": "prune", "image": args.image, "heads": args.prune}
+    if args.pairs is not None:
+        return {"kind": "pairs", "image": args.image, "k": args.pairs}
+    return {"kind": "saliency", "image": args.image, "block": args.block}
+
+
+def cmd_ablate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from vitscope.service import make_dispatcher
+    from vitscope.store import open_store
+
+    ds = open_store(args.store)
+    request = request_from(args, [str(c) for c in ds["class_name"].values], ds["label"].values[ds["valid"].values])
+    service = make_dispatcher(args.store, args.device, args.scheduler)
+    try:
+        with tqdm(desc=request["kind"], unit="forward", disable=args.json or request["kind"] == "prune",
+                  leave=False) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            result = service.submit("cli", request, progress=progress).result()
+    finally:
+        service.close()
+    if "error" in result:
+        raise VitscopeError(result["error"])
+    print(json.dumps(_plain(result)) if args.json else readable(result))
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _top5(top5) -> str:
+    return ", ".join(f"{c} {p:.3f}" for c, p in top5)
+
+
+def readable(r: dict) -> str:
+    """A result as the lines a person reads."""
+    kind = r["kind"]
+    if kind == "prune":
+        lines = [f"image {r['image']}, pruned together: {', '.join(r['heads'])}",
+                 f"  P[true] {r['baseline_prob']:.4f} → P'[true] {r['prob']:.4f}  (drop {r['drop']:+.4f})",
+                 f"  JSD(P, P') {r['jsd']:.4f}"]
+        if r["cls_dist"] is not None:
+            lines.append(f"  CLS distance {r['cls_dist']:.4f}, patch distance {r['patch_dist']:.4f}")
+        else:
+            lines.append("  CLS/patch distances: defined only when every head is in one layer")
+        if r["sum_of_single_drops"] is not None:
+            lines.append(f"  sum of the single-head drops {r['sum_of_single_drops']:+.4f} "
+                         f"(joint − sum = {r['drop'] - r['sum_of_single_drops']:+.4f})")
+        lines.append(f"  top-5: {_top5(r['top5'])}")
+        return "\n".join(lines)
+    if kind == "pairs":
+        names, inter = r["heads"], np.asarray(r["interaction"])
+        lines = [f"image {r['image']}: interaction Δ(i,j) − Δ(i) − Δ(j) of P[true] drops, top {len(names)} heads",
+                 " " * 7 + "".join(f"{n:>8}" for n in names)]
+        lines += [f"{n:>7}" + "".join(f"{v:+8.4f}" for v in row) for n, row in zip(names, inter, strict=True)]
+        lines.append("single drops: " + ", ".join(f"{n} {v:+.4f}" for n, v in zip(names, r["single"], strict=True)))
+        return "\n".join(lines)
+    if kind == "curve":
+        who = f"image {r['image']}" if r["image"] is not None else \
+            (f"class {r['cls']}" if r["cls"] is not None else "all images") + f" ({r['images']} images)"
+        what = "P'[true]" if r["y"] == "prob" else "top-1 accuracy"
+        orders = list(r["curves"])
+        lines = [f"progressive pruning, {who}: {what} after pruning n heads in each order",
+                 f"{'n':>5}" + "".join(f"{o:>9}" for o in orders)]
+        lines += [f"{n:>5}" + "".join(f"{r['curves'][o][i]:9.4f}" for o in orders) for i, n in enumerate(r["steps"])]
+        return "\n".join(lines)
+    if kind == "saliency":
+        d = np.asarray(r["drops"])
+        lines = [f"image {r['image']}: drop of P[true] ({r['baseline_prob']:.4f}) when each "
+                 f"{r['block']}×{r['block']} patch square is occluded"]
+        lines += [" ".join(f"{v:+.3f}" for v in row) for row in d]
+        return "\n".join(lines)
+    if kind == "new_image":
+        a = r["arrays"]
+        imp = a["importance"][:, :, 1, 0]  # P'[true] with each head pruned
+        H = imp.shape[1]
+        worst = np.argsort(imp.reshape(-1))[:5]
+        lines = [f"{r['name']}: predicted {r['top5'][0][0]!r}; label {r['label_name']!r} ({r['label_from']})",
+                 f"  top-5: {_top5(r['top5'])}",
+                 "  heads whose pruning lowers P[label] most: " + ", ".join(
+                     f"L{j // H}H{j % H} {imp.reshape(-1)[j]:.3f}" for j in worst),
+                 "  mean strength entropy per layer: " + " ".join(f"{v:.2f}" for v in a["strength_entropy"].mean(-1))]
+        if r["image_xy"] is not None:
+            lines.append(f"  placed in the Image Overview at ({r['image_xy'][0]:.2f}, {r['image_xy'][1]:.2f}) "
+                         "by its nearest stored images")
+        return "\n".join(lines)
+    return json.dumps(_plain(r))

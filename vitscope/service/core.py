@@ -1,0 +1,291 @@
+"""On-demand engine work for one store: attention, heads pruned together, pairs, pruning curves, saliency.
+
+Raw attention is not stored by default; the service reloads the store's model once per process
+(shared by every app session) and recomputes from the stored thumbnail, which is exactly the
+model's input before normalisation. Requests and results are plain data (see requests.py), so
+the same calls run in this process or on a Dask worker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitscope import engine
+from vitscope.build import weights_hash
+from vitscope.data.images import normalise
+from vitscope.engine import prune
+from vitscope.errors import StoreMismatch, VitscopeError, one_line
+from vitscope.models import ViTAdapter, load_model
+from vitscope.service import requests as rq
+from vitscope.store import open_store
+from vitscope.vocab import ABLATION_MODES, METRICS, head_name
+
+Progress = Callable[[int, int], None] | None
+CURVE_ORDERS = ("exact", "proxy", "random")
+BASELINE_CACHE = 64  # images whose unpruned pass is kept (ViT-Ti: 3.6 MB each)
+GROUP = 32  # images per baseline pass of a pruning curve (bounds memory)
+
+
+@lru_cache(maxsize=4)
+def _model(spec: str, pretrained: bool, checkpoint: str, device: str) -> ViTAdapter:
+    return load_model(spec, pretrained=pretrained, checkpoint=checkpoint or None, device=device)
+
+
+class Service:
+    """Engine calls for one store's model and images."""
+
+    def __init__(self, store_path: str | Path, device: str = "cpu") -> None:
+        self.path = Path(store_path)
+        self.ds = open_store(self.path)
+        a = self.ds.attrs
+        self.adapter = _model(a["model_spec"], bool(a.get("model_pretrained")), a.get("model_checkpoint", ""), device)
+        built = json.loads(a["fingerprint"])["weights"]
+        if weights_hash(self.adapter.model) != built:
+            raise StoreMismatch(
+                f"{self.path} was built with other weights of {a['model_spec']} than the ones loaded now: "
+                "rebuild the store (vitscope build ... --overwrite)"
+            )
+        self.data_config = json.loads(a["data_config"])
+        self.images = self.ds.sizes["image"]
+        self.class_names = [str(c) for c in self.ds["class_name"].values]
+        self.labels = self.ds["label"].values
+        self.valid = self.ds["valid"].values.astype(bool)
+        self._bases: OrderedDict[int, prune.Baseline] = OrderedDict()
+
+    # -- images ---------------------------------------------------------------------------------------------
+
+    def check_image(self, image: int) -> int:
+        if not 0 <= int(image) < self.images:
+            raise VitscopeError(
+                f"image {image} out of range: {self.path} has {self.images} images (0..{self.images - 1})"
+            )
+        if not bool(self.valid[int(image)]):
+            raise VitscopeError(f"image {image} ({self.ds['image_id'].values[int(image)]}) could not be read at build")
+        return int(image)
+
+    def input(self, image: int) -> torch.Tensor:
+        """The model input [1,3,H,W] of a stored image, from its thumbnail."""
+        thumb = self.ds["thumbnail"][self.check_image(image)].values[None]
+        return normalise(thumb, self.data_config["mean"], self.data_config["std"])
+
+    def inputs(self, images: Sequence[int]) -> torch.Tensor:
+        idx = [self.check_image(i) for i in images]
+        thumbs = self.ds["thumbnail"].isel(image=idx).values
+        return normalise(thumbs, self.data_config["mean"], self.data_config["std"])
+
+    def baseline(self, images: Sequence[int]) -> prune.Baseline:
+        """The unpruned pass of stored images (kept for the last BASELINE_CACHE images), true labels."""
+        missing = [i for i in dict.fromkeys(images) if i not in self._bases]
+        if missing:
+            base = prune.baseline(self.adapter, self.inputs(missing), torch.as_tensor(self.labels[missing]))
+            for r, i in enumerate(missing):
+                self._bases[i] = prune.Baseline([x[r:r + 1] for x in base.inputs], [z[r:r + 1] for z in base.outputs],
+                                                base.probs[r:r + 1], base.labels[r:r + 1])
+        parts = []
+        for i in images:
+            self._bases.move_to_end(i)
+            parts.append(self._bases[i])
+        while len(self._bases) > BASELINE_CACHE:
+            self._bases.popitem(last=False)
+        if len(parts) == 1:
+            return parts[0]
+        return prune.Baseline([torch.cat(x) for x in zip(*(p.inputs for p in parts), strict=True)],
+                              [torch.cat(z) for z in zip(*(p.outputs for p in parts), strict=True)],
+                              torch.cat([p.probs for p in parts]), torch.cat([p.labels for p in parts]))
+
+    # -- the computations (each returns plain data) ---------------------------------------------------------
+
+    def attention(self, image: int) -> np.ndarray:
+        """All heads' attention of one image, [L, H, P, P] float32."""
+        ad = self.adapter
+        r = engine.run(ad, self.input(image), torch.tensor([int(self.labels[int(image)])]), modes=(),
+                       attention="all")
+        return r.attention[0].view(ad.num_layers, ad.num_heads, ad.num_tokens, ad.num_tokens).numpy()
+
+    def ablate(self, image: int, layers=None, modes=ABLATION_MODES) -> engine.EngineResult:
+        """The leave-one-out engine's metrics for one image (e.g. for modes or layers not in the store)."""
+        label = torch.tensor([int(self.labels[self.check_image(image)])])
+        return engine.run(self.adapter, self.input(image), label, layers=layers, modes=modes)
+
+    def prune(self, requests: Sequence[dict]) -> list[dict]:
+        """Prune requests ({"image", "heads"}) answered in as few forwards as their shapes allow."""
+        parsed = [(self.check_image(r["image"]), rq.parse_heads(r["heads"])) for r in requests]
+        images = list(dict.fromkeys(i for i, _ in parsed))
+        base = self.baseline(images)
+        row = {i: r for r, i in enumerate(images)}
+        results = prune.run_pruned(self.adapter, base, [(row[i], heads) for i, heads in parsed])
+        return [self._prune_result(i, heads, res) for (i, heads), res in zip(parsed, results, strict=True)]
+
+    def _prune_result(self, image: int, heads: list[prune.HeadPrune], r: prune.PruneResult) -> dict:
+        singles = self._stored_singles(image, heads)
+        return {
+            "kind": "prune", "image": image, "heads": [h.name for h in heads],
+            "prob": r.prob, "baseline_prob": r.baseline_prob, "drop": r.drop, "jsd": r.jsd,
+            "cls_dist": _finite(r.cls_dist), "patch_dist": _finite(r.patch_dist),
+            "top5": [[self.class_names[c], p] for c, p in zip(r.top_idx, r.top_prob, strict=True)],
+            "single_drops": singles, "sum_of_single_drops": None if singles is None else float(sum(singles)),
+        }
+
+    def _stored_singles(self, image: int, heads: list[prune.HeadPrune]) -> list[float] | None:
+        """Each head's own drop of P[true] in its mode, from the store (None when a head has a custom region)."""
+        if any(not isinstance(h.mode, int) or h.mode == 0 for h in heads):
+            return None
+        p = METRICS.index("prob")
+        imp = self.ds["importance"].isel(image=image)
+        base = float(self.ds["baseline_prob"][image])
+        return [base - float(imp[h.layer, h.head, h.mode, p]) for h in heads]
+
+    def top_heads(self, image: int, k: int) -> list[tuple[int, int]]:
+        """The image's k heads whose whole-head pruning lowers P[true] most (stored mode 1)."""
+        prob = self.ds["importance"].isel(image=self.check_image(image)).values[:, :, 1, METRICS.index("prob")]
+        H = prob.shape[1]
+        return [(int(j) // H, int(j) % H) for j in np.argsort(prob.reshape(-1), kind="stable")[:k]]
+
+    def pairs(self, image: int, k: int = 12, heads: Sequence[tuple[int, int]] | None = None,
+              progress: Progress = None) -> dict:
+        """Head-pair interactions Δ(i,j) − Δ(i) − Δ(j) of P[true] for the image's top-k heads (or `heads`)."""
+        image = self.check_image(image)
+        if heads is None:
+            if not 2 <= k <= self.adapter.num_layers * self.adapter.num_heads:
+                raise VitscopeError(f"pairs need k in 2..{self.adapter.num_layers * self.adapter.num_heads}, got {k}")
+            heads = self.top_heads(image, k)
+        heads = [(int(a), int(b)) for a, b in heads]
+        prune.zero_masks(self.adapter, [prune.HeadPrune(*h) for h in heads])  # one line for an unknown head
+        single, pair = prune.pair_interactions(self.adapter, self.baseline([image]), 0, heads, progress)
+        inter = pair - single[:, None] - single[None, :]
+        inter.fill_diagonal_(0.0)
+        return {"kind": "pairs", "image": image, "heads": [head_name(*h) for h in heads],
+                "single": single.tolist(), "pair": pair.tolist(), "interaction": inter.tolist()}
+
+    def curve(self, image: int | None = None, cls: int | None = None, orders: Sequence[str] = CURVE_ORDERS,
+              steps: Sequence[int] | None = None, seed: int = 0, progress: Progress = None) -> dict:
+        """Progressive pruning: heads pruned one after another in each order; P'[true] (one image) or top-1
+        accuracy (a class, or every image) against the number pruned."""
+        ad = self.adapter
+        n_heads = ad.num_layers * ad.num_heads
+        bad = [o for o in orders if o not in CURVE_ORDERS] or ([] if orders else [""])
+        if bad:
+            raise VitscopeError(f"unknown pruning order {bad[0]!r}: choose from {', '.join(CURVE_ORDERS)}")
+        if image is not None and cls is not None:
+            raise VitscopeError("a pruning curve is for one image or one class, not both")
+        if image is not None:
+            scope = [self.check_image(image)]
+        else:
+            if cls is not None and not 0 <= int(cls) < len(self.class_names):
+                raise VitscopeError(f"class {cls} out of range: 0..{len(self.class_names) - 1}")
+            scope = np.flatnonzero(self.valid & (True if cls is None else self.labels == int(cls))).tolist()
+            if not scope:
+                raise VitscopeError(f"class {self.class_names[int(cls)]!r} has no readable image in {self.path}")
+        if steps is None:  # every step for one image of a small model; 25 steps for a set (one forward each)
+            every = n_heads <= (150 if image is not None else 48)
+            steps = list(range(n_heads + 1)) if every else sorted({round(v) for v in np.linspace(0, n_heads, 25)})
+        steps = [int(s) for s in steps]
+        if any(not 0 <= s <= n_heads for s in steps):
+            raise VitscopeError(f"curve steps must be in 0..{n_heads} heads")
+        ranked = {o: self._order(o, scope, seed) for o in orders}
+        total = len(orders) * len(scope) * len(steps)
+        done = 0
+        values: dict[str, list[float]] = {}
+        for o, order in ranked.items():
+            per_image = []
+            for g in range(0, len(scope), GROUP):
+                group = scope[g:g + GROUP]
+                base = prune.baseline(ad, self.inputs(group), torch.as_tensor(self.labels[group]))
+                prob, correct = prune.progressive(
+                    ad, base, order, steps,
+                    None if progress is None else lambda d, t, base_done=done: progress(base_done + d, total))
+                per_image.append(prob if image is not None else correct.float())
+                done += len(group) * len(steps)
+            values[o] = torch.cat(per_image).mean(0).tolist()
+        return {"kind": "curve", "image": image, "cls": cls, "images": len(scope), "steps": steps,
+                "y": "prob" if image is not None else "top1", "curves": values,
+                "orders": {o: [head_name(*h) for h in r] for o, r in ranked.items()}}
+
+    def _order(self, order: str, scope: list[int], seed: int) -> list[tuple[int, int]]:
+        L, H = self.adapter.num_layers, self.adapter.num_heads
+        if order == "random":
+            flat = np.random.default_rng(seed).permutation(L * H)
+        else:
+            if order == "exact":  # most harmful first: lowest P'[true] when pruned alone
+                score = -self.ds["importance"].isel(image=scope).values[:, :, :, 1, METRICS.index("prob")].mean(0)
+            else:
+                if "grad_importance" not in self.ds:
+                    raise VitscopeError(f"{self.path} has no grad_importance: rebuild it for the proxy order")
+                score = self.ds["grad_importance"].isel(image=scope).values.mean(0)
+            flat = np.argsort(-score.reshape(-1), kind="stable")
+        return [(int(j) // H, int(j) % H) for j in flat]
+
+    def saliency(self, image: int, block: int = 1, progress: Progress = None) -> dict:
+        """Patch-ablation saliency: the drop of P[true] when each block × block square is occluded."""
+        image = self.check_image(image)
+        drops = prune.patch_saliency(self.adapter, self.input(image)[0], int(self.labels[image]), block,
+                                     progress=progress)
+        return {"kind": "saliency", "image": image, "block": block, "baseline_prob": float(self.baseline([image])
+                .probs[0, int(self.labels[image])]), "drops": drops.tolist()}
+
+    def new_image(self, path: str | Path | None = None, data: bytes | None = None, label: int | None = None) -> dict:
+        """The full per-image analysis of an image not in the store, placed into the store's layouts."""
+        from vitscope.service.newimage import analyse
+
+        return analyse(self, path=path, data=data, label=label)
+
+    # -- plain-data entry points (both backends) ------------------------------------------------------------
+
+    def compute(self, request: dict, progress: Progress = None) -> dict:
+        """One request → its result; a user error comes back as {"error": one line}."""
+        return self.compute_batch([request], progress)[0]
+
+    def compute_batch(self, requests: Sequence[dict], progress: Progress = None) -> list[dict]:
+        """Several requests; every prune request among them shares the forwards. Errors stay per request."""
+        out: list[dict | None] = [None] * len(requests)
+        prunes = []
+        for n, r in enumerate(requests):
+            try:
+                kind = rq.check(r)
+                if kind == "prune":
+                    prune.zero_masks(self.adapter, rq.parse_heads(r["heads"]))  # a bad head fails its request only
+                    self.check_image(r["image"])
+                    prunes.append(n)
+                else:
+                    out[n] = self._one(kind, r, progress)
+            except (VitscopeError, torch.cuda.OutOfMemoryError, MemoryError) as e:
+                out[n] = {"kind": r.get("kind") if isinstance(r, dict) else None, "error": _why(e)}
+        if prunes:
+            try:
+                for n, res in zip(prunes, self.prune([requests[n] for n in prunes]), strict=True):
+                    out[n] = res
+            except (VitscopeError, torch.cuda.OutOfMemoryError, MemoryError) as e:
+                for n in prunes:
+                    out[n] = {"kind": "prune", "error": _why(e)}
+        return out  # type: ignore[return-value]
+
+    def _one(self, kind: str, r: dict, progress: Progress) -> dict:
+        if kind == "pairs":
+            return self.pairs(r["image"], r.get("k", 12), r.get("heads"), progress)
+        if kind == "curve":
+            return self.curve(r.get("image"), r.get("cls"), r.get("orders", CURVE_ORDERS), r.get("steps"),
+                              r.get("seed", 0), progress)
+        if kind == "saliency":
+            return self.saliency(r["image"], r.get("block", 1), progress)
+        if kind == "new_image":
+            return self.new_image(r.get("path"), r.get("data"), r.get("label"))
+        if kind == "attention":
+            return {"kind": "attention", "image": int(r["image"]), "attention": self.attention(r["image"])}
+        raise AssertionError(kind)
+
+
+def _finite(v: float) -> float | None:
+    return None if v != v else v
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, torch.cuda.OutOfMemoryError | MemoryError):
+        return "out of memory: ask for fewer heads, steps or images at once, or use a larger device"
+    return one_line(e)
