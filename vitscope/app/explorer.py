@@ -7,9 +7,7 @@ what makes a change settle in the browser in well under a second (README, Perfor
 
 from __future__ import annotations
 
-import gc
 import html
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -227,26 +225,3 @@ class Explorer(pn.viewable.Viewer):
         pn.extension()
         return cls(store, device)
 
-
-def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", device: str = "cpu",
-          show: bool = False) -> None:
-    """Serve the app; every browser session gets its own Explorer (selection) over shared data."""
-    path = Path(store)
-    key = str(path.resolve())
-    store_data(key)  # fail early, in the terminal, on a missing/foreign/old store
-    try:
-        service(key, device)  # load the model once now, so the first tap is quick
-    except VitscopeError as e:  # the page still works from the store; its pattern view says why attention is off
-        print(f"vitscope: warning: on-demand attention is unavailable: {e}", file=sys.stderr)
-    gc.freeze()  # the store's arrays and the model are long-lived: keep them out of every full collection
-    loopback = address in ("127.0.0.1", "localhost")
-    origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"] if loopback else ["*"]
-    try:
-        server = pn.serve({"/": lambda: Explorer(path, device).template()}, port=port, address=address, show=show,
-                          title="vitscope", allow_websocket_origin=origins, start=False, verbose=False)
-    except OSError as e:
-        raise VitscopeError(f"cannot serve on {address}:{port}: {e.strerror or e} (try another --port)") from None
-    host = "localhost" if loopback or address == "0.0.0.0" else address
-    print(f"vitscope app for {path}: http://{host}:{port}/  (Ctrl+C stops it)", flush=True)
-    server.start()
-    server.io_loop.start()
