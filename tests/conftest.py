@@ -70,3 +70,13 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL_VIT_ARCH = "vit_tiny_patch16_224"
 REAL_VIT = SHARED / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
 REAL_IMAGES = SHARED / "data" / "imagenet-sample-200"
+
+
+@pytest.fixture(scope="session")
+def demo16(tmp_path_factory) -> Path:
+    """A small store of the demo model (16 images), which the service can reload."""
+    from vitscope.build import BuildConfig, build
+
+    out = tmp_path_factory.mktemp("demo16") / "demo16.zarr"
+    build(BuildConfig(model="demo", images="demo", out=out, limit=16, chunk=8, ae_epochs=1, progress=False))
+    return out

@@ -17,7 +17,6 @@ import pytest
 import torch
 from PIL import Image
 
-from vitscope.build import BuildConfig, build
 from vitscope.engine.prune import HeadPrune, zero_masks
 from vitscope.engine.reference import pruned
 from vitscope.service import Dispatcher, LocalBackend, Service
@@ -26,10 +25,8 @@ from vitscope.vocab import METRICS
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    out = tmp_path_factory.mktemp("svc") / "demo16.zarr"
-    build(BuildConfig(model="demo", images="demo", out=out, limit=16, chunk=8, ae_epochs=1, progress=False))
-    return out
+def store(demo16):
+    return demo16
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import numpy as np
 import panel as pn
 import param
 
+from vitscope.app.ablation import AblationView
 from vitscope.app.data import StoreData
 from vitscope.app.importance import HeadImportanceView
 from vitscope.app.overview import ImageOverview
@@ -22,7 +23,7 @@ from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import COLOUR_BY, Selection
 from vitscope.app.strength import AttentionStrengthView
 from vitscope.errors import VitscopeError, one_line
-from vitscope.service import Service
+from vitscope.service import Dispatcher, Service, make_dispatcher
 from vitscope.vocab import MODE_NAMES
 
 SIDEBAR = 250  # px; the template's sidebar collapses with its ☰ button
@@ -51,6 +52,23 @@ def service(path: str, device: str) -> Service:
     return got
 
 
+@lru_cache(maxsize=4)
+def _dispatcher_or_error(path: str, device: str, scheduler: str | None) -> Dispatcher | VitscopeError:
+    try:
+        return make_dispatcher(path, device, scheduler)
+    except VitscopeError as e:
+        return e
+
+
+def dispatcher(path: str, device: str, scheduler: str | None = None) -> Dispatcher:
+    """The one on-demand service of this process for a store: every session's requests share its queue (a
+    model that cannot be loaded fails once, then at once with the same line)."""
+    got = _dispatcher_or_error(path, device, scheduler)
+    if isinstance(got, VitscopeError):
+        raise got
+    return got
+
+
 def bokeh_pane(obj, css: str | None = None) -> pn.pane.Bokeh:
     """A Bokeh model as a pane; `css` names it for tests and the browser benchmark (on the model itself:
     Panel renders a Bokeh pane as the model, without a wrapper of its own)."""
@@ -64,17 +82,19 @@ class Explorer(pn.viewable.Viewer):
 
     selection = param.ClassSelector(class_=Selection, doc="this session's selection")
 
-    def __init__(self, store: str | Path, device: str = "cpu", **params) -> None:
+    def __init__(self, store: str | Path, device: str = "cpu", scheduler: str | None = None, **params) -> None:
         super().__init__(selection=Selection(), **params)
+        self._doc = pn.state.curdoc
         self.path = str(Path(store).resolve())
-        self.device = device
+        self.device, self.scheduler = device, scheduler
         self.data = d = store_data(self.path)
         s = self.selection
         self.overview = ImageOverview(d, s)
         self.importance = HeadImportanceView(d, s)
         self.strength = AttentionStrengthView(d, s)
         self.pattern = AttentionPatternView(d, s, self.attention, self.overview.thumb_source)
-        self.views = [self.overview, self.importance, self.strength, self.pattern]
+        self.ablation = AblationView(d, s, self.submit, self.schedule, self.overview.figure, self.pattern.map.figure)
+        self.views = [self.overview, self.importance, self.strength, self.pattern, self.ablation]
         watched = sorted({name for v in self.views for name in v.watches})
         s.param.watch(self._changed, watched)
         self._widgets()
@@ -82,6 +102,18 @@ class Explorer(pn.viewable.Viewer):
     def attention(self, image: int) -> np.ndarray:
         """[L, H, P, P] attention of one image, recomputed by the store's model (errors become a page message)."""
         return service(self.path, self.device).attention(image)
+
+    def submit(self, request: dict, channel: str, progress=None):
+        """Ask the process's service on behalf of this session (its latest request per channel wins)."""
+        return dispatcher(self.path, self.device, self.scheduler).submit(str(id(self)), request, channel, progress)
+
+    def schedule(self, callback) -> None:
+        """Run `callback` on this session's event loop (answers arrive on the service's thread)."""
+        doc = self._doc
+        if doc is not None and doc.session_context is not None:
+            doc.add_next_tick_callback(callback)
+        else:  # Jupyter or a test: no server loop to hand over to
+            callback()
 
     def _changed(self, *events: param.parameterized.Event) -> None:
         """Push the new selection into every view that depends on it, as one document change."""
@@ -188,6 +220,7 @@ class Explorer(pn.viewable.Viewer):
             pn.pane.HTML(f"<small>{modes}</small>", width=SIDEBAR - 30),
             "pattern map layout", self.layout,
             pn.widgets.Checkbox.from_param(self.selection.param.density, label="density contours of all heads"),
+            pn.pane.HTML("<b>on-demand ablation</b>", width=SIDEBAR - 30), self.ablation.panel(),
         )
 
     def main(self) -> pn.Column:

@@ -105,11 +105,14 @@ def agreement_title(data: StoreData, image: int | None, values: dict) -> str:
 def group_summary(data: StoreData, group: list[int], values: np.ndarray, metric: str) -> str:
     """One line on the drag-selected heads: their range, how many, and the metric's mean and extreme."""
     if not group:
-        return "<i>Drag across the line to select a range of heads; tap to select one.</i>"
+        return ("<i>Drag across the line to select a range of heads, shift-tap to add one; the ablation panel "
+                "prunes them together.</i>")
     v = values[group]
     worst = group[int(np.nanargmax(harm(metric, v)))]
     name = lambda k: head_name(*divmod(k, data.heads))  # noqa: E731
-    return (f"<b>{len(group)} heads</b> {name(group[0])}–{name(group[-1])}: mean {METRIC_LABELS[metric]} "
+    span = f"{name(group[0])}–{name(group[-1])}" if group[-1] - group[0] == len(group) - 1 else \
+        ", ".join(name(g) for g in group[:4]) + (" …" if len(group) > 4 else "")
+    return (f"<b>{len(group)} heads</b> {span}: mean {METRIC_LABELS[metric]} "
             f"{np.nanmean(v):.3f}; most important {name(worst)} ({values[worst]:.3f})")
 
 
@@ -154,7 +157,11 @@ class HeadImportanceView:
         fig.toolbar.active_drag = drag  # dragging selects a range of heads; the wheel still zooms
         fig.xaxis.axis_label = f"head (layer × heads + head)   {KIND_KEY}"
         dots.nonselection_glyph = dots.glyph.clone()  # a drag shows as the band, not as greyed-out dots
-        fig.on_event(Tap, guarded(sel, "head tap", lambda e: self.pick(e.x)))
+        self.group_marks = ColumnDataSource({"x": [], "y": []})
+        fig.scatter("x", "y", source=self.group_marks, marker="square", size=11, fill_alpha=0, line_color=SELECTED,
+                    line_width=1.5)
+        fig.on_event(Tap, guarded(sel, "head tap", lambda e: self.pick(e.x, shift=bool((e.modifiers or {})
+                                                                                       .get("shift")))))
         fig.on_event(SelectionGeometry, guarded(sel, "head range", self._on_box))
         self.figure = fig
 
@@ -190,13 +197,18 @@ class HeadImportanceView:
 
     # -- interaction ---------------------------------------------------------------------------------
 
-    def pick(self, x: float | None) -> tuple[int, int] | None:
-        """Select the head at x (a tap on the line)."""
+    def pick(self, x: float | None, shift: bool = False) -> tuple[int, int] | None:
+        """Select the head at x (a tap on the line); with shift, add it to the group (or take it out), the heads
+        the ablation view prunes together."""
         if x is None:
             return None
         k = int(np.clip(round(x), 0, self.data.layers * self.data.heads - 1))
         layer, head = divmod(k, self.data.heads)
-        self.sel.param.update(layer=layer, head=head)
+        if shift:
+            group = sorted(set(self.sel.group) ^ {k})
+            self.sel.param.update(layer=layer, head=head, group=group)
+        else:
+            self.sel.param.update(layer=layer, head=head)
         return layer, head
 
     def select_range(self, x0: float, x1: float) -> list[int]:
@@ -251,8 +263,10 @@ class HeadImportanceView:
         self.bar_glyph.fill_color = layer_colours(d.layers)[s.layer]
         self.mode_bars.title.text = f"{head_name(s.layer, s.head)} in modes {MODES[0]}–{MODES[-1]}"
         group = [g for g in s.group if 0 <= g < len(y)]
+        contiguous = bool(group) and group[-1] - group[0] == len(group) - 1
         self.group_box.update(left=group[0] - 0.5 if group else 0, right=group[-1] + 0.5 if group else 0,
-                              visible=bool(group))
+                              visible=contiguous)
+        self.group_marks.data = {"x": group, "y": [float(y[g]) for g in group]}
         self.summary.text = group_summary(d, group, y, s.metric)
         image = d.readable(s.image)
         self.top5.text = ("<i>Select an image to see its top-5 under pruning.</i>" if image is None else

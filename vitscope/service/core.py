@@ -230,11 +230,12 @@ class Service:
         return {"kind": "saliency", "image": image, "block": block, "baseline_prob": float(self.baseline([image])
                 .probs[0, int(self.labels[image])]), "drops": drops.tolist()}
 
-    def new_image(self, path: str | Path | None = None, data: bytes | None = None, label: int | None = None) -> dict:
+    def new_image(self, path: str | Path | None = None, data: bytes | None = None, label: int | None = None,
+                  name: str | None = None) -> dict:
         """The full per-image analysis of an image not in the store, placed into the store's layouts."""
         from vitscope.service.newimage import analyse
 
-        return analyse(self, path=path, data=data, label=label)
+        return analyse(self, path=path, data=data, label=label, name=name)
 
     # -- plain-data entry points (both backends) ------------------------------------------------------------
 
@@ -275,7 +276,7 @@ class Service:
         if kind == "saliency":
             return self.saliency(r["image"], r.get("block", 1), progress)
         if kind == "new_image":
-            return self.new_image(r.get("path"), r.get("data"), r.get("label"))
+            return self.new_image(r.get("path"), r.get("data"), r.get("label"), r.get("name"))
         if kind == "attention":
             return {"kind": "attention", "image": int(r["image"]), "attention": self.attention(r["image"])}
         raise AssertionError(kind)

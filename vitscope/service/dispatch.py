@@ -151,7 +151,7 @@ class Dispatcher:
             jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
             if not jobs:
                 continue
-            progress = jobs[0].progress if len(jobs) == 1 else None
+            progress = _safe(jobs[0].progress) if len(jobs) == 1 else None
             try:
                 results = self.backend.run([j.request for j in jobs], progress)
             except Exception as e:  # a bug or a lost service: every job hears of it, the queue keeps serving
@@ -173,6 +173,20 @@ class Dispatcher:
         for t in self._threads:
             t.join(timeout=5)
         self.backend.close()
+
+
+def _safe(progress: Callable[[int, int], None] | None) -> Callable[[int, int], None] | None:
+    """A progress report that fails (a closed page) never fails the computation it reports on."""
+    if progress is None:
+        return None
+
+    def report(done: int, total: int) -> None:
+        try:
+            progress(done, total)
+        except Exception:  # noqa: BLE001, S110 - progress is a courtesy
+            pass
+
+    return report
 
 
 def make_dispatcher(store: str | Path, device: str = "cpu", scheduler: str | None = None) -> Dispatcher:

@@ -53,10 +53,10 @@ def read_upload(path: str | Path | None = None, data: bytes | None = None, name:
 
 
 def analyse(svc: Service, path: str | Path | None = None, data: bytes | None = None,
-            label: int | None = None) -> dict:
+            label: int | None = None, name: str | None = None) -> dict:
     """The per-image store variables of one new image (no image dimension), its prediction and layout places."""
     ad = svc.adapter
-    name = Path(path).name if path is not None else "upload"
+    name = name or (Path(path).name if path is not None else "upload")
     image = read_upload(path, data, name)
     pre = Preprocessor(ad.model)
     x, _ = pre(image)

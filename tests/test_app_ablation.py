@@ -1,0 +1,90 @@
+"""The app's on-demand ablation panel: heads pruned together (drag or shift-tap), pairs, curves, saliency, a
+new image — each answer drawn from the service, and a store whose model cannot be loaded says so in one line."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+from app_helpers import make_store
+from PIL import Image
+
+from vitscope.app.ablation import heat_rgba
+from vitscope.app.explorer import Explorer
+from vitscope.service import Service
+
+
+def wait_for(condition, timeout: float = 120.0):
+    """Answers are drawn on the service's thread, just after the future resolves."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the answer was never drawn")
+
+
+@pytest.fixture(scope="module")
+def app(demo16):
+    return Explorer(demo16)
+
+
+def test_heads_pruned_together_against_the_sum_of_singles(app, demo16):
+    s, ab = app.selection, app.ablation
+    s.image = 2
+    app.importance.pick(1.0, shift=True)  # L0H1
+    app.importance.pick(9.0, shift=True)  # L2H1
+    app.importance.pick(14.0, shift=True)  # L3H2
+    assert s.group == [1, 9, 14]
+    app.importance.pick(9.0, shift=True)  # a second shift-tap takes it out again
+    assert s.group == [1, 14]
+    want = Service(demo16).compute({"kind": "prune", "image": 2, "heads": ["0:1:1", "3:2:1"]})
+    wait_for(lambda: ab.joint_source.data["top"][0] == pytest.approx(want["drop"], abs=1e-6))
+    assert ab.joint_source.data["top"][1] == pytest.approx(want["sum_of_single_drops"], abs=1e-6)
+    assert "2 heads pruned together" in ab.joint.title.text
+    assert list(app.importance.group_marks.data["x"]) == [1, 14]
+
+
+def test_pairs_curve_saliency_and_a_new_image(app, demo16):
+    s, ab = app.selection, app.ablation
+    s.image = 5
+    ab.ask_pairs()
+    wait_for(lambda: len(ab.pair_source.data["value"]) == 144)
+    group = ab.pick_pair(3.0, 0.0)  # row 0 (the top head) × column 3
+    assert len(group) == 2 and s.group == group
+
+    ab.ask_curve()
+    wait_for(lambda: len(ab.curve_sources["exact"].data["y"]) == 25)
+    assert ab.curve_sources["exact"].data["y"][0] == pytest.approx(float(app.data.baseline_prob[5]), abs=1e-5)
+
+    ab.ask_saliency()
+    wait_for(lambda: ab.saliency_source.data["image"][0].shape[0] > 1)
+    assert not ab.progress.visible
+
+    buf = io.BytesIO()
+    Image.fromarray(app.data.thumbnail(5)).save(buf, format="PNG")
+    ab.ask_new_image(buf.getvalue(), "mine.png")
+    wait_for(lambda: len(ab.temp_image.data["x"]) == 1)
+    assert len(ab.temp_head.data["x"]) == 1 and "mine.png" in ab.status.object
+
+    ab.ask_new_image(b"garbage", "bad.png")
+    wait_for(lambda: "cannot read bad.png" in ab.status.object)
+
+
+def test_heat_overlay_marks_where_occlusion_hurts():
+    thumb = np.full((8, 8, 3), 128, np.uint8)
+    drops = np.array([[0.2, 0.0], [0.0, -0.1]])
+    out = heat_rgba(thumb, drops)
+    assert out.shape == (8, 8, 3)
+    assert out[0, 0, 0] > out[0, 0, 2] and out[7, 7, 2] > out[7, 7, 0]  # red where P[true] falls, blue where it rises
+    assert (out[0, 7] == out[7, 0]).all()  # no change: the same grey
+
+
+def test_a_store_without_a_loadable_model_says_so_in_the_panel(tmp_path):
+    path = make_store(tmp_path / "s.zarr", images=6, layers=2, heads=2, grid=4, classes=3)
+    ex = Explorer(path)
+    ex.selection.image = 1
+    assert "unknown model spec" in ex.ablation.status.object
+    assert "AblationView" not in ex.selection.message  # said once, in the panel, not as a view failure
