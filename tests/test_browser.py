@@ -185,6 +185,19 @@ def test_tap_and_drag_select_heads(page):
     page.wait_for_selector("text=5 heads", timeout=30_000)
 
 
+def test_heads_pruned_together_on_demand(page):
+    """The drag-selected heads are pruned together by the service; a shift-tap adds one; saliency draws."""
+    title = lambda: model(page, "vs-joint", "title.text") or ""  # noqa: E731
+    until(lambda: title().startswith("5 heads"), what="joint pruning of the dragged heads")
+    page.keyboard.down("Shift")
+    page.mouse.click(*screen(page, "vs-importance-fig", 20, mid_y(page, "vs-importance-fig")))
+    page.keyboard.up("Shift")
+    until(lambda: title().startswith("6 heads"), what="shift-tap adds a head")
+    page.get_by_role("button", name="patch saliency").click()
+    until(lambda: "patch saliency, image" in (model(page, "vs-saliency", "title.text") or ""), what="saliency")
+    assert not page.errors
+
+
 def test_hover_a_token_highlights_its_lines_and_masks_follow(page):
     sources = model(page, "vs-highlight", "data.x0")
     assert sources == []

@@ -278,7 +278,10 @@ def patch_saliency(adapter: ViTAdapter, image: Tensor, label: int, block: int = 
         raise VitscopeError(f"saliency block {block} must divide the {g}×{g} patch grid")
     ps = adapter.model.patch_embed.patch_size[0]
     image = image.to(adapter.device, adapter.dtype).view(1, *image.shape[-3:])
-    p0 = adapter.model(image).float().softmax(-1)[0, label]
+    def probs(x: Tensor) -> Tensor:  # the last block for the class token's row only (adapter.run_blocks)
+        return adapter.head(adapter.run_blocks(adapter.embed(x), 0)).float().softmax(-1)[:, label]
+
+    p0 = probs(image)[0]
     s = g // block
     side = ps * block
     drops = torch.empty(s * s)
@@ -288,7 +291,7 @@ def patch_saliency(adapter: ViTAdapter, image: Tensor, label: int, block: int = 
         for r, c in enumerate(cells):
             y0, x0 = (c // s) * side, (c % s) * side
             x[r, :, y0:y0 + side, x0:x0 + side] = 0
-        drops[start:start + len(cells)] = (p0 - adapter.model(x).float().softmax(-1)[:, label]).cpu()
+        drops[start:start + len(cells)] = (p0 - probs(x)).cpu()
         if progress is not None:
             progress(cells.stop, s * s)
     return drops.view(s, s)
