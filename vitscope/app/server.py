@@ -135,8 +135,11 @@ def check_address(address: str, port: int, login: Login) -> None:
 
 
 def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", device: str = "cpu",
-          show: bool = False, login: Login | None = None, threads: int | None = None) -> None:
+          show: bool = False, login: Login | None = None, threads: int | None = None,
+          scheduler: str | None = None) -> None:
     """Serve the app; every browser session gets its own Explorer (selection) over shared data and model.
+
+    `scheduler` (a Dask scheduler's address) puts the on-demand ablation service's model on a Dask worker.
 
     `threads` runs the sessions' callbacks on Panel's thread pool (`pn.config.nthreads`), so one session's
     model call does not queue every other session behind it.
@@ -153,9 +156,11 @@ def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", devic
 
     import panel as pn
 
-    from vitscope.app.explorer import Explorer, service, store_data
+    from vitscope.app.explorer import Explorer, dispatcher, service, store_data
 
     store_data(key)
+    if scheduler:
+        dispatcher(key, device, scheduler)  # an unreachable scheduler: one line now, not in every page
     try:
         service(key, device)  # load the model once now, so the first tap is quick
     except VitscopeError as e:  # the page still works from the store; its pattern view says why attention is off
@@ -175,8 +180,8 @@ def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", devic
     else:
         origins = ["*"]
     try:
-        server = pn.serve({"/": lambda: Explorer(path, device).template()}, port=port, address=address, show=show,
-                          title="vitscope", websocket_origin=origins, start=False, verbose=False, **auth)
+        server = pn.serve({"/": lambda: Explorer(path, device, scheduler).template()}, port=port, address=address,
+                          show=show, title="vitscope", websocket_origin=origins, start=False, verbose=False, **auth)
     except OSError as e:  # taken since check_address
         raise VitscopeError(f"cannot serve on {address}:{port}: {e.strerror or e} (try another --port)") from None
     print(f"vitscope app for {path}: {url(address, port)}  ({_who(login)}; Ctrl+C stops it)", flush=True)
