@@ -1,0 +1,97 @@
+"""Many users on one server: eight browser sessions choose their own image at the same moment, and every page
+shows its own image, as a lone session shows it (sessions share the store's arrays and the model, never a
+selection or a view)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from test_browser import ARGS, CHROMIUM, free_port, model, text_of, until
+
+sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+
+SESSIONS = 8
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("sessions")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VITSCOPE_CACHE": str(cache)}
+    out = subprocess.run([sys.executable, "-m", "vitscope.cli", "demo", "--no-serve", "--limit", "16"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return cache / "demo-16.zarr"
+
+
+@pytest.fixture(scope="module", params=["0", "4"], ids=["event-loop", "4-threads"])
+def server(store, request):
+    """`vitscope serve` as a lab runs it: callbacks on the event loop (the default), or on Panel's thread pool."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vitscope.cli", "serve", str(store), "--port", str(port),
+                             "--threads", request.param],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if f"http://localhost:{port}/" in line:
+            break
+    assert f"http://localhost:{port}/" in "".join(seen), "".join(seen)
+    yield f"http://localhost:{port}/"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def lone_view(store, image: int) -> dict:
+    """What one session shows for `image`: its pattern info line and the two-axes title (from its attention)."""
+    from vitscope.app import Explorer
+
+    ex = Explorer(store)
+    ex.overview.select(image)
+    return {"info": ex.pattern.info.text, "axes": ex.pattern.matrix.axes.title.text,
+            "marker": [float(ex.data.image_xy[image, 0])]}
+
+
+def test_eight_sessions_choose_at_once_and_each_sees_its_own_image(server, store):
+    import html
+    import re
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            pages = []
+            for _ in range(SESSIONS):  # a context each: its own cookies, its own server session
+                page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+                page.errors = []
+                page.on("pageerror", lambda e, page=page: page.errors.append(str(e)))
+                page.goto(server, wait_until="networkidle")
+                pages.append(page)
+            for page in pages:
+                page.wait_for_selector("text=Select an image to see its top-5", timeout=120_000)
+            images = model(pages[0], "vs-overview-points", "data.image")
+            chosen = [images[(3 * k + 1) % len(images)] for k in range(SESSIONS)]
+            assert len(set(chosen)) == SESSIONS
+            boxes = [page.locator(".vs-image-id input").first for page in pages]
+            for box, image in zip(boxes, chosen, strict=True):
+                box.fill(str(image))
+            for box in boxes:  # the eight Enters go out together; the server handles them side by side
+                box.press("Enter")
+
+            plain = lambda h: re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", "", h))).strip()  # noqa: E731
+            for page, image in zip(pages, chosen, strict=True):
+                want = lone_view(store, image)
+                until(lambda page=page, want=want: model(page, "vs-overview-marker", "data.x") == want["marker"],
+                      timeout=120, what=f"image {image} chosen")
+                until(lambda page=page, want=want: plain(text_of(page, ".vs-pattern-info")) == plain(want["info"]),
+                      timeout=120, what=f"pattern info of image {image}")
+                until(lambda page=page, want=want: model(page, "vs-axes-fig", "title.text") == want["axes"],
+                      timeout=120, what=f"attention of image {image}")
+            for page, image in zip(pages, chosen, strict=True):  # and stays so once all have settled
+                assert model(page, "vs-overview-marker", "data.x") == lone_view(store, image)["marker"]
+                assert not page.errors, page.errors
+                assert "Traceback" not in page.content()
+        finally:
+            browser.close()
