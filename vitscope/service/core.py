@@ -9,6 +9,7 @@ the same calls run in this process or on a Dask worker.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -58,6 +59,7 @@ class Service:
         self.labels = self.ds["label"].values
         self.valid = self.ds["valid"].values.astype(bool)
         self._bases: OrderedDict[int, prune.Baseline] = OrderedDict()
+        self._lock = threading.Lock()
 
     # -- images ---------------------------------------------------------------------------------------------
 
@@ -82,18 +84,20 @@ class Service:
 
     def baseline(self, images: Sequence[int]) -> prune.Baseline:
         """The unpruned pass of stored images (kept for the last BASELINE_CACHE images), true labels."""
-        missing = [i for i in dict.fromkeys(images) if i not in self._bases]
-        if missing:
-            base = prune.baseline(self.adapter, self.inputs(missing), torch.as_tensor(self.labels[missing]))
-            for r, i in enumerate(missing):
-                self._bases[i] = prune.Baseline([x[r:r + 1] for x in base.inputs], [z[r:r + 1] for z in base.outputs],
-                                                base.probs[r:r + 1], base.labels[r:r + 1])
-        parts = []
-        for i in images:
-            self._bases.move_to_end(i)
-            parts.append(self._bases[i])
-        while len(self._bases) > BASELINE_CACHE:
-            self._bases.popitem(last=False)
+        with self._lock:  # the queue's two lanes share the cache
+            missing = [i for i in dict.fromkeys(images) if i not in self._bases]
+            if missing:
+                base = prune.baseline(self.adapter, self.inputs(missing), torch.as_tensor(self.labels[missing]))
+                for r, i in enumerate(missing):
+                    self._bases[i] = prune.Baseline([x[r:r + 1] for x in base.inputs],
+                                                    [z[r:r + 1] for z in base.outputs],
+                                                    base.probs[r:r + 1], base.labels[r:r + 1])
+            parts = []
+            for i in images:
+                self._bases.move_to_end(i)
+                parts.append(self._bases[i])
+            while len(self._bases) > BASELINE_CACHE:
+                self._bases.popitem(last=False)
         if len(parts) == 1:
             return parts[0]
         return prune.Baseline([torch.cat(x) for x in zip(*(p.inputs for p in parts), strict=True)],
