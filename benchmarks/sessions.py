@@ -32,25 +32,6 @@ from playwright.sync_api import Page, sync_playwright
 from vitscope.build import cache_root
 from vitscope.store import open_store
 
-# Beside app_browser's page clock: the time of the last frame of a message *from* the server that is not an
-# "OK" (the clock's own `ws` also stamps the page's own messages, sent as it lays out the new data, and their acks).
-LAST_IN = r"""
-(() => {
-  const Clocked = window.WebSocket;
-  window.WebSocket = class extends Clocked {
-    constructor(...args) {
-      super(...args);
-      let kind = "";  // a message is a header frame (its msgtype), then metadata, content and buffer frames
-      this.addEventListener("message", (e) => {
-        const m = typeof e.data === "string" && e.data.match(/"msgtype":\s*"([A-Z-]+)"/);
-        if (m) kind = m[1];
-        if (kind !== "OK") window.__vsIn = performance.now();  // not the acks of the page's own messages
-      });
-    }
-  };
-})();
-"""
-
 
 class Serve:
     """`vitscope serve STORE --threads T` in a subprocess, its output in a log file."""
@@ -86,10 +67,8 @@ def type_ids(pages: list[Page], ids: list[int]) -> None:
         quiet(page, 300)
 
 
-def press_all(pages: list[Page]) -> list[tuple[float, float]]:
-    """Arm every page's clock, press Enter in each (together), then each page's (wait, reply) in ms: until it
-    settled, and until its last websocket frame (the server's answer, before the browser draws it); NaN: no
-    settle."""
+def press_all(pages: list[Page]) -> list[float]:
+    """Arm every page's clock, press Enter in each (together), then each page's wait in ms (NaN: no settle)."""
     for page in pages:
         page.evaluate("() => window.__vs.arm()")
     for page in pages:
@@ -97,8 +76,7 @@ def press_all(pages: list[Page]) -> list[tuple[float, float]]:
     waits = []
     for page in pages:
         res = page.evaluate("([ms, t]) => window.__vs.settle(ms, t)", [QUIET_MS, TIMEOUT_MS])
-        reply = page.evaluate("() => window.__vsIn - window.__vs.input")
-        waits.append((res["ms"], reply) if res["ok"] and res["n"]["doc"] else (float("nan"), float("nan")))
+        waits.append(res["ms"] if res["ok"] and res["n"]["doc"] else float("nan"))
     return waits
 
 
@@ -113,7 +91,6 @@ def bench(store: Path, threads: int, sessions: int, repeat: int, viewport: tuple
             pages = []
             for _ in range(sessions):
                 context = browser.new_context(viewport=dict(zip(("width", "height"), viewport, strict=True)))
-                context.add_init_script(LAST_IN)  # with open_page's page clock (either order works)
                 pages.append(open_page(context, server.url, errors))
             for page in pages:  # warm-up: each session's first image (cold caches)
                 type_ids([page], [next(ids)])
@@ -179,35 +156,30 @@ def main() -> None:
     viewport = tuple(int(v) for v in args.viewport.split("x"))
     n = args.sessions
     print(f"{store}: {n} sessions, image typed + Enter, {args.repeat} rounds, {os.cpu_count()} cores\n")
-    print("wait: input → page settled; reply: input → the server's last websocket frame (before drawing)\n")
-    print(f"| --threads | one: wait ms | {n} at once: wait ms (max) | wait ratio | one: reply ms "
-          f"| {n} at once: reply ms (max) | reply ratio | not settled |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| --threads | one session: wait ms | {n} at once: median ms | {n} at once: max ms | median ratio "
+          "| max ratio | not settled |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for t in [] if args.no_browser else args.threads:
         r = bench(store, t, n, args.repeat, viewport)
-        one = [w for w in r["one"] if w[0] == w[0]]
-        every = [w for w in r["all"] if w[0] == w[0]]
+        one, every = [w for w in r["one"] if w == w], [w for w in r["all"] if w == w]
         failed = len(r["all"]) - len(every) + len(r["one"]) - len(one)
         if not one or not every:
-            print(f"| {t} | n/a | n/a | n/a | n/a | n/a | n/a | {failed} |")
+            print(f"| {t} | n/a | n/a | n/a | n/a | n/a | {failed} |")
             continue
-        cells = []
-        for k in (0, 1):
-            m1 = statistics.median(w[k] for w in one)
-            mn, top = statistics.median(w[k] for w in every), max(w[k] for w in every)
-            cells += [f"{m1:.0f}", f"**{mn:.0f}** ({top:.0f})", f"**{mn / m1:.2f}** ({top / m1:.2f})"]
-        print(f"| {t} | {' | '.join(cells)} | {failed} |", flush=True)
+        m1, mn, top = statistics.median(one), statistics.median(every), max(every)
+        print(f"| {t} | {m1:.0f} | **{mn:.0f}** | {top:.0f} | **{mn / m1:.2f}** | {top / m1:.2f} | {failed} |",
+              flush=True)
         for e in sorted({e for e in r["errors"] if "fonts.googleapis" not in e and "ERR_NAME_NOT" not in e})[:5]:
             print(f"  page: {e[:200]}")
     print(f"\nA serial server: median ratio ≈ {(n + 1) / 2:.1f}, max ratio ≈ {n}.")
     print(f"\nThe server alone (no browser, no websocket): {n} sessions' Explorers select an image at once on a pool "
           "of --threads workers\n")
-    print(f"| --threads | one: ms | {n} at once: ms (max) | ratio (max) |")
-    print("| --- | --- | --- | --- |")
+    print(f"| --threads | one session: ms | {n} at once: median ms | {n} at once: max ms | median ratio | max ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for t in args.threads:
         one, every = server_alone(store, t, n, args.repeat)
         m1, mn = statistics.median(one), statistics.median(every)
-        print(f"| {t} | {m1:.0f} | **{mn:.0f}** ({max(every):.0f}) | **{mn / m1:.2f}** ({max(every) / m1:.2f}) |",
+        print(f"| {t} | {m1:.0f} | **{mn:.0f}** | {max(every):.0f} | **{mn / m1:.2f}** | {max(every) / m1:.2f} |",
               flush=True)
 
 
