@@ -102,7 +102,9 @@ def test_pairs_curve_and_saliency(svc):
     acc = svc.compute({"kind": "curve", "cls": cls, "orders": ["proxy"], "steps": [0, 24]})
     images = np.flatnonzero(svc.labels == cls)
     correct = svc.ds["topk_idx"].values[images, 0, 0, 0, 0] == cls
-    assert acc["images"] == len(images) and acc["curves"]["proxy"][0] == pytest.approx(correct.mean())
+    assert acc["images"] == acc["of"] == len(images) and acc["curves"]["proxy"][0] == pytest.approx(correct.mean())
+    sample = svc.compute({"kind": "curve", "orders": ["random"], "steps": [0, 3], "max_images": 5})
+    assert (sample["images"], sample["of"]) == (5, 16)
 
     seen = []
     sal = svc.compute({"kind": "saliency", "image": 1, "block": 2}, progress=lambda d, t: seen.append((d, t)))

@@ -264,6 +264,8 @@ class AblationView:
         self.curve.x_range.update(start=0, end=max(r["steps"]))
         who = f"image {r['image']}" if r["image"] is not None else (
             f"class {self.data.class_names[r['cls']]}" if r["cls"] is not None else "all images")
+        if r["image"] is None and r["images"] < r["of"]:
+            who += f" ({r['images']} of {r['of']})"
         self.curve.yaxis.axis_label = "P'[true]" if r["y"] == "prob" else "top-1 accuracy"
         self.curve.title.text = f"pruning curve, {who}"
 

@@ -120,7 +120,8 @@ def readable(r: dict) -> str:
         return "\n".join(lines)
     if kind == "curve":
         who = f"image {r['image']}" if r["image"] is not None else \
-            (f"class {r['cls']}" if r["cls"] is not None else "all images") + f" ({r['images']} images)"
+            (f"class {r['cls']}" if r["cls"] is not None else "all images") + (
+                f" ({r['images']} images)" if r["images"] == r["of"] else f" (a sample of {r['images']} of {r['of']})")
         what = "P'[true]" if r["y"] == "prob" else "top-1 accuracy"
         orders = list(r["curves"])
         lines = [f"progressive pruning, {who}: {what} after pruning n heads in each order",

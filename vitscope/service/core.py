@@ -32,6 +32,7 @@ Progress = Callable[[int, int], None] | None
 CURVE_ORDERS = ("exact", "proxy", "random")
 BASELINE_CACHE = 64  # images whose unpruned pass is kept (ViT-Ti: 3.6 MB each)
 GROUP = 32  # images per baseline pass of a pruning curve (bounds memory)
+CURVE_IMAGES = 256  # a set's pruning curve runs on at most this many images (a seeded sample)
 
 
 @lru_cache(maxsize=4)
@@ -169,9 +170,10 @@ class Service:
                 "single": single.tolist(), "pair": pair.tolist(), "interaction": inter.tolist()}
 
     def curve(self, image: int | None = None, cls: int | None = None, orders: Sequence[str] = CURVE_ORDERS,
-              steps: Sequence[int] | None = None, seed: int = 0, progress: Progress = None) -> dict:
+              steps: Sequence[int] | None = None, seed: int = 0, progress: Progress = None,
+              max_images: int = CURVE_IMAGES) -> dict:
         """Progressive pruning: heads pruned one after another in each order; P'[true] (one image) or top-1
-        accuracy (a class, or every image) against the number pruned."""
+        accuracy (a class, or every image; a seeded sample of `max_images` beyond that) against the number pruned."""
         ad = self.adapter
         n_heads = ad.num_layers * ad.num_heads
         bad = [o for o in orders if o not in CURVE_ORDERS] or ([] if orders else [""])
@@ -187,6 +189,9 @@ class Service:
             scope = np.flatnonzero(self.valid & (True if cls is None else self.labels == int(cls))).tolist()
             if not scope:
                 raise VitscopeError(f"class {self.class_names[int(cls)]!r} has no readable image in {self.path}")
+        total_images = len(scope)
+        if len(scope) > max_images:  # a seeded sample keeps a curve over thousands of images interactive
+            scope = sorted(np.random.default_rng(seed).choice(scope, max_images, replace=False).tolist())
         if steps is None:  # every step for one image of a small model; 25 steps for a set (one forward each)
             every = n_heads <= (150 if image is not None else 48)
             steps = list(range(n_heads + 1)) if every else sorted({round(v) for v in np.linspace(0, n_heads, 25)})
@@ -208,7 +213,7 @@ class Service:
                 per_image.append(prob if image is not None else correct.float())
                 done += len(group) * len(steps)
             values[o] = torch.cat(per_image).mean(0).tolist()
-        return {"kind": "curve", "image": image, "cls": cls, "images": len(scope), "steps": steps,
+        return {"kind": "curve", "image": image, "cls": cls, "images": len(scope), "of": total_images, "steps": steps,
                 "y": "prob" if image is not None else "top1", "curves": values,
                 "orders": {o: [head_name(*h) for h in r] for o, r in ranked.items()}}
 
@@ -276,7 +281,7 @@ class Service:
             return self.pairs(r["image"], r.get("k", 12), r.get("heads"), progress)
         if kind == "curve":
             return self.curve(r.get("image"), r.get("cls"), r.get("orders", CURVE_ORDERS), r.get("steps"),
-                              r.get("seed", 0), progress)
+                              r.get("seed", 0), progress, r.get("max_images", CURVE_IMAGES))
         if kind == "saliency":
             return self.saliency(r["image"], r.get("block", 1), progress)
         if kind == "new_image":
