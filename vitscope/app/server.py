@@ -17,6 +17,9 @@ from pathlib import Path
 from vitscope.errors import VitscopeError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# An uploaded image reaches the service base64-encoded in one websocket message: room for the 50 MB the service
+# accepts (it refuses larger files in one line), where Bokeh's default 20 MB would drop the connection.
+UPLOAD_MESSAGE = 80 * 2**20
 
 
 @dataclass
@@ -182,7 +185,8 @@ def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", devic
         origins = ["*"]
     try:
         server = pn.serve({"/": lambda: Explorer(path, device, scheduler).template()}, port=port, address=address,
-                          show=show, title="vitscope", websocket_origin=origins, start=False, verbose=False, **auth)
+                          show=show, title="vitscope", websocket_origin=origins, start=False, verbose=False,
+                          websocket_max_message_size=UPLOAD_MESSAGE, **auth)
     except OSError as e:  # taken since check_address
         raise VitscopeError(f"cannot serve on {address}:{port}: {e.strerror or e} (try another --port)") from None
     print(f"vitscope app for {path}: {url(address, port)}  ({_who(login)}; Ctrl+C stops it)", flush=True)
