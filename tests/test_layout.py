@@ -51,6 +51,28 @@ def test_deterministic_for_a_seed(threshold, coarse_fft):
     )
 
 
+@pytest.mark.parametrize("threshold", [10_000, 50], ids=["sklearn", "opentsne"])
+def test_progress_counts_every_iteration(threshold, coarse_fft):
+    """A build's progress bar is sized by `iterations`: the callback must add up to exactly that."""
+    x, labels = _two_clusters(60)
+    steps: list[int] = []
+    y = tsne_2d(x, exact_threshold=threshold, progress=steps.append)
+    assert sum(steps) == layout.iterations(len(x), threshold)
+    assert len(steps) == (1 if threshold > len(x) else layout.iterations(len(x), threshold) // 25)
+    assert _nn1_accuracy(y, labels) >= 0.95
+    silent = tsne_2d(x, exact_threshold=threshold)  # reporting progress changes nothing in the layout
+    np.testing.assert_array_equal(y, silent)
+
+
+def test_iterations_and_trivial_inputs_report_progress():
+    assert layout.iterations(3) == 0 and layout.iterations(2000) == 1000 and layout.iterations(2001) == 375
+    steps: list[int] = []
+    tsne_2d(np.ones((50, 4)), progress=steps.append)  # constant input: no tSNE, still done in full
+    assert sum(steps) == layout.iterations(50)
+    tsne_2d(np.zeros((3, 4)), progress=steps.append)
+    assert sum(steps) == layout.iterations(50)
+
+
 @pytest.mark.slow
 def test_opentsne_with_default_grid():
     x, labels = _two_clusters(60)
