@@ -100,7 +100,8 @@ def test_resume_after_kill_gives_the_same_store(reference, tmp_path):
                             env=ENV)
     deadline = time.time() + 300
     while time.time() < deadline:
-        if (out / "chunk_done").exists() and 1 <= store.done_chunks(out).sum() < 3:
+        # .zarray, not the folder: the folder exists a moment before the array can be read
+        if (out / "chunk_done" / ".zarray").exists() and 1 <= store.done_chunks(out).sum() < 3:
             break
         assert proc.poll() is None, "the build ended before it could be killed"
         time.sleep(0.05)
@@ -159,9 +160,11 @@ def test_folder_with_bad_files(tmp_path):
     (tmp_path / "imgs" / str(labels[1]) / "empty.jpg").write_bytes(b"")
     out = tmp_path / "f.zarr"
     res = vitscope("build", "--model", "demo", "--images", str(tmp_path / "imgs"), "--out", str(out),
-                   "--chunk-size", "4", "--ae-epochs", "1")
+                   "--chunk-size", "4", "--ae-epochs", "1", "--quiet")
     assert res.returncode == 0, res.stderr
-    assert res.stderr.count("skipped ") >= 2 and "2 unreadable images skipped" in res.stderr
+    assert res.stderr.count("skipped ") >= 2 and "2 unreadable images skipped" in res.stderr  # even when quiet
+    assert "analysing images" not in res.stderr and "it/s" not in res.stderr and "tSNE" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 3 and res.stdout.startswith("store ready")
     ds = store.open_store(out)
     assert ds.sizes["image"] == 8 and int(ds["valid"].sum()) == 6
     bad = ~ds["valid"].values
@@ -189,3 +192,87 @@ def test_service_recomputes_one_images_attention(reference):
     np.testing.assert_allclose(r.importance[0, 2].numpy(), ds["importance"].values[5, 2], atol=1e-5)
     with pytest.raises(VitscopeError, match="image 24 out of range.*0..23"):
         svc.attention(24)
+
+
+# -- the store opens before its layouts (vitscope demo serves it then) -----------------------------------
+
+SMALL = dict(model="demo", images="demo", limit=24, chunk=8, ae_epochs=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory):
+    """The same small store built here in one go (in-process builds agree with each other to the bit)."""
+    from vitscope.build import BuildConfig, build
+
+    return build(BuildConfig(out=tmp_path_factory.mktemp("inproc") / "full.zarr", **SMALL))
+
+
+def test_layouts_later_opens_the_store_first_and_ends_the_same(in_process, tmp_path, monkeypatch):
+    import threading
+
+    from vitscope.analysis import layout
+    from vitscope.build import LAYOUTS, BuildConfig, build, layouts_status, wait_layouts
+
+    gate, real = threading.Event(), layout.tsne_2d
+
+    def gated(*args, **kwargs):
+        assert gate.wait(300)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(layout, "tsne_2d", gated)
+    out = build(BuildConfig(out=tmp_path / "later.zarr", **SMALL), layouts_later=True)
+    ds = store.open_store(out)  # opens while the layouts are computed
+    assert ds.attrs["layouts_pending"] == list(LAYOUTS) and layouts_status(out) == "running"
+    assert np.isnan(ds["image_xy"].values).all() and np.isnan(ds["pattern_latent"].values).all()
+    assert (ds["head_kind"].values >= 0).all() and ds["importance"].notnull().all()
+    assert "layouts pending: head_xy_cls, head_xy_patch, image_xy" in store.describe(out)
+    gate.set()
+    assert wait_layouts(out, 300) == "done"
+    assert store.open_store(out).attrs["layouts_pending"] == []
+    assert_same_store(in_process, out)
+
+
+def test_layouts_left_pending_are_finished_by_the_same_build(in_process, tmp_path, monkeypatch, capsys):
+    from vitscope.analysis import layout
+    from vitscope.build import BuildConfig, build, layouts_status, wait_layouts
+
+    real, calls = layout.tsne_2d, []
+
+    def second_fails(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(layout, "tsne_2d", second_fails)
+    out = build(BuildConfig(out=tmp_path / "pending.zarr", **SMALL), layouts_later=True)
+    assert wait_layouts(out, 300) == "failed: killed" == layouts_status(out)
+    assert "computing the layouts of" in capsys.readouterr().err
+    ds = store.open_store(out)
+    assert ds.attrs["layouts_pending"] == ["head_xy_cls", "head_xy_patch"] and ds["image_xy"].notnull().all()
+    monkeypatch.setattr(layout, "tsne_2d", real)
+    build(BuildConfig(out=out, **{**SMALL, "progress": True}))
+    assert "computing its layouts (head_xy_cls, head_xy_patch)" in capsys.readouterr().err
+    assert_same_store(in_process, out)
+
+
+def test_progress_moves_per_engine_batch():
+    from pathlib import Path
+
+    from vitscope.build import BuildConfig, compute_chunk, open_inputs
+    from vitscope.data.images import Preprocessor
+
+    cfg = BuildConfig(model="demo", images="demo", out=Path("unused"), limit=12, batch_size=5)
+    adapter, images = open_inputs(cfg)
+    lay = store.Layout(images=12, layers=6, heads=4, classes=10, grid=8, tokens=65, topk=5, latent=16,
+                       binary_size=64, binary_ones=cls.top_count(0.01, 64), thumb=(64, 64), chunk=12)
+    seen: list[int] = []
+    compute_chunk(adapter, images, Preprocessor(adapter.model), lay, cfg, 0, on_batch=seen.append)
+    assert seen == [5, 5, 2]
+
+
+def test_demo_quiet_prints_its_summary_and_no_progress(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "vitscope.cli", "demo", "--limit", "8", "--no-serve", "--quiet"],
+                         capture_output=True, text=True, timeout=600, env={**ENV, "VITSCOPE_CACHE": str(tmp_path)})
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "" and "Head importance" in res.stdout and (tmp_path / "demo-8.zarr").is_dir()

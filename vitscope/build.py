@@ -2,8 +2,10 @@
 
 Per image chunk: preprocess, run the engine (every head × mode, attention, gradient proxy),
 derive strength, CLS vectors, binarised maps and pattern labels, write the chunk's region,
-mark it done. Then, over the whole set: head consistency and kinds, the pattern autoencoder and the tSNE
-layouts.
+mark it done. Then, over the whole set: head consistency and kinds (the store opens from here on, with
+`layouts_pending` naming the layouts still to come), then the tSNE layouts one by one, the pattern
+autoencoder before the layout of its latents. `vitscope demo` serves the app at that point and computes the
+layouts in a background thread (`layouts_later`); the views fill them in as they land.
 Chunks run in this process or on a Dask cluster (each worker writes its own regions).
 """
 
@@ -12,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +30,8 @@ from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
 from vitscope.models import ViTAdapter, load_model
 from vitscope.vocab import METRICS
+
+LAYOUTS = ("image_xy", "head_xy_cls", "head_xy_patch")  # in the order they are computed
 
 
 @dataclass
@@ -73,18 +79,24 @@ def cache_root() -> Path:
     return checkout if checkout.is_dir() else Path.home() / ".cache" / "vitscope"
 
 
-def demo_store(device: str = "cpu", limit: int | None = None) -> Path:
-    """The demo store in the cache: built on first use (progress bars), reused after; rebuilt if stale."""
+def demo_store(device: str = "cpu", limit: int | None = None, *, layouts_later: bool = False,
+               progress: bool = True) -> Path:
+    """The demo store in the cache: built on first use (progress bars), reused after; rebuilt if stale.
+
+    `layouts_later` returns as soon as the store opens (per-image analysis and head kinds done) and computes
+    the layouts in a background thread (`layouts_status`, `wait_layouts`): the app can be served meanwhile.
+    """
     from vitscope.errors import StoreMismatch
 
     name = "demo.zarr" if limit is None else f"demo-{limit}.zarr"
-    cfg = BuildConfig(model="demo", images="demo", out=cache_root() / name, device=device, limit=limit)
+    cfg = BuildConfig(model="demo", images="demo", out=cache_root() / name, device=device, limit=limit,
+                      progress=progress)
     try:
-        return build(cfg)
+        return build(cfg, layouts_later=layouts_later)
     except StoreMismatch as e:
         print(f"rebuilding the demo store: {e}", file=sys.stderr)
         cfg.overwrite = True
-        return build(cfg)
+        return build(cfg, layouts_later=layouts_later)
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -106,8 +118,12 @@ def open_inputs(cfg: BuildConfig) -> tuple[ViTAdapter, ImageSet]:
     return adapter, images
 
 
-def build(cfg: BuildConfig) -> Path:
-    """Build (or resume) the store at cfg.out; returns its path."""
+def build(cfg: BuildConfig, *, layouts_later: bool = False) -> Path:
+    """Build (or resume) the store at cfg.out; returns its path.
+
+    With `layouts_later` it returns once the store opens and computes the layouts in a background thread of
+    this process (a process that ends first leaves them pending: the same build again finishes them).
+    """
     out = Path(cfg.out)
     if cfg.layout_metric not in METRICS:
         raise VitscopeError(f"--layout-metric must be one of {', '.join(METRICS)}")
@@ -119,8 +135,12 @@ def build(cfg: BuildConfig) -> Path:
         store.remove(out)
     if out.exists():
         attrs = store.check(out, fingerprint)
-        if attrs.get("complete"):
+        if attrs.get("complete") and not pending_layouts(attrs):
             _say(cfg, f"{out} is already built (same model, images and parameters); nothing to do")
+            return out
+        if attrs.get("complete"):
+            _say(cfg, f"resuming {out}: computing its layouts ({', '.join(pending_layouts(attrs))})")
+            _layouts(out, cfg, layouts_later)
             return out
         _say(cfg, f"resuming {out}: {int(store.done_chunks(out).sum())} of {store.read_layout(out).chunks} "
                   "chunks already done")
@@ -146,13 +166,14 @@ def build(cfg: BuildConfig) -> Path:
         if todo and (cfg.workers or cfg.scheduler):
             _run_dask(cfg, todo, lay)
         elif todo:
-            bar = tqdm(total=len(images), desc="analysing images", unit="img", disable=not cfg.progress)
-            bar.update(len(images) - sum(_chunk_len(lay, i) for i in todo))
+            bar = tqdm(total=len(images), desc="analysing images", unit="img", disable=not cfg.progress,
+                       initial=len(images) - sum(_chunk_len(lay, i) for i in todo))
             for i in todo:
-                skipped = compute_and_write(adapter, images, pre, lay, cfg, i)
+                before = bar.n
+                skipped = compute_and_write(adapter, images, pre, lay, cfg, i, on_batch=bar.update)
                 for line in skipped:
                     bar.write(line, file=sys.stderr)
-                bar.update(_chunk_len(lay, i))
+                bar.update(before + _chunk_len(lay, i) - bar.n)  # the chunk's unreadable images
             bar.close()
     except torch.OutOfMemoryError:
         raise VitscopeError(
@@ -160,7 +181,8 @@ def build(cfg: BuildConfig) -> Path:
             f"--batch-size to resume; the {int(store.done_chunks(out).sum())} finished chunks are kept"
         ) from None
     cfg.timings["images"] = time.perf_counter() - t
-    finish(out, cfg)
+    finish_heads(out, cfg)
+    _layouts(out, cfg, layouts_later)
     return out
 
 
@@ -174,16 +196,20 @@ def _chunk_len(lay: store.Layout, index: int) -> int:
 
 
 def compute_and_write(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay: store.Layout,
-                      cfg: BuildConfig, index: int) -> list[str]:
+                      cfg: BuildConfig, index: int, on_batch: Callable[[int], object] | None = None) -> list[str]:
     """Compute chunk `index` and write it; returns one line per skipped image."""
-    arrays, skipped = compute_chunk(adapter, images, pre, lay, cfg, index)
+    arrays, skipped = compute_chunk(adapter, images, pre, lay, cfg, index, on_batch)
     store.write_chunk(Path(cfg.out), index, lay, arrays)
     return skipped
 
 
 def compute_chunk(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay: store.Layout,
-                  cfg: BuildConfig, index: int) -> tuple[dict[str, np.ndarray], list[str]]:
-    """All per-image variables of one chunk, as numpy arrays (invalid images keep fill values)."""
+                  cfg: BuildConfig, index: int, on_batch: Callable[[int], object] | None = None,
+                  ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """All per-image variables of one chunk, as numpy arrays (invalid images keep fill values).
+
+    `on_batch(n)` after each engine batch of n images: on a CPU a ViT-Ti's 64-image chunk takes minutes.
+    """
     start = index * lay.chunk
     ids = range(start, start + _chunk_len(lay, index))
     sizes = lay.sizes()
@@ -233,53 +259,117 @@ def compute_chunk(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay:
             out["attention"] = a.half()
         for k, v in out.items():
             arrays[k][sel] = v.numpy() if isinstance(v, torch.Tensor) else v
+        if on_batch is not None:
+            on_batch(len(sel))
     return arrays, skipped
 
 
-def finish(out: Path, cfg: BuildConfig) -> None:
-    """Whole-set results: head consistency and kinds, the pattern autoencoder on every valid head map, then
-    the three tSNE layouts."""
+def pending_layouts(attrs: dict) -> list[str]:
+    """The layouts a store opens without yet (none for stores built before layouts could come later)."""
+    return list(attrs.get("layouts_pending", []))
+
+
+def finish_heads(out: Path, cfg: BuildConfig) -> None:
+    """Head consistency and kinds over every readable image; from here on the store opens, its layouts pending."""
+    import xarray as xr
+
+    ds = xr.open_zarr(str(out), consolidated=True)
+    lay = store.read_layout(out)
+    valid = ds["valid"].values
+    nv = int(valid.sum())
+    if nv == 0:
+        raise VitscopeError(f"no readable image in {cfg.images}: nothing to analyse")
+    if nv < lay.images:  # said even with --quiet: it is about the user's images, not progress
+        print(f"{lay.images - nv} unreadable images skipped (listed above); {nv} analysed", file=sys.stderr)
+    agree = consistency.head_consistency(ds["binary_index"].values[valid], lay.binary_size)  # [L, H]
+    store.write_global(out, {"head_consistency": agree, "head_kind": consistency.head_kinds(agree)},
+                       {"valid_images": nv, "layout_metric": cfg.layout_metric, "layouts_pending": list(LAYOUTS)})
+
+
+def finish_layouts(out: Path, cfg: BuildConfig) -> None:
+    """The tSNE layouts still pending, each written as soon as it is done (the app shows it then), with the
+    pattern autoencoder and its latents before the patch layout."""
     import xarray as xr
 
     ds = xr.open_zarr(str(out), consolidated=True)
     lay = store.read_layout(out)
     valid = ds["valid"].values
     nv, L, H = int(valid.sum()), lay.layers, lay.heads
-    if nv == 0:
-        raise VitscopeError(f"no readable image in {cfg.images}: nothing to analyse")
-    if nv < lay.images:
-        _say(cfg, f"{lay.images - nv} unreadable images skipped (listed above); {nv} analysed")
-    index = ds["binary_index"].values[valid]  # [Nv, L, H, ones]
-    agree = consistency.head_consistency(index, lay.binary_size)  # [L, H]
-    maps = autoencoder.PackedMaps(index.reshape(nv * L * H, -1), lay.binary_size)  # [Nv·L·H] maps
-    t = time.perf_counter()
-    model, losses = autoencoder.train_autoencoder(maps, latent=lay.latent, epochs=cfg.ae_epochs, seed=cfg.seed,
-                                                  max_maps=cfg.ae_maps, device=cfg.device, progress=cfg.progress)
-    latents = autoencoder.encode(model, maps, device=cfg.device)
-    cfg.timings["autoencoder"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    metric = METRICS.index(cfg.layout_metric)
-    imp = ds["importance"].values[valid][:, :, :, 1, metric].reshape(nv, L * H)  # mode 1: whole head pruned
-    cls_vec = ds["cls_attention"].values[valid].astype(np.float32).reshape(nv * L * H, -1)
-    steps = [("image_xy", imp), ("head_xy_cls", cls_vec), ("head_xy_patch", latents)]
-    xy = {}
-    for name, data in tqdm(steps, desc="tSNE layouts", disable=not cfg.progress):
-        xy[name] = layout.tsne_2d(data, seed=cfg.seed)
-    cfg.timings["tsne"] = time.perf_counter() - t
 
     def scatter(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         full = np.full((lay.images, *shape), np.nan, np.float32)
         full[valid] = values.reshape(nv, *shape)
         return full
 
-    store.write_global(out, {
-        "pattern_latent": scatter(latents, (L, H, lay.latent)),
-        "image_xy": scatter(xy["image_xy"], (2,)),
-        "head_xy_cls": scatter(xy["head_xy_cls"], (L, H, 2)),
-        "head_xy_patch": scatter(xy["head_xy_patch"], (L, H, 2)),
-        "head_consistency": agree, "head_kind": consistency.head_kinds(agree),
-    }, {"ae_loss": [float(v) for v in losses], "valid_images": nv, "layout_metric": cfg.layout_metric})
+    pending = pending_layouts(ds.attrs)
+    cfg.timings.setdefault("tsne", 0.0)
+    for name in [n for n in LAYOUTS if n in pending]:
+        arrays, attrs = {}, {}
+        if name == "image_xy":
+            metric = METRICS.index(cfg.layout_metric)
+            data = ds["importance"].values[valid][:, :, :, 1, metric].reshape(nv, L * H)  # mode 1: head pruned
+        elif name == "head_xy_cls":
+            data = ds["cls_attention"].values[valid].astype(np.float32).reshape(nv * L * H, -1)
+        else:
+            t = time.perf_counter()
+            maps = autoencoder.PackedMaps(ds["binary_index"].values[valid].reshape(nv * L * H, -1), lay.binary_size)
+            model, losses = autoencoder.train_autoencoder(maps, latent=lay.latent, epochs=cfg.ae_epochs,
+                                                          seed=cfg.seed, max_maps=cfg.ae_maps, device=cfg.device,
+                                                          progress=cfg.progress)
+            data = autoencoder.encode(model, maps, device=cfg.device, progress=cfg.progress)  # [Nv·L·H, latent]
+            arrays["pattern_latent"] = scatter(data, (L, H, lay.latent))
+            attrs["ae_loss"] = [float(v) for v in losses]
+            cfg.timings["autoencoder"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with tqdm(total=layout.iterations(len(data)), desc=f"tSNE layouts: {name} ({len(data)} points)",
+                  unit="it", disable=not cfg.progress) as bar:
+            xy = layout.tsne_2d(data, seed=cfg.seed, progress=bar.update)
+        cfg.timings["tsne"] += time.perf_counter() - t
+        arrays[name] = scatter(xy, (2,) if name == "image_xy" else (L, H, 2))
+        pending.remove(name)
+        store.write_global(out, arrays, {**attrs, "layouts_pending": pending})
+
+
+# Layouts computed in a background thread of this process: store path → (thread, [status]).
+_BACKGROUND: dict[str, tuple[threading.Thread, list[str]]] = {}
+
+
+def _layouts(out: Path, cfg: BuildConfig, later: bool) -> None:
+    if not later:
+        finish_layouts(out, cfg)
+        return
+    key = str(Path(out).resolve())
+    status = ["running"]
+
+    def run() -> None:
+        try:
+            finish_layouts(out, cfg)
+        except Exception as e:  # noqa: BLE001 - a thread's error: one line, the store keeps what it has
+            status[0] = f"failed: {e}"
+            print(f"vitscope: computing the layouts of {out} failed: {e}; run the same command again to retry",
+                  file=sys.stderr)
+            return
+        status[0] = "done"
+        times = ", ".join(f"{k} {cfg.timings[k]:.1f} s" for k in ("autoencoder", "tsne") if k in cfg.timings)
+        _say(cfg, f"layouts of {out} ready ({times}): the app shows them now")
+
+    thread = threading.Thread(target=run, name=f"vitscope layouts {out}", daemon=True)
+    _BACKGROUND[key] = (thread, status)
+    thread.start()
+
+
+def layouts_status(path: str | Path) -> str | None:
+    """"running", "done" or "failed: …" for layouts computed in this process's background; None otherwise."""
+    got = _BACKGROUND.get(str(Path(path).resolve()))
+    return None if got is None else got[1][0]
+
+
+def wait_layouts(path: str | Path, timeout: float | None = None) -> str | None:
+    """Wait for this process's background layouts of a store (if any); their status then."""
+    got = _BACKGROUND.get(str(Path(path).resolve()))
+    if got is not None:
+        got[0].join(timeout)
+    return layouts_status(path)
 
 
 # -- Dask scale-out ----------------------------------------------------------------------------
@@ -311,7 +401,8 @@ def _run_dask(cfg: BuildConfig, todo: list[int], lay: store.Layout) -> None:
     else:
         threads = max(1, (torch.get_num_threads() or 1) // cfg.workers)
         cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, env={"OMP_NUM_THREADS": str(threads)})
+                               dashboard_address=None, env={"OMP_NUM_THREADS": str(threads),
+                                                          "OMP_WAIT_POLICY": "PASSIVE"})
         client = Client(cluster)
     cfg_dict = {k: v for k, v in asdict(cfg).items() if k != "timings"}
     cfg_dict["out"] = str(Path(cfg.out).resolve())  # workers may run elsewhere: absolute paths only

@@ -191,12 +191,14 @@ def write_chunk(path: Path, index: int, layout: Layout, arrays: dict[str, np.nda
 
 
 def write_global(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
-    """Write the whole-set results (latents, layouts, head kinds) and mark the store complete."""
+    """Write whole-set results (latents, layouts, head kinds; any subset) and mark the store complete, i.e.
+    readable (`layouts_pending` in `attrs` says which layouts are still to come)."""
     layout = read_layout(path)
     variables = layout.variables()
     per_image = {k: v for k, v in arrays.items() if "image" in variables[k][0]}
-    ds = xr.Dataset({k: (variables[k][0], np.asarray(v, dtype=variables[k][1])) for k, v in per_image.items()})
-    ds.to_zarr(path, region={"image": slice(0, layout.images)}, **FORMAT)
+    if per_image:
+        ds = xr.Dataset({k: (variables[k][0], np.asarray(v, dtype=variables[k][1])) for k, v in per_image.items()})
+        ds.to_zarr(path, region={"image": slice(0, layout.images)}, **FORMAT)
     for k in arrays.keys() - per_image.keys():  # [layer, head]: small, written whole (a region needs `image`)
         zarr.open_array(str(Path(path) / k), mode="r+")[...] = np.asarray(arrays[k], dtype=variables[k][1])
     group = zarr.open_group(str(path), mode="r+")
@@ -234,7 +236,13 @@ def describe(path: str | Path) -> str:
     valid = int(ds["valid"].values.sum())
     fp = json.loads(attrs["fingerprint"])
     state = "complete" if attrs.get("complete") else f"unfinished: {done}/{lay.chunks} chunks (run build again)"
-    present = [k for k in lay.variables() if k not in GLOBAL or attrs.get("complete")] if done else ["none yet"]
+    pending = set(attrs.get("layouts_pending", []))  # a store opens before its layouts are all computed
+    if pending:
+        state = (f"layouts pending: {', '.join(sorted(pending))} (a running `vitscope demo` fills them in; "
+                 "else run the same build again)")
+        pending |= {"pattern_latent"} if "head_xy_patch" in pending else set()
+    present = ([k for k in lay.variables() if (k not in GLOBAL or attrs.get("complete")) and k not in pending]
+               if done else ["none yet"])
     rows = [
         ("store", f"{path}  ({state})"),
         ("model", f"{attrs['model_spec']} ({attrs['model_class']}), weights {fp['weights']}"),

@@ -193,7 +193,9 @@ def train_autoencoder(
     n_batches = math.ceil(m / batch_size)
     losses: list[float] = []
     model.train()
-    with tqdm(total=epochs * n_batches, desc="pattern autoencoder", unit="batch", disable=not progress) as bar:
+    # counted in maps, so the bar shows maps/s and an ETA like the build's other stages
+    with tqdm(total=epochs * m, desc="pattern autoencoder", unit="map", unit_scale=True,
+              disable=not progress) as bar:
         for epoch in range(epochs):
             order = pool[torch.randperm(m, generator=gen)]
             total = 0.0
@@ -205,7 +207,7 @@ def train_autoencoder(
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(idx)
-                bar.update(1)
+                bar.update(len(idx))
             losses.append(total / m)
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
     return model.eval(), losses
@@ -214,9 +216,10 @@ def train_autoencoder(
 @torch.no_grad()
 def encode(
     model: PatternAutoencoder, maps: np.ndarray | Tensor | PackedMaps, batch_size: int = 1024,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", progress: bool = False,
 ) -> np.ndarray:
-    """Bottleneck codes of [M, S, S] maps → float32 [M, latent], in batches (inputs can be large)."""
+    """Bottleneck codes of [M, S, S] maps → float32 [M, latent], in batches (inputs can be large; a ViT-B's
+    144k maps of 196 × 196 take a while, hence the optional progress bar)."""
     data = _as_maps(maps)  # [M, S, S] or packed
     size = _size(data)
     if size != model.size:
@@ -227,8 +230,10 @@ def encode(
     was_training = model.training
     model.eval().to(device)
     out = np.empty((len(data), model.latent), dtype=np.float32)  # [M, latent]
-    for start in range(0, len(data), batch_size):
-        x = _batch(data, slice(start, start + batch_size), device)  # [B, 1, S, S]
-        out[start : start + x.shape[0]] = model.encode(x).float().cpu().numpy()
+    with tqdm(total=len(data), desc="encoding maps", unit="map", unit_scale=True, disable=not progress) as bar:
+        for start in range(0, len(data), batch_size):
+            x = _batch(data, slice(start, start + batch_size), device)  # [B, 1, S, S]
+            out[start : start + x.shape[0]] = model.encode(x).float().cpu().numpy()
+            bar.update(x.shape[0])
     model.train(was_training)
     return out
