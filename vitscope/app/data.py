@@ -8,6 +8,7 @@ so a selection change mostly indexes arrays.
 from __future__ import annotations
 
 import json
+import threading
 from functools import cached_property
 from pathlib import Path
 
@@ -54,6 +55,51 @@ class StoreData:
         self._frames: dict[str, pd.DataFrame] = {}
         self._agreement: dict[tuple[bool, int | None], Agreement] = {}
         self._proxy_layers: dict[bool, np.ndarray] = {}
+        # `vitscope demo` serves the store before its tSNE layouts are all in (NaN until then): see refresh_layouts
+        self.layouts_pending: set[str] = set(ds.attrs.get("layouts_pending", []))
+        self._layout_lock = threading.Lock()
+
+    # -- layouts still being computed ----------------------------------------------------------------
+
+    def layout_note(self, name: str) -> str:
+        """'' for a layout in the store, else what the view shows instead: being computed here, or not yet."""
+        if name not in self.layouts_pending:
+            return ""
+        from vitscope.build import layouts_status
+
+        status = layouts_status(self.path)
+        if status == "running":
+            return "computing layout…"
+        if status and status.startswith("failed"):
+            return "layout failed (see the terminal)"
+        return "layout not computed yet (run the same build again)"
+
+    def refresh_layouts(self) -> set[str]:
+        """Load the layouts written since the last look (`layouts_pending` shrinks); returns their names.
+
+        Called by every session's poll while layouts are pending; the first caller after a layout lands loads
+        it for all (shared data), the others then find it in place."""
+        if not self.layouts_pending:
+            return set()
+        with self._layout_lock:
+            import zarr
+
+            try:
+                now = set(zarr.open_group(str(self.path), mode="r").attrs.get("layouts_pending", []))
+            except Exception:  # noqa: BLE001 - attributes being rewritten this instant: look again next time
+                return set()
+            arrived = self.layouts_pending - now
+            if arrived:
+                import xarray as xr
+
+                ds = xr.open_zarr(str(self.path), consolidated=False)  # the data just written, not old metadata
+                for name in arrived:
+                    setattr(self, name, ds[name].values)
+                for name in ("placed", "_trees", "_bounds"):  # derived from the layouts: computed again on use
+                    self.__dict__.pop(name, None)
+                self._frames.clear()
+                self.layouts_pending = now
+            return arrived
 
     # -- images ------------------------------------------------------------------------------------
 
@@ -177,9 +223,12 @@ class StoreData:
             trees[kind] = (cKDTree(xy[ok]), np.flatnonzero(ok))
         return trees
 
-    def nearest_head(self, kind: str, x: float, y: float) -> tuple[int, int, int]:
-        """(image, layer, head) of the head point nearest to (x, y) in a head layout (KD-tree)."""
+    def nearest_head(self, kind: str, x: float, y: float) -> tuple[int, int, int] | None:
+        """(image, layer, head) of the head point nearest to (x, y) in a head layout (KD-tree); None while the
+        layout has no point."""
         tree, index = self._trees[kind]
+        if not len(index):
+            return None
         flat = int(index[tree.query([x, y])[1]])
         image, rest = divmod(flat, self.layers * self.heads)
         return image, *divmod(rest, self.heads)
@@ -201,3 +250,39 @@ def padded_bounds(xy: np.ndarray) -> tuple[float, float, float, float]:
     pad = 0.05 * np.where(hi > lo, hi - lo, 1.0)
     return float(lo[0] - pad[0]), float(lo[1] - pad[1]), float(hi[0] + pad[0]), float(hi[1] + pad[1])
 
+
+
+def poll_layouts(data: StoreData, names: set[str], on_arrival) -> bool:
+    """While any of `names` is pending, look for it every second in this browser session and call
+    `on_arrival(arrived)` (in the session's document, so it can update its figures); stops when all arrived.
+
+    Only in a served session (Jupyter and exports draw what the store has), and only once the page has loaded:
+    changes made before its websocket is connected did not reach the browser (seen: a layout that landed while
+    the page loaded stayed "computing layout…"). Returns whether it polls."""
+    waiting = set(names) & data.layouts_pending
+    if not waiting:
+        return False
+    import panel as pn
+
+    doc = pn.state.curdoc
+    if doc is None or doc.session_context is None:
+        return False
+    periodic: list = []
+
+    def look() -> None:
+        data.refresh_layouts()  # loads what landed (once, for all sessions)
+        arrived = waiting - data.layouts_pending
+        if arrived:
+            waiting.difference_update(arrived)
+            with pn.io.hold():
+                on_arrival(arrived)
+        if not waiting and periodic:
+            periodic[0].stop()
+
+    def loaded() -> None:
+        look()  # what landed while the page loaded
+        if waiting:
+            periodic.append(pn.state.add_periodic_callback(look, period=1000))
+
+    pn.state.onload(loaded)
+    return True

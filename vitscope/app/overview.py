@@ -11,10 +11,10 @@ import html
 import numpy as np
 from bokeh.events import Tap
 from bokeh.layouts import column, row
-from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.models import ColorBar, ColumnDataSource, HoverTool, Label, LinearColorMapper
 from scipy.spatial import cKDTree
 
-from vitscope.app.data import StoreData, padded_bounds
+from vitscope.app.data import StoreData, padded_bounds, poll_layouts
 from vitscope.app.state import Selection, guarded
 from vitscope.app.style import (
     CORRECT,
@@ -80,20 +80,14 @@ class ImageOverview:
 
     def __init__(self, data: StoreData, sel: Selection, width: int = 370, height: int = 275) -> None:
         self.data, self.sel = data, sel
-        ok = data.placed
-        self._index, self._tree = ok, cKDTree(data.image_xy[ok])
-        xy = data.image_xy[ok]
-        x0, y0, x1, y1 = padded_bounds(xy)
-        pred = data.topk_idx[ok, 0, 0, 0, 0]
-        self.source = ColumnDataSource({
-            "x": xy[:, 0], "y": xy[:, 1], "image": ok, "id": [data.image_ids[i] for i in ok],
-            "label": [data.class_names[int(c)] for c in data.label[ok]],
-            "pred": [data.class_names[int(c)] if 0 <= c < len(data.class_names) else str(c) for c in pred],
-            "p": data.baseline_prob[ok], **overview_columns(data, sel.colour_by, sel.cls, sel.only_class)},
-            name="vs-overview-points")
+        self.source = ColumnDataSource(name="vs-overview-points")
         fig = bare(figure("Image Overview", width, height, name="vs-overview-fig",
-                          tools="pan,wheel_zoom,box_zoom,reset",
-                          x_range=(x0, x1), y_range=(y0, y1)))
+                          tools="pan,wheel_zoom,box_zoom,reset", x_range=(-1, 1), y_range=(-1, 1)))
+        self.figure = fig
+        self.note = Label(x=width / 2, y=height / 2, x_units="screen", y_units="screen", text="", text_align="center",
+                          text_font_size="13px", text_color="#666666")  # "computing layout…" until it is in
+        fig.add_layout(self.note)
+        self._place()
         dots = fig.scatter("x", "y", source=self.source, color="colour", alpha="alpha", size="size",
                            line_color=None, legend_field="legend")
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("image", "@image  @id"), ("class", "@label"),
@@ -108,7 +102,6 @@ class ImageOverview:
         legend.update(label_text_font_size="10px", glyph_height=12, glyph_width=12, label_height=12, padding=2,
                       spacing=0, margin=2, border_line_alpha=0)
         fig.on_event(Tap, guarded(sel, "image tap", lambda e: self.pick(e.x, e.y)))
-        self.figure = fig
 
         # A blank of the real (shown) size: Bokeh keeps an image glyph's first resolution across updates.
         self.blank = np.zeros(shown(np.zeros(data.thumb_shape, np.uint8)).shape[:2], np.uint32)
@@ -119,6 +112,30 @@ class ImageOverview:
         thumb.min_border = 0
         self.thumb, self.detail = thumb, div(width - 110, 150)
         self.update()
+        self._poll = poll_layouts(data, {"image_xy"}, self.layouts_arrived)
+
+    def _place(self) -> None:
+        """The points, their KD-tree and the ranges from the store's layout (none while it is computed)."""
+        data, sel = self.data, self.sel
+        ok = data.placed
+        self._index, self._tree = ok, cKDTree(data.image_xy[ok].reshape(-1, 2))
+        xy = data.image_xy[ok]
+        x0, y0, x1, y1 = padded_bounds(xy)
+        pred = data.topk_idx[ok, 0, 0, 0, 0]
+        self.source.data = {
+            "x": xy[:, 0], "y": xy[:, 1], "image": ok, "id": [data.image_ids[i] for i in ok],
+            "label": [data.class_names[int(c)] for c in data.label[ok]],
+            "pred": [data.class_names[int(c)] if 0 <= c < len(data.class_names) else str(c) for c in pred],
+            "p": data.baseline_prob[ok], **overview_columns(data, sel.colour_by, sel.cls, sel.only_class)}
+        self.figure.x_range.update(start=x0, end=x1)
+        self.figure.y_range.update(start=y0, end=y1)
+        self.note.text = data.layout_note("image_xy")
+
+    def layouts_arrived(self, names: set[str]) -> None:
+        """The layout was computed after this page opened: draw it (and the selected image's marker)."""
+        if "image_xy" in names:
+            self._place()
+            self.update({"colour_by", "image"})
 
     def pick(self, x: float | None, y: float | None) -> int | None:
         """Select the shown image nearest to (x, y) (only the chosen class's when it is shown alone)."""
@@ -156,8 +173,9 @@ class ImageOverview:
             self.figure.title.text = f"Image Overview — {int(d.valid.sum())} images by {s.colour_by}{chosen}"
         if changed is None or "image" in changed:
             i = d.readable(s.image)
-            self.marker.data = {"x": [] if i is None else [float(d.image_xy[i, 0])],
-                                "y": [] if i is None else [float(d.image_xy[i, 1])]}
+            placed = i is not None and bool(np.isfinite(d.image_xy[i]).all())  # not while its layout is computed
+            self.marker.data = {"x": [float(d.image_xy[i, 0])] if placed else [],
+                                "y": [float(d.image_xy[i, 1])] if placed else []}
             if i is None:
                 self.detail.text = "<i>Tap a point or type an image id to select an image.</i>"
                 self.thumb_source.data = {"image": [self.blank]}  # the masks show it too

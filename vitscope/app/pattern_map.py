@@ -13,10 +13,10 @@ import datashader as ds
 import datashader.transfer_functions as tf
 import numpy as np
 from bokeh.events import RangesUpdate, Tap
-from bokeh.models import ColumnDataSource, HoverTool
+from bokeh.models import ColumnDataSource, HoverTool, Label
 from scipy.ndimage import gaussian_filter
 
-from vitscope.app.data import StoreData
+from vitscope.app.data import StoreData, poll_layouts
 from vitscope.app.state import Selection, guarded
 from vitscope.app.style import SELECTED, bare, figure, layer_colours
 
@@ -107,18 +107,32 @@ class PatternMap:
         fig.scatter("x", "y", source=self.ring, size=16, fill_alpha=0, line_color=SELECTED, line_width=2.5)
         fig.on_event(Tap, guarded(sel, "head tap", lambda e: self.pick(e.x, e.y)))
         fig.on_event(RangesUpdate, guarded(sel, "map zoom", lambda e: self.reaggregate((e.x0, e.x1), (e.y0, e.y1))))
+        self.note = Label(x=size / 2, y=size / 2, x_units="screen", y_units="screen", text="", text_align="center",
+                          text_font_size="13px", text_color="#666666")  # "computing layout…" until it is in
+        fig.add_layout(self.note)
         self.figure = fig
         if not shared:
             self.reaggregate((x0, x1), (y0, y1))
         self.update()
+        self._poll = poll_layouts(data, {"head_xy_cls", "head_xy_patch"}, self.layouts_arrived)
+
+    def layouts_arrived(self, names: set[str]) -> None:
+        """A head layout was computed after this page opened: the shown one is drawn afresh at its extent."""
+        if f"head_xy_{self.kind}" in names:
+            self.kind = None  # `update` then sets the ranges and aggregates as for a change of layout
+            self.update()
+        self.note.text = self.data.layout_note(f"head_xy_{self.kind}")
 
     def pick(self, x: float | None, y: float | None) -> tuple[int, int, int] | None:
         """Select the head nearest to (x, y) in the current layout (KD-tree) and return (image, layer, head)."""
         if x is None or y is None:
             return None
-        image, layer, head = self.data.nearest_head(self.sel.layout, float(x), float(y))
+        got = self.data.nearest_head(self.sel.layout, float(x), float(y))
+        if got is None:  # the layout is still being computed
+            return None
+        image, layer, head = got
         self.sel.param.update(image=image, layer=layer, head=head)
-        return image, layer, head
+        return got
 
     def reaggregate(self, x_range: tuple[float, float], y_range: tuple[float, float]) -> None:
         """Datashade the current layout into the visible ranges at the figure's pixel size."""
@@ -155,3 +169,4 @@ class PatternMap:
             xy = getattr(d, f"head_xy_{self.kind}")[image, s.layer, s.head]
             self.ring.data = {"x": [float(xy[0])], "y": [float(xy[1])]}
         self.figure.title.text = f"Attention Pattern View — {s.layout} layout"
+        self.note.text = d.layout_note(f"head_xy_{self.kind}")
