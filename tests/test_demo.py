@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from vitscope.data import demo
@@ -60,3 +61,19 @@ def test_cli_train_demo_writes_loadable_weights(tmp_path):
     assert "held-out accuracy" in out.stdout
     ad = load_model("demo", checkpoint=tmp_path / "w.safetensors")
     assert ad.num_layers == 6
+
+
+def test_locality_penalty_is_the_mean_distance_attended_beyond_the_radius():
+    from vitscope.models.loading import build_demo_model
+    from vitscope.train_demo import distance_matrix, locality_penalty
+
+    model = build_demo_model()
+    d = distance_matrix(model)  # 65 tokens: the class token, then the 8×8 grid row by row
+    assert d.shape == (65, 65) and d[1, 1] == 0 and d[1, 2] == 1 and d[1, 10] == 1 and d[1, 64] == 7
+    assert d[0, 5] == d[5, 0] == 4  # the class token: half the grid away
+    eye = torch.eye(65).expand(2, 4, 65, 65)  # every query attends to itself
+    assert float(locality_penalty({0: eye}, d, (1.0,))) == 0
+    uniform = torch.full((2, 4, 65, 65), 1 / 65)
+    naive = sum(float(d[q].mean()) for q in range(1, 65)) / 64  # each patch query's mean distance, averaged
+    assert float(locality_penalty({0: uniform}, d, (0.5,))) == pytest.approx(0.5 * naive, rel=1e-6)
+    assert float(locality_penalty({0: uniform}, d, (1.0,), radius=1.0)) == pytest.approx(naive - 1, rel=1e-6)

@@ -25,14 +25,56 @@ def accuracy(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, bat
     return hits / len(images)
 
 
+# Weight per layer of the locality penalty (0: none, the recipe of the shipped weights); see `locality_penalty`.
+# Measured (270 rounds, issue 9.7): (0.3, 0.3, 0.1, 0, 0, 0) makes layers 0-2 local (8/8 early heads diagonal,
+# distance Spearman 0.66) at 89.0 % held-out; (0.2, 0.2, 0, …) with radius 1 and (0.1, 0.1, 0, …) stay global.
+LOCALITY = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+POS_SCALE = 0.0  # > 0: a frozen 2-D sin-cos position embedding of this scale instead of a learned one
+
+
+def distance_matrix(model: torch.nn.Module) -> torch.Tensor:
+    """[P,P] Chebyshev distance in patches between tokens; the class token counts as half the grid away."""
+    g = model.patch_embed.grid_size[0]
+    n = model.num_prefix_tokens
+    r, c = torch.arange(g).repeat_interleave(g), torch.arange(g).repeat(g)
+    d = torch.full((n + g * g, n + g * g), g / 2)
+    d[n:, n:] = torch.maximum((r[:, None] - r[None]).abs(), (c[:, None] - c[None]).abs()).float()
+    return d
+
+
+def locality_penalty(maps: dict[int, torch.Tensor], dist: torch.Tensor, weights: tuple[float, ...],
+                     radius: float = 0.0) -> torch.Tensor:
+    """Σ_l w_l · mean over heads and patch queries of how far beyond `radius` patches a query attends on average."""
+    total = torch.zeros(())
+    for i, a in maps.items():  # a: [B, H, P, P]
+        total = total + weights[i] * ((a[:, :, 1:] * dist[1:]).sum(-1) - radius).clamp_min(0).mean()
+    return total
+
+
 def train(rounds: int = 270, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-          out: Path = DEMO_WEIGHTS) -> float:
+          out: Path = DEMO_WEIGHTS, locality: tuple[float, ...] = LOCALITY, radius: float = 0.0,
+          pos_scale: float = POS_SCALE) -> float:
     """Train on `rounds` fresh compositions of the 797 training digits; save; return held-out accuracy."""
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
     model = build_demo_model()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    if pos_scale > 0:
+        from timm.layers import build_sincos2d_pos_embed
+
+        with torch.no_grad():
+            model.pos_embed.zero_()
+            model.pos_embed[0, model.num_prefix_tokens:] = pos_scale * build_sincos2d_pos_embed(
+                list(model.patch_embed.grid_size), model.embed_dim)
+        model.pos_embed.requires_grad_(False)
+    maps: dict[int, torch.Tensor] = {}
+    for i, w in enumerate(locality):
+        if w > 0:  # the explicit attention path, so the softmax matrix passes through attn_drop with its grad
+            model.blocks[i].attn.fused_attn = False
+            model.blocks[i].attn.attn_drop.register_forward_hook(lambda m, a, o, i=i: maps.__setitem__(i, o))
+    dist = distance_matrix(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     per_round = math.ceil(len(demo_data.split_indices()[0]) / batch_size)
     total = rounds * per_round
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -49,9 +91,11 @@ def train(rounds: int = 270, batch_size: int = 64, lr: float = 1e-3, seed: int =
         for s in range(0, len(x), batch_size):
             idx = order[s:s + batch_size]
             loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=0.1)
+            if maps:
+                loss = loss + locality_penalty(maps, dist, locality, radius)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             bar.update()
