@@ -291,6 +291,12 @@ def test_cli_ablate_json_and_errors(store):
     want = Service(store).compute({"kind": "prune", "image": 3, "heads": ["2:1", "4:0:5"]})
     assert out["prob"] == pytest.approx(want["prob"], abs=1e-6) and out["jsd"] == pytest.approx(want["jsd"], abs=1e-6)
     assert len(out["top5"]) == 5 and all(len(t) == 2 for t in out["top5"])
+    region = '{"layer": 1, "head": 2, "region": {"source": [0, 0, 4, 8], "cls_cols": true}}'
+    res = run("--image", "3", "--prune", "2:1", region, "--json")
+    assert res.returncode == 0, res.stderr
+    want = Service(store).compute({"kind": "prune", "image": 3, "heads": [
+        "2:1", {"layer": 1, "head": 2, "region": {"source": [0, 0, 4, 8], "cls_cols": True}}]})
+    assert json.loads(res.stdout)["prob"] == pytest.approx(want["prob"], abs=1e-6)
     table = run("--image", "3", "--prune", "2:1")
     assert table.returncode == 0 and "P'[true]" in table.stdout and "top-5" in table.stdout
     bad = run("--image", "3", "--prune", "2:9")

@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--image", type=int, help="image index in the store (vitscope info STORE)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--prune", nargs="+", metavar="L:H[:MODE]", help="heads pruned together; MODE 0-5, default 1 "
-                      "(whole head)")
+                      "(whole head); a custom region as JSON: '{\"layer\": 3, \"head\": 1, \"region\": "
+                      "{\"source\": [0, 0, 4, 4], \"target\": null, \"cls_rows\": false, \"cls_cols\": true}}'")
     what.add_argument("--pairs", type=int, nargs="?", const=12, metavar="K",
                       help="pair interactions of the image's top K heads (default 12)")
     what.add_argument("--curve", nargs="*", metavar="ORDER", help="progressive pruning in these orders (exact, proxy, "

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from vitscope.engine.prune import HeadPrune, Region, parse_prune
@@ -37,7 +38,12 @@ def parse_head(item: object) -> HeadPrune:
     """'L:H[:MODE]', [L, H(, MODE)] or {"layer", "head", "mode" | "region"} → HeadPrune."""
     if isinstance(item, HeadPrune):
         return item
-    if isinstance(item, str):
+    if isinstance(item, str) and item.lstrip().startswith("{"):  # the JSON form, as the CLI takes a region
+        try:
+            item = json.loads(item)
+        except ValueError as e:
+            raise VitscopeError(f"bad head {item!r}: not JSON ({e})") from None
+    elif isinstance(item, str):
         return parse_prune(item)
     if isinstance(item, list | tuple) and len(item) in (2, 3) and all(isinstance(v, int) for v in item):
         return HeadPrune(*item)
