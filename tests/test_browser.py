@@ -70,7 +70,13 @@ def demo(tmp_path_factory):
             break
     assert url in "".join(lines), "".join(lines)
     urllib.request.urlopen(url, timeout=60)
-    yield url, cache / "demo-24.zarr"
+    store = cache / "demo-24.zarr"
+    import zarr
+
+    deadline = time.time() + 300  # the demo serves before its layouts are in: the tests start from a whole store
+    while zarr.open_group(str(store), mode="r").attrs.get("layouts_pending") != [] and time.time() < deadline:
+        time.sleep(0.2)
+    yield url, store
     proc.terminate()
     proc.wait(timeout=30)
 
