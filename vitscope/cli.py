@@ -1,4 +1,4 @@
-"""`vitscope` command line: demo | build | serve | info | train-demo.
+"""`vitscope` command line: demo | build | serve | info | ablate | export | train-demo.
 
 User errors (VitscopeError) print one line and exit 2; they never show a traceback.
 """
@@ -6,10 +6,19 @@ User errors (VitscopeError) print one line and exit 2; they never show a traceba
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from vitscope.errors import VitscopeError
+
+# Before torch or any OpenMP library loads: threads that spin while they wait made a build on 2 cores 2-4x
+# slower whenever anything else ran on the machine (measured: 28-44 s for a 64-image chunk with 2 threads,
+# 11-17 s with 1); waiting passively, 2 threads were no slower than 1 under that load (README, Performance).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# = vitscope.models.loading.DEMO_WEIGHTS, without importing torch: --help and early errors stay quick and quiet
+DEMO_WEIGHTS = Path(__file__).parent / "models" / "demo_vit.safetensors"
 
 
 def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -22,7 +31,37 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=5006)
-    p.add_argument("--address", default="127.0.0.1", help="0.0.0.0 serves other machines too (no authentication)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="interface to bind; anything but loopback (e.g. 0.0.0.0) needs --basic-auth or --no-auth")
+    g = p.add_argument_group("login (Panel's own; required off loopback)")
+    g.add_argument("--basic-auth", metavar="PASSWORD|FILE",
+                   help="one password, or a JSON file of users {\"name\": \"password\"} (a file keeps it out of `ps`)")
+    g.add_argument("--cookie-secret", help="signs the login cookie (default: a new one per run)")
+    g.add_argument("--no-auth", action="store_true", help="serve a non-loopback address without any login")
+    g.add_argument("--oauth-provider", help="Panel OAuth provider: github, google, azure, okta, generic, ...")
+    g.add_argument("--oauth-key", help="OAuth client id")
+    g.add_argument("--oauth-secret", help="OAuth client secret")
+    g.add_argument("--oauth-redirect-uri", help="OAuth redirect URI registered with the provider")
+    g.add_argument("--oauth-extra-params", metavar="JSON", help="extra provider parameters as a JSON object")
+    g.add_argument("--oauth-encryption-key", help="encrypts OAuth tokens in cookies (`panel oauth-secret`)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="Panel threads for the sessions' callbacks (default 0: on the server's event loop, which "
+                        "measured faster on 2 cores; benchmarks/sessions.py)")
+
+
+def _serving(args) -> dict:
+    """The serve keywords of --port, --address, --threads and the login flags, checked before any work (a demo
+    build takes minutes: a refused address or a taken port is said first)."""
+    from vitscope.app.server import Login, check_address, parse_extra_params
+
+    login = Login(basic_auth=args.basic_auth, cookie_secret=args.cookie_secret, no_auth=args.no_auth,
+                  oauth_provider=args.oauth_provider, oauth_key=args.oauth_key, oauth_secret=args.oauth_secret,
+                  oauth_redirect_uri=args.oauth_redirect_uri,
+                  oauth_extra_params=parse_extra_params(args.oauth_extra_params),
+                  oauth_encryption_key=args.oauth_encryption_key)
+    login.check()
+    check_address(args.address, args.port, login)
+    return dict(port=args.port, address=args.address, login=login, threads=args.threads or None)
 
 
 def _load(args):
@@ -32,17 +71,19 @@ def _load(args):
 
 
 def cmd_demo(args) -> None:
+    serving = None if args.no_serve else _serving(args)  # before torch loads and the build starts
     from vitscope.build import demo_store
     from vitscope.store import open_store
     from vitscope.summary import store_summary
 
-    path = demo_store(args.device, args.limit)
+    # Served, the app comes up once the per-image analysis is in the store; the layouts follow in the background.
+    path = demo_store(args.device, args.limit, layouts_later=not args.no_serve, progress=not args.quiet)
     print(store_summary(open_store(path)))
     print(f"\nstore: {path}  (see also: vitscope info {path})", flush=True)
     if not args.no_serve:
         from vitscope.app import serve
 
-        serve(path, port=args.port, address=args.address, device=args.device)
+        serve(path, device=args.device, **serving)
 
 
 def cmd_train_demo(args) -> None:
@@ -140,7 +181,7 @@ def _images(n: int) -> str:
 def cmd_serve(args) -> None:
     from vitscope.app import serve
 
-    serve(args.store, port=args.port, address=args.address, device=args.device, show=False)
+    serve(args.store, device=args.device, show=False, scheduler=args.scheduler, **_serving(args))
 
 
 def cmd_export(args) -> None:
@@ -160,7 +201,7 @@ def cmd_build(args) -> None:
         labels=args.labels, limit=args.limit, seed=args.seed, device=args.device, batch_size=args.batch_size,
         chunk=args.chunk_size, precision=args.precision, top=args.top / 100, latent=args.latent,
         ae_epochs=args.ae_epochs, layout_metric=args.layout_metric, store_attention=args.store_attention,
-        overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler,
+        overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler, progress=not args.quiet,
     )
     out = build(cfg)
     times = ", ".join(f"{k} {v:.1f} s" for k, v in cfg.timings.items())
@@ -169,7 +210,6 @@ def cmd_build(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from vitscope import __version__
-    from vitscope.models.loading import DEMO_WEIGHTS
     from vitscope.vocab import METRICS, MODES
 
     parser = argparse.ArgumentParser(prog="vitscope", description="How Vision Transformers use attention.")
@@ -180,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--limit", type=int, help="only the first N demo images (a quicker first run)")
     p.add_argument("--no-serve", action="store_true", help="build and summarise only")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines (for scripts)")
     _serve_args(p)
     p.set_defaults(func=cmd_demo)
 
@@ -209,12 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--workers", type=int, default=0, help="start a local Dask cluster of N workers")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. tcp://host:8786)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines (for scripts)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("serve", help="serve the app for a store (binds 127.0.0.1 unless --address says otherwise)")
     p.add_argument("store", type=Path)
     _serve_args(p)
     p.add_argument("--device", default="cpu", help="where the on-demand attention is computed")
+    p.add_argument("--scheduler", help="keep the ablation service's model on a worker of this Dask scheduler "
+                   "(e.g. tcp://gpu-host:8786); the store must be readable there at the same path")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="one image's views as a self-contained HTML file (no server needed)")
@@ -234,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="how many heads --class lists")
     _model_args(p, required=False)
     p.set_defaults(func=cmd_info)
+
+    from vitscope.service.cli import add_parser as add_ablate
+
+    add_ablate(sub)
     return parser
 
 
