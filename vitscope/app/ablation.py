@@ -282,11 +282,14 @@ class AblationView:
 
     def _place_new(self) -> None:
         r = self.new_image
-        if r is None or r.get("image_xy") is None:
+        if r is None:
             return
-        self.temp_image.data = {"x": [r["image_xy"][0]], "y": [r["image_xy"][1]], "name": [r["name"]]}
-        xy = r["head_xy_cls" if self.sel.layout == "cls" else "head_xy_patch"][self.sel.layer][self.sel.head]
-        self.temp_head.data = {"x": [xy[0]], "y": [xy[1]], "name": [r["name"]]}
+        if r.get("image_xy") is not None:
+            self.temp_image.data = {"x": [r["image_xy"][0]], "y": [r["image_xy"][1]], "name": [r["name"]]}
+        heads = r.get("head_xy_cls" if self.sel.layout == "cls" else "head_xy_patch")
+        if heads is not None:
+            xy = heads[self.sel.layer][self.sel.head]
+            self.temp_head.data = {"x": [xy[0]], "y": [xy[1]], "name": [r["name"]]}
 
     def update(self, changed: set[str] | None = None) -> None:
         if changed is None or changed & {"image", "group", "mode", "layer", "head"}:

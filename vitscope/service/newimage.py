@@ -109,7 +109,8 @@ def place(svc: Service, arrays: dict[str, np.ndarray], layout_metric: str) -> di
     mine[np.arange(L)[:, None, None], np.arange(H)[None, :, None], arrays["binary_index"]] = True
     overlap = mine[np.arange(L)[None, :, None, None], np.arange(H)[None, None, :, None], index].sum(-1)  # [N, L, H]
     out["head_xy_patch"] = _per_head(-overlap.astype(np.float64), ds["head_xy_patch"].values[valid])
-    return out
+    # a layout still being computed (a store served before its layouts) has no places yet
+    return {k: v if np.isfinite(v).all() else None for k, v in out.items()}
 
 
 def _nearest(dist: np.ndarray) -> np.ndarray:
