@@ -15,7 +15,7 @@ import colorcet
 import numpy as np
 import panel as pn
 from bokeh.events import Tap
-from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper, PrintfTickFormatter
 
 from vitscope.app.data import StoreData
 from vitscope.app.state import Selection, guarded
@@ -59,7 +59,7 @@ class AblationView:
         joint.add_tools(HoverTool(renderers=[bars], tooltips=[("", "@what"), ("drop of P[true]", "@top{+0.0000}")]))
         joint.xaxis.ticker = [0, 1]
         joint.xaxis.major_label_overrides = {0: "together", 1: "Σ singles"}
-        joint.yaxis.axis_label = "drop of P[true]"
+        joint.yaxis.formatter = PrintfTickFormatter(format="%+.3f")  # not 1.000e-3: the sidebar is narrow
         self.joint = joint
         self.joint_text = div(WIDTH, 96)
 
@@ -225,7 +225,7 @@ class AblationView:
         pad = 0.1 * max(hi - lo, 1e-4)
         self.joint.y_range.update(start=lo - pad, end=hi + pad)
         n = len(r["heads"])
-        self.joint.title.text = f"{n} head{'s' if n > 1 else ''} pruned together"
+        self.joint.title.text = f"{n} head{'s' if n > 1 else ''} pruned together: drop"
         top5 = ", ".join(f"{html.escape(str(c))} {p:.2f}" for c, p in r["top5"][:3])
         self.joint_text.text = (
             f"<div style='font-size:11px'>P[true] {r['baseline_prob']:.3f} → <b>{r['prob']:.3f}</b>, "
@@ -245,7 +245,7 @@ class AblationView:
         self.pair_mapper.update(low=-m, high=m)
         self.pairs.x_range.update(start=-0.5, end=k - 0.5)
         self.pairs.y_range.update(start=k - 0.5, end=-0.5)
-        self.pairs.title.text = f"pair interactions, image {r['image']} (±{m:.3g}; tap a cell)"
+        self.pairs.title.text = f"pairs, image {r['image']} (±{m:.2g})"
         self._pair_heads = [(int(n[1:].split("H")[0]), int(n.split("H")[1])) for n in r["heads"]]
 
     def pick_pair(self, x: float | None, y: float | None) -> list[int] | None:
@@ -272,7 +272,7 @@ class AblationView:
     def show_saliency(self, r: dict) -> None:
         thumb = shown(self.data.thumbnail(r["image"]))
         self.saliency_source.data = {"image": [rgba_image(heat_rgba(thumb, np.asarray(r["drops"])))]}
-        self.saliency.title.text = f"patch saliency, image {r['image']} (red: P[true] falls)"
+        self.saliency.title.text = f"patch saliency, image {r['image']}"
 
     def show_new_image(self, r: dict) -> None:
         self.new_image = r
