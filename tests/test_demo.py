@@ -48,9 +48,29 @@ def test_cli_demo_builds_then_reuses_its_store(tmp_path):
     assert "Head kinds" in out.stdout and "none" in out.stdout  # pattern kinds of issue 9 in the summary
     assert "analysing images" in out.stderr and "tSNE layouts" in out.stderr  # progress bars
     assert (tmp_path / "demo-16.zarr").is_dir()
+    assert_depth_structure(tmp_path / "demo-16.zarr")
     again = run_cli("demo", "--limit", "16", "--no-serve", env=env)
     assert again.returncode == 0 and "already built" in again.stderr and "analysing images" not in again.stderr
     assert again.stdout == out.stdout
+
+
+def assert_depth_structure(path) -> None:
+    """The shipped demo model's store looks like a real ViT's over depth (issue 9.7), with margins."""
+    from scipy.stats import spearmanr
+
+    from vitscope.store import open_store
+
+    ds = open_store(path)
+    dist = ds["attention_distance"].values.mean((0, 2))  # per layer, in patches
+    assert spearmanr(np.arange(len(dist)), dist).statistic >= 0.6, dist  # looking further with depth
+    kinds = ds["head_kind"].attrs["kinds"]
+    early = [kinds[k] for k in ds["head_kind"].values[:2].ravel()]
+    assert early.count("positional") >= len(early) // 4, early
+    assert [kinds[k] for k in ds["head_kind"].values[-2:].ravel()].count("content") >= 4
+    labels = ds["pattern_label"]
+    diagonal = list(labels.attrs["patterns"]).index("diagonal")
+    assert (labels.values[:, 1] == diagonal).mean() >= 0.5  # layer 1 attends its neighbours
+    assert (labels.values[:, 3:] == diagonal).mean() <= 0.1
 
 
 def test_cli_train_demo_writes_loadable_weights(tmp_path):

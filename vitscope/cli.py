@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train-demo", help="train the embedded demo ViT (seeded; prints held-out accuracy)")
-    p.add_argument("--rounds", type=int, default=270, help="fresh compositions of the training digits")
+    p.add_argument("--rounds", type=int, default=330,  # train_demo.ROUNDS, not imported: it loads torch
+                   help="fresh compositions of the training digits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     p.set_defaults(func=cmd_train_demo)

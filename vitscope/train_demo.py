@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +27,16 @@ def accuracy(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, bat
     return hits / len(images)
 
 
-# Weight per layer of the locality penalty (0: none, the recipe of the shipped weights); see `locality_penalty`.
-# Measured (270 rounds, issue 9.7): (0.3, 0.3, 0.1, 0, 0, 0) makes layers 0-2 local (8/8 early heads diagonal,
-# distance Spearman 0.66) at 89.0 % held-out; (0.2, 0.2, 0, …) with radius 1 and (0.1, 0.1, 0, …) stay global;
-# (0.3, 0.3, 0, …) with radius 1: layer 0 positional, layer 1 neighbour-diagonal, 89.3 % held-out (14 min, 2 cores).
-LOCALITY = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-POS_SCALE = 0.0  # > 0: a frozen 2-D sin-cos position embedding of this scale instead of a learned one
+# Weight per layer of the locality penalty (see `locality_penalty`), with RADIUS: it makes layer 1 attend to
+# itself and layer 0 positional, as early layers of a real ViT are, while later layers stay global.
+# Measured (issue 9.7, held-out accuracy on the 1000 evaluation images): no penalty, 270 rounds: 92.0 %, heads
+# global in every layer; (0.3, 0.3, 0.1, 0, 0, 0), radius 0, 270 rounds: 89.0 %; (0.2, 0.2, 0, …) or
+# (0.1, 0.1, 0, …): early heads stay global; (0.3, 0.3, 0, …), radius 1: 89.3 % at 270 rounds, 91.7 % at 330
+# (layer 1 local, 1.2 patches, but not diagonal); radius 0.5, 330 rounds (these): 92.2 %, layer 1 self-diagonal.
+# A frozen 2-D sin-cos position embedding (× 2) with the penalty stayed at chance.
+LOCALITY = (0.3, 0.3, 0.0, 0.0, 0.0, 0.0)
+RADIUS = 0.5  # patches (Chebyshev) a query may look on average without penalty
+ROUNDS = 330
 
 
 def distance_matrix(model: torch.nn.Module) -> torch.Tensor:
@@ -52,22 +58,30 @@ def locality_penalty(maps: dict[int, torch.Tensor], dist: torch.Tensor, weights:
     return total
 
 
-def train(rounds: int = 270, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-          out: Path = DEMO_WEIGHTS, locality: tuple[float, ...] = LOCALITY, radius: float = 0.0,
-          pos_scale: float = POS_SCALE) -> float:
+THREADS = 2  # fixed, so that the seeded weights do not depend on the machine's core count
+
+
+def _fixed_threads(fit: Callable[..., float]) -> Callable[..., float]:
+    """Run `fit` on THREADS threads: other thread counts sum in another order and train other weights."""
+    @functools.wraps(fit)
+    def run(*args, **kwargs) -> float:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(THREADS)
+        try:
+            return fit(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+    return run
+
+
+@_fixed_threads
+def train(rounds: int = ROUNDS, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+          out: Path = DEMO_WEIGHTS, locality: tuple[float, ...] = LOCALITY, radius: float = RADIUS) -> float:
     """Train on `rounds` fresh compositions of the 797 training digits; save; return held-out accuracy."""
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
     model = build_demo_model()
-    if pos_scale > 0:
-        from timm.layers import build_sincos2d_pos_embed
-
-        with torch.no_grad():
-            model.pos_embed.zero_()
-            model.pos_embed[0, model.num_prefix_tokens:] = pos_scale * build_sincos2d_pos_embed(
-                list(model.patch_embed.grid_size), model.embed_dim)
-        model.pos_embed.requires_grad_(False)
     maps: dict[int, torch.Tensor] = {}
     for i, w in enumerate(locality):
         if w > 0:  # the explicit attention path, so the softmax matrix passes through attn_drop with its grad
