@@ -83,6 +83,18 @@ def test_cli_train_demo_writes_loadable_weights(tmp_path):
     assert ad.num_layers == 6
 
 
+def test_cli_train_demo_refuses_bad_input_before_training(tmp_path):
+    from test_models import run_cli
+
+    (tmp_path / "file").write_text("")
+    bad_out = str(tmp_path / "file" / "w.safetensors")  # under a file: no folder can be made there
+    for args, said in ((["--rounds", "0"], "--rounds 0"), (["--out", bad_out], "cannot write")):
+        out = run_cli("train-demo", *args)  # one line at once, not after the training
+        assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_locality_penalty_is_the_mean_distance_attended_beyond_the_radius():
     from vitscope.models.loading import build_demo_model
     from vitscope.train_demo import distance_matrix, locality_penalty

@@ -87,6 +87,17 @@ def cmd_demo(args) -> None:
 
 
 def cmd_train_demo(args) -> None:
+    if args.rounds < 1:
+        raise VitscopeError(f"--rounds {args.rounds}: give at least 1 round")
+    out = args.out.resolve()
+    try:  # before the 25 minutes of training, not after them
+        out.parent.mkdir(parents=True, exist_ok=True)
+        existed = out.exists()
+        out.open("ab").close()
+        if not existed:
+            out.unlink()
+    except OSError as e:
+        raise VitscopeError(f"cannot write the weights to {out}: {e.strerror}; pass another --out") from None
     from vitscope.train_demo import train
 
     acc = train(rounds=args.rounds, seed=args.seed, out=args.out)
