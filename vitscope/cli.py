@@ -87,7 +87,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_train_demo(args) -> None:
-    if args.rounds < 1:
+    if args.rounds is not None and args.rounds < 1:
         raise VitscopeError(f"--rounds {args.rounds}: give at least 1 round")
     out = args.out.resolve()
     try:  # before the 25 minutes of training, not after them
@@ -98,9 +98,9 @@ def cmd_train_demo(args) -> None:
             out.unlink()
     except OSError as e:
         raise VitscopeError(f"cannot write the weights to {out}: {e.strerror}; pass another --out") from None
-    from vitscope.train_demo import train
+    from vitscope.train_demo import ROUNDS, train
 
-    acc = train(rounds=args.rounds, seed=args.seed, out=args.out)
+    acc = train(rounds=args.rounds or ROUNDS, seed=args.seed, out=args.out)
     print(f"held-out accuracy on the 1000 demo evaluation images: {acc:.1%}  (weights: {args.out})")
 
 
@@ -236,8 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train-demo", help="train the embedded demo ViT (seeded; prints held-out accuracy)")
-    p.add_argument("--rounds", type=int, default=330,  # train_demo.ROUNDS, not imported: it loads torch
-                   help="fresh compositions of the training digits")
+    p.add_argument("--rounds", type=int, help="fresh compositions of the training digits (default 330)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     p.set_defaults(func=cmd_train_demo)

@@ -88,7 +88,7 @@ def train(rounds: int = ROUNDS, batch_size: int = 64, lr: float = 1e-3, seed: in
             model.blocks[i].attn.fused_attn = False
             model.blocks[i].attn.attn_drop.register_forward_hook(lambda m, a, o, i=i: maps.__setitem__(i, o))
     dist = distance_matrix(model)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     per_round = math.ceil(len(demo_data.split_indices()[0]) / batch_size)
     total = rounds * per_round

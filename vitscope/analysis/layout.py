@@ -108,7 +108,8 @@ def _tsne_sklearn(x: np.ndarray, *, seed: int, perplexity: float, progress: Prog
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=SKLEARN_ITER)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)  # SKLEARN_ITER, its default
+    # (the keyword is max_iter only from 1.5, n_iter before; pyproject allows 1.3)
     # Below ~1000 points each of the 1000 Barnes-Hut iterations is microseconds of work, so a second OpenMP
     # thread gains nothing, and on a busy machine its barriers stall (seen: 7 s for 4 points). The limit
     # applies to this thread only.

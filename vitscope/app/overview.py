@@ -118,8 +118,8 @@ class ImageOverview:
         """The points, their KD-tree and the ranges from the store's layout (none while it is computed)."""
         data, sel = self.data, self.sel
         ok = data.placed
-        self._index, self._tree = ok, cKDTree(data.image_xy[ok].reshape(-1, 2))
         xy = data.image_xy[ok]
+        self._index, self._tree = ok, cKDTree(xy)
         x0, y0, x1, y1 = padded_bounds(xy)
         pred = data.topk_idx[ok, 0, 0, 0, 0]
         self.source.data = {
@@ -134,8 +134,8 @@ class ImageOverview:
     def layouts_arrived(self, names: set[str]) -> None:
         """The layout was computed after this page opened: draw it (and the selected image's marker)."""
         if "image_xy" in names:
-            self._place()
-            self.update({"colour_by", "image"})
+            self._place()  # its columns include the colours
+            self.update({"image"})
 
     def pick(self, x: float | None, y: float | None) -> int | None:
         """Select the shown image nearest to (x, y) (only the chosen class's when it is shown alone)."""
