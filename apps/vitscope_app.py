@@ -1,11 +1,9 @@
 """`panel serve apps/vitscope_app.py --args STORE`: the vitscope app for one store (default: the demo store)."""
 
-import html
 import sys
 
-import panel as pn
-
 from vitscope.app import Explorer
+from vitscope.app.style import alert
 from vitscope.build import cache_root
 from vitscope.errors import VitscopeError
 
@@ -13,5 +11,5 @@ store = sys.argv[1] if len(sys.argv) > 1 else str(cache_root() / "demo.zarr")
 try:
     page = Explorer(store).template()
 except VitscopeError as e:  # a missing, foreign or old store: one readable line in the page, not a traceback
-    page = pn.pane.Alert(html.escape(f"vitscope cannot open {store}: {e}"), alert_type="danger")
+    page = alert(f"vitscope cannot open {store}: {e}", "danger")
 page.servable(title="vitscope")

@@ -29,6 +29,7 @@ from vitscope.analysis import autoencoder, cls, consistency, layout, patterns, s
 from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
 from vitscope.models import ViTAdapter, load_model
+from vitscope.text import printable
 from vitscope.vocab import METRICS
 
 LAYOUTS = ("image_xy", "head_xy_cls", "head_xy_patch")  # in the order they are computed
@@ -226,7 +227,7 @@ def compute_chunk(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay:
         try:
             x, thumb = pre(images.load(i))
         except BadImage as e:
-            skipped.append(f"skipped {images.ids[i]}: {e}")
+            skipped.append(f"skipped {printable(images.ids[i])}: {printable(e)}")
             continue
         tensors.append(x)
         rows.append(r)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from vitscope.errors import VitscopeError
+from vitscope.text import printable
 
 # Before torch or any OpenMP library loads: threads that spin while they wait made a build on 2 cores 2-4x
 # slower whenever anything else ran on the machine (measured: 28-44 s for a 64-image chunk with 2 threads,
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except VitscopeError as e:
-        print(f"vitscope {args.command}: error: {e}", file=sys.stderr)
+        print(f"vitscope {args.command}: error: {printable(e, limit=1000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = "; finished chunks are kept: run the same command to resume" if args.command in ("build", "demo") else ""

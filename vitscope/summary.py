@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from vitscope.text import printable
 from vitscope.vocab import ABLATION_MODES, HEAD_KINDS, MODE_NAMES, OFFSETS, PATTERNS
 
 BARS = " ▁▂▃▄▅▆▇█"
@@ -22,7 +23,7 @@ def store_summary(ds: xr.Dataset) -> str:
     jsd = imp[..., 1, metric["jsd"]].mean(0)
     grid = int(ds.attrs["patch_grid"])
     lines = [
-        f"{ds.attrs['model_spec']}: {L} layers × {H} heads, {grid}×{grid} patches, {N} images",
+        f"{printable(ds.attrs['model_spec'])}: {L} layers × {H} heads, {grid}×{grid} patches, {N} images",
         f"accuracy of the unpruned model: {acc:.1%}",
         "",
         "Head importance: mean drop of P[true label] when the head is pruned (mode 1)",

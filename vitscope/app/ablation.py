@@ -7,7 +7,6 @@ and pushes the answer into plots built once, on the session's own event loop.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -21,6 +20,7 @@ from vitscope.app.data import StoreData
 from vitscope.app.state import Selection, guarded
 from vitscope.app.style import SELECTED, bare, div, figure, rgba_image, shown
 from vitscope.errors import VitscopeError, one_line
+from vitscope.text import esc
 
 WIDTH = 225
 ORDER_COLOURS = {"exact": "#222222", "proxy": "#d62728", "random": "#999999"}
@@ -122,7 +122,7 @@ class AblationView:
     def _ask(self, channel: str, request: dict, show: Callable[[dict], None], what: str,
              progress: bool = False) -> Future | None:
         """Submit; draw the answer with `show` if it is still this session's latest for the channel."""
-        self.status.object = f"<i>{html.escape(what)}: computing…</i>"
+        self.status.object = f"<i>{esc(what)}: computing…</i>"
         if progress:
             self.progress.param.update(value=0, visible=True)
         report = self._progress if progress else None
@@ -164,7 +164,7 @@ class AblationView:
             show(result)
 
     def _error(self, what: str, line: str) -> None:
-        self.status.object = f"<span style='color:{SELECTED}'>{html.escape(what)}: {html.escape(line)}</span>"
+        self.status.object = f"<span style='color:{SELECTED}'>{esc(what)}: {esc(line)}</span>"
 
     def heads(self) -> list[tuple[int, int]]:
         """The heads to prune together: the group (drag or shift-tap in the Head Importance View), else the
@@ -226,12 +226,12 @@ class AblationView:
         self.joint.y_range.update(start=lo - pad, end=hi + pad)
         n = len(r["heads"])
         self.joint.title.text = f"{n} head{'s' if n > 1 else ''} pruned together: drop"
-        top5 = ", ".join(f"{html.escape(str(c))} {p:.2f}" for c, p in r["top5"][:3])
+        top5 = ", ".join(f"{esc(str(c))} {p:.2f}" for c, p in r["top5"][:3])
         self.joint_text.text = (
             f"<div style='font-size:11px'>P[true] {r['baseline_prob']:.3f} → <b>{r['prob']:.3f}</b>, "
             f"JSD {r['jsd']:.4f}<br>" + (f"together − Σ singles: <b>{together - singles:+.4f}</b><br>"
                                          if singles is not None else "") +
-            f"top-3: {top5}<br><span style='color:#666'>{html.escape(', '.join(r['heads'][:6]))}"
+            f"top-3: {top5}<br><span style='color:#666'>{esc(', '.join(r['heads'][:6]))}"
             f"{' …' if n > 6 else ''}</span></div>")
 
     def show_pairs(self, r: dict) -> None:
@@ -276,8 +276,8 @@ class AblationView:
 
     def show_new_image(self, r: dict) -> None:
         self.new_image = r
-        self.status.object = (f"<div style='font-size:11px'><b>{html.escape(r['name'])}</b>: predicted "
-                              f"{html.escape(r['top5'][0][0])} ({r['top5'][0][1]:.2f}); the ★ in the views</div>")
+        self.status.object = (f"<div style='font-size:11px'><b>{esc(r['name'])}</b>: predicted "
+                              f"{esc(r['top5'][0][0])} ({r['top5'][0][1]:.2f}); the ★ in the views</div>")
         self._place_new()
 
     def _place_new(self) -> None:

@@ -7,7 +7,6 @@ what makes a change settle in the browser in well under a second (README, Perfor
 
 from __future__ import annotations
 
-import html
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,8 +21,10 @@ from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import COLOUR_BY, Selection
 from vitscope.app.strength import AttentionStrengthView
+from vitscope.app.style import alert
 from vitscope.errors import VitscopeError, one_line
 from vitscope.service import Dispatcher, Service, make_dispatcher
+from vitscope.text import esc
 from vitscope.vocab import MODE_NAMES
 
 SIDEBAR = 250  # px; the template's sidebar collapses with its ☰ button
@@ -201,7 +202,7 @@ class Explorer(pn.viewable.Viewer):
     @param.depends("selection.message")
     def message(self) -> pn.viewable.Viewable:
         text = self.selection.message
-        return pn.pane.Alert(html.escape(text), alert_type="warning", margin=(0, 4)) if text else pn.Spacer(height=0)
+        return alert(text, margin=(0, 4)) if text else pn.Spacer(height=0)
 
     # -- layout -------------------------------------------------------------------------------------
 
@@ -209,7 +210,7 @@ class Explorer(pn.viewable.Viewer):
         d = self.data
         modes = "<br>".join(f"{m}: {name}" for m, name in MODE_NAMES.items())
         return pn.Column(
-            pn.pane.HTML(f"<b>{html.escape(d.model_spec)}</b><br>{d.layers} layers × {d.heads} heads, "
+            pn.pane.HTML(f"<b>{esc(d.model_spec)}</b><br>{d.layers} layers × {d.heads} heads, "
                          f"{d.grid}×{d.grid} patches, {int(d.valid.sum())} images", width=SIDEBAR - 30),
             self.image_id,
             pn.widgets.Button(label="show all images", button_type="light", width=SIDEBAR - 40,

@@ -7,7 +7,6 @@ Attention Pattern views of that head. Tabs switch in the browser; pan, zoom and 
 
 from __future__ import annotations
 
-import html
 import re
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import Selection
 from vitscope.app.strength import AttentionStrengthView
 from vitscope.errors import VitscopeError
+from vitscope.text import esc, printable
 from vitscope.vocab import harm, head_name
 
 DEFAULT_HEADS = 6
@@ -59,10 +59,10 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[tuple[int
     attention = service(path, device).attention(image)  # [L, H, P, P], once
 
     overview = ImageOverview(data, Selection(image=image))
-    name = html.escape(data.image_ids[image])
-    true = html.escape(data.class_names[int(data.label[image])])
+    name = esc(data.image_ids[image])
+    true = esc(data.class_names[int(data.label[image])])
     header = Div(text=f"<h2>vitscope snapshot — image {image} <code>{name}</code>, true label <b>{true}</b></h2>"
-                      f"<p>{html.escape(data.model_spec)}: {data.layers} layers × {data.heads} heads, {data.images} "
+                      f"<p>{esc(data.model_spec)}: {data.layers} layers × {data.heads} heads, {data.images} "
                       "images in the store. One tab per head; pan, zoom and hover work offline.</p>", width=1200)
     tabs, raster = [], None
     for layer, head in heads:
@@ -76,7 +76,7 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[tuple[int
     page = column(header, overview.bokeh(), Tabs(tabs=tabs))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = file_html(page, resources=INLINE, title=f"vitscope — image {image} ({data.image_ids[image]})",
+    text = file_html(page, resources=INLINE, title=f"vitscope — image {image} ({printable(data.image_ids[image])})",
                      suppress_callback_warning=True)  # the live app's Python callbacks: none run in a file
     # Importing Panel adds a <script src="static/..."> (ES-module shims for Panel's own components) to Bokeh's
     # inline resources; this page has no Panel components, and from disk the relative path cannot load.

@@ -6,8 +6,6 @@ highlighted (or alone); hover names the class; tap or type an id to select an im
 
 from __future__ import annotations
 
-import html
-
 import numpy as np
 from bokeh.events import Tap
 from bokeh.layouts import column, row
@@ -31,6 +29,7 @@ from vitscope.app.style import (
     value_colours,
 )
 from vitscope.errors import VitscopeError
+from vitscope.text import esc
 from vitscope.vocab import MODE_NAMES, head_name
 
 
@@ -41,7 +40,7 @@ def top5_html(data: StoreData, image: int, layer: int, head: int, mode: int) -> 
     true = int(data.label[image])
     rows = []
     for c, p in zip(idx.tolist(), prob.tolist(), strict=True):
-        name = html.escape(data.class_names[c]) if 0 <= c < len(data.class_names) else str(c)
+        name = esc(data.class_names[c]) if 0 <= c < len(data.class_names) else str(c)
         cell = f"<b>{name}</b>" if c == true else name
         rows.append(f"<tr><td>{cell}</td><td style='text-align:right;padding-left:6px'>{p:.3f}</td></tr>")
     where = "unpruned" if mode == 0 else f"{head_name(layer, head)} pruned, mode {mode} ({MODE_NAMES[mode]})"
@@ -181,8 +180,8 @@ class ImageOverview:
                 self.thumb_source.data = {"image": [self.blank]}  # the masks show it too
                 return
             self.thumb_source.data = {"image": [rgba_image(shown(d.thumbnail(i)))]}
-            true = html.escape(d.class_names[int(d.label[i])])
-            name = html.escape(d.image_ids[i].rsplit("/", 1)[-1])  # the file name: a full path wraps
+            true = esc(d.class_names[int(d.label[i])])
+            name = esc(d.image_ids[i].rsplit("/", 1)[-1])  # the file name: a full path wraps
             self.detail.text = (f"<div style='font-size:12px'><b>image {i}</b> <code>{name}"
                                 f"</code><br>true label <b>{true}</b> · P[true] {d.baseline_prob[i]:.3f}</div>"
                                 + top5_html(d, i, 0, 0, 0))

@@ -21,6 +21,7 @@ from vitscope.app.pattern_matrix import MatrixPlots, top_threshold
 from vitscope.app.state import Selection, guarded
 from vitscope.app.style import div
 from vitscope.errors import one_line
+from vitscope.text import esc
 from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, OFFSETS, PATTERNS
 
 HINT = "Select an image (Image Overview, or tap a head in the map) to see a head's attention pattern."
@@ -50,7 +51,7 @@ def head_info(data: StoreData, image: int | None, layer: int, head: int) -> str:
     scores = " ".join(f"{p} {s:.2f}" for p, s in zip(BASE_PATTERNS, data.pattern_score[image, layer, head],
                                                      strict=True))
     dist = float(data.attention_distance[image, layer, head])
-    name = data.image_ids[image].rsplit("/", 1)[-1]  # the file, as the Image Overview names it: a path wraps
+    name = esc(data.image_ids[image].rsplit("/", 1)[-1])  # the file, as the Image Overview names it
     return (f"<b>image {name} · layer {layer} · head {head}</b> — pattern: <b>{pattern}</b> "
             f"<span style='color:#666'>(scores: {scores})</span> · mean attention distance: <b>{dist:.2f}</b> "
             f"patches · {head_kind_text(data, layer, head)}")
@@ -129,7 +130,7 @@ class AttentionPatternView:
             n = self.data.tokens
             self.masks.show(A, min(s.source_token, n - 1), min(s.target_token, n - 1))
         self.info.text = head_info(self.data, s.image, s.layer, s.head) + (
-            f"<div style='color:#b00'>{self.error}</div>" if self.error else "")
+            f"<div style='color:#b00'>{esc(self.error, limit=400)}</div>" if self.error else "")
 
     def bokeh(self):
         m = self.matrix

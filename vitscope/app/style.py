@@ -91,3 +91,18 @@ def bare(fig):
     fig.axis.visible = False
     fig.grid.visible = False
     return fig
+
+
+ALERT_COLOURS = {"warning": ("#fff3cd", "#664d03"), "danger": ("#f8d7da", "#842029")}
+
+
+def alert(text: str, kind: str = "warning", **kw):
+    """A message box whose text is shown literally (escaped): Panel's Alert pane renders Markdown, which would
+    read a file name's `*`, backticks or brackets as formatting."""
+    import panel as pn
+
+    from vitscope.text import esc
+
+    background, colour = ALERT_COLOURS[kind]
+    return pn.pane.HTML(esc(text, limit=600), styles={"background": background, "color": colour, "padding": "6px 10px",
+                                                      "border-radius": "4px"}, **kw)
