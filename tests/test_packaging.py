@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import tomllib
@@ -93,6 +94,13 @@ def test_environment_yml_is_in_step_with_pyproject():
         assert conda[name] == lower, f"environment.yml {name}>={conda[name]}, pyproject {req}"
 
 
+def site_packages() -> list[str]:
+    """The folders this interpreter imports installed packages from: a venv's, a conda env's or the system's, and
+    the user's when it is on."""
+    dirs = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    return [d for d in dirs if os.path.isdir(d)]
+
+
 @pytest.mark.slow
 def test_the_wheel_runs_the_demo_from_another_folder(tmp_path):
     """`pip install .` (a wheel, not editable) into a fresh venv, offline: the embedded weights are in it, and
@@ -109,10 +117,15 @@ def test_the_wheel_runs_the_demo_from_another_folder(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "vitscope/models/demo_vit.safetensors" in names and not any(n.startswith("tests/") for n in names)
 
-    venv = tmp_path / "venv"  # the dependencies come from this interpreter's site-packages, vitscope from the wheel
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
-                   timeout=120)
+    # The dependencies come from this interpreter's site-packages, vitscope from the wheel. Not `venv
+    # --system-site-packages`: from inside a venv that sees the base interpreter's packages, not this one's. A .pth
+    # of plain folders runs none of their own .pth files, so this checkout's editable hook stays out.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    Path(purelib, "_test_dependencies.pth").write_text("".join(f"{d}\n" for d in site_packages()))
     subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], check=True,
                    capture_output=True, timeout=300)
     elsewhere, home = tmp_path / "elsewhere", tmp_path / "home"
@@ -120,12 +133,13 @@ def test_the_wheel_runs_the_demo_from_another_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("VITSCOPE_CACHE", "PYTHONPATH")}
     env.update(HOME=str(home), OMP_NUM_THREADS="1")
     where = subprocess.run([str(python), "-c", "import vitscope.build as b; print(b.__file__); print(b.cache_root())"],
-                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.split()
+                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
+                           timeout=120).stdout.split()
     assert Path(where[0]).is_relative_to(venv), where  # the wheel's copy, not the checkout
     assert where[1] == str(home / ".cache" / "vitscope")
     where = subprocess.run([str(python), "-c", "import vitscope.build as b; print(b.cache_root())"], cwd=elsewhere,
                            env={**env, "VITSCOPE_CACHE": str(tmp_path / "mine")}, capture_output=True, text=True,
-                           check=True).stdout.strip()
+                           check=True, timeout=120).stdout.strip()
     assert where == str(tmp_path / "mine")
 
     out = subprocess.run([str(venv / "bin" / "vitscope"), "demo", "--no-serve", "--limit", "16"], cwd=elsewhere,
