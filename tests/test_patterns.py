@@ -291,7 +291,8 @@ def test_shapes_dtypes_and_ranges():
     torch.testing.assert_close(pattern_scores(maps.bool(), 5), ps)
     p64, o64 = pattern_scores(maps.double(), 5), offset_scores(maps.double(), 5)  # float64 stays float64
     assert p64.dtype == o64.dtype == torch.float64
-    torch.testing.assert_close(p64.float(), ps) and torch.testing.assert_close(o64.float(), os_)
+    torch.testing.assert_close(p64.float(), ps)
+    torch.testing.assert_close(o64.float(), os_)
     assert pattern_scores(torch.zeros(25, 25), 5).tolist() == [0.0] * 4  # empty map: no NaN
     assert offset_scores(torch.ones(25, 25), 5).tolist() == [0.0] * 6  # full map: no diagonal above chance
     with pytest.raises(ValueError, match="grid 5"):
