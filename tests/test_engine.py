@@ -1,4 +1,4 @@
-"""The engine against the slow reference, and the properties DESIGN.md promises."""
+"""The engine against the slow reference, and the properties docs/architecture.md states."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from vitscope.analysis.strength import attention_distance, attention_strength, r
 
 
 def ref_strength(a: torch.Tensor, grid: int) -> list[float]:
-    """DESIGN.md, literally: per source, mean over each Chebyshev ring; then mean over sources having it."""
+    """docs/architecture.md, literally: per source, mean over each Chebyshev ring; then mean over sources having it."""
     n = grid * grid
     per_hop: list[list[float]] = [[] for _ in range(grid)]
     for s in range(n):

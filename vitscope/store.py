@@ -1,4 +1,4 @@
-"""The one place that knows the on-disk schema: an xarray Dataset in a zarr store (see DESIGN.md).
+"""The one place that knows the on-disk schema: an xarray Dataset in a zarr store (docs/architecture.md).
 
 A store is created up front with every array at full size (metadata only), then filled in
 image chunks by region writes; `chunk_done` records finished chunks so a killed build resumes,

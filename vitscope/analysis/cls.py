@@ -1,4 +1,4 @@
-"""CLS attention vectors and binarised patch attention (DESIGN.md, Definitions), and the compact form the
+"""CLS attention vectors and binarised patch attention (docs/architecture.md, Definitions), and the compact form the
 store keeps the binarised maps in: the flat indices of their 1s."""
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def _strength_weights(grid: int, device: torch.device, dtype: torch.dtype) -> Te
 
 
 def attention_strength(patch_attn: Tensor, grid: int) -> Tensor:
-    """k-hop attention strength vector `[..., grid]` (float32) of DESIGN.md, k = 0..grid-1.
+    """k-hop attention strength vector `[..., grid]` (float32) of docs/architecture.md, k = 0..grid-1.
 
     s_k = mean over source patches that have a ring at Chebyshev distance k of the mean
     attention that source pays to its ring-k patches. `patch_attn` is used as is (rows need

@@ -1,4 +1,4 @@
-"""The importance metrics and pruning modes of DESIGN.md, as plain tensor functions."""
+"""The importance metrics and pruning modes (docs/architecture.md, Definitions), as plain tensor functions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Getting a ViT and seeing it as layers × heads (see DESIGN.md, `vitscope/models/`)."""
+"""Getting a ViT and seeing it as layers × heads (docs/architecture.md, Layers)."""
 
 from vitscope.models.adapter import SUPPORTED_FAMILIES, AttentionParts, ViTAdapter, check_supported, merge_heads
 from vitscope.models.loading import DEMO_CLASSES, build_demo_model, load_model
