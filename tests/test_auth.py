@@ -161,9 +161,10 @@ def test_a_malformed_users_file_is_refused(tmp_path):
 
 def test_panel_gets_a_fresh_cookie_secret_per_run_unless_given(users):
     a, b = Login(basic_auth="pw").panel_kwargs(), Login(basic_auth="pw").panel_kwargs()
-    assert a["basic_auth"] == "pw" and len(a["cookie_secret"]) >= 32 and a["cookie_secret"] != b["cookie_secret"]
+    assert a["auth_provider"].password == "pw" and a["auth_provider"].users is None  # Panel's login, throttled
+    assert len(a["cookie_secret"]) >= 32 and a["cookie_secret"] != b["cookie_secret"]
     assert Login(basic_auth="pw", cookie_secret="mine").panel_kwargs()["cookie_secret"] == "mine"
-    assert Login(basic_auth=str(users)).panel_kwargs()["basic_auth"] == str(users.resolve())
+    assert Login(basic_auth=str(users)).panel_kwargs()["auth_provider"].users == users.resolve()
     oauth = Login(oauth_provider="GitHub", oauth_key="k", oauth_secret="s",
                   oauth_extra_params=parse_extra_params('{"scope": "read:user"}')).panel_kwargs()
     assert oauth["oauth_provider"] == "github" and oauth["oauth_extra_params"] == {"scope": "read:user"}

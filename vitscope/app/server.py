@@ -73,13 +73,18 @@ class Login:
                                     "(make one with `panel oauth-secret`)")
 
     def panel_kwargs(self) -> dict:
-        """Keywords for `pn.serve` (Panel reads a file of users again at every login, so edits apply at once)."""
+        """Keywords for `pn.serve`. Basic auth is Panel's with failed logins slowed and logged per address
+        (vitscope.app.login), given as `auth_provider` since `basic_auth=` would make Panel build its own; a file of
+        users is read again at every login, so edits apply at once."""
         if not self.enabled:
             return {}
         kw: dict = {"cookie_secret": self.cookie_secret or secrets.token_urlsafe(32)}
         if self.basic_auth:
+            from vitscope.app.login import ThrottledBasicAuthProvider  # imports Panel: only when serving
+
             users = users_file(self.basic_auth)
-            kw["basic_auth"] = str(users.resolve()) if users else self.basic_auth
+            kw["auth_provider"] = (ThrottledBasicAuthProvider(users=users.resolve()) if users
+                                   else ThrottledBasicAuthProvider(password=self.basic_auth))
         else:
             kw.update(oauth_provider=self.oauth_provider.lower(), oauth_key=self.oauth_key,
                       oauth_secret=self.oauth_secret, oauth_redirect_uri=self.oauth_redirect_uri,
