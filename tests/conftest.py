@@ -12,7 +12,7 @@ from vitscope.models import ViTAdapter
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=10)
 
-# name → (timm architecture, extra kwargs): the families DESIGN.md promises.
+# name → (timm architecture, extra kwargs): the families docs/models.md lists.
 VARIANTS = {
     "vit": ("vit_tiny_patch16_224", {}),
     "deit_distilled": ("deit_tiny_distilled_patch16_224", {}),  # 2 prefix tokens

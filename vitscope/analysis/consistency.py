@@ -21,8 +21,8 @@ __all__ = ["CONTENT_BELOW", "POSITIONAL_ABOVE", "head_consistency", "head_kinds"
 
 # Cuts on consistency. A perfect offset head binarised at the top 1 % of a 14 × 14 grid has only 182 of its
 # 385 ones on its diagonal (the rest go wherever the image puts them), so even it agrees at only ≈ 0.5: on
-# the real ViT-Ti of ../shared the offset heads of layers 0–2 agree at 0.4–0.7, the heads of layers 6–7
-# that follow the object at 0.03–0.1 (README, "What each head does").
+# the real ViT-Ti of docs/models.md the offset heads of layers 0–2 agree at 0.4–0.7, the heads of layers
+# 6–7 that follow the object at 0.03–0.1.
 POSITIONAL_ABOVE = 0.4
 CONTENT_BELOW = 0.2
 

@@ -5,7 +5,7 @@ Pattern View lays out images × layers × heads points (24k for the demo, 144k f
 where openTSNE's FFT-accelerated gradients are an order of magnitude faster. openTSNE runs 125 + 250
 iterations (early exaggeration, then the rest) instead of its 250 + 500 and finds neighbours exactly up to
 30k points: 3× faster on the demo and the real ViT-Ti, with the same kNN class, layer, offset and pattern
-purity (README, Performance; `python benchmarks/layouts.py`).
+purity (docs/performance.md; `python benchmarks/layouts.py`).
 """
 
 from __future__ import annotations

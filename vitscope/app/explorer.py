@@ -2,7 +2,7 @@
 
 Every plot is a plain Bokeh figure built once per session; a selection change pushes new data into the
 figures that depend on it, all inside one held document change (one message to the browser). This is
-what makes a change settle in the browser in well under a second (README, Performance).
+what makes a change settle in the browser in well under a second (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -150,8 +150,8 @@ def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", devic
     `scheduler` (a Dask scheduler's address) puts the on-demand ablation service's model on a Dask worker.
 
     `threads` runs the sessions' callbacks on Panel's thread pool (`pn.config.nthreads`): the model's forward
-    releases the GIL, the Bokeh updates do not, and on 2 cores the pool made the waits longer (README, Many
-    users), so the default is the event loop.
+    releases the GIL, the Bokeh updates do not, and on 2 cores the pool made the waits longer
+    (docs/performance.md, Many users), so the default is the event loop.
     """
     login = login or Login()
     login.check()
