@@ -15,7 +15,7 @@ from vitscope.text import printable
 
 # Before torch or any OpenMP library loads: threads that spin while they wait made a build on 2 cores 2-4x
 # slower whenever anything else ran on the machine (measured: 28-44 s for a 64-image chunk with 2 threads,
-# 11-17 s with 1); waiting passively, 2 threads were no slower than 1 under that load (README, Performance).
+# 11-17 s with 1); waiting passively, 2 threads were no slower than 1 under that load (docs/performance.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # = vitscope.models.loading.DEMO_WEIGHTS, without importing torch: --help and early errors stay quick and quiet
