@@ -14,9 +14,10 @@ import re
 
 # Characters that change how the rest of a line is shown instead of showing themselves: C0/C1 controls
 # (newline, tab, escape sequences), bidirectional embeddings/overrides/isolates and marks, zero-width
-# spaces/joiners, the byte-order mark, line/paragraph separators.
+# spaces/joiners, the byte-order mark, line/paragraph separators, and the lone surrogates by which Python
+# carries a file name's bytes that are not UTF-8.
 _INVISIBLE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]"
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ud800-\udfff\ufeff\ufff9-\ufffb]"
 )
 LIMIT = 160  # characters kept of a name; the middle of a longer one is cut
 

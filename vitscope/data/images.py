@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -18,6 +21,11 @@ from PIL import Image, UnidentifiedImageError
 
 from vitscope.errors import VitscopeError, one_line
 
+# Pixels decoded per image at most (8192 × 8192, about 0.27 GB as RGBA): models see a few hundred pixels a side,
+# and a 0.4 MB PNG can hold 400 megapixels. PIL's own bomb check (warn above 89 M, refuse above 179 M) stays on;
+# its warning is silenced since this tighter bound is enforced in `read_rgb`.
+MAX_PIXELS = 2**26
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 WNID = re.compile(r"^n\d{8}$")
 
@@ -48,8 +56,11 @@ class ImageSet:
             if self.arrays is not None:
                 h.update(self.arrays[i].tobytes())
             else:
-                st = (self.root / name).stat()
-                h.update(f"{st.st_size}\0{st.st_mtime_ns}\0".encode())
+                try:
+                    st = (self.root / name).stat()
+                    h.update(f"{st.st_size}\0{st.st_mtime_ns}\0".encode())
+                except OSError:  # gone or unreadable since listed: the build skips it with one line
+                    h.update(b"unreadable\0")
         return h.hexdigest()[:16]
 
     def load(self, i: int) -> Image.Image:
@@ -59,13 +70,21 @@ class ImageSet:
         return read_rgb(self.root / self.ids[i])
 
 
-def read_rgb(path: Path) -> Image.Image:
-    """Decode any common image into 8-bit RGB: grayscale, palette, CMYK, 16-bit and alpha are converted
-    (alpha is composited on white); empty, truncated or non-image files raise BadImage."""
+def read_rgb(source: Path | BinaryIO) -> Image.Image:
+    """Decode an image file (a path, or an open binary file) into 8-bit RGB, at most `MAX_PIXELS` decoded.
+
+    Grayscale, palette, CMYK, 16-bit and alpha are converted (alpha composited on white); an animated image
+    gives its first frame; EXIF orientation is not applied, as torchvision's and timm's loaders do not apply
+    it (a store shows what those loaders give the model). A JPEG over `MAX_PIXELS` is decoded at 1/2, 1/4 or
+    1/8 scale by the JPEG decoder itself; any other image over it, and anything PIL calls a decompression bomb,
+    is refused from its header before a pixel is decoded. Empty, truncated, oversized or non-image files raise
+    BadImage with the reason.
+    """
     try:
-        if path.stat().st_size == 0:
+        if isinstance(source, Path) and source.stat().st_size == 0:
             raise BadImage("empty file")
-        with Image.open(path) as im:
+        with Image.open(source) as im:
+            _bound(im)
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 a = np.asarray(im, dtype=np.float64)
@@ -81,11 +100,29 @@ def read_rgb(path: Path) -> Image.Image:
             rgb = im.convert("RGB")
     except BadImage:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"refused as a possible decompression bomb: {one_line(e).split(',')[0]}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
         raise BadImage(one_line(e)) from None
     if rgb.width == 0 or rgb.height == 0:
         raise BadImage("zero-size image")
     return rgb
+
+
+def _bound(im: Image.Image) -> None:
+    """Before decoding: a JPEG over MAX_PIXELS is set to decode at the smallest scale (1/2, 1/4, 1/8) that fits;
+    any other image over it is refused (PNG, TIFF and the rest cannot be decoded downscaled)."""
+    w, h = im.size
+    if w * h <= MAX_PIXELS:
+        return
+    if im.format == "JPEG":
+        scale = next((s for s in (2, 4, 8) if (w // s) * (h // s) <= MAX_PIXELS), None)
+        if scale is not None:
+            im.draft(None, (w // scale, h // scale))
+            if im.size[0] * im.size[1] <= MAX_PIXELS:
+                return
+    raise BadImage(f"{w} × {h} pixels ({w * h / 1e6:.0f} megapixels) is over the {MAX_PIXELS / 1e6:.0f}-megapixel "
+                   f"limit for {im.format or 'this format'} (downscale it, or save it as JPEG)")
 
 
 def imagenet_wnids() -> list[str]:
@@ -170,17 +207,27 @@ def _read_csv(path: Path, root: Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise VitscopeError(f"labels file not found: {path}")
     ids, raw = [], []
-    with path.open(newline="") as f:
-        for n, row in enumerate(csv.reader(f), 1):
-            if not row or row[0].startswith("#") or (n == 1 and row[0].strip().lower() in ("file", "filename", "path")):
-                continue
-            if len(row) < 2:
-                raise VitscopeError(f"{path}:{n}: expected 'file,label', got {','.join(row)!r}")
-            name, label = row[0].strip(), row[1].strip()
-            if not (root / name).is_file():
-                raise VitscopeError(f"{path}:{n}: {name} not found under {root}")
-            ids.append(name)
-            raw.append(label)
+    n = 0
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            for n, row in enumerate(csv.reader(f), 1):
+                if not row or row[0].startswith("#") or (n == 1 and row[0].strip().lower() in ("file", "filename",
+                                                                                              "path")):
+                    continue
+                if len(row) < 2:
+                    raise VitscopeError(f"{path}:{n}: expected 'file,label', got {','.join(row)!r}")
+                name, label = row[0].strip(), row[1].strip()
+                # Only files under the image folder: a list from elsewhere must not read ../../anything.
+                if Path(name).is_absolute() or os.path.normpath(name).split(os.sep)[0] == "..":
+                    raise VitscopeError(f"{path}:{n}: {name!r} is outside the image folder {root}")
+                if not (root / name).is_file():
+                    raise VitscopeError(f"{path}:{n}: {name!r} not found under {root}")
+                ids.append(name)
+                raw.append(label)
+    except UnicodeDecodeError:
+        raise VitscopeError(f"{path}: not UTF-8 text (near line {n + 1}): save the labels file as UTF-8") from None
+    except csv.Error as e:
+        raise VitscopeError(f"{path}:{n + 1}: not a CSV file ({one_line(e)})") from None
     return ids, raw
 
 

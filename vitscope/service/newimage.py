@@ -43,13 +43,9 @@ def read_upload(path: str | Path | None = None, data: bytes | None = None, name:
     if size > MAX_BYTES:
         raise VitscopeError(f"{name} is {size / 2**20:.0f} MB: images over {MAX_BYTES // 2**20} MB are refused")
     try:
-        if data is None:
-            return read_rgb(path)
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        return img.convert("RGB")
-    except (BadImage, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise VitscopeError(f"cannot read {name} as an image ({e}): give a JPEG, PNG or other file PIL reads") from e
+        return read_rgb(path if data is None else io.BytesIO(data))
+    except BadImage as e:
+        raise VitscopeError(f"cannot use {name} as an image: {e}") from None
 
 
 def analyse(svc: Service, path: str | Path | None = None, data: bytes | None = None,
