@@ -6,8 +6,9 @@ import pytest
 from app_helpers import make_store
 
 from vitscope.app.data import StoreData
-from vitscope.app.export import export, most_important_heads, parse_head
+from vitscope.app.export import export, most_important_heads
 from vitscope.errors import VitscopeError
+from vitscope.heads import Head, parse_head
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +19,11 @@ def store(tmp_path_factory):
 
 
 def test_parse_head():
-    assert parse_head("3:7") == (3, 7) and parse_head("0x2") == (0, 2)
-    for bad in ("3", "a:b", "1:2:3", "-1:2"):
+    """`export --heads` takes a head alone (no mode)."""
+    assert parse_head("3:7", modes=False) == Head(3, 7) and parse_head("0x2", modes=False) == Head(0, 2)
+    for bad in ("3", "a:b", "1:2:3", "-1:2", '{"layer": 1, "head": 2}'):
         with pytest.raises(VitscopeError, match="LAYER:HEAD"):
-            parse_head(bad)
+            parse_head(bad, modes=False)
 
 
 def test_most_important_heads_match_a_sort(store):

@@ -30,7 +30,7 @@ from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
 from vitscope.models import ViTAdapter, load_model
 from vitscope.text import printable
-from vitscope.vocab import METRICS
+from vitscope.vocab import METRICS, WHOLE_HEAD
 
 LAYOUTS = ("image_xy", "head_xy_cls", "head_xy_patch")  # in the order they are computed
 
@@ -307,8 +307,7 @@ def finish_layouts(out: Path, cfg: BuildConfig) -> None:
     for name in [n for n in LAYOUTS if n in pending]:
         arrays, attrs = {}, {}
         if name == "image_xy":
-            metric = METRICS.index(cfg.layout_metric)
-            data = ds["importance"].values[valid][:, :, :, 1, metric].reshape(nv, L * H)  # mode 1: head pruned
+            data = ds["importance"].sel(mode=WHOLE_HEAD, metric=cfg.layout_metric).values[valid].reshape(nv, L * H)
         elif name == "head_xy_cls":
             data = ds["cls_attention"].values[valid].astype(np.float32).reshape(nv * L * H, -1)
         else:

@@ -12,9 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vitscope.errors import VitscopeError
-from vitscope.vocab import METRICS, head_name
-
-WHOLE_HEAD = 1  # the pruning mode of the class's head ranking
+from vitscope.vocab import METRICS, WHOLE_HEAD, head_name
 
 
 def match_class(text: str, class_names: list[str], present: list[int]) -> tuple[int, list[int]]:

@@ -165,6 +165,7 @@ def _print_class(arrays: dict, cls: int, matches: list[int], top: int) -> None:
     import numpy as np
 
     from vitscope.classes import class_report
+    from vitscope.vocab import WHOLE_HEAD
 
     names, valid = arrays["class_names"], arrays["valid"]
     r = class_report(cls, arrays["label"], valid, arrays["baseline_prob"], arrays["importance"],
@@ -174,7 +175,8 @@ def _print_class(arrays: dict, cls: int, matches: list[int], top: int) -> None:
           f"unpruned top-1 accuracy {r.accuracy:.1%} "
           f"({r.correct}/{r.images})" + (f"; also matching: {', '.join(map(repr, also[:5]))}"
                                          f"{', …' if len(also) > 5 else ''}" if also else ""))
-    print(f"heads whose pruning (whole head, mode 1) hurts this class most, over its {r.images} {_images(r.images)}:")
+    print(f"heads whose pruning (whole head, mode {WHOLE_HEAD}) hurts this class most, over its {r.images} "
+          f"{_images(r.images)}:")
     print(f"  {'head':>6}  {'drop of P[true] (mean ± std)':>28}  {'mean JSD':>9}  top-1 changes")
     for h in r.heads:
         print(f"  {h.name:>6}  {h.drop_mean:>+17.4f} ± {h.drop_std:<8.4f}  {h.jsd_mean:>9.4f}  "
@@ -197,9 +199,10 @@ def cmd_serve(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from vitscope.app.export import export, parse_head
+    from vitscope.app.export import export
+    from vitscope.heads import parse_head
 
-    heads = [parse_head(h) for h in args.heads] if args.heads else None
+    heads = [parse_head(h, modes=False) for h in args.heads] if args.heads else None
     out = export(args.store, args.image, args.out, heads=heads, device=args.device, metric=args.metric,
                  mode=args.mode)
     print(f"snapshot written: {out} ({out.stat().st_size / 1e6:.1f} MB; opens from disk, no server needed)")
@@ -222,7 +225,7 @@ def cmd_build(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from vitscope import __version__
-    from vitscope.vocab import METRICS, MODES
+    from vitscope.vocab import DEFAULT_METRIC, METRICS, MODES, WHOLE_HEAD
 
     parser = argparse.ArgumentParser(prog="vitscope", description="How Vision Transformers use attention.")
     parser.add_argument("--version", action="version", version=f"vitscope {__version__}")
@@ -277,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=Path)
     p.add_argument("--image", type=int, required=True, help="image index in the store (vitscope info STORE)")
     p.add_argument("--heads", nargs="+", metavar="L:H", help="heads to embed (default: the 6 most important)")
-    p.add_argument("--metric", default="prob", choices=list(METRICS))
-    p.add_argument("--mode", type=int, default=1, choices=MODES, help="pruning mode of the importance views")
+    p.add_argument("--metric", default=DEFAULT_METRIC, choices=list(METRICS))
+    p.add_argument("--mode", type=int, default=WHOLE_HEAD, choices=MODES, help="pruning mode of the importance views")
     p.add_argument("--out", type=Path, required=True, help="the .html file to write")
     p.add_argument("--device", default="cpu", help="where the image's attention is computed")
     p.set_defaults(func=cmd_export)

@@ -14,9 +14,13 @@ METRIC_LABELS = {
     "cls_dist": "CLS distance",
     "patch_dist": "patch distance",
 }
+DEFAULT_METRIC = "prob"  # what the app, `export` and the Image Overview's layout show unless told otherwise
 
-MODES = (0, 1, 2, 3, 4, 5)  # 0 = the unpruned model; 1..5 prune a region of one head's attention
+# 0 = the unpruned model; 1..5 prune a region of one head's attention. A mode is also its position on the store's
+# `mode` axis, so in-memory numpy arrays index it directly.
+MODES = (0, 1, 2, 3, 4, 5)
 ABLATION_MODES = MODES[1:]
+WHOLE_HEAD = 1  # the mode that prunes all of a head's attention: the importance of the head itself
 MODE_NAMES = {
     0: "none (original model)",
     1: "whole head",
@@ -33,6 +37,9 @@ OFFSETS = ("self", "left", "right", "up", "down", "counter")
 # What a head is across images (head_kind): its binarised maps agree across images (positional: the same
 # patches whatever the content), differ (content), or in between (mixed).
 HEAD_KINDS = ("positional", "content", "mixed")
+
+PAIR_COUNT = 12  # head pairs: the image's top heads whose interactions are computed unless told otherwise
+CURVE_ORDERS = ("exact", "proxy", "random")  # the orders a pruning curve removes heads in
 
 LAYOUTS = ("cls", "patch")  # the Attention Pattern View's two head layouts (head_xy_cls, head_xy_patch)
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vitscope.vocab import METRICS
+from vitscope.vocab import METRICS, WHOLE_HEAD  # whole head: the mode the proxy estimates (the gate from 1 to 0)
 
-WHOLE_HEAD = 1  # the pruning mode the proxy estimates: the head's gate from 1 to 0
 TINY = float(np.finfo(np.float32).tiny)  # P'[true] that underflowed to 0 in float32 counts as this
 
 

@@ -20,10 +20,12 @@ from vitscope.app.data import StoreData
 from vitscope.app.state import Selection, guarded
 from vitscope.app.style import SELECTED, bare, div, figure, rgba_image, shown
 from vitscope.errors import VitscopeError, one_line
+from vitscope.heads import Head, top_heads
 from vitscope.text import esc
+from vitscope.vocab import CURVE_ORDERS, PAIR_COUNT, WHOLE_HEAD
 
 WIDTH = 225
-ORDER_COLOURS = {"exact": "#222222", "proxy": "#d62728", "random": "#999999"}
+ORDER_COLOURS = dict(zip(CURVE_ORDERS, ("#222222", "#d62728", "#999999"), strict=True))  # exact, proxy, random
 Submit = Callable[[dict, str, Callable[[int, int], None] | None], Future]
 
 
@@ -65,8 +67,8 @@ class AblationView:
 
         self.pair_source = ColumnDataSource({"x": [], "y": [], "value": [], "a": [], "b": []})
         self.pair_mapper = LinearColorMapper(palette=colorcet.coolwarm, low=-1e-3, high=1e-3)
-        pairs = figure("pair interactions", WIDTH, WIDTH, tools="", x_range=(-0.5, 11.5), y_range=(11.5, -0.5),
-                       name="vs-pairs")
+        pairs = figure("pair interactions", WIDTH, WIDTH, tools="", x_range=(-0.5, PAIR_COUNT - 0.5),
+                       y_range=(PAIR_COUNT - 0.5, -0.5), name="vs-pairs")
         pairs.toolbar_location = None
         cells = pairs.rect("x", "y", 1, 1, source=self.pair_source, line_color=None,
                            fill_color={"field": "value", "transform": self.pair_mapper})
@@ -98,7 +100,8 @@ class AblationView:
 
         self.status = pn.pane.HTML("", width=WIDTH, height=36, css_classes=["vs-ablation-status"])
         self.progress = pn.indicators.Progress(value=0, max=1, width=WIDTH, visible=False, bar_color="info")
-        self.pairs_button = pn.widgets.Button(label="pairs of top 12", width=WIDTH // 2 - 5, button_type="light")
+        self.pairs_button = pn.widgets.Button(label=f"pairs of top {PAIR_COUNT}", width=WIDTH // 2 - 5,
+                                              button_type="light")
         self.pairs_button.on_click(guarded(sel, "pairs", lambda _: self.ask_pairs()))
         self.curve_button = pn.widgets.Button(label="pruning curve", width=WIDTH // 2 - 5, button_type="light")
         self.curve_button.on_click(guarded(sel, "curve", lambda _: self.ask_curve()))
@@ -166,12 +169,12 @@ class AblationView:
     def _error(self, what: str, line: str) -> None:
         self.status.object = f"<span style='color:{SELECTED}'>{esc(what)}: {esc(line)}</span>"
 
-    def heads(self) -> list[tuple[int, int]]:
-        """The heads to prune together: the group (drag or shift-tap in the Head Importance View), else the
-        selected head."""
+    def heads(self) -> list[Head]:
+        """The heads to prune together, in the selected mode: the group (drag or shift-tap in the Head Importance
+        View), else the selected head."""
         H = self.data.heads
         group = self.sel.group or [self.data.head_index(self.sel.layer, self.sel.head)]
-        return [divmod(int(k), H) for k in group]
+        return [Head(*divmod(int(k), H), self.sel.mode) for k in group]
 
     def ask_joint(self) -> Future | None:
         s = self.sel
@@ -181,7 +184,7 @@ class AblationView:
             self.joint_text.text = ("<i>Select an image, then drag or shift-tap heads in the Head Importance View "
                                     "to prune them together.</i>")
             return None
-        heads = [f"{layer}:{head}:{s.mode}" for layer, head in self.heads()]
+        heads = self.heads()
         return self._ask("joint", {"kind": "prune", "image": image, "heads": heads}, self.show_joint,
                          f"{len(heads)} heads pruned together")
 
@@ -190,9 +193,10 @@ class AblationView:
         if image is None:
             self.status.object = "<i>Select an image first.</i>"
             return None
-        k = min(12, self.data.layers * self.data.heads)
-        return self._ask("pairs", {"kind": "pairs", "image": image, "k": k}, self.show_pairs, "pair interactions",
-                         progress=True)
+        d = self.data
+        heads = top_heads(d.importance[image, :, :, WHOLE_HEAD, d.metrics.index("prob")], PAIR_COUNT)
+        return self._ask("pairs", {"kind": "pairs", "image": image, "heads": heads},
+                         lambda r: self.show_pairs(r, heads), "pair interactions", progress=True)
 
     def ask_curve(self) -> Future:
         s = self.sel
@@ -234,7 +238,8 @@ class AblationView:
             f"top-3: {top5}<br><span style='color:#666'>{esc(', '.join(r['heads'][:6]))}"
             f"{' …' if n > 6 else ''}</span></div>")
 
-    def show_pairs(self, r: dict) -> None:
+    def show_pairs(self, r: dict, heads: list[Head]) -> None:
+        """The interactions of `heads`, the pairs request's heads in its order."""
         inter = np.asarray(r["interaction"])
         k = len(r["heads"])
         i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
@@ -246,7 +251,7 @@ class AblationView:
         self.pairs.x_range.update(start=-0.5, end=k - 0.5)
         self.pairs.y_range.update(start=k - 0.5, end=-0.5)
         self.pairs.title.text = f"pairs, image {r['image']} (±{m:.2g})"
-        self._pair_heads = [(int(n[1:].split("H")[0]), int(n.split("H")[1])) for n in r["heads"]]
+        self._pair_heads = [(h.layer, h.head) for h in heads]
 
     def pick_pair(self, x: float | None, y: float | None) -> list[int] | None:
         """Tap on a cell: that pair becomes the group (and is pruned together)."""

@@ -24,18 +24,11 @@ from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import Selection
 from vitscope.app.strength import AttentionStrengthView
 from vitscope.errors import VitscopeError
+from vitscope.heads import Head, parse_head
 from vitscope.text import esc, printable
-from vitscope.vocab import harm, head_name
+from vitscope.vocab import DEFAULT_METRIC, WHOLE_HEAD, harm
 
 DEFAULT_HEADS = 6
-
-
-def parse_head(text: str) -> tuple[int, int]:
-    """'L:H' or 'LxH' → (layer, head)."""
-    parts = text.replace("x", ":").split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise VitscopeError(f"--heads takes LAYER:HEAD pairs such as 3:7, not {text!r}")
-    return int(parts[0]), int(parts[1])
 
 
 def most_important_heads(data: StoreData, image: int, metric: str, mode: int, k: int) -> list[tuple[int, int]]:
@@ -46,16 +39,18 @@ def most_important_heads(data: StoreData, image: int, metric: str, mode: int, k:
     return [divmod(int(i), data.heads) for i in order]
 
 
-def export(store: str | Path, image: int, out: str | Path, heads: list[tuple[int, int]] | None = None,
-           device: str = "cpu", metric: str = "prob", mode: int = 1) -> Path:
+def export(store: str | Path, image: int, out: str | Path, heads: list[Head | tuple[int, int]] | None = None,
+           device: str = "cpu", metric: str = DEFAULT_METRIC, mode: int = WHOLE_HEAD) -> Path:
     """Write the snapshot of `image` with a tab per head selection; returns the path written."""
     path = str(Path(store).resolve())
     data = store_data(path)
     data.check_image(image)
-    heads = heads or most_important_heads(data, image, metric, mode, DEFAULT_HEADS)
-    for layer, head in heads:
-        if not (0 <= layer < data.layers and 0 <= head < data.heads):
-            raise VitscopeError(f"head {layer}:{head} is not in this model ({data.layers} layers × {data.heads} heads)")
+    heads = [parse_head(h, modes=False) for h in heads or most_important_heads(data, image, metric, mode,
+                                                                              DEFAULT_HEADS)]
+    for h in heads:
+        if not (0 <= h.layer < data.layers and 0 <= h.head < data.heads):
+            raise VitscopeError(f"head {h.layer}:{h.head} is not in this model ({data.layers} layers × {data.heads} "
+                                "heads)")
     attention = service(path, device).attention(image)  # [L, H, P, P], once
 
     overview = ImageOverview(data, Selection(image=image))
@@ -65,14 +60,14 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[tuple[int
                       f"<p>{esc(data.model_spec)}: {data.layers} layers × {data.heads} heads, {data.images} "
                       "images in the store. One tab per head; pan, zoom and hover work offline.</p>", width=1200)
     tabs, raster = [], None
-    for layer, head in heads:
-        sel = Selection(image=image, layer=layer, head=head, metric=metric, mode=mode)
+    for h in heads:
+        sel = Selection(image=image, layer=h.layer, head=h.head, metric=metric, mode=mode)
         importance = HeadImportanceView(data, sel)
         strength = AttentionStrengthView(data, sel)
         pattern = AttentionPatternView(data, sel, lambda _: attention, overview.thumb_source, raster)
         raster = pattern.map.raster  # the map of all heads is the same in every tab: one copy in the file
         tab = column(importance.bokeh(), row(strength.bokeh(), pattern.bokeh()))
-        tabs.append(TabPanel(child=tab, title=head_name(layer, head)))
+        tabs.append(TabPanel(child=tab, title=h.name))
     page = column(header, overview.bokeh(), Tabs(tabs=tabs))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

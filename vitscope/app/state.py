@@ -7,7 +7,7 @@ from collections.abc import Callable
 import param
 
 from vitscope.errors import one_line
-from vitscope.vocab import LAYOUTS, METRICS, MODES
+from vitscope.vocab import DEFAULT_METRIC, LAYOUTS, METRICS, MODES, WHOLE_HEAD
 
 COLOUR_BY = ("class", "correct", "P[true]")  # how the Image Overview colours its points
 MAX_PINNED = 4  # heads compared side by side in the Attention Strength View (the paper's Fig. 9 D–E)
@@ -19,8 +19,8 @@ class Selection(param.Parameterized):
     image = param.Integer(default=None, allow_None=True, doc="selected image; None = all images")
     layer = param.Integer(default=0, bounds=(0, None))
     head = param.Integer(default=0, bounds=(0, None))
-    mode = param.Selector(objects=list(MODES), default=1, doc="pruning mode of the importance views")
-    metric = param.Selector(objects=list(METRICS), default="prob")
+    mode = param.Selector(objects=list(MODES), default=WHOLE_HEAD, doc="pruning mode of the importance views")
+    metric = param.Selector(objects=list(METRICS), default=DEFAULT_METRIC)
     threshold = param.Number(default=None, allow_None=True, doc="attention threshold; None = the store's top %")
     layout = param.Selector(objects=list(LAYOUTS), default="cls", doc="Attention Pattern View layout")
     density = param.Boolean(default=False, doc="contours of all heads' density over the map")

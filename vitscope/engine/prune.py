@@ -7,7 +7,6 @@ per forward (one sequence each). Layers no request of a batch prunes run timm's 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,39 +15,13 @@ from torch import Tensor
 
 from vitscope.engine.metrics import importance_metrics, jsd, region_mask
 from vitscope.errors import VitscopeError
+from vitscope.heads import Head, Rect, Region, parse_head
 from vitscope.models.adapter import ViTAdapter, merge_heads
-from vitscope.vocab import MODES, head_name
+from vitscope.vocab import MODES, WHOLE_HEAD, head_name
 
-Rect = tuple[int, int, int, int]  # (row0, col0, row1, col1) on the patch grid, half-open
-
-
-@dataclass(frozen=True)
-class Region:
-    """A custom region of one head's attention A to zero (rows = source/query tokens).
-
-    The source × target block of patches (a missing rectangle means all patches; no rectangle at
-    all means no block), plus the prefix-token rows (what CLS takes in) and columns (what the
-    patches take from CLS).
-    """
-
-    source: Rect | None = None
-    target: Rect | None = None
-    cls_rows: bool = False
-    cls_cols: bool = False
-
-
-@dataclass(frozen=True)
-class HeadPrune:
-    """One head and what of its attention is zeroed: a pruning mode (1 = all of A) or a Region."""
-
-    layer: int
-    head: int
-    mode: int | Region = 1
-
-    @property
-    def name(self) -> str:
-        what = f"mode {self.mode}" if isinstance(self.mode, int) else "region"
-        return f"{head_name(self.layer, self.head)} ({what})"
+# Heads are vitscope.heads values; HeadPrune and parse_prune are their names here from before that module.
+HeadPrune = Head
+parse_prune = parse_head
 
 
 @dataclass
@@ -66,14 +39,6 @@ class PruneResult:
     @property
     def drop(self) -> float:
         return self.baseline_prob - self.prob
-
-
-def parse_prune(text: str) -> HeadPrune:
-    """'L:H' or 'L:H:MODE' (mode defaults to 1, the whole head) → HeadPrune."""
-    m = re.fullmatch(r"\s*(\d+):(\d+)(?::(\d+))?\s*", text)
-    if not m:
-        raise VitscopeError(f"bad head {text!r}: write LAYER:HEAD or LAYER:HEAD:MODE, e.g. 3:1 or 3:1:5")
-    return HeadPrune(int(m[1]), int(m[2]), 1 if m[3] is None else int(m[3]))
 
 
 def _rect_tokens(rect: Rect | None, grid: int, what: str) -> Tensor:
@@ -105,7 +70,7 @@ def region_zero(region: Region, grid: int, num_prefix: int) -> Tensor:
     return zero
 
 
-def zero_masks(adapter: ViTAdapter, heads: Sequence[HeadPrune]) -> dict[int, Tensor]:
+def zero_masks(adapter: ViTAdapter, heads: Sequence[Head]) -> dict[int, Tensor]:
     """{layer: bool [H,P,P]} of the attention entries the listed heads zero (a head listed twice: the union)."""
     L, H, P = adapter.num_layers, adapter.num_heads, adapter.num_tokens
     out: dict[int, Tensor] = {}
@@ -119,7 +84,7 @@ def zero_masks(adapter: ViTAdapter, heads: Sequence[HeadPrune]) -> dict[int, Ten
             zero = region_mask(hp.mode, P, adapter.num_prefix)
         else:
             raise VitscopeError(f"{head_name(hp.layer, hp.head)}: pruning mode {hp.mode} out of range: "
-                                f"modes are {MODES[0]}..{MODES[-1]} (1 = whole head)")
+                                f"modes are {MODES[0]}..{MODES[-1]} ({WHOLE_HEAD} = whole head)")
         layer = out.setdefault(hp.layer, torch.zeros(H, P, P, dtype=torch.bool))
         layer[hp.head] |= zero
     return out
@@ -157,7 +122,7 @@ def baseline(adapter: ViTAdapter, images: Tensor, labels: Tensor | None = None) 
 def run_pruned(
     adapter: ViTAdapter,
     base: Baseline,
-    requests: Sequence[tuple[int, Sequence[HeadPrune]]],
+    requests: Sequence[tuple[int, Sequence[Head]]],
     *,
     topk: int = 5,
     max_batch: int = 64,
@@ -239,7 +204,7 @@ def pair_interactions(adapter: ViTAdapter, base: Baseline, row: int, heads: Sequ
     interaction(i, j) = pair[i, j] − single[i] − single[j]; the diagonal of `pair` is the single drop.
     """
     k = len(heads)
-    hp = [HeadPrune(layer, head) for layer, head in heads]
+    hp = [Head(layer, head) for layer, head in heads]
     pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
     reqs = [(row, [h]) for h in hp] + [(row, [hp[i], hp[j]]) for i, j in pairs]
     res = run_pruned(adapter, base, reqs, progress=progress)
@@ -256,7 +221,7 @@ def progressive(adapter: ViTAdapter, base: Baseline, order: Sequence[tuple[int, 
 
     Returns (P'[true] [B, S], top-1 correct [B, S] bool).
     """
-    hp = [HeadPrune(layer, head) for layer, head in order]
+    hp = [Head(layer, head) for layer, head in order]
     B = base.probs.shape[0]
     reqs = [(b, hp[:n]) for b in range(B) for n in steps]
     res = run_pruned(adapter, base, reqs, topk=1, progress=progress)

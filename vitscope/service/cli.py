@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from vitscope.errors import VitscopeError
+from vitscope.heads import parse_head
+from vitscope.vocab import CURVE_ORDERS, METRICS, MODES, PAIR_COUNT, WHOLE_HEAD, head_name
 
 
 def add_parser(sub) -> None:
@@ -17,13 +19,14 @@ def add_parser(sub) -> None:
     p.add_argument("store", type=Path)
     p.add_argument("--image", type=int, help="image index in the store (vitscope info STORE)")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--prune", nargs="+", metavar="L:H[:MODE]", help="heads pruned together; MODE 0-5, default 1 "
-                      "(whole head); a custom region as JSON: '{\"layer\": 3, \"head\": 1, \"region\": "
+    what.add_argument("--prune", nargs="+", metavar="L:H[:MODE]", help="heads pruned together; MODE "
+                      f"{MODES[0]}-{MODES[-1]}, default {WHOLE_HEAD} (whole head); a custom region as JSON: "
+                      "'{\"layer\": 3, \"head\": 1, \"region\": "
                       "{\"source\": [0, 0, 4, 4], \"target\": null, \"cls_rows\": false, \"cls_cols\": true}}'")
-    what.add_argument("--pairs", type=int, nargs="?", const=12, metavar="K",
-                      help="pair interactions of the image's top K heads (default 12)")
-    what.add_argument("--curve", nargs="*", metavar="ORDER", help="progressive pruning in these orders (exact, proxy, "
-                      "random; default all) for --image, --class NAME, or every image")
+    what.add_argument("--pairs", type=int, nargs="?", const=PAIR_COUNT, metavar="K",
+                      help=f"pair interactions of the image's top K heads (default {PAIR_COUNT})")
+    what.add_argument("--curve", nargs="*", metavar="ORDER", help=f"progressive pruning in these orders "
+                      f"({', '.join(CURVE_ORDERS)}; default all) for --image, --class NAME, or every image")
     what.add_argument("--saliency", action="store_true", help="patch-ablation saliency of --image")
     what.add_argument("--file", type=Path, help="analyse a new image file (not written into the store)")
     p.add_argument("--class", dest="cls", metavar="NAME", help="with --curve: the class's images")
@@ -46,11 +49,11 @@ def request_from(args: argparse.Namespace, class_names: list[str], labels) -> di
             cls = match_class(args.cls, class_names, sorted({int(c) for c in labels}))[0]
         if args.cls is not None and args.image is not None:
             raise VitscopeError("--curve takes --image or --class, not both")
-        return {"kind": "curve", "image": args.image, "cls": cls, "orders": args.curve or ["exact", "proxy", "random"]}
+        return {"kind": "curve", "image": args.image, "cls": cls, "orders": args.curve or list(CURVE_ORDERS)}
     if args.image is None:
         raise VitscopeError("give --image I (the image's index in the store; vitscope info STORE lists them)")
     if args.prune is not None:
-        return {"kind": "prune", "image": args.image, "heads": args.prune}
+        return {"kind": "prune", "image": args.image, "heads": [parse_head(h) for h in args.prune]}
     if args.pairs is not None:
         return {"kind": "pairs", "image": args.image, "k": args.pairs}
     return {"kind": "saliency", "image": args.image, "block": args.block}
@@ -137,13 +140,13 @@ def readable(r: dict) -> str:
         return "\n".join(lines)
     if kind == "new_image":
         a = r["arrays"]
-        imp = a["importance"][:, :, 1, 0]  # P'[true] with each head pruned
+        imp = a["importance"][:, :, WHOLE_HEAD, METRICS.index("prob")]  # P'[true] with each head pruned
         H = imp.shape[1]
         worst = np.argsort(imp.reshape(-1))[:5]
         lines = [f"{r['name']}: predicted {r['top5'][0][0]!r}; label {r['label_name']!r} ({r['label_from']})",
                  f"  top-5: {_top5(r['top5'])}",
                  "  heads whose pruning lowers P[label] most: " + ", ".join(
-                     f"L{j // H}H{j % H} {imp.reshape(-1)[j]:.3f}" for j in worst),
+                     f"{head_name(*divmod(int(j), H))} {imp.reshape(-1)[j]:.3f}" for j in worst),
                  "  mean strength entropy per layer: " + " ".join(f"{v:.2f}" for v in a["strength_entropy"].mean(-1))]
         if r["image_xy"] is not None:
             lines.append(f"  placed in the Image Overview at ({r['image_xy'][0]:.2f}, {r['image_xy'][1]:.2f}) "

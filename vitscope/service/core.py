@@ -23,13 +23,13 @@ from vitscope.build import weights_hash
 from vitscope.data.images import normalise
 from vitscope.engine import prune
 from vitscope.errors import StoreMismatch, VitscopeError, one_line
+from vitscope.heads import Head, parse_heads, top_heads
 from vitscope.models import ViTAdapter, load_model
 from vitscope.service import requests as rq
 from vitscope.store import open_store
-from vitscope.vocab import ABLATION_MODES, METRICS, head_name
+from vitscope.vocab import ABLATION_MODES, CURVE_ORDERS, PAIR_COUNT, WHOLE_HEAD, head_name
 
 Progress = Callable[[int, int], None] | None
-CURVE_ORDERS = ("exact", "proxy", "random")
 BASELINE_CACHE = 64  # images whose unpruned pass is kept (ViT-Ti: 3.6 MB each)
 GROUP = 32  # images per baseline pass of a pruning curve (bounds memory)
 CURVE_IMAGES = 256  # a set's pruning curve runs on at most this many images (a seeded sample)
@@ -121,48 +121,47 @@ class Service:
 
     def prune(self, requests: Sequence[dict]) -> list[dict]:
         """Prune requests ({"image", "heads"}) answered in as few forwards as their shapes allow."""
-        parsed = [(self.check_image(r["image"]), rq.parse_heads(r["heads"])) for r in requests]
+        parsed = [(self.check_image(r["image"]), parse_heads(r["heads"])) for r in requests]
         images = list(dict.fromkeys(i for i, _ in parsed))
         base = self.baseline(images)
         row = {i: r for r, i in enumerate(images)}
         results = prune.run_pruned(self.adapter, base, [(row[i], heads) for i, heads in parsed])
         return [self._prune_result(i, heads, res) for (i, heads), res in zip(parsed, results, strict=True)]
 
-    def _prune_result(self, image: int, heads: list[prune.HeadPrune], r: prune.PruneResult) -> dict:
+    def _prune_result(self, image: int, heads: list[Head], r: prune.PruneResult) -> dict:
         singles = self._stored_singles(image, heads)
         return {
-            "kind": "prune", "image": image, "heads": [h.name for h in heads],
+            "kind": "prune", "image": image, "heads": [h.label for h in heads],
             "prob": r.prob, "baseline_prob": r.baseline_prob, "drop": r.drop, "jsd": r.jsd,
             "cls_dist": _finite(r.cls_dist), "patch_dist": _finite(r.patch_dist),
             "top5": [[self.class_names[c], p] for c, p in zip(r.top_idx, r.top_prob, strict=True)],
             "single_drops": singles, "sum_of_single_drops": None if singles is None else float(sum(singles)),
         }
 
-    def _stored_singles(self, image: int, heads: list[prune.HeadPrune]) -> list[float] | None:
+    def _stored_singles(self, image: int, heads: list[Head]) -> list[float] | None:
         """Each head's own drop of P[true] in its mode, from the store (None when a head has a custom region)."""
         if any(not isinstance(h.mode, int) or h.mode == 0 for h in heads):
             return None
-        p = METRICS.index("prob")
-        imp = self.ds["importance"].isel(image=image)
+        imp = self.ds["importance"].isel(image=image).sel(metric="prob").load()  # [L, H, mode]
         base = float(self.ds["baseline_prob"][image])
-        return [base - float(imp[h.layer, h.head, h.mode, p]) for h in heads]
+        return [base - float(imp.isel(layer=h.layer, head=h.head).sel(mode=h.mode)) for h in heads]
 
     def top_heads(self, image: int, k: int) -> list[tuple[int, int]]:
-        """The image's k heads whose whole-head pruning lowers P[true] most (stored mode 1)."""
-        prob = self.ds["importance"].isel(image=self.check_image(image)).values[:, :, 1, METRICS.index("prob")]
-        H = prob.shape[1]
-        return [(int(j) // H, int(j) % H) for j in np.argsort(prob.reshape(-1), kind="stable")[:k]]
+        """The image's k heads (layer, head) whose whole-head pruning lowers P[true] most (from the store)."""
+        prob = self.ds["importance"].isel(image=self.check_image(image)).sel(mode=WHOLE_HEAD, metric="prob")
+        return [(h.layer, h.head) for h in top_heads(prob.values, k)]
 
-    def pairs(self, image: int, k: int = 12, heads: Sequence[tuple[int, int]] | None = None,
+    def pairs(self, image: int, k: int = PAIR_COUNT, heads: Sequence[object] | None = None,
               progress: Progress = None) -> dict:
-        """Head-pair interactions Δ(i,j) − Δ(i) − Δ(j) of P[true] for the image's top-k heads (or `heads`)."""
+        """Head-pair interactions Δ(i,j) − Δ(i) − Δ(j) of P[true] for the image's top-k heads (or `heads`, in any
+        form `parse_head` reads; whole heads)."""
         image = self.check_image(image)
         if heads is None:
             if not 2 <= k <= self.adapter.num_layers * self.adapter.num_heads:
                 raise VitscopeError(f"pairs need k in 2..{self.adapter.num_layers * self.adapter.num_heads}, got {k}")
             heads = self.top_heads(image, k)
-        heads = [(int(a), int(b)) for a, b in heads]
-        prune.zero_masks(self.adapter, [prune.HeadPrune(*h) for h in heads])  # one line for an unknown head
+        heads = [(h.layer, h.head) for h in parse_heads(heads)]
+        prune.zero_masks(self.adapter, [Head(*h) for h in heads])  # one line for an unknown head
         single, pair = prune.pair_interactions(self.adapter, self.baseline([image]), 0, heads, progress)
         inter = pair - single[:, None] - single[None, :]
         inter.fill_diagonal_(0.0)
@@ -223,7 +222,7 @@ class Service:
             flat = np.random.default_rng(seed).permutation(L * H)
         else:
             if order == "exact":  # most harmful first: lowest P'[true] when pruned alone
-                score = -self.ds["importance"].isel(image=scope).values[:, :, :, 1, METRICS.index("prob")].mean(0)
+                score = -self.ds["importance"].isel(image=scope).sel(mode=WHOLE_HEAD, metric="prob").values.mean(0)
             else:
                 if "grad_importance" not in self.ds:
                     raise VitscopeError(f"{self.path} has no grad_importance: rebuild it for the proxy order")
@@ -260,7 +259,7 @@ class Service:
             try:
                 kind = rq.check(r)
                 if kind == "prune":
-                    prune.zero_masks(self.adapter, rq.parse_heads(r["heads"]))  # a bad head fails its request only
+                    prune.zero_masks(self.adapter, parse_heads(r["heads"]))  # a bad head fails its request only
                     self.check_image(r["image"])
                     prunes.append(n)
                 else:
@@ -278,7 +277,7 @@ class Service:
 
     def _one(self, kind: str, r: dict, progress: Progress) -> dict:
         if kind == "pairs":
-            return self.pairs(r["image"], r.get("k", 12), r.get("heads"), progress)
+            return self.pairs(r["image"], r.get("k", PAIR_COUNT), r.get("heads"), progress)
         if kind == "curve":
             return self.curve(r.get("image"), r.get("cls"), r.get("orders", CURVE_ORDERS), r.get("steps"),
                               r.get("seed", 0), progress, r.get("max_images", CURVE_IMAGES))
