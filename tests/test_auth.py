@@ -15,6 +15,7 @@ import urllib.request
 
 import pytest
 from app_helpers import make_store
+from proc_helpers import stop, wait_for_line
 
 from vitscope.app.server import Login, check_address, parse_extra_params, url
 from vitscope.errors import VitscopeError
@@ -63,22 +64,15 @@ def start(store, *flags: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "vitscope.cli", "serve", str(store), "--port", str(port), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    base = f"http://localhost:{port}/"
-    seen = []
-    for line in proc.stdout:  # printed once the port is bound
-        seen.append(line)
-        if base in line:
-            return proc, f"http://127.0.0.1:{port}"
-    proc.wait(timeout=30)
-    raise AssertionError("".join(seen))
+    wait_for_line(proc, f"http://localhost:{port}/", timeout=120)  # printed once the port is bound
+    return proc, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
 def server(store, users):
     proc, base = start(store, "--basic-auth", str(users))
     yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
 
 
 def test_a_stranger_is_sent_to_the_login_page(server):
@@ -118,8 +112,7 @@ def test_one_password_for_everyone(store):
         assert status == 302 and "error" not in location
         assert get(c, base + "/")[0] == 200
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)
 
 
 def test_an_address_other_machines_reach_needs_a_login_or_no_auth():

@@ -15,6 +15,7 @@ import time
 import urllib.request
 
 import pytest
+from proc_helpers import stop, wait_for_line
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true":
@@ -62,23 +63,20 @@ def demo(tmp_path_factory):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vitscope.cli", "demo", "--limit", "24", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://localhost:{port}/"
-    lines = []
-    for line in proc.stdout:  # the URL is printed once the port is bound
-        lines.append(line)
-        if url in line:
-            break
-    assert url in "".join(lines), "".join(lines)
-    urllib.request.urlopen(url, timeout=60)
-    store = cache / "demo-24.zarr"
+    url, store = f"http://localhost:{port}/", cache / "demo-24.zarr"
     import zarr
 
-    deadline = time.time() + 300  # the demo serves before its layouts are in: the tests start from a whole store
-    while zarr.open_group(str(store), mode="r").attrs.get("layouts_pending") != [] and time.time() < deadline:
-        time.sleep(0.2)
+    try:
+        wait_for_line(proc, url, timeout=600)  # printed once the store is built and the port is bound
+        urllib.request.urlopen(url, timeout=60)
+        # the demo serves before its layouts are in: the tests start from a whole store
+        until(lambda: zarr.open_group(str(store), mode="r").attrs.get("layouts_pending") == [], 300,
+              "the demo's layouts")
+    except BaseException:
+        stop(proc)
+        raise
     yield url, store
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
 
 
 def model(page, name: str, attr: str):

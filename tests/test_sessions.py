@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from proc_helpers import stop, wait_for_line
 from test_browser import ARGS, CHROMIUM, free_port, model, text_of, until
 
 sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
@@ -34,15 +35,9 @@ def server(store, request):
                              "--threads", request.param],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if f"http://localhost:{port}/" in line:
-            break
-    assert f"http://localhost:{port}/" in "".join(seen), "".join(seen)
+    wait_for_line(proc, f"http://localhost:{port}/", timeout=120)
     yield f"http://localhost:{port}/"
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
 
 
 def lone_view(store, image: int) -> dict:
