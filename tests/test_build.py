@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ import torch
 import xarray as xr
 import zarr
 from PIL import Image
+from proc_helpers import wait_for_line
 
 from vitscope import engine, store
 from vitscope.analysis import cls, consistency, patterns, strength
@@ -93,35 +94,53 @@ def test_store_keeps_labels_full_maps_and_head_kinds(reference):
     assert np.isfinite(ds["head_consistency"].values).all()
 
 
+# `vitscope build` that, once its first chunk is written and marked done, says so and waits to be killed.
+HELD_AFTER_FIRST_CHUNK = """
+import sys, threading
+from vitscope import store
+from vitscope.cli import main
+write = store.write_chunk
+def written(*args, **kwargs):
+    write(*args, **kwargs)
+    print("chunk written", flush=True)
+    threading.Event().wait()
+store.write_chunk = written
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_resume_after_kill_gives_the_same_store(reference, tmp_path):
     out = tmp_path / "killed.zarr"
-    cmd = [sys.executable, "-m", "vitscope.cli", "build", *ARGS, "--out", str(out), "--store-attention"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    cmd = [sys.executable, "-c", HELD_AFTER_FIRST_CHUNK, "build", *ARGS, "--out", str(out), "--store-attention"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env=ENV)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        # .zarray, not the folder: the folder exists a moment before the array can be read
-        if (out / "chunk_done" / ".zarray").exists() and 1 <= store.done_chunks(out).sum() < 3:
-            break
-        assert proc.poll() is None, "the build ended before it could be killed"
-        time.sleep(0.05)
+    wait_for_line(proc, "chunk written", timeout=300)
+    assert proc.poll() is None
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = store.done_chunks(out)
-    assert 1 <= done.sum() < len(done)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL  # killed mid-build, not ended
+    assert store.done_chunks(out).tolist() == [True, False, False]  # one chunk of three done
     with pytest.raises(VitscopeError, match="unfinished build"):
         store.open_store(out)
     res = vitscope("build", *ARGS, "--out", str(out), "--store-attention")
     assert res.returncode == 0, res.stderr
-    assert "resuming" in res.stderr
+    assert "resuming" in res.stderr and "1 of 3 chunks already done" in res.stderr
     assert_same_store(reference, out)
 
 
 def test_other_inputs_are_refused_then_overwritten(reference, tmp_path):
-    res = vitscope("build", *ARGS[:-4], "--limit", "16", "--chunk-size", "8", "--out", str(reference))
+    out = tmp_path / "other.zarr"
+    shutil.copytree(reference, out)  # a store of other inputs (24 images, with attention); `reference` stays as it is
+    other = ["build", *ARGS[:-4], "--limit", "16", "--chunk-size", "8", "--ae-epochs", "1", "--out", str(out)]
+    res = vitscope(*other)
     assert res.returncode == 2 and "Refusing to mix" in res.stderr and "Traceback" not in res.stderr
-    assert store.open_store(reference).sizes["image"] == 24  # untouched
-    res = vitscope("build", *ARGS, "--out", str(reference), "--store-attention")
+    assert "attention" in store.open_store(out) and store.open_store(out).sizes["image"] == 24  # untouched
+    res = vitscope(*other, "--overwrite")
+    assert res.returncode == 0, res.stderr
+    ds = store.open_store(out)  # the new store: 16 images, no attention, no chunk of the old one left
+    assert ds.sizes["image"] == 16 and "attention" not in ds and store.done_chunks(out).tolist() == [True, True]
+    assert ds["valid"].all() and np.isfinite(ds["image_xy"].values).all()
+    res = vitscope(*other)  # its fingerprint is the new inputs'
     assert res.returncode == 0 and "already built" in res.stderr
 
 
