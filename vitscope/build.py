@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,48 +26,14 @@ from tqdm import tqdm
 
 from vitscope import engine, store
 from vitscope.analysis import autoencoder, cls, consistency, layout, patterns, strength
+from vitscope.config import BuildConfig
 from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
 from vitscope.models import ViTAdapter, load_model
 from vitscope.text import printable
-from vitscope.vocab import METRICS, WHOLE_HEAD
+from vitscope.vocab import WHOLE_HEAD
 
 LAYOUTS = ("image_xy", "head_xy_cls", "head_xy_patch")  # in the order they are computed
-
-
-@dataclass
-class BuildConfig:
-    """Everything a build depends on (what goes into the fingerprint is marked in `fingerprint`)."""
-
-    model: str
-    images: str  # a folder, or "demo"
-    out: Path
-    pretrained: bool = False
-    checkpoint: Path | None = None
-    labels: Path | None = None
-    limit: int | None = None
-    seed: int = 0
-    device: str = "cpu"
-    batch_size: int = 16
-    chunk: int = 64
-    precision: str = "float32"
-    top: float = 0.01  # binarisation: top fraction of patch attention
-    binary_size: int = 256  # side of the binarised maps kept and learnt (larger ones are max-pooled to it)
-    latent: int = 16
-    ae_epochs: int = 10
-    ae_maps: int = 8192  # the autoencoder trains on a seeded sample of this many maps (all are encoded)
-    layout_metric: str = "prob"
-    store_attention: bool = False
-    overwrite: bool = False
-    workers: int = 0
-    scheduler: str | None = None
-    progress: bool = True
-    timings: dict = field(default_factory=dict)
-
-    def params(self) -> dict:
-        keys = ("top", "binary_size", "latent", "ae_epochs", "ae_maps", "layout_metric", "store_attention", "chunk",
-                "precision", "seed", "limit")
-        return {k: getattr(self, k) for k in keys}
 
 
 def cache_root() -> Path:
@@ -96,8 +62,7 @@ def demo_store(device: str = "cpu", limit: int | None = None, *, layouts_later: 
         return build(cfg, layouts_later=layouts_later)
     except StoreMismatch as e:
         print(f"rebuilding the demo store: {e}", file=sys.stderr)
-        cfg.overwrite = True
-        return build(cfg, layouts_later=layouts_later)
+        return build(replace(cfg, overwrite=True), layouts_later=layouts_later)
 
 
 def weights_hash(model: torch.nn.Module) -> str:
@@ -119,15 +84,15 @@ def open_inputs(cfg: BuildConfig) -> tuple[ViTAdapter, ImageSet]:
     return adapter, images
 
 
-def build(cfg: BuildConfig, *, layouts_later: bool = False) -> Path:
-    """Build (or resume) the store at cfg.out; returns its path.
+def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, float] | None = None) -> Path:
+    """Build (or resume) the store at cfg.out; returns its path. `timings` (if given) receives the seconds
+    spent on the images, the autoencoder and the tSNE layouts.
 
     With `layouts_later` it returns once the store opens and computes the layouts in a background thread of
     this process (a process that ends first leaves them pending: the same build again finishes them).
     """
     out = Path(cfg.out)
-    if cfg.layout_metric not in METRICS:
-        raise VitscopeError(f"--layout-metric must be one of {', '.join(METRICS)}")
+    timings = {} if timings is None else timings
     adapter, images = open_inputs(cfg)
     pre = Preprocessor(adapter.model)
     fingerprint = {"model": adapter.spec, "weights": weights_hash(adapter.model), "images": images.fingerprint(),
@@ -141,7 +106,7 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False) -> Path:
             return out
         if attrs.get("complete"):
             _say(cfg, f"resuming {out}: computing its layouts ({', '.join(pending_layouts(attrs))})")
-            _layouts(out, cfg, layouts_later)
+            _layouts(out, cfg, layouts_later, timings)
             return out
         _say(cfg, f"resuming {out}: {int(store.done_chunks(out).sum())} of {store.read_layout(out).chunks} "
                   "chunks already done")
@@ -181,9 +146,9 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False) -> Path:
             f"out of memory on {cfg.device} at --batch-size {cfg.batch_size}: run the same command with a smaller "
             f"--batch-size to resume; the {int(store.done_chunks(out).sum())} finished chunks are kept"
         ) from None
-    cfg.timings["images"] = time.perf_counter() - t
+    timings["images"] = time.perf_counter() - t
     finish_heads(out, cfg)
-    _layouts(out, cfg, layouts_later)
+    _layouts(out, cfg, layouts_later, timings)
     return out
 
 
@@ -287,7 +252,7 @@ def finish_heads(out: Path, cfg: BuildConfig) -> None:
                        {"valid_images": nv, "layout_metric": cfg.layout_metric, "layouts_pending": list(LAYOUTS)})
 
 
-def finish_layouts(out: Path, cfg: BuildConfig) -> None:
+def finish_layouts(out: Path, cfg: BuildConfig, timings: dict[str, float] | None = None) -> None:
     """The tSNE layouts still pending, each written as soon as it is done (the app shows it then), with the
     pattern autoencoder and its latents before the patch layout."""
     import xarray as xr
@@ -303,7 +268,8 @@ def finish_layouts(out: Path, cfg: BuildConfig) -> None:
         return full
 
     pending = pending_layouts(ds.attrs)
-    cfg.timings.setdefault("tsne", 0.0)
+    timings = {} if timings is None else timings
+    timings.setdefault("tsne", 0.0)
     for name in [n for n in LAYOUTS if n in pending]:
         arrays, attrs = {}, {}
         if name == "image_xy":
@@ -319,12 +285,12 @@ def finish_layouts(out: Path, cfg: BuildConfig) -> None:
             data = autoencoder.encode(model, maps, device=cfg.device, progress=cfg.progress)  # [Nv·L·H, latent]
             arrays["pattern_latent"] = scatter(data, (L, H, lay.latent))
             attrs["ae_loss"] = [float(v) for v in losses]
-            cfg.timings["autoencoder"] = time.perf_counter() - t
+            timings["autoencoder"] = time.perf_counter() - t
         t = time.perf_counter()
         with tqdm(total=layout.iterations(len(data)), desc=f"tSNE layouts: {name} ({len(data)} points)",
                   unit="it", disable=not cfg.progress) as bar:
             xy = layout.tsne_2d(data, seed=cfg.seed, progress=bar.update)
-        cfg.timings["tsne"] += time.perf_counter() - t
+        timings["tsne"] += time.perf_counter() - t
         arrays[name] = scatter(xy, (2,) if name == "image_xy" else (L, H, 2))
         pending.remove(name)
         store.write_global(out, arrays, {**attrs, "layouts_pending": pending})
@@ -334,23 +300,23 @@ def finish_layouts(out: Path, cfg: BuildConfig) -> None:
 _BACKGROUND: dict[str, tuple[threading.Thread, list[str]]] = {}
 
 
-def _layouts(out: Path, cfg: BuildConfig, later: bool) -> None:
+def _layouts(out: Path, cfg: BuildConfig, later: bool, timings: dict[str, float]) -> None:
     if not later:
-        finish_layouts(out, cfg)
+        finish_layouts(out, cfg, timings)
         return
     key = str(Path(out).resolve())
     status = ["running"]
 
     def run() -> None:
         try:
-            finish_layouts(out, cfg)
+            finish_layouts(out, cfg, timings)
         except Exception as e:  # noqa: BLE001 - a thread's error: one line, the store keeps what it has
             status[0] = f"failed: {e}"
             print(f"vitscope: computing the layouts of {out} failed: {e}; run the same command again to retry",
                   file=sys.stderr)
             return
         status[0] = "done"
-        times = ", ".join(f"{k} {cfg.timings[k]:.1f} s" for k in ("autoencoder", "tsne") if k in cfg.timings)
+        times = ", ".join(f"{k} {timings[k]:.1f} s" for k in ("autoencoder", "tsne") if k in timings)
         _say(cfg, f"layouts of {out} ready ({times}): the app shows them now")
 
     thread = threading.Thread(target=run, name=f"vitscope layouts {out}", daemon=True)
@@ -404,7 +370,7 @@ def _run_dask(cfg: BuildConfig, todo: list[int], lay: store.Layout) -> None:
                                dashboard_address=None, env={"OMP_NUM_THREADS": str(threads),
                                                           "OMP_WAIT_POLICY": "PASSIVE"})
         client = Client(cluster)
-    cfg_dict = {k: v for k, v in asdict(cfg).items() if k != "timings"}
+    cfg_dict = asdict(cfg)
     cfg_dict["out"] = str(Path(cfg.out).resolve())  # workers may run elsewhere: absolute paths only
     if cfg.images != "demo":
         cfg_dict["images"] = str(Path(cfg.images).resolve())

@@ -22,12 +22,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 DEMO_WEIGHTS = Path(__file__).parent / "models" / "demo_vit.safetensors"
 
 
-def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, help="'demo' or 'timm:<name>' (e.g. timm:vit_base_patch16_224)")
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """`info --model`: the model flags of `vitscope build` (from BuildConfig), optional here."""
+    from vitscope.config import BuildConfig, help_of
+
+    p.add_argument("--model", help=help_of("model"))
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--pretrained", action="store_true", help="download the model's weights through timm")
-    g.add_argument("--checkpoint", type=Path, help="local .pth/.safetensors state dict")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    g.add_argument("--pretrained", action="store_true", help=help_of("pretrained"))
+    g.add_argument("--checkpoint", type=Path, help=help_of("checkpoint"))
+    p.add_argument("--device", default=BuildConfig.device, help=help_of("device"))
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -209,17 +212,14 @@ def cmd_export(args) -> None:
 
 
 def cmd_build(args) -> None:
-    from vitscope.build import BuildConfig, build
+    from vitscope.config import from_args
 
-    cfg = BuildConfig(
-        model=args.model, images=args.images, out=args.out, pretrained=args.pretrained, checkpoint=args.checkpoint,
-        labels=args.labels, limit=args.limit, seed=args.seed, device=args.device, batch_size=args.batch_size,
-        chunk=args.chunk_size, precision=args.precision, top=args.top / 100, latent=args.latent,
-        ae_epochs=args.ae_epochs, layout_metric=args.layout_metric, store_attention=args.store_attention,
-        overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler, progress=not args.quiet,
-    )
-    out = build(cfg)
-    times = ", ".join(f"{k} {v:.1f} s" for k, v in cfg.timings.items())
+    cfg = from_args(args)  # a bad value: one line, before torch loads or anything is written
+    from vitscope.build import build
+
+    timings: dict[str, float] = {}
+    out = build(cfg, timings=timings)
+    times = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
     print(f"store ready: {out}" + (f"  ({times})" if times else ""))
 
 
@@ -246,26 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_demo)
 
     p = sub.add_parser("build", help="analyse a model on an image folder into a store")
-    _model_args(p)
-    p.add_argument("--images", required=True, help="folder with one sub-folder per class, a flat folder "
-                   "with --labels, or 'demo'")
-    p.add_argument("--labels", type=Path, help="CSV of file,label (label: class index or name)")
-    p.add_argument("--out", type=Path, required=True, help="store to write (a .zarr folder)")
-    p.add_argument("--limit", type=int, help="sample this many images (seeded)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--chunk-size", type=int, default=64, help="images per store chunk (the unit of resuming)")
-    p.add_argument("--precision", default="float32", choices=["float32", "tf32", "bfloat16"])
-    p.add_argument("--top", type=float, default=1.0, help="binarise patch attention: top PERCENT of values")
-    p.add_argument("--latent", type=int, default=16, help="pattern autoencoder latent size")
-    p.add_argument("--ae-epochs", type=int, default=10)
-    p.add_argument("--layout-metric", default="prob", help="metric of the Image Overview layout")
-    p.add_argument("--store-attention", action="store_true", help="also keep float16 attention maps")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store built from other inputs")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--workers", type=int, default=0, help="start a local Dask cluster of N workers")
-    g.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. tcp://host:8786)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines (for scripts)")
+    from vitscope.config import add_arguments
+
+    add_arguments(p)  # every flag's default and help come from BuildConfig
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("serve", help="serve the app for a store (binds 127.0.0.1 unless --address says otherwise)")
@@ -291,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="cls", metavar="NAME", help="trends of one class of the store's images (exact "
                    "name, else a part of it in any case): accuracy, the heads it relies on, strength entropy")
     p.add_argument("--top", type=int, default=10, help="how many heads --class lists")
-    _model_args(p, required=False)
+    _model_args(p)
     p.set_defaults(func=cmd_info)
 
     from vitscope.service.cli import add_parser as add_ablate

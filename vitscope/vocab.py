@@ -38,6 +38,8 @@ OFFSETS = ("self", "left", "right", "up", "down", "counter")
 # patches whatever the content), differ (content), or in between (mixed).
 HEAD_KINDS = ("positional", "content", "mixed")
 
+PRECISIONS = ("float32", "tf32", "bfloat16")  # what the engine computes in (tf32: float32 with TF32 matmuls)
+
 PAIR_COUNT = 12  # head pairs: the image's top heads whose interactions are computed unless told otherwise
 CURVE_ORDERS = ("exact", "proxy", "random")  # the orders a pruning curve removes heads in
 

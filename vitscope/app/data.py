@@ -18,6 +18,7 @@ from scipy.spatial import cKDTree
 
 from vitscope.analysis.proxy import Agreement, agreement, exact_delta_ce, spearman
 from vitscope.classes import match_class
+from vitscope.config import BuildConfig
 from vitscope.errors import VitscopeError
 from vitscope.store import open_store
 from vitscope.vocab import LAYOUTS
@@ -46,7 +47,7 @@ class StoreData:
         self.metrics: list[str] = [str(m) for m in ds["metric"].values]
         self.thumb_shape: tuple[int, ...] = tuple(ds["thumbnail"].shape[1:])  # (h, w, 3)
         # The fraction of values binarised at build (`--top`): the app's default threshold is the same cut.
-        self.top = float(json.loads(ds.attrs.get("fingerprint", "{}")).get("top", 0.01))
+        self.top = float(json.loads(ds.attrs.get("fingerprint", "{}")).get("top", BuildConfig.top))
         self.correct = self.valid & (self.topk_idx[:, 0, 0, 0, 0] == self.label)  # [N] unpruned top-1 right
         self.model_spec = str(ds.attrs.get("model_spec", "?"))
         self._thumbs: dict[int, np.ndarray] = {}

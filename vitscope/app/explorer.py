@@ -22,6 +22,7 @@ from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import COLOUR_BY, Selection
 from vitscope.app.strength import AttentionStrengthView
 from vitscope.app.style import alert
+from vitscope.config import TOP_PERCENT
 from vitscope.errors import VitscopeError, one_line
 from vitscope.service import Dispatcher, Service, make_dispatcher
 from vitscope.text import esc
@@ -160,7 +161,8 @@ class Explorer(pn.viewable.Viewer):
         self.threshold = pn.widgets.FloatSlider(label="threshold (or tap the histogram)", start=0.0, end=1.0,
                                                 step=0.001, format="0.[0000]", css_classes=["vs-threshold"], width=170)
         self.threshold.param.watch(self._slider_moved, "value_throttled")
-        self.top_button = pn.widgets.Button(label=f"top {self.data.top * 100:g} %", width=60, button_type="light")
+        self.top_button = pn.widgets.Button(label=f"top {self.data.top * TOP_PERCENT:g} %", width=60,
+                                            button_type="light")
         self.top_button.on_click(lambda _: setattr(s, "threshold", None))
         self.pin = pn.widgets.Button(label="pin L0H0", width=110, button_type="light", css_classes=["vs-pin"])
         self.pin.on_click(lambda _: s.toggle_pin(d.head_index(s.layer, s.head)))

@@ -18,9 +18,7 @@ from torch import Tensor
 from vitscope.engine.metrics import importance_metrics, region_mask
 from vitscope.errors import VitscopeError
 from vitscope.models.adapter import ViTAdapter, merge_heads
-from vitscope.vocab import ABLATION_MODES, METRICS
-
-PRECISIONS = ("float32", "tf32", "bfloat16")
+from vitscope.vocab import ABLATION_MODES, METRICS, PRECISIONS
 
 
 @dataclass
