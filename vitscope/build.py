@@ -1,8 +1,7 @@
-"""`vitscope build`: engine + analysis over an image set into one store; chunked and resumable.
+"""`vitscope build`: the orchestration of the analysis of an image set into one store; chunked and resumable.
 
-Per image chunk: preprocess, run the engine (every head × mode, attention, gradient proxy),
-derive strength, CLS vectors, binarised maps and pattern labels, write the chunk's region,
-mark it done. Then, over the whole set: head consistency and kinds (the store opens from here on, with
+Per image chunk: preprocess, the per-image analysis of `vitscope.analyse` batch by batch, write the chunk's
+region, mark it done. Then, over the whole set: head consistency and kinds (the store opens from here on, with
 `layouts_pending` naming the layouts still to come), then the tSNE layouts one by one, the pattern
 autoencoder before the layout of its latents. `vitscope demo` serves the app at that point and computes the
 layouts in a background thread (`layouts_later`); the views fill them in as they land.
@@ -11,7 +10,6 @@ Chunks run in this process or on a Dask cluster (each worker writes its own regi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import threading
@@ -24,26 +22,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vitscope import engine, store
-from vitscope.analysis import autoencoder, cls, consistency, layout, patterns, strength
-from vitscope.config import BuildConfig
+from vitscope import store
+from vitscope.analyse import analyse_batch
+from vitscope.analysis import autoencoder, cls, consistency, layout
+from vitscope.config import BuildConfig, cache_root
 from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
-from vitscope.models import ViTAdapter, load_model
+from vitscope.models import ViTAdapter, load_model, weights_hash
 from vitscope.text import printable
 from vitscope.vocab import WHOLE_HEAD
 
 LAYOUTS = ("image_xy", "head_xy_cls", "head_xy_patch")  # in the order they are computed
-
-
-def cache_root() -> Path:
-    """Where built stores go by default: $VITSCOPE_CACHE, the checkout's cache/ folder, or ~/.cache/vitscope."""
-    import os
-
-    if os.environ.get("VITSCOPE_CACHE"):
-        return Path(os.environ["VITSCOPE_CACHE"]).expanduser()
-    checkout = Path(__file__).resolve().parents[1] / "cache"
-    return checkout if checkout.is_dir() else Path.home() / ".cache" / "vitscope"
 
 
 def demo_store(device: str = "cpu", limit: int | None = None, *, layouts_later: bool = False,
@@ -63,14 +52,6 @@ def demo_store(device: str = "cpu", limit: int | None = None, *, layouts_later: 
     except StoreMismatch as e:
         print(f"rebuilding the demo store: {e}", file=sys.stderr)
         return build(replace(cfg, overwrite=True), layouts_later=layouts_later)
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def open_inputs(cfg: BuildConfig) -> tuple[ViTAdapter, ImageSet]:
@@ -198,33 +179,11 @@ def compute_chunk(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay:
         rows.append(r)
         arrays["thumbnail"][r] = thumb
     arrays["valid"][rows] = True
-    n, p = adapter.num_prefix, adapter.grid
     for s in range(0, len(rows), cfg.batch_size):
         sel = rows[s:s + cfg.batch_size]
-        x = torch.stack(tensors[s:s + cfg.batch_size])
-        y = torch.as_tensor(arrays["label"][sel])
-        res = engine.run(adapter, x, y, attention="all", grad=True, precision=cfg.precision)
-        a = res.attention.view(len(sel), lay.layers, lay.heads, lay.tokens, lay.tokens)  # [B, L, H, P, P]
-        patch = a[..., n:, n:]
-        binary = cls.binarise(patch, cfg.top)
-        scores = patterns.pattern_scores(binary, p)  # [B, L, H, 4]
-        label, second = patterns.labels_from_scores(scores)
-        s_vec = strength.attention_strength(patch, p)
-        out = {
-            "baseline_prob": res.probs.gather(1, y[:, None])[:, 0],
-            "topk_idx": res.topk_idx, "topk_prob": res.topk_prob, "importance": res.importance,
-            "grad_importance": res.grad_importance, "strength": s_vec,
-            "strength_entropy": strength.strength_entropy(s_vec),
-            "attention_distance": strength.attention_distance(patch, p),
-            "cls_attention": cls.cls_attention_vector(a, n).half(),
-            "pattern_score": scores, "pattern_label": label, "pattern_second": second,
-            "pattern_offset": patterns.offset_scores(binary, p).argmax(-1),
-            "binary_index": cls.pack_binary(binary, lay.binary_size, lay.binary_ones),
-        }
-        if lay.store_attention:
-            out["attention"] = a.half()
-        for k, v in out.items():
-            arrays[k][sel] = v.numpy() if isinstance(v, torch.Tensor) else v
+        x, y = torch.stack(tensors[s:s + cfg.batch_size]), torch.as_tensor(arrays["label"][sel])
+        for k, v in analyse_batch(adapter, x, y, lay, cfg.top, cfg.precision).items():
+            arrays[k][sel] = v
         if on_batch is not None:
             on_batch(len(sel))
     return arrays, skipped

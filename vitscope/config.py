@@ -1,4 +1,5 @@
-"""`BuildConfig`: what a build depends on, frozen and checked when made; the one place its defaults are written.
+"""`BuildConfig`: what a build depends on, frozen and checked when made; the one place its defaults are written
+(and `cache_root`, where built stores go by default).
 
 `vitscope build` reads its flags from the fields (default, help, flag name, choices), so a default or a help
 text is never spelled twice. Light to import (no torch): a bad flag is one line before anything loads.
@@ -7,6 +8,7 @@ text is never spelled twice. Light to import (no torch): a bad flag is one line 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -79,6 +81,14 @@ class BuildConfig:
         keys = ("top", "binary_size", "latent", "ae_epochs", "ae_maps", "layout_metric", "store_attention", "chunk",
                 "precision", "seed", "limit")
         return {k: getattr(self, k) for k in keys}
+
+
+def cache_root() -> Path:
+    """Where built stores go by default: $VITSCOPE_CACHE, the checkout's cache/ folder, or ~/.cache/vitscope."""
+    if os.environ.get("VITSCOPE_CACHE"):
+        return Path(os.environ["VITSCOPE_CACHE"]).expanduser()
+    checkout = Path(__file__).resolve().parents[1] / "cache"
+    return checkout if checkout.is_dir() else Path.home() / ".cache" / "vitscope"
 
 
 def _flag(f: Field) -> str:

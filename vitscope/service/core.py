@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from vitscope import engine
-from vitscope.build import weights_hash
 from vitscope.data.images import normalise
 from vitscope.engine import prune
 from vitscope.errors import StoreMismatch, VitscopeError, one_line
 from vitscope.heads import Head, parse_heads, top_heads
-from vitscope.models import ViTAdapter, load_model
+from vitscope.models import ViTAdapter, load_model, weights_hash
+from vitscope.service import newimage
 from vitscope.service import requests as rq
-from vitscope.store import open_store
+from vitscope.store import open_store, read_layout
 from vitscope.vocab import ABLATION_MODES, CURVE_ORDERS, PAIR_COUNT, WHOLE_HEAD, head_name
 
 Progress = Callable[[int, int], None] | None
@@ -240,10 +240,11 @@ class Service:
 
     def new_image(self, path: str | Path | None = None, data: bytes | None = None, label: int | None = None,
                   name: str | None = None) -> dict:
-        """The full per-image analysis of an image not in the store, placed into the store's layouts."""
-        from vitscope.service.newimage import analyse
-
-        return analyse(self, path=path, data=data, label=label, name=name)
+        """The full per-image analysis of an image not in the store (a file or its bytes), placed into the
+        store's layouts."""
+        name = name or (Path(path).name if path is not None else "upload")
+        image = newimage.read_upload(path, data, name)
+        return newimage.analyse(self.adapter, self.ds, read_layout(self.path), image, name, label)
 
     # -- plain-data entry points (both backends) ------------------------------------------------------------
 

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import xarray as xr
 from PIL import Image
 
 from vitscope import store
-from vitscope.data.images import BadImage, ImageSet, Preprocessor, read_rgb
+from vitscope.analyse import analyse_batch
+from vitscope.config import BuildConfig
+from vitscope.data.images import BadImage, Preprocessor, read_rgb
 from vitscope.errors import VitscopeError
-from vitscope.vocab import METRICS
-
-if TYPE_CHECKING:
-    from vitscope.service.core import Service
+from vitscope.models import ViTAdapter
+from vitscope.vocab import DEFAULT_METRIC, METRICS, WHOLE_HEAD
 
 MAX_BYTES = 50 * 1024 * 1024
 NEIGHBOURS = 5
@@ -48,50 +46,41 @@ def read_upload(path: str | Path | None = None, data: bytes | None = None, name:
         raise VitscopeError(f"cannot use {name} as an image: {e}") from None
 
 
-def analyse(svc: Service, path: str | Path | None = None, data: bytes | None = None,
-            label: int | None = None, name: str | None = None) -> dict:
-    """The per-image store variables of one new image (no image dimension), its prediction and layout places."""
-    ad = svc.adapter
-    name = name or (Path(path).name if path is not None else "upload")
-    image = read_upload(path, data, name)
-    pre = Preprocessor(ad.model)
-    x, _ = pre(image)
+def analyse(adapter: ViTAdapter, ds: xr.Dataset, lay: store.Layout, image: Image.Image, name: str,
+            label: int | None = None) -> dict:
+    """The per-image store variables of one new image (no image dimension), its prediction and layout places,
+    for the store `ds` (sizes `lay`) and the model it was built with."""
+    class_names = [str(c) for c in ds["class_name"].values]
+    x, thumb = Preprocessor(adapter.model)(image)
     with torch.inference_mode():
-        probs = ad.model(x[None].to(ad.device, ad.dtype)).float().softmax(-1)[0].cpu()
+        probs = adapter.model(x[None].to(adapter.device, adapter.dtype)).float().softmax(-1)[0].cpu()
     predicted = int(probs.argmax())
-    if label is not None and not 0 <= int(label) < len(svc.class_names):
-        raise VitscopeError(f"label {label} out of range: 0..{len(svc.class_names) - 1}")
+    if label is not None and not 0 <= int(label) < len(class_names):
+        raise VitscopeError(f"label {label} out of range: 0..{len(class_names) - 1}")
     true = predicted if label is None else int(label)
-
-    from vitscope.build import compute_chunk  # the build's own per-image analysis, for one image
-
-    lay = replace(store.read_layout(svc.path), images=1, chunk=1)
-    params = json.loads(svc.ds.attrs["fingerprint"])
-    cfg = SimpleNamespace(top=params["top"], batch_size=1, precision=params.get("precision", "float32"))
-    one = ImageSet(ids=[name], labels=np.array([true]), class_names=svc.class_names,
-                   arrays=np.asarray(image, np.uint8)[None])
-    arrays, skipped = compute_chunk(ad, one, pre, lay, cfg, 0)
-    if skipped:
-        raise VitscopeError(skipped[0])
-    arrays = {k: v[0] for k, v in arrays.items()}
+    params = json.loads(ds.attrs["fingerprint"])  # the analysis the store's images had
+    got = analyse_batch(adapter, x[None], torch.tensor([true]), lay, params["top"],
+                        params.get("precision", BuildConfig.precision))
+    got.update(label=np.array([true]), valid=np.array([True]), thumbnail=np.asarray(thumb, np.uint8)[None])
+    arrays = {k: got[k][0] for k in store.PER_CHUNK if k in got}
     top = probs.topk(min(5, len(probs)))
     return {
-        "kind": "new_image", "name": name, "label": true, "label_name": svc.class_names[true],
+        "kind": "new_image", "name": name, "label": true, "label_name": class_names[true],
         "label_from": "prediction" if label is None else "given", "predicted": predicted,
-        "top5": [[svc.class_names[c], float(p)] for c, p in zip(top.indices.tolist(), top.values, strict=True)],
-        "arrays": arrays, **place(svc, arrays, params.get("layout_metric", "prob")),
+        "top5": [[class_names[c], float(p)] for c, p in zip(top.indices.tolist(), top.values, strict=True)],
+        "arrays": arrays, **place(ds, lay, arrays, params.get("layout_metric", DEFAULT_METRIC)),
     }
 
 
-def place(svc: Service, arrays: dict[str, np.ndarray], layout_metric: str) -> dict:
+def place(ds: xr.Dataset, lay: store.Layout, arrays: dict[str, np.ndarray], layout_metric: str) -> dict:
     """image_xy [2], head_xy_cls and head_xy_patch [L, H, 2] of a new image, from its nearest stored neighbours."""
-    ds, valid = svc.ds, svc.valid
+    valid = ds["valid"].values.astype(bool)
     out: dict[str, object] = {}
     if "image_xy" not in ds or not valid.any():
         return {"image_xy": None, "head_xy_cls": None, "head_xy_patch": None}
-    m = METRICS.index(layout_metric)
-    feats = ds["importance"].values[valid][:, :, :, 1, m].reshape(int(valid.sum()), -1)
-    near = _nearest(((feats - arrays["importance"][:, :, 1, m].reshape(1, -1)) ** 2).sum(-1))
+    feats = ds["importance"].sel(mode=WHOLE_HEAD, metric=layout_metric).values[valid].reshape(int(valid.sum()), -1)
+    mine = arrays["importance"][:, :, WHOLE_HEAD, METRICS.index(layout_metric)]  # [L, H]: modes are positions
+    near = _nearest(((feats - mine.reshape(1, -1)) ** 2).sum(-1))
     out["image_xy"] = np.nanmean(ds["image_xy"].values[valid][near], 0).tolist()
 
     cls_vec = ds["cls_attention"].values[valid].astype(np.float32)  # [N, L, H, T]
@@ -99,11 +88,11 @@ def place(svc: Service, arrays: dict[str, np.ndarray], layout_metric: str) -> di
     out["head_xy_cls"] = _per_head(d, ds["head_xy_cls"].values[valid])
 
     index = ds["binary_index"].values[valid]  # [N, L, H, ones] sorted flat indices of the 1s
-    size = store.read_layout(svc.path).binary_size
-    mine = np.zeros((*index.shape[1:3], size * size), bool)
+    size = lay.binary_size
+    maps = np.zeros((*index.shape[1:3], size * size), bool)
     L, H = index.shape[1:3]
-    mine[np.arange(L)[:, None, None], np.arange(H)[None, :, None], arrays["binary_index"]] = True
-    overlap = mine[np.arange(L)[None, :, None, None], np.arange(H)[None, None, :, None], index].sum(-1)  # [N, L, H]
+    maps[np.arange(L)[:, None, None], np.arange(H)[None, :, None], arrays["binary_index"]] = True
+    overlap = maps[np.arange(L)[None, :, None, None], np.arange(H)[None, None, :, None], index].sum(-1)  # [N, L, H]
     out["head_xy_patch"] = _per_head(-overlap.astype(np.float64), ds["head_xy_patch"].values[valid])
     # a layout still being computed (a store served before its layouts) has no places yet
     return {k: v if np.isfinite(v).all() else None for k, v in out.items()}

@@ -1,0 +1,49 @@
+"""The per-image analysis: what a store keeps of each image, from one engine pass over a batch.
+
+The engine prunes every head in every mode (importance, top-k), gives the attention and the gradient proxy;
+from the attention come strength, CLS vectors, the binarised maps (packed) and their pattern labels. The build
+runs it per chunk, and the service runs it on a new image (which the app uploads), so both give the same
+numbers for the same image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vitscope import engine, store
+from vitscope.analysis import cls, patterns, strength
+from vitscope.models import ViTAdapter
+
+
+def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, lay: store.Layout, top: float,
+            precision: str) -> dict[str, np.ndarray]:
+    """The per-image store variables of a batch: preprocessed images `x` [B, 3, h, w] with true `labels` [B] →
+    {name: array [B, ...]} in the store's dtypes (not thumbnail, label, valid: the caller has those).
+
+    `top` is the fraction of patch attention binarised, `lay` the store's sizes (binarised-map size, whether
+    attention is kept), `precision` the engine's."""
+    res = engine.run(adapter, x, labels, attention="all", grad=True, precision=precision)
+    n, p = adapter.num_prefix, adapter.grid
+    a = res.attention.view(len(x), lay.layers, lay.heads, lay.tokens, lay.tokens)  # [B, L, H, P, P]
+    patch = a[..., n:, n:]
+    binary = cls.binarise(patch, top)
+    scores = patterns.pattern_scores(binary, p)  # [B, L, H, 4]
+    label, second = patterns.labels_from_scores(scores)
+    s_vec = strength.attention_strength(patch, p)
+    out = {
+        "baseline_prob": res.probs.gather(1, labels[:, None])[:, 0],
+        "topk_idx": res.topk_idx, "topk_prob": res.topk_prob, "importance": res.importance,
+        "grad_importance": res.grad_importance, "strength": s_vec,
+        "strength_entropy": strength.strength_entropy(s_vec),
+        "attention_distance": strength.attention_distance(patch, p),
+        "cls_attention": cls.cls_attention_vector(a, n).half(),
+        "pattern_score": scores, "pattern_label": label, "pattern_second": second,
+        "pattern_offset": patterns.offset_scores(binary, p).argmax(-1),
+        "binary_index": cls.pack_binary(binary, lay.binary_size, lay.binary_ones),
+    }
+    if lay.store_attention:
+        out["attention"] = a.half()
+    dtypes = lay.variables()
+    return {k: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v).astype(dtypes[k][1], copy=False)
+            for k, v in out.items()}
