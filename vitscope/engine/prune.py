@@ -241,7 +241,7 @@ def patch_saliency(adapter: ViTAdapter, image: Tensor, label: int, block: int = 
     g = adapter.grid
     if block < 1 or g % block:
         raise VitscopeError(f"saliency block {block} must divide the {g}×{g} patch grid")
-    ps = adapter.model.patch_embed.patch_size[0]
+    ps = adapter.patch_size
     image = image.to(adapter.device, adapter.dtype).view(1, *image.shape[-3:])
     def probs(x: Tensor) -> Tensor:  # the last block for the class token's row only (adapter.run_blocks)
         return adapter.head(adapter.run_blocks(adapter.embed(x), 0)).float().softmax(-1)[:, label]

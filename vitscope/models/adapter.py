@@ -48,6 +48,7 @@ class ViTAdapter:
         self.head_dim: int = first.head_dim
         self.num_prefix: int = model.num_prefix_tokens
         self.grid: int = model.patch_embed.grid_size[0]
+        self.patch_size: int = model.patch_embed.patch_size[0]
         self.num_tokens = self.num_prefix + self.grid**2
         self.num_classes: int = model.num_classes
         # With token pooling the head reads only prefix tokens, so the last block needs no
@@ -91,6 +92,14 @@ class ViTAdapter:
     def head(self, x: Tensor) -> Tensor:
         """Tokens after the last block (all, or the first `head_rows`) → logits [B,C]."""
         return self.model.forward_head(self.model.norm(x))
+
+    def features(self, x: Tensor) -> Tensor:
+        """Tokens after the last block → the pooled representation [B,D] the classifier (or a linear probe) reads."""
+        return self.model.forward_head(self.model.norm(x), pre_logits=True)
+
+    def logits(self, images: Tensor) -> Tensor:
+        """The unpruned model's logits for preprocessed images [B,3,h,w] (timm's own forward)."""
+        return self.model(images.to(self.device, self.dtype))
 
     def attention(self, layer: int, x: Tensor) -> AttentionParts:
         """Explicit attention of block `layer` on its input `x` [B,P,D] (before norm1)."""
