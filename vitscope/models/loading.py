@@ -1,15 +1,20 @@
-"""Getting a ViT from a spec: `demo`, `timm:<name>` (random init, pretrained or a local checkpoint)."""
+"""Getting a ViT from a spec: `demo`, `timm:<name>` (random init, pretrained or a local checkpoint), or
+`hf:<folder or hub id>` (a transformers model, `vitscope.models.hf`)."""
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import timm
 import torch
 
 from vitscope.errors import VitscopeError
 from vitscope.models.adapter import ViTAdapter
+
+if TYPE_CHECKING:
+    from vitscope.models.hf import HFViTAdapter
 
 DEMO_WEIGHTS = Path(__file__).with_name("demo_vit.safetensors")
 DEMO_CLASSES = [str(d) for d in range(10)]
@@ -34,12 +39,15 @@ def load_model(
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
     **timm_kwargs,
-) -> ViTAdapter:
-    """Load a model by spec and wrap it in a ViTAdapter; user errors raise one-line VitscopeError.
+) -> ViTAdapter | HFViTAdapter:
+    """Load a model by spec and wrap it in a ViTAdapter (HFViTAdapter for `hf:`); user errors raise one-line
+    VitscopeError.
 
     `timm_kwargs` go to `timm.create_model` (e.g. `img_size=32, depth=2` for small test models).
     """
     device = _check_device(device)
+    if spec.startswith("hf:"):
+        return _load_hf(spec, checkpoint, timm_kwargs, device)
     if spec == "demo" and checkpoint is None:
         checkpoint = DEMO_WEIGHTS
         if not DEMO_WEIGHTS.exists():
@@ -54,11 +62,26 @@ def load_model(
     else:
         hint = f" Did you mean 'timm:{spec}'?" if timm.is_model(spec) else ""
         raise VitscopeError(
-            f"unknown model spec {spec!r}: use 'demo' or 'timm:<name>' (e.g. timm:vit_base_patch16_224).{hint}"
+            f"unknown model spec {spec!r}: use 'demo', 'timm:<name>' (e.g. timm:vit_base_patch16_224) or "
+            f"'hf:<folder or hub id>'.{hint}"
         )
     if state is not None:
         _load_state(model, state, Path(checkpoint), spec)
     adapter = ViTAdapter(model, spec)
+    adapter.model.to(device)
+    return adapter
+
+
+def _load_hf(spec: str, checkpoint, kwargs: dict, device: torch.device) -> HFViTAdapter:
+    if checkpoint is not None:
+        raise VitscopeError(f"--checkpoint does not apply to {spec}: an hf: folder holds its own weights")
+    if kwargs:
+        raise VitscopeError(f"{', '.join(kwargs)}: timm options, not for {spec}")
+    if not spec[3:]:
+        raise VitscopeError("hf: needs a folder written by save_pretrained or a hub id, e.g. hf:./my-vit")
+    from vitscope.models.hf import load_hf  # imports transformers: only for hf: specs
+
+    adapter = load_hf(spec[3:], spec)
     adapter.model.to(device)
     return adapter
 
