@@ -239,9 +239,14 @@ def normalise(images: np.ndarray, mean, std) -> torch.Tensor:
 
 
 class Preprocessor:
-    """The model's own timm eval transform, split so the store can keep what the model saw (uint8)."""
+    """The model's own timm eval transform, split so the store can keep what the model saw (uint8); for a
+    transformers model, its image processor's settings (`vitscope.models.hf.HFPreprocessing`)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
+        hf = getattr(model, "vitscope_preprocessing", None)  # set by HFViTAdapter
+        if hf is not None:
+            self.config, self.geometry = hf.data_config(), [hf.geometry]
+            return
         from timm.data import create_transform, resolve_data_config
 
         cfg = resolve_data_config({}, model=model)
