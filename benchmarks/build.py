@@ -36,7 +36,7 @@ import xarray as xr  # noqa: E402
 import zarr  # noqa: E402
 
 from vitscope import store  # noqa: E402
-from vitscope.analysis.cls import top_count  # noqa: E402
+from vitscope.analysis.binary import top_count  # noqa: E402
 
 
 def raw_bytes_per_image(lay: store.Layout, skip=("thumbnail", "attention")) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vitscope import store
-from vitscope.analysis.cls import top_count
+from vitscope.analysis.binary import top_count
 from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, MODES, OFFSETS, PATTERNS
 
 

@@ -19,7 +19,7 @@ from bokeh.events import RangesUpdate, Tap
 from bokeh.model import Model
 from bokeh.models import ColumnDataSource
 
-from vitscope.analysis.cls import binarise
+from vitscope.analysis.binary import binarise
 from vitscope.app.data import StoreData
 from vitscope.app.masks import DIM, GAP, MaskPlot, dimming
 from vitscope.app.pattern_map import aggregate, head_instances

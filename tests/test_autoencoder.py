@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vitscope.analysis.autoencoder import PatternAutoencoder, downsample_binary, encode, train_autoencoder
+from vitscope.analysis.autoencoder import PatternAutoencoder, encode, train_autoencoder
+from vitscope.analysis.binary import downsample_binary
 
 
 @pytest.fixture(autouse=True)
@@ -176,7 +177,7 @@ def test_full_resolution_keeps_one_cell_offsets_apart():
     # merges neighbouring diagonals) the five offsets land in separate latent clusters, packed as the store
     # keeps them
     from vitscope.analysis.autoencoder import PackedMaps
-    from vitscope.analysis.cls import pack_binary
+    from vitscope.analysis.binary import pack_binary
 
     maps, labels = _offset_maps(8, 60)
     packed = PackedMaps(pack_binary(torch.from_numpy(maps).bool(), 64, int(maps.sum((1, 2)).max())), 64)
@@ -187,7 +188,7 @@ def test_full_resolution_keeps_one_cell_offsets_apart():
 
 def test_packed_maps_train_and_encode_like_dense_ones():
     from vitscope.analysis.autoencoder import PackedMaps
-    from vitscope.analysis.cls import pack_binary
+    from vitscope.analysis.binary import pack_binary
 
     maps, _ = _offset_maps(5, 8)  # 25 × 25 maps
     packed = PackedMaps(pack_binary(torch.from_numpy(maps).bool(), 25, int(maps.sum((1, 2)).max())), 25)

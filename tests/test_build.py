@@ -17,7 +17,7 @@ from PIL import Image
 from proc_helpers import wait_for_line
 
 from vitscope import engine, store
-from vitscope.analysis import cls, consistency, patterns, strength
+from vitscope.analysis import binary, cls, consistency, patterns, strength
 from vitscope.data import demo
 from vitscope.errors import VitscopeError
 from vitscope.models import load_model
@@ -80,11 +80,11 @@ def test_store_keeps_labels_full_maps_and_head_kinds(reference):
     assert ds["head_kind"].attrs["kinds"] == list(HEAD_KINDS)
     images, labels = demo.eval_set(8)
     r = engine.run(load_model("demo"), demo.to_tensor(images), torch.from_numpy(labels), modes=(), attention="all")
-    binary = cls.binarise(r.attention.view(8, 6, 4, 65, 65)[..., 1:, 1:], 0.01)  # [8, L, H, 64, 64]
+    maps = binary.binarise(r.attention.view(8, 6, 4, 65, 65)[..., 1:, 1:], 0.01)  # [8, L, H, 64, 64]
     # the maps are kept at full resolution (64 × 64 for the demo's 8 × 8 grid), as the 1s' indices
     assert ds.sizes["one"] == 41 and ds["binary_index"].dtype == np.uint16
-    assert torch.equal(cls.unpack_binary(ds["binary_index"].values[:8], 64), binary)
-    first, second = patterns.labels_from_scores(patterns.pattern_scores(binary, 8))
+    assert torch.equal(binary.unpack_binary(ds["binary_index"].values[:8], 64), maps)
+    first, second = patterns.labels_from_scores(patterns.pattern_scores(maps, 8))
     np.testing.assert_array_equal(ds["pattern_label"].values[:8], first.numpy())
     np.testing.assert_array_equal(ds["pattern_second"].values[:8], second.numpy())
     # head consistency over all the store's images, and the kinds cut from it
@@ -284,7 +284,7 @@ def test_progress_moves_per_engine_batch():
     cfg = BuildConfig(model="demo", images="demo", out=Path("unused"), limit=12, batch_size=5)
     adapter, images = open_inputs(cfg)
     lay = store.Layout(images=12, layers=6, heads=4, classes=10, grid=8, tokens=65, topk=5, latent=16,
-                       binary_size=64, binary_ones=cls.top_count(0.01, 64), thumb=(64, 64), chunk=12)
+                       binary_size=64, binary_ones=binary.top_count(0.01, 64), thumb=(64, 64), chunk=12)
     seen: list[int] = []
     compute_chunk(adapter, images, Preprocessor(adapter.model), lay, cfg, 0, on_batch=seen.append)
     assert seen == [5, 5, 2]

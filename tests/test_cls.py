@@ -1,4 +1,4 @@
-"""CLS attention vectors and binarised patch attention."""
+"""CLS attention vectors (analysis.cls) and binarised patch attention (analysis.binary)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import numpy as np
 import torch
 
-from vitscope.analysis.cls import binarise, cls_attention_vector
+from vitscope.analysis.binary import binarise
+from vitscope.analysis.cls import cls_attention_vector
 
 
 def test_cls_vector_layout_with_one_and_more_prefix_tokens():
@@ -36,8 +37,7 @@ def test_binarise_keeps_exactly_the_top_values():
 
 
 def test_pack_binary_round_trips_and_pools():
-    from vitscope.analysis.autoencoder import downsample_binary
-    from vitscope.analysis.cls import pack_binary, unpack_binary
+    from vitscope.analysis.binary import downsample_binary, pack_binary, unpack_binary
 
     g = torch.Generator().manual_seed(4)
     b = binarise(torch.rand(2, 3, 36, 36, generator=g), 0.01)  # 13 ones each

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import torch
 
-from vitscope.analysis.cls import binarise, pack_binary
+from vitscope.analysis.binary import binarise, pack_binary
 from vitscope.analysis.consistency import CONTENT_BELOW, POSITIONAL_ABOVE, head_consistency, head_kinds
 from vitscope.vocab import HEAD_KINDS
 
@@ -41,7 +41,7 @@ def test_pooled_maps_count_each_one_once():
     g = torch.Generator().manual_seed(1)
     binary = binarise(torch.rand(5, 1, 1, 40, 40, generator=g), 0.02)  # 32 ones per 40 × 40 map
     index = pack_binary(binary, 8, 32)  # pooled to 8 × 8: duplicates
-    from vitscope.analysis.cls import unpack_binary
+    from vitscope.analysis.binary import unpack_binary
 
     dense = unpack_binary(index, 8).numpy()  # [5, 1, 1, 8, 8]
     np.testing.assert_allclose(head_consistency(index, 8)[0, 0], pairwise_reference(dense[:, 0, 0]), rtol=1e-5)

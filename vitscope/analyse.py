@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from vitscope import engine, store
-from vitscope.analysis import cls, patterns, strength
+from vitscope.analysis import binary, cls, patterns, strength
 from vitscope.models import ViTAdapter
 
 
@@ -27,8 +27,8 @@ def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, la
     n, p = adapter.num_prefix, adapter.grid
     a = res.attention.view(len(x), lay.layers, lay.heads, lay.tokens, lay.tokens)  # [B, L, H, P, P]
     patch = a[..., n:, n:]
-    binary = cls.binarise(patch, top)
-    scores = patterns.pattern_scores(binary, p)  # [B, L, H, 4]
+    maps = binary.binarise(patch, top)
+    scores = patterns.pattern_scores(maps, p)  # [B, L, H, 4]
     label, second = patterns.labels_from_scores(scores)
     s_vec = strength.attention_strength(patch, p)
     out = {
@@ -39,8 +39,8 @@ def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, la
         "attention_distance": strength.attention_distance(patch, p),
         "cls_attention": cls.cls_attention_vector(a, n).half(),
         "pattern_score": scores, "pattern_label": label, "pattern_second": second,
-        "pattern_offset": patterns.offset_scores(binary, p).argmax(-1),
-        "binary_index": cls.pack_binary(binary, lay.binary_size, lay.binary_ones),
+        "pattern_offset": patterns.offset_scores(maps, p).argmax(-1),
+        "binary_index": binary.pack_binary(maps, lay.binary_size, lay.binary_ones),
     }
     if lay.store_attention:
         out["attention"] = a.half()

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vitscope import store
 from vitscope.analyse import analyse_batch
-from vitscope.analysis import autoencoder, cls, consistency, layout
+from vitscope.analysis import autoencoder, binary, consistency, layout
 from vitscope.config import BuildConfig, cache_root
 from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
@@ -96,7 +96,7 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
         lay = store.Layout(
             images=len(images), layers=adapter.num_layers, heads=adapter.num_heads, classes=adapter.num_classes,
             grid=adapter.grid, tokens=adapter.num_tokens, topk=min(5, adapter.num_classes), latent=cfg.latent,
-            binary_size=min(cfg.binary_size, adapter.grid**2), binary_ones=cls.top_count(cfg.top, adapter.grid**2),
+            binary_size=min(cfg.binary_size, adapter.grid**2), binary_ones=binary.top_count(cfg.top, adapter.grid**2),
             thumb=tuple(pre.config["input_size"][1:]),
             chunk=cfg.chunk, store_attention=cfg.store_attention,
         )

@@ -14,36 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["PackedMaps", "PatternAutoencoder", "downsample_binary", "encode", "train_autoencoder"]
+from vitscope.analysis.binary import unpack_binary
 
-_POOL_CHUNK = 2048  # maps pooled at once: bounds the float copy of a [..., 196, 196] input
+__all__ = ["PackedMaps", "PatternAutoencoder", "encode", "train_autoencoder"]
+
 _MAX_POS_WEIGHT = 100.0  # caps the positive-class weight for (almost) empty maps
-
-
-def downsample_binary(binary: Tensor, size: int = 32) -> Tensor:
-    """Max-pool binary maps [..., N, N] to float32 [..., S, S], S = min(N, size).
-
-    Adaptive max-pooling keeps a 1 anywhere in a cell, so sparse top-1 % patterns survive; the fixed
-    size lets one autoencoder serve every model and keeps a ViT-B's 196×196 maps small.
-    """
-    binary = torch.as_tensor(binary)
-    if binary.ndim < 2 or binary.shape[-1] != binary.shape[-2]:
-        raise ValueError(f"downsample_binary expects square maps [..., N, N], got shape {tuple(binary.shape)}")
-    if size < 1:
-        raise ValueError(f"downsample_binary: size must be >= 1, got {size}")
-    n = binary.shape[-1]
-    s = min(n, size)
-    lead = binary.shape[:-2]
-    flat = binary.reshape(-1, n, n)  # [B, N, N]
-    out = torch.empty((flat.shape[0], s, s), dtype=torch.float32, device=flat.device)  # [B, S, S]
-    for start in range(0, flat.shape[0], _POOL_CHUNK):  # chunked: a float copy of all maps may not fit
-        chunk = flat[start : start + _POOL_CHUNK].to(torch.float32)
-        out[start : start + chunk.shape[0]] = chunk if s == n else F.adaptive_max_pool2d(chunk, s)
-    return out.reshape(*lead, s, s)
 
 
 class PatternAutoencoder(nn.Module):
@@ -100,7 +78,7 @@ class PatternAutoencoder(nn.Module):
 
 @dataclass(frozen=True)
 class PackedMaps:
-    """[M] binary S × S maps as uint16 indices of their 1s, [M, ones] (`vitscope.analysis.cls.pack_binary`)."""
+    """[M] binary S × S maps as uint16 indices of their 1s, [M, ones] (`vitscope.analysis.binary.pack_binary`)."""
 
     index: np.ndarray
     size: int
@@ -135,8 +113,6 @@ def _size(data: Maps) -> int:
 def _batch(data: Maps, idx: Tensor | slice, device: str | torch.device) -> Tensor:
     """Maps `idx` as float32 [B, 1, S, S] on `device`."""
     if isinstance(data, PackedMaps):
-        from vitscope.analysis.cls import unpack_binary
-
         dense = unpack_binary(data.index[idx], data.size)  # [B, S, S] bool
     else:
         dense = data[idx]
@@ -225,7 +201,7 @@ def encode(
     if size != model.size:
         raise ValueError(
             f"maps are {size}×{size} but the autoencoder was built for {model.size}×{model.size}; "
-            "downsample them with downsample_binary(maps, size) first"
+            "downsample them with binary.downsample_binary(maps, size) first"
         )
     was_training = model.training
     model.eval().to(device)

@@ -28,7 +28,7 @@ CONTENT_BELOW = 0.2
 
 
 def head_consistency(index: np.ndarray, size: int) -> np.ndarray:
-    """float32 [L, H] in [0, 1] from the stored maps: uint16 indices [N, L, H, ones] (`cls.pack_binary`).
+    """float32 [L, H] in [0, 1] from the stored maps: uint16 indices [N, L, H, ones] (`binary.pack_binary`).
 
     Repeated indices within a map (the padding of pooled maps) count once. NaN for fewer than two maps.
     """

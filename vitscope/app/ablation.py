@@ -18,7 +18,7 @@ from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper, PrintfT
 
 from vitscope.app.data import StoreData
 from vitscope.app.state import Selection, guarded
-from vitscope.app.style import SELECTED, bare, div, figure, rgba_image, shown
+from vitscope.app.style import SELECTED, bare, bokeh_pane, div, figure, rgba_image, shown
 from vitscope.errors import VitscopeError, one_line
 from vitscope.heads import Head, top_heads
 from vitscope.text import esc
@@ -304,8 +304,6 @@ class AblationView:
             self._place_new()
 
     def panel(self) -> pn.Column:
-        from vitscope.app.explorer import bokeh_pane
-
         return pn.Column(
             bokeh_pane(self.joint), pn.pane.Bokeh(self.joint_text), self.status, self.progress,
             pn.Row(self.pairs_button, self.curve_button, margin=0), bokeh_pane(self.pairs), bokeh_pane(self.curve),

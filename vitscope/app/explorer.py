@@ -21,7 +21,7 @@ from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import COLOUR_BY, Selection
 from vitscope.app.strength import AttentionStrengthView
-from vitscope.app.style import alert
+from vitscope.app.style import alert, bokeh_pane
 from vitscope.config import TOP_PERCENT
 from vitscope.errors import VitscopeError, one_line
 from vitscope.service import Dispatcher, Service, make_dispatcher
@@ -69,14 +69,6 @@ def dispatcher(path: str, device: str, scheduler: str | None = None) -> Dispatch
     if isinstance(got, VitscopeError):
         raise got
     return got
-
-
-def bokeh_pane(obj, css: str | None = None) -> pn.pane.Bokeh:
-    """A Bokeh model as a pane; `css` names it for tests and the browser benchmark (on the model itself:
-    Panel renders a Bokeh pane as the model, without a wrapper of its own)."""
-    if css:
-        obj.css_classes = [*obj.css_classes, css]
-    return pn.pane.Bokeh(obj, margin=(1, 3))
 
 
 class Explorer(pn.viewable.Viewer):

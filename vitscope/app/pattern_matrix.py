@@ -10,6 +10,7 @@ import numpy as np
 from bokeh.events import Tap
 from bokeh.models import ColumnDataSource, CustomJS, HoverTool, Span
 
+from vitscope.analysis.binary import top_count
 from vitscope.app.style import CLS_COLOUR, PATCH_COLOUR, SELECTED, bare, figure, rgb, rgba_image
 
 MAX_LINES = 20_000  # a browser draws this many segments smoothly; above it only the strongest are drawn
@@ -20,11 +21,12 @@ LINE_COLUMNS = ("x0", "y0", "x1", "y1", "source", "target", "value", "colour", "
 
 def top_threshold(A: np.ndarray | None, fraction: float, prefix: int) -> float:
     """The value above which lie exactly the k = ceil(fraction·N²) largest patch→patch values (ties aside): the
-    build's binarisation (`analysis.cls.binarise`), so the default view shows the map the pattern labels saw."""
+    build's binarisation (`analysis.binary.binarise`, the same k), so the default view shows the map the pattern
+    labels saw."""
     if A is None:
         return 0.0
     flat = A[prefix:, prefix:].ravel()
-    k = max(1, int(np.ceil(fraction * flat.size)))
+    k = top_count(fraction, A.shape[-1] - prefix)
     if k >= flat.size:
         return float(flat.min()) - 1e-12
     return float(np.partition(flat, flat.size - k - 1)[flat.size - k - 1])  # (k+1)-th largest

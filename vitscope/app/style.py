@@ -106,3 +106,13 @@ def alert(text: str, kind: str = "warning", **kw):
     background, colour = ALERT_COLOURS[kind]
     return pn.pane.HTML(esc(text, limit=600), styles={"background": background, "color": colour, "padding": "6px 10px",
                                                       "border-radius": "4px"}, **kw)
+
+
+def bokeh_pane(obj, css: str | None = None):
+    """A Bokeh model as a Panel pane; `css` names it for tests and the browser benchmark (on the model itself:
+    Panel renders a Bokeh pane as the model, without a wrapper of its own)."""
+    import panel as pn
+
+    if css:
+        obj.css_classes = [*obj.css_classes, css]
+    return pn.pane.Bokeh(obj, margin=(1, 3))
