@@ -35,8 +35,10 @@ PATTERNS = (*BASE_PATTERNS, "none")  # the labels: a base pattern, or none that 
 OFFSETS = ("self", "left", "right", "up", "down", "counter")
 
 # What a head is across images (head_kind): its binarised maps agree across images (positional: the same
-# patches whatever the content), differ (content), or in between (mixed).
-HEAD_KINDS = ("positional", "content", "mixed")
+# patches whatever the content), differ (content), or in between (mixed); sink: most of its maps' 1s on the same
+# few target tokens in every image (analysis/sinks.py). Appended: a code keeps its meaning in older stores.
+HEAD_KINDS = ("positional", "content", "mixed", "sink")
+SINK_RANKS = 4  # tokens kept per image and layer as sinks / high-norm tokens; a sink head's 1s sit on at most as many
 
 PRECISIONS = ("float32", "tf32", "bfloat16")  # what the engine computes in (tf32: float32 with TF32 matmuls)
 
@@ -44,6 +46,13 @@ PAIR_COUNT = 12  # head pairs: the image's top heads whose interactions are comp
 CURVE_ORDERS = ("exact", "proxy", "random")  # the orders a pruning curve removes heads in
 
 LAYOUTS = ("cls", "patch")  # the Attention Pattern View's two head layouts (head_xy_cls, head_xy_patch)
+
+
+def prefix_names(num_prefix: int, registers: int = 0) -> list[str]:
+    """Names of the prefix tokens in timm's order: the class token, a distillation token if any, then registers."""
+    if not 0 <= registers <= num_prefix - 1:
+        raise ValueError(f"{registers} registers do not fit {num_prefix} prefix tokens (one is the class token)")
+    return ["cls", *["dist"] * (num_prefix - 1 - registers), *[f"reg{i}" for i in range(registers)]]
 
 
 def head_name(layer: int, head: int) -> str:

@@ -38,6 +38,7 @@ class EngineResult:
     attention: Tensor | None = None  # [B, S, P, P] for attention_heads
     attention_heads: tuple[tuple[int, int], ...] = ()
     grad_importance: Tensor | None = None  # [B, L, H] |dLoss/dgate|
+    token_norm: Tensor | None = None  # [B, L, P] ‖x‖ of each block's output tokens (high-norm tokens, sinks)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -84,7 +85,7 @@ def run(
     B = images.shape[0]
 
     with torch.inference_mode():
-        inputs, outputs, maps = [], [], {}
+        inputs, outputs, maps, norms = [], [], {}, []
         x = adapter.embed(images)
         for i in range(L):
             parts = adapter.attention(i, x)
@@ -93,6 +94,7 @@ def run(
             outputs.append(z)
             maps |= {(li, h): parts.attn[:, h].float().cpu() for (li, h) in wanted if li == i}
             x = adapter.finish_block(i, x, z)
+            norms.append(x.float().norm(dim=-1))
         probs = adapter.head(x).float().softmax(-1)  # [B, C]
         labels = probs.argmax(-1) if labels is None else torch.as_tensor(labels, device=device).long()
         if labels.shape != (B,) or labels.min() < 0 or labels.max() >= probs.shape[-1]:
@@ -117,6 +119,7 @@ def run(
         modes=(0, *modes), labels=labels.cpu(), probs=probs.cpu(), topk_idx=top_i.cpu(),
         topk_prob=top_p.cpu(), importance=importance.cpu(),
         attention=torch.stack([maps[w] for w in wanted], 1) if wanted else None, attention_heads=tuple(wanted),
+        token_norm=torch.stack(norms, 1).cpu(),
     )
     if grad:
         result.grad_importance = gradient_importance(adapter, images, labels)
