@@ -399,18 +399,24 @@ def load_hf(name: str, spec: str) -> HFViTAdapter:
     if family is None or arch not in family.classes:
         what = arch or f"model type {config.model_type!r}"
         raise UnsupportedModelError(f"{spec}: {what} is not supported. vitscope supports {HF_SUPPORTED}.")
-    dtype = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # its notes on slow/fast processors are not the user's problem
+    # 5.x calls it `dtype`, and from 5.25 swaps in hub kernels by default (downloads; other modules than ours).
+    major = int(transformers.__version__.split(".")[0])
+    options = {"dtype": torch.float32, "use_kernels": False} if major >= 5 else {"torch_dtype": torch.float32}
+    # Its notes on slow/fast processors and 5.x's weight-loading progress bar are not the user's business.
+    verbosity, bar = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     try:
         model = getattr(transformers, arch).from_pretrained(
-            source, attn_implementation="eager", **{dtype: torch.float32}, **kwargs)
+            source, attn_implementation="eager", **options, **kwargs)
         proc = transformers.AutoImageProcessor.from_pretrained(source, **kwargs)
     except OSError as e:
         raise VitscopeError(f"{spec}: cannot load its weights or image processor config ({_first_line(e)}); a "
                             "folder needs what save_pretrained writes for the model and its image processor") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if bar:
+            transformers.logging.enable_progress_bar()
     return HFViTAdapter(model, spec, HFPreprocessing.from_processor(proc, spec))
 
 
