@@ -1,9 +1,9 @@
 """The per-image analysis: what a store keeps of each image, from one engine pass over a batch.
 
 The engine prunes every head in every mode (importance, top-k), gives the attention and the gradient proxy;
-from the attention come strength, CLS vectors, the binarised maps (packed) and their pattern labels. The build
-runs it per chunk, and the service runs it on a new image (which the app uploads), so both give the same
-numbers for the same image.
+from the attention come strength, CLS vectors, the binarised maps (packed) and their pattern labels, and with the
+block output norms the sinks and high-norm tokens (`analysis.sinks`). The build runs it per chunk, and the service
+runs it on a new image (which the app uploads), so both give the same numbers for the same image.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from vitscope import engine, store
-from vitscope.analysis import binary, cls, patterns, strength
+from vitscope.analysis import binary, cls, patterns, sinks, strength
 from vitscope.models import ViTAdapter
 
 
@@ -41,6 +41,7 @@ def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, la
         "pattern_score": scores, "pattern_label": label, "pattern_second": second,
         "pattern_offset": patterns.offset_scores(maps, p).argmax(-1),
         "binary_index": binary.pack_binary(maps, lay.binary_size, lay.binary_ones),
+        **sinks.image_sinks(a, res.token_norm, n),  # sinks, prefix shares, high-norm tokens
     }
     if lay.store_attention:
         out["attention"] = a.half()

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vitscope import store
 from vitscope.analyse import analyse_batch
-from vitscope.analysis import autoencoder, binary, consistency, layout
+from vitscope.analysis import autoencoder, binary, consistency, layout, sinks
 from vitscope.config import BuildConfig, cache_root
 from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
@@ -98,7 +98,7 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
             grid=adapter.grid, tokens=adapter.num_tokens, topk=min(5, adapter.num_classes), latent=cfg.latent,
             binary_size=min(cfg.binary_size, adapter.grid**2), binary_ones=binary.top_count(cfg.top, adapter.grid**2),
             thumb=tuple(pre.config["input_size"][1:]),
-            chunk=cfg.chunk, store_attention=cfg.store_attention,
+            chunk=cfg.chunk, store_attention=cfg.store_attention, registers=registers(adapter),
         )
         attrs = {"model_spec": adapter.spec, "model_class": type(adapter.model).__name__,
                  "model_pretrained": cfg.pretrained,
@@ -189,13 +189,23 @@ def compute_chunk(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay:
     return arrays, skipped
 
 
+def registers(adapter: ViTAdapter) -> int:
+    """Prefix tokens that are registers: timm's `num_reg_tokens`, or a Hugging Face config's `num_register_tokens`."""
+    model = adapter.model
+    count = getattr(model, "num_reg_tokens", None)
+    if count is None:
+        count = getattr(getattr(model, "config", None), "num_register_tokens", 0)
+    return int(count or 0)
+
+
 def pending_layouts(attrs: dict) -> list[str]:
     """The layouts a store opens without yet (none for stores built before layouts could come later)."""
     return list(attrs.get("layouts_pending", []))
 
 
 def finish_heads(out: Path, cfg: BuildConfig) -> None:
-    """Head consistency and kinds over every readable image; from here on the store opens, its layouts pending."""
+    """Head consistency, sink heads and kinds, the layers' frequent sinks and high-norm tokens, over every readable
+    image; from here on the store opens, its layouts pending."""
     import xarray as xr
 
     ds = xr.open_zarr(str(out), consolidated=True)
@@ -206,8 +216,16 @@ def finish_heads(out: Path, cfg: BuildConfig) -> None:
         raise VitscopeError(f"no readable image in {cfg.images}: nothing to analyse")
     if nv < lay.images:  # said even with --quiet: it is about the user's images, not progress
         print(f"{lay.images - nv} unreadable images skipped (listed above); {nv} analysed", file=sys.stderr)
-    agree = consistency.head_consistency(ds["binary_index"].values[valid], lay.binary_size)  # [L, H]
-    store.write_global(out, {"head_consistency": agree, "head_kind": consistency.head_kinds(agree)},
+    index = ds["binary_index"].values[valid]
+    agree = consistency.head_consistency(index, lay.binary_size)  # [L, H]
+    ranks, patches = lay.sizes()["rank"], lay.grid**2
+    share, targets = sinks.head_sink(index, lay.binary_size, ranks)
+    arrays = {"head_consistency": agree, "head_kind": sinks.sink_kinds(consistency.head_kinds(agree), share),
+              "head_sink_share": share, "head_sink_tokens": targets}
+    for name in ("sink", "norm"):
+        arrays[f"{name}_tokens"], arrays[f"{name}_frequency"] = sinks.frequent_tokens(
+            ds[f"{name}_token"].values[valid], patches, ranks)
+    store.write_global(out, arrays,
                        {"valid_images": nv, "layout_metric": cfg.layout_metric, "layouts_pending": list(LAYOUTS)})
 
 

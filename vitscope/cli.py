@@ -121,6 +121,7 @@ def cmd_info(args) -> None:
         cls = None if args.cls is None else _find_class(arrays, args.cls)  # a bad name: one line, nothing else
         print(text)
         _print_proxy(arrays, arrays["valid"])
+        _print_sinks(args.store)
         if cls is not None:
             _print_class(arrays, *cls, args.top)
         return
@@ -152,6 +153,22 @@ def _print_proxy(arrays: dict, scope, who: str = "") -> None:
         return
     lines = summary_lines(arrays["importance"], arrays["baseline_prob"], arrays["grad_importance"], scope)
     head = f"{'proxy' + who:>13}: "
+    for i, line in enumerate(lines):
+        print((head if i == 0 else " " * len(head)) + line)
+
+
+def _print_sinks(path: Path) -> None:
+    """The sinks section: sink heads, per layer the sink and high-norm patches and the prefix tokens' share."""
+    import xarray as xr
+
+    from vitscope import store
+    from vitscope.summary import sink_lines
+
+    ds = xr.open_zarr(str(path), consolidated=True)
+    if not ds.attrs.get("complete"):
+        return  # the per-layer sinks are computed over all images, once the last chunk is in
+    lines = [line for line in sink_lines(ds) if line] if store.has_sinks(ds) else [store.SINKS_MISSING]
+    head = f"{'sinks':>13}: "
     for i, line in enumerate(lines):
         print((head if i == 0 else " " * len(head)) + line)
 

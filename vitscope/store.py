@@ -18,9 +18,14 @@ import zarr
 
 from vitscope import __version__
 from vitscope.errors import StoreMismatch, VitscopeError
-from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, METRICS, MODES, OFFSETS, PATTERNS
+from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, METRICS, MODES, OFFSETS, PATTERNS, SINK_RANKS, prefix_names
 
-SCHEMA_VERSION = 2  # v2: pattern label 'none', pattern_second, binary_index, head_consistency / head_kind
+SCHEMA_VERSION = 3  # v3: attention sinks, high-norm tokens, prefix shares, the head kind `sink`
+# Stores this vitscope opens: a v2 store lacks only v3's sink variables (the app and `info` say so); a build never
+# resumes one (its fingerprint names its schema).
+READABLE_SCHEMAS = (2, 3)
+SINK_VARIABLES = ("sink_token", "sink_share", "prefix_share", "norm_token", "norm_ratio", "sink_tokens",
+                  "sink_frequency", "norm_tokens", "norm_frequency", "head_sink_share", "head_sink_tokens")
 FORMAT = dict(zarr_format=2)  # v2 metadata: readable by every zarr/xarray, no spec warnings
 
 
@@ -41,6 +46,12 @@ class Layout:
     thumb: tuple[int, int]
     chunk: int
     store_attention: bool = False
+    registers: int = 0  # prefix tokens that are registers (the last ones; `vocab.prefix_names`)
+    features: int = 0  # size of the feature a backbone's linear probe reads (0: no probe stored)
+
+    @property
+    def prefix(self) -> int:
+        return self.tokens - self.grid**2
 
     @property
     def chunks(self) -> int:
@@ -72,9 +83,23 @@ class Layout:
             "head_xy_patch": (("image", "layer", "head", "xy"), "float32"),
             "head_consistency": (("layer", "head"), "float32"),
             "head_kind": (("layer", "head"), "int8"),
+            "sink_token": (("image", "layer", "rank"), "int16"),
+            "sink_share": (("image", "layer", "rank"), "float16"),
+            "prefix_share": (("image", "layer", "prefix"), "float16"),
+            "norm_token": (("image", "layer", "rank"), "int16"),
+            "norm_ratio": (("image", "layer", "rank"), "float16"),
+            "sink_tokens": (("layer", "rank"), "int16"),
+            "sink_frequency": (("layer", "rank"), "float32"),
+            "norm_tokens": (("layer", "rank"), "int16"),
+            "norm_frequency": (("layer", "rank"), "float32"),
+            "head_sink_share": (("layer", "head"), "float32"),
+            "head_sink_tokens": (("layer", "head", "rank"), "int16"),
         }
         if self.store_attention:
             v["attention"] = (("image", "layer", "head", "query", "key"), "float16")
+        if self.features:
+            v["probe_coef"] = (("class", "feature"), "float32")
+            v["probe_bias"] = (("class",), "float32")
         return v
 
     def sizes(self) -> dict[str, int]:
@@ -82,13 +107,16 @@ class Layout:
                     k=self.topk, hop=self.grid, cls_token=2 * self.grid**2 + 1, pattern=len(BASE_PATTERNS),
                     one=self.binary_ones,
                     y=self.thumb[0], x=self.thumb[1], rgb=3, latent=self.latent, xy=2, query=self.tokens,
-                    key=self.tokens, **{"class": self.classes})
+                    key=self.tokens, rank=min(SINK_RANKS, self.grid**2), prefix=self.prefix,
+                    feature=self.features, **{"class": self.classes})
 
 
 PER_CHUNK = ("label", "valid", "baseline_prob", "topk_idx", "topk_prob", "importance", "grad_importance",
              "strength", "strength_entropy", "attention_distance", "cls_attention", "pattern_score",
-             "pattern_label", "pattern_second", "pattern_offset", "binary_index", "thumbnail", "attention")
-GLOBAL = ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch", "head_consistency", "head_kind")
+             "pattern_label", "pattern_second", "pattern_offset", "binary_index", "thumbnail", "attention",
+             "sink_token", "sink_share", "prefix_share", "norm_token", "norm_ratio")
+GLOBAL = ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch", "head_consistency", "head_kind",
+          "sink_tokens", "sink_frequency", "norm_tokens", "norm_frequency", "head_sink_share", "head_sink_tokens")
 # What integer codes mean, kept with the variables so that a store reads without vitscope.
 CODES = {"pattern_label": ("patterns", PATTERNS), "pattern_second": ("patterns", PATTERNS),
          "pattern_offset": ("offsets", OFFSETS), "head_kind": ("kinds", HEAD_KINDS)}
@@ -122,6 +150,7 @@ def create(path: Path, layout: Layout, fingerprint: dict, ids: list[str], class_
         "pattern": list(BASE_PATTERNS),
         "offset": list(OFFSETS),
         "xy": ["x", "y"],
+        "prefix": prefix_names(layout.prefix, layout.registers),
     }
     ds = xr.Dataset(data, coords=coords)
     ds.attrs.update(attrs, vitscope_schema=SCHEMA_VERSION, vitscope_version=__version__,
@@ -137,7 +166,16 @@ def create(path: Path, layout: Layout, fingerprint: dict, ids: list[str], class_
 def read_layout(path: Path) -> Layout:
     raw = json.loads(zarr.open_group(str(path), mode="r").attrs["layout"])
     raw["thumb"] = tuple(raw["thumb"])
-    return Layout(**raw)
+    return Layout(**raw)  # a v2 store's layout has no `registers`: the default
+
+
+def has_sinks(ds: xr.Dataset) -> bool:
+    """Whether a store holds the sink analysis (v3 on; a v2 store opens without it)."""
+    return all(name in ds for name in SINK_VARIABLES)
+
+
+SINKS_MISSING = ("not in this store (built by a vitscope before sinks were stored): rebuild it with the same "
+                 "`vitscope build … --overwrite` to add them")
 
 
 def check(path: Path, fingerprint: dict | None = None) -> dict:
@@ -152,7 +190,7 @@ def check(path: Path, fingerprint: dict | None = None) -> dict:
     version = attrs.get("vitscope_schema")
     if version is None:
         raise VitscopeError(f"{path} is a zarr store but not a vitscope store (no vitscope_schema attribute)")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMAS:
         age = "older" if version < SCHEMA_VERSION else "newer"
         raise StoreMismatch(
             f"{path} has store schema v{version}, {age} than this vitscope's v{SCHEMA_VERSION}: "
@@ -188,6 +226,27 @@ def write_chunk(path: Path, index: int, layout: Layout, arrays: dict[str, np.nda
     ds = xr.Dataset({k: (variables[k][0], np.asarray(v, dtype=variables[k][1])) for k, v in arrays.items()})
     ds.to_zarr(path, region={"image": slice(start, stop)}, **FORMAT)
     zarr.open_array(str(Path(path) / "chunk_done"), mode="r+")[index] = True
+
+
+def write_fixed(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write variables without an image dimension (the linear probe) whole, before any chunk: a resumed build
+    reads them back."""
+    variables = read_layout(path).variables()
+    for k, v in arrays.items():
+        zarr.open_array(str(Path(path) / k), mode="r+")[...] = np.asarray(v, dtype=variables[k][1])
+
+
+def prob_basis_row(attrs: dict) -> tuple[str, str]:
+    """`vitscope info`'s line on what `prob` and `jsd` are computed from."""
+    basis = attrs.get("prob_basis", "classifier")
+    if basis == "linear probe":
+        return ("prob basis", f"linear probe on the {attrs.get('probe_feature', 'feature')} (cross-validated "
+                              f"accuracy {attrs.get('probe_cv_accuracy', float('nan')):.1%}); the model has no "
+                              "classifier")
+    if basis == "none":
+        return ("prob basis", f"none: prob and jsd are NaN ({attrs.get('prob_basis_why', 'no labels')}); "
+                              "cls_dist and patch_dist hold")
+    return ("prob basis", "the model's classifier")
 
 
 def write_global(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
@@ -241,8 +300,8 @@ def describe(path: str | Path) -> str:
         state = (f"layouts pending: {', '.join(sorted(pending))} (a running `vitscope demo` fills them in; "
                  "else run the same build again)")
         pending |= {"pattern_latent"} if "head_xy_patch" in pending else set()
-    present = ([k for k in lay.variables() if (k not in GLOBAL or attrs.get("complete")) and k not in pending]
-               if done else ["none yet"])
+    present = ([k for k in lay.variables() if (k not in GLOBAL or attrs.get("complete")) and k not in pending
+                and k in ds] if done else ["none yet"])
     rows = [
         ("store", f"{path}  ({state})"),
         ("model", f"{attrs['model_spec']} ({attrs['model_class']}), weights {fp['weights']}"),
@@ -251,6 +310,7 @@ def describe(path: str | Path) -> str:
         ("images", f"{lay.images} listed, {valid} analysed, from {attrs['image_source']}"),
         ("classes", f"{lay.classes}: {', '.join(names[:5])}{', …' if len(names) > 5 else ''}"),
         ("size on disk", f"{size / 1e6:.1f} MB ({size / max(lay.images, 1) / 1e3:.1f} kB per image)"),
+        prob_basis_row(attrs),
         ("schema", f"v{attrs['vitscope_schema']} (vitscope {attrs['vitscope_version']})"),
         ("analyses", ", ".join(present)),
     ]

@@ -6,7 +6,7 @@ import numpy as np
 import xarray as xr
 
 from vitscope.text import printable
-from vitscope.vocab import ABLATION_MODES, HEAD_KINDS, MODE_NAMES, OFFSETS, PATTERNS
+from vitscope.vocab import ABLATION_MODES, HEAD_KINDS, MODE_NAMES, OFFSETS, PATTERNS, head_name
 
 BARS = " ▁▂▃▄▅▆▇█"
 
@@ -65,7 +65,62 @@ def store_summary(ds: xr.Dataset) -> str:
     for i in range(L):
         names = " ".join(f"{HEAD_KINDS[k] if k >= 0 else '?':<10}" for k in kind[i])
         lines.append(f"  layer {i:<2} {names}".rstrip())
+    lines.append("")
+    if "head_sink_share" in ds:
+        lines += sink_lines(ds)
+    else:
+        lines.append("Attention sinks: not in this store (built before vitscope kept them; rebuild it to add them)")
     return "\n".join(lines)
+
+
+def sink_lines(ds: xr.Dataset) -> list[str]:
+    """Attention sinks, sink heads, high-norm patches and the prefix tokens' share per layer (`vitscope info` and the
+    summary): what a trained ViT without registers uses a few fixed patches for (Darcet et al. 2023)."""
+    valid = ds["valid"].values
+    grid = int(ds.attrs["patch_grid"])
+    L = ds.sizes["layer"]
+    ranks = ds.sizes["rank"]
+    share, kind = ds["head_sink_share"].values, ds["head_kind"].values
+    sink = np.argwhere(kind == HEAD_KINDS.index("sink"))
+    lines = [f"Sink heads (≥ 90 % of their top-1 % maps' 1s, over all images, on the same ≤ {ranks} target patches): "
+             + (", ".join(f"{head_name(i, h)} {share[i, h]:.0%}" for i, h in sink) if len(sink) else "none")]
+    if not len(sink) and np.isfinite(share).any():
+        i, h = np.unravel_index(np.nanargmax(share), share.shape)
+        lines[-1] += f" (the most concentrated: {head_name(i, h)} {share[i, h]:.0%})"
+    prefix = [str(p) for p in ds["prefix"].values]
+    groups = {"cls": [0]}  # the prefix tokens' share, registers together
+    for name in ("dist", "reg"):
+        at = [k for k, p in enumerate(prefix) if p.startswith(name)]
+        if at:
+            groups[{"reg": "registers"}.get(name, name)] = at
+    prefix_share = ds["prefix_share"].values[valid].astype(np.float64)  # [N, L, n]
+    top_share = ds["sink_share"].values[valid].astype(np.float64).sum(-1).mean(0)  # [L]
+    norm = ds["norm_ratio"].values[valid][..., 0].astype(np.float64).mean(0)  # [L]
+
+    def tokens(name: str, layer: int) -> str:
+        cells = [f"{_patch(int(t), grid)} {f:.0%}" for t, f in zip(ds[f"{name}_tokens"].values[layer],
+                                                                  ds[f"{name}_frequency"].values[layer],
+                                                                  strict=True) if t >= 0]
+        return "  ".join(cells)
+
+    width = max(len(tokens("sink", i)) for i in range(L))
+    norm_width = max(len(tokens("norm", i)) for i in range(L))
+    lines += ["", f"Attention sinks per layer: the patches (row, col) most often among an image's {ranks} most "
+              "attended by the patches (% of images); the mean share of the patches' attention",
+              f"on an image's top {ranks} and on the prefix tokens; the patches most often among an image's {ranks} "
+              "largest block outputs, and the largest norm over the median patch's",
+              f"  layer  {'most attended patches':<{width}}  top {ranks:<2} "
+              + "".join(f"{g:>10}" for g in groups) + f"  {'high-norm patches':<{norm_width}}  norm"]
+    for i in range(L):
+        shares = "".join(f"{prefix_share[:, i, at].sum(-1).mean():>10.1%}" for at in groups.values())
+        lines.append(f"  {i:>5}  {tokens('sink', i):<{width}}  {top_share[i]:>5.1%}{shares}  "
+                     f"{tokens('norm', i):<{norm_width}}  ×{norm[i]:.1f}")
+    return lines
+
+
+def _patch(token: int, grid: int) -> str:
+    """A patch index as (row,col) on the grid."""
+    return "({},{})".format(*divmod(token, grid))
 
 
 def _pairs(first: np.ndarray, second: np.ndarray) -> list[tuple[tuple[int, int], float]]:
