@@ -519,19 +519,64 @@ def test_a_model_that_cannot_be_loaded_is_tried_once(monkeypatch):
 
     calls = []
 
-    def broken(path, device):
+    def broken(path, device, scheduler):
         calls.append(path)
         raise VitscopeError("no such model")
 
-    monkeypatch.setattr(module, "Service", broken)
-    module._service_or_error.cache_clear()
+    monkeypatch.setattr(module, "make_dispatcher", broken)
+    module._dispatcher_or_error.cache_clear()
     try:
         for _ in range(3):
             with pytest.raises(VitscopeError, match="no such model"):
-                module.service("/nowhere.zarr", "cpu")
+                module.dispatcher("/nowhere.zarr", "cpu")
         assert calls == ["/nowhere.zarr"]
     finally:
-        module._service_or_error.cache_clear()
+        module._dispatcher_or_error.cache_clear()
+
+
+def test_attention_comes_through_the_dispatcher_and_with_a_scheduler_no_model_loads_here(store, monkeypatch,
+                                                                                         capsys):
+    """One route to the model: the pattern view's attention is a request to the process's dispatcher, so with
+    --scheduler (the model on a Dask worker) the web process loads none."""
+    from vitscope.app import explorer as module
+    from vitscope.service import core
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the web process loaded a model")
+
+    class Remote:  # the Dask backend's dispatcher, as this process sees it
+        def __init__(self) -> None:
+            self.asked: list[dict] = []
+
+        def ask(self, session, request, timeout=None):
+            self.asked.append(request)
+            return {"kind": "attention", "image": request["image"], "attention": fake_attention(L, H, 1 + GRID**2)(
+                request["image"])}
+
+    remote = Remote()
+    made = []
+    monkeypatch.setattr(core, "_model", no_model)
+    monkeypatch.setattr(module, "make_dispatcher", lambda path, device, scheduler: made.append(scheduler) or remote)
+    module._dispatcher_or_error.cache_clear()
+    try:
+        module.warm(str(store), "cpu", "tcp://gpu-host:8786")  # what `vitscope serve --scheduler` does first
+        ex = Explorer(store, scheduler="tcp://gpu-host:8786")
+        ex.selection.param.update(image=READABLE[1], layer=1, head=0)
+        assert remote.asked == [{"kind": "attention", "image": READABLE[1]}] and made == ["tcp://gpu-host:8786"]
+        np.testing.assert_array_equal(ex.pattern.attention_matrix(), fake_attention(L, H, 1 + GRID**2)(
+            READABLE[1])[1, 0])
+        module._dispatcher_or_error.cache_clear()
+
+        def unreachable(path, device, scheduler):
+            raise VitscopeError(f"cannot reach the Dask scheduler at {scheduler}")
+
+        monkeypatch.setattr(module, "make_dispatcher", unreachable)
+        with pytest.raises(VitscopeError, match="cannot reach"):  # serve stops with one line
+            module.warm(str(store), "cpu", "tcp://gpu-host:8786")
+        module.warm(str(store), "cpu")  # no model here: a warning, and the views still show the store
+        assert "on-demand attention is unavailable" in capsys.readouterr().err
+    finally:
+        module._dispatcher_or_error.cache_clear()
 
 
 def test_images_are_sent_at_the_size_they_are_shown():

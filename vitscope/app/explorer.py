@@ -7,6 +7,7 @@ what makes a change settle in the browser in well under a second (docs/performan
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from vitscope.app.strength import AttentionStrengthView
 from vitscope.app.style import alert, bokeh_pane
 from vitscope.config import TOP_PERCENT
 from vitscope.errors import VitscopeError, one_line
-from vitscope.service import Dispatcher, Service, make_dispatcher
+from vitscope.service import Dispatcher, make_dispatcher
 from vitscope.text import esc
 from vitscope.vocab import MODE_NAMES
 
@@ -38,23 +39,6 @@ def store_data(path: str) -> StoreData:
 
 
 @lru_cache(maxsize=4)
-def _service_or_error(path: str, device: str) -> Service | VitscopeError:
-    try:
-        return Service(path, device)
-    except VitscopeError as e:
-        return e
-
-
-def service(path: str, device: str) -> Service:
-    """One model per process and device, shared by every session (loading it takes seconds); a model that
-    cannot be loaded fails once, and then at once with the same line (not a new attempt per image)."""
-    got = _service_or_error(path, device)
-    if isinstance(got, VitscopeError):
-        raise got
-    return got
-
-
-@lru_cache(maxsize=4)
 def _dispatcher_or_error(path: str, device: str, scheduler: str | None) -> Dispatcher | VitscopeError:
     try:
         return make_dispatcher(path, device, scheduler)
@@ -63,12 +47,32 @@ def _dispatcher_or_error(path: str, device: str, scheduler: str | None) -> Dispa
 
 
 def dispatcher(path: str, device: str, scheduler: str | None = None) -> Dispatcher:
-    """The one on-demand service of this process for a store: every session's requests share its queue (a
-    model that cannot be loaded fails once, then at once with the same line)."""
+    """The one route to the model for a store in this process: every session's requests, attention included,
+    share its queue. The model loads once, here or (with `scheduler`) on a Dask worker, and then this process
+    loads none; a model that cannot be loaded fails once, then at once with the same line."""
     got = _dispatcher_or_error(path, device, scheduler)
     if isinstance(got, VitscopeError):
         raise got
     return got
+
+
+def warm(path: str, device: str, scheduler: str | None = None) -> None:
+    """Load the model now (`vitscope serve`), so the first tap is quick. An unreachable scheduler is one line
+    now; a model that cannot be loaded here turns on-demand work off (the views still show the store)."""
+    try:
+        dispatcher(path, device, scheduler)
+    except VitscopeError as e:
+        if scheduler:
+            raise
+        print(f"vitscope: warning: on-demand attention is unavailable: {e}", file=sys.stderr)
+
+
+def attention(d: Dispatcher, session: str, image: int) -> np.ndarray:
+    """[L, H, P, P] attention of a stored image, asked of the dispatcher; its error line raised as one."""
+    r = d.ask(session, {"kind": "attention", "image": int(image)})
+    if "error" in r:
+        raise VitscopeError(r["error"])
+    return r["attention"]
 
 
 class Explorer(pn.viewable.Viewer):
@@ -94,8 +98,9 @@ class Explorer(pn.viewable.Viewer):
         self._widgets()
 
     def attention(self, image: int) -> np.ndarray:
-        """[L, H, P, P] attention of one image, recomputed by the store's model (errors become a page message)."""
-        return service(self.path, self.device).attention(image)
+        """[L, H, P, P] attention of one image, recomputed by the store's model through the dispatcher (errors
+        become a page message)."""
+        return attention(dispatcher(self.path, self.device, self.scheduler), str(id(self)), image)
 
     def submit(self, request: dict, channel: str, progress=None):
         """Ask the process's service on behalf of this session (its latest request per channel wins)."""

@@ -17,7 +17,7 @@ from bokeh.models import Div, TabPanel, Tabs
 from bokeh.resources import INLINE
 
 from vitscope.app.data import StoreData
-from vitscope.app.explorer import service, store_data
+from vitscope.app.explorer import attention, dispatcher, store_data
 from vitscope.app.importance import HeadImportanceView
 from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
@@ -51,7 +51,7 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[Head | tu
         if not (0 <= h.layer < data.layers and 0 <= h.head < data.heads):
             raise VitscopeError(f"head {h.layer}:{h.head} is not in this model ({data.layers} layers × {data.heads} "
                                 "heads)")
-    attention = service(path, device).attention(image)  # [L, H, P, P], once
+    att = attention(dispatcher(path, device), "export", image)  # [L, H, P, P], once
 
     overview = ImageOverview(data, Selection(image=image))
     name = esc(data.image_ids[image])
@@ -64,7 +64,7 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[Head | tu
         sel = Selection(image=image, layer=h.layer, head=h.head, metric=metric, mode=mode)
         importance = HeadImportanceView(data, sel)
         strength = AttentionStrengthView(data, sel)
-        pattern = AttentionPatternView(data, sel, lambda _: attention, overview.thumb_source, raster)
+        pattern = AttentionPatternView(data, sel, lambda _: att, overview.thumb_source, raster)
         raster = pattern.map.raster  # the map of all heads is the same in every tab: one copy in the file
         tab = column(importance.bokeh(), row(strength.bokeh(), pattern.bokeh()))
         tabs.append(TabPanel(child=tab, title=h.name))

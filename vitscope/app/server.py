@@ -165,15 +165,10 @@ def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", devic
 
     import panel as pn
 
-    from vitscope.app.explorer import Explorer, dispatcher, service, store_data
+    from vitscope.app.explorer import Explorer, store_data, warm
 
     store_data(key)
-    if scheduler:
-        dispatcher(key, device, scheduler)  # an unreachable scheduler: one line now, not in every page
-    try:
-        service(key, device)  # load the model once now, so the first tap is quick
-    except VitscopeError as e:  # the page still works from the store; its pattern view says why attention is off
-        print(f"vitscope: warning: on-demand attention is unavailable: {e}", file=sys.stderr)
+    warm(key, device, scheduler)  # the model once now, here or on the scheduler's worker (then none here)
     gc.freeze()  # the store's arrays and the model are long-lived: keep them out of every full collection
     if threads:
         pn.config.nthreads = threads
