@@ -18,7 +18,7 @@ import numpy as np
 
 from vitscope import store
 from vitscope.analysis.binary import top_count
-from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, MODES, OFFSETS, PATTERNS
+from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, MODES, OFFSETS, PATTERNS, SINK_SHARE
 
 
 def chunk_arrays(lay: store.Layout, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -32,6 +32,11 @@ def chunk_arrays(lay: store.Layout, rng: np.random.Generator, n: int) -> dict[st
     strength = rng.dirichlet(np.ones(p), size=(n, L, H)).astype(np.float32)
     cls = rng.dirichlet(np.ones(2 * p * p + 1), size=(n, L, H)).astype(np.float16)
     index = np.sort(rng.integers(0, lay.binary_size**2, (n, L, H, lay.binary_ones)), axis=-1).astype(np.uint16)
+    r, patches = lay.sizes()["rank"], p * p
+    received = rng.dirichlet(np.full(lay.prefix + patches, 0.3), size=(n, L))  # [n, L, P]: sums to 1
+    sink = np.argsort(-received[..., lay.prefix:], axis=-1)[..., :r]
+    norms = rng.lognormal(0, 1, (n, L, patches))
+    high = np.argsort(-norms, axis=-1)[..., :r]
     return {
         "label": rng.integers(0, C, n), "valid": np.ones(n, bool), "baseline_prob": rng.random(n),
         "topk_idx": top, "topk_prob": np.take_along_axis(probs, top, -1), "importance": imp,
@@ -42,6 +47,9 @@ def chunk_arrays(lay: store.Layout, rng: np.random.Generator, n: int) -> dict[st
         "pattern_second": rng.integers(0, len(PATTERNS), (n, L, H)),
         "pattern_offset": rng.integers(0, len(OFFSETS), (n, L, H)), "binary_index": index,
         "thumbnail": rng.integers(0, 256, (n, *lay.thumb, 3), dtype=np.uint8),
+        "sink_token": sink, "sink_share": np.take_along_axis(received[..., lay.prefix:], sink, -1),
+        "prefix_share": received[..., :lay.prefix], "norm_token": high,
+        "norm_ratio": np.take_along_axis(norms, high, -1) / np.median(norms, -1, keepdims=True),
     }
 
 
@@ -60,11 +68,18 @@ def make(out: Path, images: int, layers: int, heads: int, grid: int, classes: in
     rng = np.random.default_rng(seed)
     for c in range(lay.chunks):
         store.write_chunk(out, c, lay, chunk_arrays(lay, rng, min(chunk, images - c * chunk)))
-    n, L, H = images, layers, heads
+    n, L, H, r = images, layers, heads, lay.sizes()["rank"]
+    kind = rng.integers(0, len(HEAD_KINDS), (L, H))
+    sink = kind == HEAD_KINDS.index("sink")
+    frequency = -np.sort(-rng.random((2, L, r)), axis=-1)
     store.write_global(out, {
         "pattern_latent": rng.normal(size=(n, L, H, 16)), "image_xy": rng.normal(size=(n, 2)),
         "head_xy_cls": rng.normal(size=(n, L, H, 2)), "head_xy_patch": rng.normal(size=(n, L, H, 2)),
-        "head_consistency": rng.random((L, H)), "head_kind": rng.integers(0, len(HEAD_KINDS), (L, H)),
+        "head_consistency": rng.random((L, H)), "head_kind": kind,
+        "head_sink_share": np.where(sink, rng.uniform(SINK_SHARE, 1, (L, H)), rng.uniform(0, SINK_SHARE, (L, H))),
+        "head_sink_tokens": np.argsort(rng.random((L, H, lay.binary_size)), -1)[..., :r],
+        "sink_tokens": np.argsort(rng.random((L, grid * grid)), -1)[:, :r], "sink_frequency": frequency[0],
+        "norm_tokens": np.argsort(rng.random((L, grid * grid)), -1)[:, :r], "norm_frequency": frequency[1],
     }, {"ae_loss": [0.0], "valid_images": n, "layout_metric": "prob"})
     return out
 

@@ -246,13 +246,14 @@ def test_importance_dots_show_each_heads_kind(data):
 
     view = HeadImportanceView(data, Selection())
     src = view.source.data
-    shapes = {"positional": "square", "content": "circle", "mixed": "triangle"}
+    shapes = {"positional": "square", "content": "circle", "mixed": "triangle", "sink": "diamond"}
     for k in range(L * H):
         kind = HEAD_KINDS[int(data.head_kind[k // H, k % H])]
         assert src["kind"][k] == kind and src["marker"][k] == shapes[kind]
         assert src["agree"][k] == pytest.approx(float(data.head_consistency[k // H, k % H]))
+        assert src["sink"][k] == pytest.approx(float(data.head_sink_share[k // H, k % H]))
     assert len(set(src["kind"])) > 1  # the random store has several kinds: the test can tell them apart
-    assert "■ positional" in view.figure.xaxis[0].axis_label
+    assert "■ positional" in view.figure.xaxis[0].axis_label and "◆ sink" in view.figure.xaxis[0].axis_label
 
 
 def test_class_band_is_the_mean_and_std_over_that_class(data):

@@ -6,7 +6,7 @@ import numpy as np
 import xarray as xr
 
 from vitscope.text import printable
-from vitscope.vocab import ABLATION_MODES, HEAD_KINDS, MODE_NAMES, OFFSETS, PATTERNS, head_name
+from vitscope.vocab import ABLATION_MODES, HEAD_KINDS, MODE_NAMES, OFFSETS, PATTERNS, SINK_SHARE, head_name
 
 BARS = " ▁▂▃▄▅▆▇█"
 
@@ -82,7 +82,8 @@ def sink_lines(ds: xr.Dataset) -> list[str]:
     ranks = ds.sizes["rank"]
     share, kind = ds["head_sink_share"].values, ds["head_kind"].values
     sink = np.argwhere(kind == HEAD_KINDS.index("sink"))
-    lines = [f"Sink heads (≥ 90 % of their top-1 % maps' 1s, over all images, on the same ≤ {ranks} target patches): "
+    lines = [f"Sink heads (≥ {SINK_SHARE:.0%} of the 1s of their binarised maps, over all images, on the same "
+             f"≤ {ranks} target patches): "
              + (", ".join(f"{head_name(i, h)} {share[i, h]:.0%}" for i, h in sink) if len(sink) else "none")]
     if not len(sink) and np.isfinite(share).any():
         i, h = np.unravel_index(np.nanargmax(share), share.shape)

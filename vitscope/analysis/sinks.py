@@ -19,14 +19,9 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from vitscope.vocab import HEAD_KINDS, SINK_RANKS
+from vitscope.vocab import HEAD_KINDS, SINK_RANKS, SINK_SHARE
 
 __all__ = ["SINK_RANKS", "SINK_SHARE", "frequent_tokens", "head_sink", "image_sinks", "received", "sink_kinds"]
-
-# A sink head puts at least this share of its 1s (pooled over all images) on its SINK_RANKS most-hit targets. On the
-# real ViT-Ti (200 photos) layers 9–11 put 93–100 % there, layer 8 (where the sinks take over) 71–81 %, layers 0–7
-# at most 20 %: 0.9 leaves a margin on both sides, where 0.8 would split layer 8 by the sample of photos.
-SINK_SHARE = 0.9
 
 
 def received(attn: Tensor, num_prefix: int) -> Tensor:

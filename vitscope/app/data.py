@@ -20,7 +20,7 @@ from vitscope.analysis.proxy import Agreement, agreement, exact_delta_ce, spearm
 from vitscope.classes import match_class
 from vitscope.config import BuildConfig
 from vitscope.errors import VitscopeError
-from vitscope.store import open_store
+from vitscope.store import has_sinks, open_store
 from vitscope.vocab import LAYOUTS
 
 ENTROPY_BINS = np.linspace(0.0, 1.0, 41)  # strength entropy is normalised to [0, 1]
@@ -44,6 +44,11 @@ class StoreData:
                 "grad_importance", "image_xy", "head_xy_cls", "head_xy_patch")
         for name in load:
             setattr(self, name, ds[name].values)
+        # The sink analysis (schema v3): a v2 store opens without it, and the views say so.
+        self.has_sinks = has_sinks(ds)
+        self.head_sink_share = ds["head_sink_share"].values if self.has_sinks else None  # [L, H]
+        self.head_sink_tokens = ds["head_sink_tokens"].values if self.has_sinks else None  # [L, H, rank]
+        self.binary_size = int(json.loads(ds.attrs.get("layout", "{}")).get("binary_size", self.grid**2))
         self.metrics: list[str] = [str(m) for m in ds["metric"].values]
         self.thumb_shape: tuple[int, ...] = tuple(ds["thumbnail"].shape[1:])  # (h, w, 3)
         # The fraction of values binarised at build (`--top`): the app's default threshold is the same cut.

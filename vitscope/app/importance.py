@@ -29,18 +29,21 @@ from vitscope.app.data import StoreData
 from vitscope.app.overview import top5_html
 from vitscope.app.state import Selection, guarded
 from vitscope.app.style import FONT, SELECTED, div, figure, layer_colours
-from vitscope.vocab import HEAD_KINDS, METRIC_LABELS, MODES, harm, head_name
+from vitscope.vocab import HEAD_KINDS, METRIC_LABELS, MODES, SINK_RANKS, SINK_SHARE, harm, head_name
 
 PROXY = "#d55e00"  # the gradient proxy's line and axis
-KIND_MARKERS = {"positional": "square", "content": "circle", "mixed": "triangle"}  # a head's dot, by head_kind
-KIND_KEY = "■ positional  ● content  ▲ mixed"
+# a head's dot, by head_kind
+KIND_MARKERS = {"positional": "square", "content": "circle", "mixed": "triangle", "sink": "diamond"}
+KIND_KEY = "■ positional  ● content  ▲ mixed  ◆ sink"
 
 
 def kind_columns(data: StoreData) -> dict[str, list]:
-    """Per head (flat order): its kind's name and marker, and its maps' agreement across images (fixed per store)."""
+    """Per head (flat order): its kind's name and marker, its maps' agreement across images and the share of their
+    1s on its SINK_RANKS most-hit target patches (NaN without the sink analysis); fixed per store."""
     kinds = [HEAD_KINDS[k] if 0 <= k < len(HEAD_KINDS) else "unknown" for k in data.head_kind.reshape(-1)]
+    sink = data.head_sink_share if data.has_sinks else np.full(data.head_kind.shape, np.nan)
     return {"kind": kinds, "marker": [KIND_MARKERS.get(k, "x") for k in kinds],
-            "agree": data.head_consistency.reshape(-1).astype(float)}
+            "agree": data.head_consistency.reshape(-1).astype(float), "sink": sink.reshape(-1).astype(float)}
 
 
 def importance_values(data: StoreData, metric: str, mode: int, image: int | None, cls: int | None = None
@@ -121,6 +124,11 @@ class HeadImportanceView:
 
     watches = ("image", "metric", "mode", "layer", "head", "cls", "group")
 
+    def _sink_tooltip(self) -> list[tuple[str, str]]:
+        if not self.data.has_sinks:
+            return [("sinks", "not in this store (rebuild it to add them)")]
+        return [(f"on {SINK_RANKS} targets", f"@sink{{0%}} of its maps' 1s (sink: ≥ {SINK_SHARE:.0%})")]
+
     def __init__(self, data: StoreData, sel: Selection, width: int = 880, height: int = 215) -> None:
         self.data, self.sel = data, sel
         n = data.layers * data.heads
@@ -153,7 +161,8 @@ class HeadImportanceView:
         drag = BoxSelectTool(dimensions="width", renderers=[dots])
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head"), ("value", "@y{0.000}"),
                                                             ("|∂CE/∂gate|", "@proxy{0.0000}"),
-                                                            ("kind", "@kind (maps agree @agree{0.00})")]), drag)
+                                                            ("kind", "@kind (maps agree @agree{0.00})"),
+                                                            *self._sink_tooltip()]), drag)
         fig.toolbar.active_drag = drag  # dragging selects a range of heads; the wheel still zooms
         fig.xaxis.axis_label = f"head (layer × heads + head)   {KIND_KEY}"
         dots.nonselection_glyph = dots.glyph.clone()  # a drag shows as the band, not as greyed-out dots

@@ -29,11 +29,26 @@ HINT = "Select an image (Image Overview, or tap a head in the map) to see a head
 
 def head_kind_text(data: StoreData, layer: int, head: int) -> str:
     """'positional head (agreement 0.62)': what the head is over the whole store (its maps' agreement across
-    images)."""
+    images); for a sink head, how much of its maps sits on which fixed patches; a store without the sink analysis
+    says so."""
     k = int(data.head_kind[layer, head])
     if not 0 <= k < len(HEAD_KINDS):
         return "head kind unknown (fewer than 2 images)"
-    return f"{HEAD_KINDS[k]} head (agreement {float(data.head_consistency[layer, head]):.2f})"
+    text = f"{HEAD_KINDS[k]} head (agreement {float(data.head_consistency[layer, head]):.2f})"
+    if not data.has_sinks:
+        return text + " · sink analysis not in this store (rebuild it to add it)"
+    if HEAD_KINDS[k] == "sink":
+        where = sink_targets(data, layer, head)
+        text += f": {float(data.head_sink_share[layer, head]):.0%} of its binarised maps' 1s on {where} in every image"
+    return text
+
+
+def sink_targets(data: StoreData, layer: int, head: int) -> str:
+    """A head's most-hit target columns as '(row,col)' patches, or pooled-map columns for grids over 16 × 16."""
+    cols = [int(t) for t in data.head_sink_tokens[layer, head] if t >= 0]
+    if data.binary_size == data.grid**2:
+        return "patches " + " ".join("({},{})".format(*divmod(t, data.grid)) for t in cols)
+    return f"columns {', '.join(map(str, cols))} of the {data.binary_size}-wide pooled map"
 
 
 def head_info(data: StoreData, image: int | None, layer: int, head: int) -> str:
