@@ -53,7 +53,7 @@ def analyse(adapter: ViTAdapter, ds: xr.Dataset, lay: store.Layout, image: Image
     class_names = [str(c) for c in ds["class_name"].values]
     x, thumb = Preprocessor(adapter.model)(image)
     with torch.inference_mode():
-        probs = adapter.model(x[None].to(adapter.device, adapter.dtype)).float().softmax(-1)[0].cpu()
+        probs = adapter.logits(x[None]).float().softmax(-1)[0].cpu()
     predicted = int(probs.argmax())
     if label is not None and not 0 <= int(label) < len(class_names):
         raise VitscopeError(f"label {label} out of range: 0..{len(class_names) - 1}")
