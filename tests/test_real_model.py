@@ -42,10 +42,12 @@ def real_store(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ds = open_store(build(cfg))
+        path = build(cfg)
+        ds = open_store(path)
     finally:
         torch.set_num_threads(threads)
     assert int(ds["valid"].sum()) == N_IMAGES  # every photo decodes (3 of the 200 are grayscale)
+    ds.attrs["store_path"] = str(path)  # in memory only: for the tests that run `vitscope info` or the app on it
     return ds
 
 
@@ -193,3 +195,54 @@ def test_late_heads_attend_the_corner_patches_on_every_photo(real_store):
     assert (on_corners[9:] >= 0.8).all(), on_corners[9:]
     assert (on_corners[:3] <= 0.2).all(), on_corners[:3]  # early heads look elsewhere: the test can fail
     assert (ds["head_consistency"].values[9:] >= 0.3).all(), ds["head_consistency"].values[9:]
+
+
+# -- attention sinks (Darcet et al. 2023) ------------------------------------------------------
+
+
+def test_late_heads_are_sinks_on_the_corner_patches(real_store):
+    """The heads of layers 9–11 put 93–100 % of their maps' 1s on the same 4 patches, the corners, in every photo:
+    `sink` heads (200 photos: 0.93–1.00; this sample 0.93–1.00), where layer 8 is still on its way (0.70–0.81) and
+    layers 0–7 look elsewhere (≤ 0.20). From layer 8 on the corners are the 4 most attended patches of every photo
+    (16/16, the other two corners 15/16), from layer 6 on the 4 highest-norm ones, their norm 27–44 × the median
+    patch's from layer 7 on; the class token takes 39 % of the patches' attention in layer 0, ≤ 3 % in layers 9–11."""
+    from vitscope.vocab import HEAD_KINDS
+
+    ds = real_store
+    grid = int(ds.attrs["patch_grid"])
+    corners = {0, grid - 1, grid * (grid - 1), grid * grid - 1}
+    kind, share = ds["head_kind"].values, ds["head_sink_share"].values  # [L, H]
+    assert (kind[9:] == HEAD_KINDS.index("sink")).all(), (kind, share)
+    assert (kind[:9] != HEAD_KINDS.index("sink")).all() and (share[:8] <= 0.3).all(), share
+    assert all(set(t) == corners for t in ds["head_sink_tokens"].values[9:].reshape(-1, 4).tolist())
+    for layer in range(8, 12):
+        assert set(ds["sink_tokens"].values[layer].tolist()) == corners, layer
+        assert (ds["sink_frequency"].values[layer] >= 0.85).all(), ds["sink_frequency"].values[layer]
+    for layer in range(6, 12):
+        assert set(ds["norm_tokens"].values[layer].tolist()) == corners, layer
+    ratio = ds["norm_ratio"].values[ds["valid"].values].astype(float)[..., 0].mean(0)  # [L] largest / median
+    assert (ratio[7:] >= 10).all() and (ratio[:6] <= 3).all(), ratio
+    cls = ds["prefix_share"].values[ds["valid"].values].astype(float)[..., 0].mean(0)  # [L]
+    assert cls[0] >= 0.2 and (cls[9:] <= 0.05).all(), cls
+
+
+def test_info_and_the_app_show_the_sink_heads(real_store):
+    """`vitscope info` lists the nine sink heads and each layer's sinks as (row,col); the Attention Pattern View's
+    info line calls L11H0 a sink head on the four corners."""
+    import subprocess
+    import sys
+
+    from vitscope.app.data import StoreData
+    from vitscope.app.pattern_view import head_kind_text
+
+    path = real_store.attrs["store_path"]
+    res = subprocess.run([sys.executable, "-m", "vitscope.cli", "info", path], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    heads = next(line for line in res.stdout.splitlines() if "sinks: Sink heads" in line)
+    assert [f"L{i}H{h}" in heads for i in range(12) for h in range(3)] == [i >= 9 for i in range(12) for h in range(3)]
+    assert "P" not in next(line for line in res.stdout.splitlines() if "by layer:" in line).split()[-1]  # SSS
+    rows = [line.split() for line in res.stdout.splitlines() if line.strip()[:2] in ("9 ", "10", "11")]
+    assert len(rows) == 3 and all({"(0,0)", "(0,13)", "(13,0)", "(13,13)"} <= set(r) for r in rows), rows
+    text = head_kind_text(StoreData(path), 11, 0)
+    assert text.startswith("sink head") and all(p in text for p in ("(0,0)", "(0,13)", "(13,0)", "(13,13)")), text
