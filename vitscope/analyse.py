@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from vitscope import engine, store
-from vitscope.analysis import binary, cls, patterns, sinks, strength
+from vitscope.analysis import binary, cls, patterns, probe, sinks, strength
 from vitscope.models import ViTAdapter
 
 
@@ -45,6 +45,7 @@ def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, la
     }
     if lay.store_attention:
         out["attention"] = a.half()
+    out = probe.blank(adapter, out)  # a backbone without labels: no class outputs
     dtypes = lay.variables()
     return {k: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v).astype(dtypes[k][1], copy=False)
             for k, v in out.items()}

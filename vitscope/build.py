@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vitscope import store
 from vitscope.analyse import analyse_batch
-from vitscope.analysis import autoencoder, binary, consistency, layout, sinks
+from vitscope.analysis import autoencoder, binary, consistency, layout, probe, sinks
 from vitscope.config import BuildConfig, cache_root
 from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
@@ -82,6 +82,7 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
         store.remove(out)
     if out.exists():
         attrs = store.check(out, fingerprint)
+        adapter = probe.from_store(adapter, out)  # a backbone: the probe it was built with, never refitted
         if attrs.get("complete") and not pending_layouts(attrs):
             _say(cfg, f"{out} is already built (same model, images and parameters); nothing to do")
             return out
@@ -93,19 +94,24 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
                   "chunks already done")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
+        adapter, fitted, basis_attrs = backbone_head(adapter, images, pre, cfg)
         lay = store.Layout(
             images=len(images), layers=adapter.num_layers, heads=adapter.num_heads, classes=adapter.num_classes,
             grid=adapter.grid, tokens=adapter.num_tokens, topk=min(5, adapter.num_classes), latent=cfg.latent,
             binary_size=min(cfg.binary_size, adapter.grid**2), binary_ones=binary.top_count(cfg.top, adapter.grid**2),
             thumb=tuple(pre.config["input_size"][1:]),
             chunk=cfg.chunk, store_attention=cfg.store_attention, registers=registers(adapter),
+            features=0 if fitted is None else fitted.coef.shape[1],
         )
         attrs = {"model_spec": adapter.spec, "model_class": type(adapter.model).__name__,
                  "model_pretrained": cfg.pretrained,
                  "model_checkpoint": str(Path(cfg.checkpoint).resolve()) if cfg.checkpoint else "",
                  "num_prefix_tokens": adapter.num_prefix, "patch_grid": adapter.grid,
-                 "image_source": images.source, "data_config": json.dumps(pre.config), "params": str(cfg.params())}
+                 "image_source": images.source, "data_config": json.dumps(pre.config), "params": str(cfg.params()),
+                 **basis_attrs}
         store.create(out, lay, fingerprint, images.ids, images.class_names, attrs)
+        if fitted is not None:  # before the first chunk: a resumed build reads it back
+            store.write_fixed(out, {"probe_coef": fitted.coef, "probe_bias": fitted.bias})
     lay = store.read_layout(out)
     todo = [int(i) for i in np.flatnonzero(~store.done_chunks(out))]
     t = time.perf_counter()
@@ -189,6 +195,39 @@ def compute_chunk(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay:
     return arrays, skipped
 
 
+def backbone_head(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, cfg: BuildConfig,
+                  ) -> tuple[ViTAdapter, probe.Probe | None, dict]:
+    """A classifier as it is; a backbone (no classifier) with a linear probe fitted on its unpruned features of
+    the labelled images, or with no basis (the placeholder head): (adapter for the build, the probe, store attrs)."""
+    if adapter.num_classes:
+        return adapter, None, {"prob_basis": "classifier"}
+    classes = len(images.class_names)
+    why = probe.why_no_probe(images.labels, classes)
+    if why is not None:
+        _say(cfg, f"{adapter.spec} has no classifier and {why}: prob and jsd will be NaN; cls_dist and patch_dist "
+                  "are computed")
+        return probe.placeholder(adapter, classes), None, probe.attrs_of(None, "none", "", why)
+
+    def load(i: int) -> torch.Tensor | None:
+        try:
+            return pre(images.load(i))[0]
+        except BadImage:
+            return None
+
+    feats, rows = probe.unpruned_features(adapter, load, len(images), cfg.batch_size, cfg.progress)
+    labels = images.labels[rows]
+    why = probe.why_no_probe(labels, classes)  # unreadable images may leave too few
+    if why is not None:
+        _say(cfg, f"{adapter.spec} has no classifier and {why} among the readable images: prob and jsd will be NaN")
+        return probe.placeholder(adapter, classes), None, probe.attrs_of(None, "none", "", why)
+    fitted = probe.fit_probe(feats, labels, classes, cfg.seed)
+    feature = probe.feature_name(adapter)
+    _say(cfg, f"{adapter.spec} has no classifier: linear probe on the {feature}, cross-validated accuracy "
+              f"{fitted.cv_accuracy:.1%} ({fitted.folds} folds, C={fitted.C:g}); prob and jsd are the probe's")
+    headed = probe.HeadedAdapter(adapter, fitted.coef, fitted.bias, "linear probe")
+    return headed, fitted, probe.attrs_of(fitted, "linear probe", feature, None)
+
+
 def registers(adapter: ViTAdapter) -> int:
     """Prefix tokens that are registers: timm's `num_reg_tokens`, or a Hugging Face config's `num_register_tokens`."""
     model = adapter.model
@@ -226,7 +265,8 @@ def finish_heads(out: Path, cfg: BuildConfig) -> None:
         arrays[f"{name}_tokens"], arrays[f"{name}_frequency"] = sinks.frequent_tokens(
             ds[f"{name}_token"].values[valid], patches, ranks)
     store.write_global(out, arrays,
-                       {"valid_images": nv, "layout_metric": cfg.layout_metric, "layouts_pending": list(LAYOUTS)})
+                       {"valid_images": nv, "layout_metric": probe.layout_metric(ds.attrs, cfg.layout_metric),
+                        "layouts_pending": list(LAYOUTS)})
 
 
 def finish_layouts(out: Path, cfg: BuildConfig, timings: dict[str, float] | None = None) -> None:
@@ -250,7 +290,8 @@ def finish_layouts(out: Path, cfg: BuildConfig, timings: dict[str, float] | None
     for name in [n for n in LAYOUTS if n in pending]:
         arrays, attrs = {}, {}
         if name == "image_xy":
-            data = ds["importance"].sel(mode=WHOLE_HEAD, metric=cfg.layout_metric).values[valid].reshape(nv, L * H)
+            metric = probe.layout_metric(ds.attrs, cfg.layout_metric)  # no class basis: a feature metric
+            data = ds["importance"].sel(mode=WHOLE_HEAD, metric=metric).values[valid].reshape(nv, L * H)
         elif name == "head_xy_cls":
             data = ds["cls_attention"].values[valid].astype(np.float32).reshape(nv * L * H, -1)
         else:
@@ -327,6 +368,7 @@ def _worker_chunk(cfg_dict: dict, index: int) -> list[str]:
     if key not in _WORKER_CACHE:
         _WORKER_CACHE.clear()
         adapter, images = open_inputs(cfg)
+        adapter = probe.from_store(adapter, cfg.out)  # a backbone: the probe the build stored
         _WORKER_CACHE[key] = (adapter, images, Preprocessor(adapter.model))
     adapter, images, pre = _WORKER_CACHE[key]
     return compute_and_write(adapter, images, pre, store.read_layout(Path(cfg.out)), cfg, index)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from vitscope.analysis.probe import basis_text
 from vitscope.text import printable
 from vitscope.vocab import ABLATION_MODES, HEAD_KINDS, MODE_NAMES, OFFSETS, PATTERNS, SINK_SHARE, head_name
 
@@ -22,20 +23,26 @@ def store_summary(ds: xr.Dataset) -> str:
     drop = (base - imp[..., 1, metric["prob"]]).mean(0)  # [L, H] mean drop of P[true] with the head pruned
     jsd = imp[..., 1, metric["jsd"]].mean(0)
     grid = int(ds.attrs["patch_grid"])
+    basis = ds.attrs.get("prob_basis", "classifier")
+    probed = " of its linear probe" if basis == "linear probe" else ""
     lines = [
         f"{printable(ds.attrs['model_spec'])}: {L} layers × {H} heads, {grid}×{grid} patches, {N} images",
-        f"accuracy of the unpruned model: {acc:.1%}",
-        "",
-        "Head importance: mean drop of P[true label] when the head is pruned (mode 1)",
-        "         " + "".join(f"  head {h:<3}" for h in range(H)),
+        basis_text(ds.attrs) if basis == "none" else f"accuracy{probed} of the unpruned model: {acc:.1%}",
     ]
-    top = max(float(drop.max()), 1e-12)
-    for i in range(L):
-        cells = "".join(f" {BARS[int(np.clip(d / top, 0, 1) * (len(BARS) - 1))]} {d:+.4f}" for d in drop[i])
-        lines.append(f"layer {i:<2}{cells}")
-    order = np.argsort(-jsd.ravel())[:5]
-    lines += ["", "Most important heads by mean JSD of the output (mode 1): "
-              + ", ".join(f"L{k // H}H{k % H} {jsd.ravel()[k]:.3f}" for k in order)]
+    if basis == "linear probe":
+        lines.append(basis_text(ds.attrs))
+    if basis != "none":  # a backbone without labels has no P[true]: its heads by the feature metric below
+        lines += ["", f"Head importance: mean drop of P[true label]{probed} when the head is pruned (mode 1)",
+                  "         " + "".join(f"  head {h:<3}" for h in range(H))]
+        top = max(float(drop.max()), 1e-12)
+        for i in range(L):
+            cells = "".join(f" {BARS[int(np.clip(d / top, 0, 1) * (len(BARS) - 1))]} {d:+.4f}" for d in drop[i])
+            lines.append(f"layer {i:<2}{cells}")
+    rank, what = (jsd, "JSD of the output") if basis != "none" else (
+        imp[..., 1, metric["cls_dist"]].mean(0), "CLS distance of the attention output")
+    order = np.argsort(-rank.ravel())[:5]
+    lines += ["", f"Most important heads by mean {what} (mode 1): "
+              + ", ".join(f"L{k // H}H{k % H} {rank.ravel()[k]:.3f}" for k in order)]
     lines += ["", "Mean over all heads, by pruning mode:     drop P[true]    JSD   cls_dist  patch_dist"]
     for m in ABLATION_MODES:
         d = imp[..., m, :].reshape(-1, imp.shape[-1]).mean(0)

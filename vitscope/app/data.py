@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from vitscope.analysis import probe
 from vitscope.analysis.proxy import Agreement, agreement, exact_delta_ce, spearman
 from vitscope.classes import match_class
 from vitscope.config import BuildConfig
 from vitscope.errors import VitscopeError
 from vitscope.store import has_sinks, open_store
-from vitscope.vocab import LAYOUTS
+from vitscope.vocab import DEFAULT_METRIC, LAYOUTS
 
 ENTROPY_BINS = np.linspace(0.0, 1.0, 41)  # strength entropy is normalised to [0, 1]
 
@@ -50,6 +51,11 @@ class StoreData:
         self.head_sink_tokens = ds["head_sink_tokens"].values if self.has_sinks else None  # [L, H, rank]
         self.binary_size = int(json.loads(ds.attrs.get("layout", "{}")).get("binary_size", self.grid**2))
         self.metrics: list[str] = [str(m) for m in ds["metric"].values]
+        # What prob/jsd are computed from: a classifier, a backbone's linear probe, or nothing (NaN).
+        self.prob_basis: str = str(ds.attrs.get("prob_basis", "classifier"))
+        self.basis_text = probe.basis_text(ds.attrs)
+        self.metrics_shown = probe.metrics_of(ds.attrs, self.metrics)  # what the metric selector offers
+        self.layout_metric = probe.layout_metric(ds.attrs, str(ds.attrs.get("layout_metric", DEFAULT_METRIC)))
         self.thumb_shape: tuple[int, ...] = tuple(ds["thumbnail"].shape[1:])  # (h, w, 3)
         # The fraction of values binarised at build (`--top`): the app's default threshold is the same cut.
         self.top = float(json.loads(ds.attrs.get("fingerprint", "{}")).get("top", BuildConfig.top))

@@ -146,6 +146,9 @@ class Explorer(pn.viewable.Viewer):
             min_characters=1, restrict=False, placeholder=f"{len(names)} classes", css_classes=["vs-class-search"],
             width=SIDEBAR - 40)
         self.class_search.param.watch(self._class_typed, "value")
+        if d.metrics_shown != list(s.param.metric.objects):  # a backbone without labels: feature metrics only
+            s.param.metric.objects = d.metrics_shown
+            s.metric = d.metrics_shown[0]
         self.metric = pn.widgets.Select.from_param(s.param.metric, label="metric", css_classes=["vs-metric"],
                                                    width=SIDEBAR - 40)
         self.mode = pn.widgets.RadioButtonGroup.from_param(s.param.mode, css_classes=["vs-mode"], button_type="light",
@@ -210,7 +213,8 @@ class Explorer(pn.viewable.Viewer):
         modes = "<br>".join(f"{m}: {name}" for m, name in MODE_NAMES.items())
         return pn.Column(
             pn.pane.HTML(f"<b>{esc(d.model_spec)}</b><br>{d.layers} layers × {d.heads} heads, "
-                         f"{d.grid}×{d.grid} patches, {int(d.valid.sum())} images", width=SIDEBAR - 30),
+                         f"{d.grid}×{d.grid} patches, {int(d.valid.sum())} images<br>"
+                         f"<small class='vs-basis'>{esc(d.basis_text)}</small>", width=SIDEBAR - 30),
             self.image_id,
             pn.widgets.Button(label="show all images", button_type="light", width=SIDEBAR - 40,
                               on_click=lambda e: self.selection.param.update(image=None)),

@@ -34,7 +34,9 @@ from vitscope.vocab import MODE_NAMES, head_name
 
 
 def top5_html(data: StoreData, image: int, layer: int, head: int, mode: int) -> str:
-    """Top-5 predictions under the given pruning, the true label in bold."""
+    """Top-5 predictions under the given pruning, the true label in bold (a backbone's: its linear probe's)."""
+    if data.prob_basis == "none":
+        return "<div style='font-size:12px'><i>top-5: no class probabilities (a backbone without labels)</i></div>"
     idx = data.topk_idx[image, layer, head, mode]
     prob = data.topk_prob[image, layer, head, mode]
     true = int(data.label[image])
@@ -46,6 +48,14 @@ def top5_html(data: StoreData, image: int, layer: int, head: int, mode: int) -> 
     where = "unpruned" if mode == 0 else f"{head_name(layer, head)} pruned, mode {mode} ({MODE_NAMES[mode]})"
     return (f"<div style='font-size:12px'><i>top-5, {where}</i><table style='border-spacing:0;line-height:1.25'>"
             f"{''.join(rows)}</table></div>")
+
+
+def p_true(data: StoreData, image: int) -> str:
+    """The detail line's P[true]: the classifier's or the probe's, or why there is none."""
+    if data.prob_basis == "none":
+        return "P[true] unavailable (no class basis)"
+    what = "P[true] (linear probe)" if data.prob_basis == "linear probe" else "P[true]"
+    return f"{what} {data.baseline_prob[image]:.3f}"
 
 
 def point_colours(data: StoreData, colour_by: str) -> tuple[np.ndarray, np.ndarray]:
@@ -170,6 +180,8 @@ class ImageOverview:
             self.colour_bar.visible = s.colour_by == "P[true]"
             chosen = "" if s.cls is None else f", class {d.class_names[s.cls]!r}"
             self.figure.title.text = f"Image Overview — {int(d.valid.sum())} images by {s.colour_by}{chosen}"
+            if d.prob_basis == "none":  # laid out by a feature metric: the store has no class probabilities
+                self.figure.title.text += f" (layout by {d.layout_metric}: no class basis)"
         if changed is None or "image" in changed:
             i = d.readable(s.image)
             placed = i is not None and bool(np.isfinite(d.image_xy[i]).all())  # not while its layout is computed
@@ -183,7 +195,7 @@ class ImageOverview:
             true = esc(d.class_names[int(d.label[i])])
             name = esc(d.image_ids[i].rsplit("/", 1)[-1])  # the file name: a full path wraps
             self.detail.text = (f"<div style='font-size:12px'><b>image {i}</b> <code>{name}"
-                                f"</code><br>true label <b>{true}</b> · P[true] {d.baseline_prob[i]:.3f}</div>"
+                                f"</code><br>true label <b>{true}</b> · {p_true(d, i)}</div>"
                                 + top5_html(d, i, 0, 0, 0))
 
     def bokeh(self):

@@ -28,6 +28,7 @@ MAX_PIXELS = 2**26
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 WNID = re.compile(r"^n\d{8}$")
+UNLABELLED = "unlabelled"  # the one class of a backbone's images without labels
 
 
 class BadImage(Exception):
@@ -143,6 +144,12 @@ def _names_to_indices(names: list[str], num_classes: int, where: str) -> tuple[d
     """Class names → model class indices: WordNet ids through timm's ImageNet info for 1000-class
     models, else sorted names → 0..C−1. Returns (mapping, class names of the model)."""
     unique = sorted(set(names))
+    if num_classes == 0:  # a backbone: the classes are the labels' own (WordNet ids shown by ImageNet name)
+        shown = unique
+        if all(WNID.match(n) for n in unique):
+            names_of = dict(zip(imagenet_wnids(), imagenet_names(), strict=True))
+            shown = [names_of.get(n, n) for n in unique]
+        return {n: i for i, n in enumerate(unique)}, shown
     if num_classes == 1000 and all(WNID.match(n) for n in unique):
         wnids = imagenet_wnids()
         index = {w: i for i, w in enumerate(wnids)}
@@ -175,6 +182,7 @@ def image_folder(
         ids, raw = _read_csv(Path(labels_csv).expanduser(), root)
         if all(re.fullmatch(r"-?\d+", r) for r in raw):
             labels = [int(r) for r in raw]
+            num_classes = num_classes or max(labels, default=0) + 1  # a backbone: classes 0..the largest label
             bad = [v for v in labels if not 0 <= v < num_classes]
             if bad:
                 raise VitscopeError(f"{labels_csv}: label {bad[0]} outside the model's 0..{num_classes - 1}")
@@ -184,16 +192,20 @@ def image_folder(
             labels = [mapping[r] for r in raw]
     else:
         classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not classes:
+        if not classes and num_classes == 0:  # a backbone's flat folder: one class, `unlabelled`, no probe
+            ids = [p.relative_to(root).as_posix() for p in _list_images(root)]
+            labels, names = [0] * len(ids), [UNLABELLED]
+        elif not classes:
             raise VitscopeError(
                 f"{root} has no class sub-folders: use one sub-folder per class, or pass --labels FILE.csv"
             )
-        mapping, names = _names_to_indices(classes, num_classes, str(root))
-        ids, labels = [], []
-        for c in classes:
-            for p in _list_images(root / c):
-                ids.append(p.relative_to(root).as_posix())
-                labels.append(mapping[c])
+        else:
+            mapping, names = _names_to_indices(classes, num_classes, str(root))
+            ids, labels = [], []
+            for c in classes:
+                for p in _list_images(root / c):
+                    ids.append(p.relative_to(root).as_posix())
+                    labels.append(mapping[c])
     if not ids:
         raise VitscopeError(f"no images ({', '.join(sorted(EXTENSIONS))}) found under {root}")
     order = np.arange(len(ids))

@@ -101,8 +101,10 @@ def _create_timm(name: str, pretrained: bool, state: dict | None, kwargs: dict) 
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f" Close names: {', '.join(close)}." if close else " List names with timm.list_models('*vit*')."
         raise VitscopeError(f"unknown timm model {name!r} (from --model timm:{name}).{hint}")
-    if state is not None and "head.weight" in state and "num_classes" not in kwargs:
-        kwargs = {**kwargs, "num_classes": int(state["head.weight"].shape[0])}
+    if state is not None and "num_classes" not in kwargs:
+        # A checkpoint without `head.*` is a backbone (e.g. a self-supervised one): built without a classifier,
+        # it gets a linear probe at build time (vitscope.analysis.probe).
+        kwargs = {**kwargs, "num_classes": int(state["head.weight"].shape[0]) if "head.weight" in state else 0}
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as e:  # hub/network failures come as many exception types

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from vitscope import engine
+from vitscope.analysis import probe
 from vitscope.data.images import normalise
 from vitscope.engine import prune
 from vitscope.errors import StoreMismatch, VitscopeError, one_line
@@ -33,6 +34,9 @@ Progress = Callable[[int, int], None] | None
 BASELINE_CACHE = 64  # images whose unpruned pass is kept (ViT-Ti: 3.6 MB each)
 GROUP = 32  # images per baseline pass of a pruning curve (bounds memory)
 CURVE_IMAGES = 256  # a set's pruning curve runs on at most this many images (a seeded sample)
+NEEDS_CLASSES = ("prune", "pairs", "curve", "saliency")  # requests answered in P[true]
+NO_BASIS = ("unavailable: this store's model has no classifier and its images no usable labels, so P[true] and JSD "
+            "are undefined (prob basis: none); its cls_dist and patch_dist are in the store")
 
 
 @lru_cache(maxsize=4)
@@ -54,6 +58,8 @@ class Service:
                 f"{self.path} was built with other weights of {a['model_spec']} than the ones loaded now: "
                 "rebuild the store (vitscope build ... --overwrite)"
             )
+        self.adapter = probe.from_store(self.adapter, self.path)  # a backbone: the head its store was built with
+        self.prob_basis = probe.basis_of(self.adapter)
         self.data_config = json.loads(a["data_config"])
         self.images = self.ds.sizes["image"]
         self.class_names = [str(c) for c in self.ds["class_name"].values]
@@ -259,6 +265,8 @@ class Service:
         for n, r in enumerate(requests):
             try:
                 kind = rq.check(r)
+                if self.prob_basis == "none" and kind in NEEDS_CLASSES:
+                    raise VitscopeError(NO_BASIS)
                 if kind == "prune":
                     prune.zero_masks(self.adapter, parse_heads(r["heads"]))  # a bad head fails its request only
                     self.check_image(r["image"])

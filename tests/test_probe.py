@@ -1,0 +1,243 @@
+"""Backbones (no classifier): a store with prob/jsd from a linear probe fitted at build, or without a basis (NaN);
+the probe's numbers exact against one timm forward per (layer, head, mode) through the stored probe."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+from conftest import small_vit
+from PIL import Image
+
+from vitscope import store
+from vitscope.analysis import probe
+from vitscope.config import BuildConfig
+from vitscope.data.images import normalise
+from vitscope.engine import reference
+from vitscope.models import ViTAdapter
+from vitscope.vocab import METRICS
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def backbone() -> ViTAdapter:
+    return small_vit("vit", num_classes=0)
+
+
+def folders(root, classes=("ant", "bee", "cat"), n: int = 4, seed: int = 0):
+    g = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(g.integers(0, 256, (36 + i, 40, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def flat(root, n: int = 6):
+    root.mkdir(parents=True)
+    g = np.random.default_rng(3)
+    for i in range(n):
+        Image.fromarray(g.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+def build_with(monkeypatch, make, images, out, **kw):
+    from vitscope import build as b
+
+    monkeypatch.setattr(b, "load_model", lambda *a, **k: make())
+    cfg = BuildConfig(model="timm:vit_tiny_patch16_224", images=str(images), out=out, ae_epochs=1, chunk=4,
+                      progress=False, **kw)
+    return b.build(cfg), cfg
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("probe")
+    with pytest.MonkeyPatch.context() as mp:
+        out, _ = build_with(mp, backbone, folders(tmp / "imgs"), tmp / "p.zarr")
+    return out
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nolabel")
+    with pytest.MonkeyPatch.context() as mp:
+        out, _ = build_with(mp, backbone, flat(tmp / "imgs"), tmp / "n.zarr")
+    return out
+
+
+def stored_inputs(ds) -> torch.Tensor:
+    cfg = __import__("json").loads(ds.attrs["data_config"])
+    return normalise(ds["thumbnail"].values, cfg["mean"], cfg["std"])
+
+
+def features(ad: ViTAdapter, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return ad.model(x).numpy()  # num_classes=0: timm's forward gives the pooled feature
+
+
+def test_probe_store_attrs_and_coefficients(probed):
+    ds = store.open_store(probed)
+    assert ds.attrs["prob_basis"] == "linear probe" and ds.attrs["probe_feature"].startswith("class token")
+    assert 0 <= ds.attrs["probe_cv_accuracy"] <= 1 and ds.attrs["probe_folds"] == 4
+    assert ds["probe_coef"].shape == (3, 32) and ds["probe_bias"].shape == (3,)
+    assert list(ds["class_name"].values) == ["ant", "bee", "cat"]
+    assert np.isfinite(ds["importance"].values).all() and np.isfinite(ds["baseline_prob"].values).all()
+
+
+def test_probe_equals_a_direct_scikit_learn_fit(probed):
+    """The stored map (standardisation folded in) gives scikit-learn's own probabilities on the same features."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ds = store.open_store(probed)
+    f = features(backbone(), stored_inputs(ds)).astype(np.float64)
+    y = ds["label"].values
+    clf = LogisticRegressionCV(Cs=list(probe.CS), cv=StratifiedKFold(4, shuffle=True, random_state=0),
+                               max_iter=2000, scoring="accuracy", random_state=0)
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore", FutureWarning)
+        pipe = make_pipeline(StandardScaler(), clf).fit(f, y)
+    logits = f @ ds["probe_coef"].values.T.astype(np.float64) + ds["probe_bias"].values
+    ours = np.exp(logits - logits.max(1, keepdims=True))
+    ours /= ours.sum(1, keepdims=True)
+    np.testing.assert_allclose(ours, pipe.predict_proba(f), atol=1e-4)
+    np.testing.assert_allclose(ds["baseline_prob"].values, ours[np.arange(len(y)), y], atol=1e-4)
+
+
+def test_probe_metrics_are_exact_against_timm_forwards(probed):
+    """prob/jsd: one timm forward per (layer, head, mode), features → the stored probe → softmax."""
+    ds = store.open_store(probed)
+    model = copy.deepcopy(backbone().model)
+    head = torch.nn.Linear(32, 3)
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(ds["probe_coef"].values))
+        head.bias.copy_(torch.as_tensor(ds["probe_bias"].values))
+    model.head = head  # timm's forward: pooled feature → head
+    ref = ViTAdapter(model, "ref")
+    pick = [0, 5]
+    x, y = stored_inputs(ds)[pick], torch.as_tensor(ds["label"].values[pick])
+    imp, tp, ti = reference.reference_importance(ref, x, y, topk=3)
+    torch.testing.assert_close(torch.as_tensor(ds["importance"].values[pick]), imp, atol=2e-5, rtol=0)
+    torch.testing.assert_close(torch.as_tensor(ds["topk_prob"].values[pick]), tp, atol=2e-5, rtol=0)
+
+
+def test_resume_reloads_the_probe_and_gives_the_same_store(probed, tmp_path, monkeypatch):
+    import shutil
+
+    copy_ = tmp_path / "p.zarr"
+    shutil.copytree(probed, copy_)
+    group = zarr.open_group(str(copy_), mode="r+")
+    group.attrs["complete"] = False
+    zarr.open_array(str(copy_ / "chunk_done"), mode="r+")[-1] = False
+    zarr.open_array(str(copy_ / "importance"), mode="r+")[8:] = np.nan
+
+    def refit(*a, **k):
+        raise AssertionError("a resumed build must read its probe back, not fit another")
+
+    monkeypatch.setattr(probe, "fit_probe", refit)
+    images = xr.open_zarr(str(probed)).attrs["image_source"]
+    build_with(monkeypatch, backbone, images, copy_)
+    a, b = store.open_store(probed), store.open_store(copy_)
+    for name in ("importance", "topk_prob", "probe_coef", "baseline_prob"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_unlabelled_backbone_store_has_nan_class_metrics(unlabelled):
+    ds = store.open_store(unlabelled)
+    assert ds.attrs["prob_basis"] == "none" and list(ds["class_name"].values) == ["unlabelled"]
+    assert "probe_coef" not in ds and ds.attrs["layout_metric"] == "cls_dist"
+    imp = ds["importance"].values
+    assert np.isnan(imp[..., METRICS.index("prob")]).all() and np.isnan(imp[..., METRICS.index("jsd")]).all()
+    assert np.isfinite(imp[..., METRICS.index("cls_dist")]).all()
+    assert np.isnan(ds["baseline_prob"].values).all() and (ds["topk_idx"].values == -1).all()
+    assert np.isfinite(ds["image_xy"].values).all()  # laid out by cls_dist
+
+
+def test_unlabelled_feature_metrics_are_exact(unlabelled):
+    ds = store.open_store(unlabelled)
+    ad = backbone()
+    x = stored_inputs(ds)[:2]
+    with torch.no_grad():
+        model = copy.deepcopy(ad.model)
+        model.head = torch.nn.Linear(32, 1)  # any head: the feature metrics do not read it
+        imp, _, _ = reference.reference_importance(ViTAdapter(model, "ref"), x, torch.zeros(2, dtype=torch.long))
+    feat = [METRICS.index("cls_dist"), METRICS.index("patch_dist")]
+    torch.testing.assert_close(torch.as_tensor(ds["importance"].values[:2][..., feat]), imp[..., feat], atol=2e-5,
+                               rtol=0)
+
+
+def test_info_summary_and_app_data_say_the_basis(probed, unlabelled):
+    from vitscope.app.data import StoreData
+    from vitscope.summary import store_summary
+
+    assert "prob basis: linear probe on the class token" in store.describe(probed)
+    assert "prob basis: none: prob and jsd are NaN" in store.describe(unlabelled)
+    text = store_summary(store.open_store(probed))
+    assert "accuracy of its linear probe" in text and "linear probe" in text
+    text = store_summary(store.open_store(unlabelled))
+    assert "unavailable" in text and "CLS distance" in text and "nan" not in text.lower().split("prob/jsd")[0]
+    d = StoreData(unlabelled)
+    assert d.prob_basis == "none" and d.metrics_shown == ["cls_dist", "patch_dist"] and d.layout_metric == "cls_dist"
+    assert StoreData(probed).metrics_shown == list(METRICS)
+
+
+def test_app_views_on_backbone_stores(probed, unlabelled):
+    from vitscope.app.data import StoreData
+    from vitscope.app.overview import p_true, top5_html
+
+    for path in (probed, unlabelled):
+        d = StoreData(path)
+        html = top5_html(d, 0, 0, 0, 0)
+        assert ("no class probabilities" in html) == (d.prob_basis == "none")
+        assert ("unavailable" in p_true(d, 0)) == (d.prob_basis == "none")
+
+
+def test_service_uses_the_stored_probe(probed, unlabelled, monkeypatch):
+    from vitscope.service import core
+
+    monkeypatch.setattr(core, "_model", lambda *a: backbone())
+    s = core.Service(probed)
+    assert s.prob_basis == "linear probe" and s.adapter.num_classes == 3
+    got = s.compute({"kind": "prune", "image": 1, "heads": ["1:2"]})
+    ds = store.open_store(probed)
+    stored = ds["importance"].values[1, 1, 2, 1, METRICS.index("prob")]
+    assert "error" not in got and abs(got["prob"] - stored) < 1e-5, got
+    n = core.Service(unlabelled)
+    got = n.compute({"kind": "prune", "image": 0, "heads": ["0:0"]})
+    assert got["error"].startswith("unavailable") and "\n" not in got["error"]
+    assert n.compute({"kind": "attention", "image": 0})["attention"].shape[:2] == (3, 4)
+
+
+def test_cli_info_of_backbone_stores(probed, unlabelled):
+    for path, words in ((probed, "linear probe"), (unlabelled, "none")):
+        res = subprocess.run([sys.executable, "-m", "vitscope.cli", "info", str(path)], capture_output=True,
+                             text=True, timeout=300, env=ENV)
+        assert res.returncode == 0 and f"prob basis: {words}" in res.stdout, res.stderr
+
+
+def test_a_checkpoint_without_head_loads_as_a_backbone(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from vitscope.models import load_model
+
+    m = timm.create_model("vit_tiny_patch16_224", num_classes=0)
+    save_file(m.state_dict(), str(tmp_path / "bb.safetensors"))
+    ad = load_model("timm:vit_tiny_patch16_224", checkpoint=tmp_path / "bb.safetensors")
+    assert ad.num_classes == 0
+
+
+def test_too_few_labels_give_no_basis():
+    assert probe.why_no_probe(np.array([0, 0, 0]), 1) == "the images have no labels"
+    assert "fewer than 2 images" in probe.why_no_probe(np.array([0, 0, 1]), 2)
+    assert probe.why_no_probe(np.array([0, 0, 1, 1]), 2) is None
