@@ -21,7 +21,9 @@ from vitscope.analysis.binary import top_count
 from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, MODES, OFFSETS, PATTERNS, SINK_SHARE
 
 
-def chunk_arrays(lay: store.Layout, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+def chunk_arrays(lay: store.Layout, rng: np.random.Generator, n: int,
+                 sink_rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """`sink_rng` draws the sink variables (its own stream: the others stay what they were before sinks)."""
     L, H, p, C = lay.layers, lay.heads, lay.grid, lay.classes
     M = len(MODES)
     probs = rng.dirichlet(np.full(C, 0.1), size=(n, L, H, M)).astype(np.float32)  # [n, L, H, M, C]
@@ -32,10 +34,11 @@ def chunk_arrays(lay: store.Layout, rng: np.random.Generator, n: int) -> dict[st
     strength = rng.dirichlet(np.ones(p), size=(n, L, H)).astype(np.float32)
     cls = rng.dirichlet(np.ones(2 * p * p + 1), size=(n, L, H)).astype(np.float16)
     index = np.sort(rng.integers(0, lay.binary_size**2, (n, L, H, lay.binary_ones)), axis=-1).astype(np.uint16)
+    sink_rng = np.random.default_rng(1) if sink_rng is None else sink_rng
     r, patches = lay.sizes()["rank"], p * p
-    received = rng.dirichlet(np.full(lay.prefix + patches, 0.3), size=(n, L))  # [n, L, P]: sums to 1
+    received = sink_rng.dirichlet(np.full(lay.prefix + patches, 0.3), size=(n, L))  # [n, L, P]: sums to 1
     sink = np.argsort(-received[..., lay.prefix:], axis=-1)[..., :r]
-    norms = rng.lognormal(0, 1, (n, L, patches))
+    norms = sink_rng.lognormal(0, 1, (n, L, patches))
     high = np.argsort(-norms, axis=-1)[..., :r]
     return {
         "label": rng.integers(0, C, n), "valid": np.ones(n, bool), "baseline_prob": rng.random(n),
@@ -65,22 +68,25 @@ def make(out: Path, images: int, layers: int, heads: int, grid: int, classes: in
     store.create(out, lay, {"model": "synthetic", "weights": "none", "images": f"random-{seed}", "schema":
                             store.SCHEMA_VERSION}, [f"synthetic/{i:06d}.png" for i in range(images)],
                  [f"class {c}" for c in range(classes)], attrs)
-    rng = np.random.default_rng(seed)
+    rng, sink_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     for c in range(lay.chunks):
-        store.write_chunk(out, c, lay, chunk_arrays(lay, rng, min(chunk, images - c * chunk)))
+        store.write_chunk(out, c, lay, chunk_arrays(lay, rng, min(chunk, images - c * chunk), sink_rng))
     n, L, H, r = images, layers, heads, lay.sizes()["rank"]
-    kind = rng.integers(0, len(HEAD_KINDS), (L, H))
-    sink = kind == HEAD_KINDS.index("sink")
-    frequency = -np.sort(-rng.random((2, L, r)), axis=-1)
-    store.write_global(out, {
+    arrays = {
         "pattern_latent": rng.normal(size=(n, L, H, 16)), "image_xy": rng.normal(size=(n, 2)),
         "head_xy_cls": rng.normal(size=(n, L, H, 2)), "head_xy_patch": rng.normal(size=(n, L, H, 2)),
-        "head_consistency": rng.random((L, H)), "head_kind": kind,
-        "head_sink_share": np.where(sink, rng.uniform(SINK_SHARE, 1, (L, H)), rng.uniform(0, SINK_SHARE, (L, H))),
-        "head_sink_tokens": np.argsort(rng.random((L, H, lay.binary_size)), -1)[..., :r],
-        "sink_tokens": np.argsort(rng.random((L, grid * grid)), -1)[:, :r], "sink_frequency": frequency[0],
-        "norm_tokens": np.argsort(rng.random((L, grid * grid)), -1)[:, :r], "norm_frequency": frequency[1],
-    }, {"ae_loss": [0.0], "valid_images": n, "layout_metric": "prob"})
+        "head_consistency": rng.random((L, H)), "head_kind": rng.integers(0, len(HEAD_KINDS), (L, H)),
+    }
+    sink = arrays["head_kind"] == HEAD_KINDS.index("sink")
+    frequency = -np.sort(-sink_rng.random((2, L, r)), axis=-1)
+    arrays |= {
+        "head_sink_share": np.where(sink, sink_rng.uniform(SINK_SHARE, 1, (L, H)),
+                                    sink_rng.uniform(0, SINK_SHARE, (L, H))),
+        "head_sink_tokens": np.argsort(sink_rng.random((L, H, lay.binary_size)), -1)[..., :r],
+        "sink_tokens": np.argsort(sink_rng.random((L, grid * grid)), -1)[:, :r], "sink_frequency": frequency[0],
+        "norm_tokens": np.argsort(sink_rng.random((L, grid * grid)), -1)[:, :r], "norm_frequency": frequency[1],
+    }
+    store.write_global(out, arrays, {"ae_loss": [0.0], "valid_images": n, "layout_metric": "prob"})
     return out
 
 
