@@ -395,6 +395,12 @@ def test_a_backbone_builds_a_probe_store_exact_against_transformers(name, tmp_pa
     torch.testing.assert_close(torch.as_tensor(ds["topk_prob"].values[:2]), top, atol=2e-5, rtol=0)
     info = run_cli("info", str(out))
     assert info.returncode == 0 and "prob basis: linear probe" in info.stdout, info.stderr
+    # the service reads the same probe: P'[true] of a head pruned alone is the stored one
+    got = run_cli("ablate", str(out), "--image", "1", "--prune", "2:1", "--json")
+    assert got.returncode == 0, got.stderr
+    assert abs(json.loads(got.stdout)["prob"] - float(ds["importance"].values[1, 2, 1, 1, 0])) < 1e-5
+    snap = run_cli("export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
+    assert snap.returncode == 0 and (tmp_path / "snap.html").stat().st_size > 0, snap.stderr
 
 
 def test_a_backbone_without_labels_builds_without_a_basis(tmp_path):
@@ -409,6 +415,11 @@ def test_a_backbone_without_labels_builds_without_a_basis(tmp_path):
     ds = open_store(out)
     assert ds.attrs["prob_basis"] == "none" and np.isnan(ds["importance"].values[..., 0]).all()
     assert np.isfinite(ds["importance"].values[..., 2:]).all()
+    got = run_cli("ablate", str(out), "--image", "0", "--prune", "0:0")  # P[true] is undefined: one line
+    assert got.returncode == 2 and "unavailable" in got.stderr and "Traceback" not in got.stderr, got.stderr
+    assert len([ln for ln in got.stderr.splitlines() if ln.strip()]) == 1, got.stderr
+    snap = run_cli("export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
+    assert snap.returncode == 0 and (tmp_path / "snap.html").stat().st_size > 0, snap.stderr
     info = run_cli("info", "--model", f"hf:{folder}")
     assert info.returncode == 0 and "prefix_tokens: 5" in info.stdout and "classes: 0" in info.stdout, info.stderr
 

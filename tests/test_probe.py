@@ -241,3 +241,21 @@ def test_too_few_labels_give_no_basis():
     assert probe.why_no_probe(np.array([0, 0, 0]), 1) == "the images have no labels"
     assert "fewer than 2 images" in probe.why_no_probe(np.array([0, 0, 1]), 2)
     assert probe.why_no_probe(np.array([0, 0, 1, 1]), 2) is None
+
+
+def test_explorer_serves_backbone_stores(probed, unlabelled, monkeypatch):
+    """The app on both kinds: the sidebar names the basis; without one only the feature metrics are offered and
+    every view draws."""
+    from vitscope.app.explorer import Explorer
+    from vitscope.service import core
+
+    monkeypatch.setattr(core, "_model", lambda *a: backbone())
+
+    ex = Explorer(probed)
+    assert "linear probe" in ex.controls()[0].object and ex.selection.metric == "prob"
+    ex = Explorer(unlabelled)
+    assert "unavailable" in ex.controls()[0].object
+    assert list(ex.metric.options) == ["cls_dist", "patch_dist"] and ex.selection.metric == "cls_dist"
+    assert "layout by cls_dist" in ex.overview.figure.title.text
+    ex.selection.param.update(image=1, layer=2, head=3)
+    assert ex.selection.message == "", ex.selection.message

@@ -45,6 +45,8 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[Head | tu
     path = str(Path(store).resolve())
     data = store_data(path)
     data.check_image(image)
+    if metric not in data.metrics_shown:  # a backbone store without labels: no prob/jsd, a feature metric instead
+        metric = data.layout_metric
     heads = [parse_head(h, modes=False) for h in heads or most_important_heads(data, image, metric, mode,
                                                                               DEFAULT_HEADS)]
     for h in heads:
@@ -58,7 +60,8 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[Head | tu
     true = esc(data.class_names[int(data.label[image])])
     header = Div(text=f"<h2>vitscope snapshot — image {image} <code>{name}</code>, true label <b>{true}</b></h2>"
                       f"<p>{esc(data.model_spec)}: {data.layers} layers × {data.heads} heads, {data.images} "
-                      "images in the store. One tab per head; pan, zoom and hover work offline.</p>", width=1200)
+                      f"images in the store ({esc(data.basis_text)}). One tab per head; pan, zoom and hover work "
+                      "offline.</p>", width=1200)
     tabs, raster = [], None
     for h in heads:
         sel = Selection(image=image, layer=h.layer, head=h.head, metric=metric, mode=mode)
