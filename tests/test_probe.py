@@ -259,3 +259,26 @@ def test_explorer_serves_backbone_stores(probed, unlabelled, monkeypatch):
     assert "layout by cls_dist" in ex.overview.figure.title.text
     ex.selection.param.update(image=1, layer=2, head=3)
     assert ex.selection.message == "", ex.selection.message
+
+
+def test_a_new_image_on_backbone_stores(probed, unlabelled, monkeypatch):
+    """The service's new image: the probe's prediction and numbers; without a basis, NaN class outputs and one
+    readable line."""
+    from vitscope.service import core
+    from vitscope.service.cli import readable
+
+    monkeypatch.setattr(core, "_model", lambda *a: backbone())
+    image = Image.fromarray(np.random.default_rng(7).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    got = core.Service(probed).new_image(data=_png_bytes(image), name="x.png")
+    assert got["top5"][0][0] in ("ant", "bee", "cat") and np.isfinite(got["arrays"]["importance"]).all()
+    got = core.Service(unlabelled).new_image(data=_png_bytes(image), name="x.png")
+    assert np.isnan(got["arrays"]["importance"][..., 0]).all()
+    assert readable(got).startswith("x.png: no class probabilities")
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

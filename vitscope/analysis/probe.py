@@ -15,10 +15,17 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from vitscope.models.adapter import ViTAdapter
+    from vitscope.models.hf import HFViTAdapter
+
+    Backbone = ViTAdapter | HFViTAdapter
 
 BASES = ("classifier", "linear probe", "none")
 CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse regularisation strengths cross-validated
@@ -81,7 +88,7 @@ class HeadedAdapter:
     """A backbone adapter whose `head` is a linear map of its `features` (the probe, or a placeholder of zeros
     when there is no basis); everything else is the backbone's."""
 
-    def __init__(self, base, coef: np.ndarray, bias: np.ndarray, basis: str) -> None:
+    def __init__(self, base: Backbone, coef: np.ndarray, bias: np.ndarray, basis: str) -> None:
         self._base = base
         self.prob_basis = basis
         self.linear = torch.nn.Linear(coef.shape[1], coef.shape[0]).to(base.device).eval().requires_grad_(False)
@@ -89,7 +96,7 @@ class HeadedAdapter:
         self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
         self.num_classes = int(coef.shape[0])
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> object:
         return getattr(self._base, name)
 
     def head(self, x: Tensor) -> Tensor:
@@ -102,21 +109,23 @@ class HeadedAdapter:
         return self.head(b.run_blocks(b.embed(images.to(b.device, b.dtype)), 0))
 
     def describe(self) -> dict:
+        """The backbone's facts, with the head's class count and basis."""
         return {**self._base.describe(), "classes": self.num_classes, "prob_basis": self.prob_basis}
 
 
-def placeholder(base, classes: int) -> HeadedAdapter:
+def placeholder(base: Backbone, classes: int) -> HeadedAdapter:
     """The head of a store without a basis: zero logits (uniform probabilities) over `classes` ≥ 1."""
     d = _feature_size(base)
     return HeadedAdapter(base, np.zeros((max(classes, 1), d), np.float32), np.zeros(max(classes, 1), np.float32),
                          "none")
 
 
-def basis_of(adapter) -> str:
+def basis_of(adapter: object) -> str:
+    """`classifier`, `linear probe` or `none`: what the adapter's class probabilities come from."""
     return getattr(adapter, "prob_basis", "classifier")
 
 
-def blank(adapter, out: dict) -> dict:
+def blank(adapter: object, out: dict) -> dict:
     """Per-image analysis arrays with every class output NaN (topk_idx -1) when the adapter has no basis."""
     if basis_of(adapter) != "none":
         return out
@@ -131,14 +140,14 @@ def blank(adapter, out: dict) -> dict:
     return out
 
 
-def _feature_size(base) -> int:
+def _feature_size(base: Backbone) -> int:
     with torch.inference_mode():
         x = base.embed(torch.zeros(1, 3, base.grid * base.patch_size, base.grid * base.patch_size,
                                    device=base.device, dtype=base.dtype))
         return int(base.features(base.run_blocks(x, 0)).shape[-1])
 
 
-def unpruned_features(base, load: Callable[[int], Tensor | None], count: int, batch_size: int,
+def unpruned_features(base: Backbone, load: Callable[[int], Tensor | None], count: int, batch_size: int,
                       progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(features [N, D] of the readable images, their indices) from the unpruned backbone; `load(i)` gives
     image i preprocessed [3,h,w], or None if it cannot be read."""
@@ -180,7 +189,7 @@ def attrs_of(probe: Probe | None, basis: str, feature: str, why: str | None) -> 
     return attrs
 
 
-def feature_name(base) -> str:
+def feature_name(base: Backbone) -> str:
     """Which feature the probe reads, in words (the store's `probe_feature`)."""
     if hasattr(base.model, "global_pool"):  # timm
         pool = base.model.global_pool or "token"
@@ -188,7 +197,7 @@ def feature_name(base) -> str:
     return "class token after the final norm (CLIP: post_layernorm)"
 
 
-def from_store(base, path: str | Path):
+def from_store(base: Backbone, path: str | Path) -> Backbone | HeadedAdapter:
     """The adapter a backbone store was built with: its stored probe as head, or the placeholder; a classifier's
     adapter (or a store of one) is returned as it is."""
     import xarray as xr

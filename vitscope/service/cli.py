@@ -142,6 +142,10 @@ def readable(r: dict) -> str:
         a = r["arrays"]
         imp = a["importance"][:, :, WHOLE_HEAD, METRICS.index("prob")]  # P'[true] with each head pruned
         H = imp.shape[1]
+        if np.isnan(imp).all():  # a backbone store without labels: no class probabilities, the rest holds
+            return "\n".join([f"{r['name']}: no class probabilities (this store's prob basis is none)",
+                              "  mean strength entropy per layer: "
+                              + " ".join(f"{v:.2f}" for v in a["strength_entropy"].mean(-1))])
         worst = np.argsort(imp.reshape(-1))[:5]
         lines = [f"{r['name']}: predicted {r['top5'][0][0]!r}; label {r['label_name']!r} ({r['label_from']})",
                  f"  top-5: {_top5(r['top5'])}",
