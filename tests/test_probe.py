@@ -282,3 +282,30 @@ def _png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_cli_build_ablate_export_of_a_timm_checkpoint_without_head(tmp_path):
+    """`timm:NAME --checkpoint` without `head.*`: built as a backbone, probed; `ablate` and `export` read the probe."""
+    import json
+
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    save_file(timm.create_model("test_vit", num_classes=0).state_dict(), str(tmp_path / "bb.safetensors"))
+    out = tmp_path / "s.zarr"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vitscope.cli", *args], capture_output=True, text=True,
+                              timeout=600, env=ENV)
+
+    res = cli("build", "--model", "timm:test_vit", "--checkpoint", str(tmp_path / "bb.safetensors"), "--images",
+              str(folders(tmp_path / "imgs", ("a", "b"), 3)), "--out", str(out), "--ae-epochs", "1", "--quiet")
+    assert res.returncode == 0, res.stderr
+    ds = store.open_store(out)
+    assert ds.attrs["prob_basis"] == "linear probe" and ds["probe_coef"].shape == (2, 64)
+    got = cli("ablate", str(out), "--image", "2", "--prune", "3:1", "--json")
+    assert got.returncode == 0, got.stderr
+    assert abs(json.loads(got.stdout)["prob"] - float(ds["importance"].values[2, 3, 1, 1, 0])) < 1e-5
+    snap = cli("export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
+    assert snap.returncode == 0 and "linear probe" in (tmp_path / "snap.html").read_text(), snap.stderr
