@@ -70,7 +70,7 @@ def test_pairs_curve_saliency_and_a_new_image(app, demo16):
     assert len(ab.temp_head.data["x"]) == 1 and "mine.png" in ab.status.object
 
     ab.ask_new_image(b"garbage", "bad.png")
-    wait_for(lambda: "cannot read bad.png" in ab.status.object)
+    wait_for(lambda: "cannot use bad.png as an image" in ab.status.object)
 
 
 def test_heat_overlay_marks_where_occlusion_hurts():

@@ -58,7 +58,7 @@ def test_flat_folder_with_csv(tmp_path):
     with pytest.raises(VitscopeError, match="label 7 outside"):
         image_folder(tmp_path / "img", num_classes=5, labels_csv=tmp_path / "bad.csv")
     (tmp_path / "missing.csv").write_text("zzz.png,1\n")
-    with pytest.raises(VitscopeError, match=r"missing.csv:1: zzz.png not found"):
+    with pytest.raises(VitscopeError, match=r"missing.csv:1: 'zzz.png' not found under"):
         image_folder(tmp_path / "img", num_classes=5, labels_csv=tmp_path / "missing.csv")
     with pytest.raises(VitscopeError, match="no class sub-folders"):
         image_folder(tmp_path / "img", num_classes=5)
