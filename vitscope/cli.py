@@ -1,4 +1,4 @@
-"""`vitscope` command line: demo | build | serve | info | ablate | export | train-demo.
+"""`vitscope` command line: demo | build | serve | info | compare | ablate | export | train-demo.
 
 User errors (VitscopeError) print one line and exit 2; they never show a traceback.
 """
@@ -212,6 +212,22 @@ def _images(n: int) -> str:
     return "image" if n == 1 else "images"
 
 
+def cmd_compare(args) -> None:
+    import json
+
+    from vitscope.compare import compare, format_report
+    from vitscope.store import open_store
+
+    if not 0 <= args.good <= 1:
+        raise VitscopeError(f"--good {args.good}: give a similarity from 0 to 1")
+    a, b = open_store(args.a), open_store(args.b)  # missing, foreign, old or unfinished: one line
+    result = compare(a, b, good=args.good)
+    if args.json:
+        print(json.dumps({"stores": [str(args.a), str(args.b)], **result}, ensure_ascii=False))
+    else:
+        print(format_report(result, (str(args.a), str(args.b))))
+
+
 def cmd_serve(args) -> None:
     from vitscope.app import serve
 
@@ -242,7 +258,7 @@ def cmd_build(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from vitscope import __version__
-    from vitscope.vocab import DEFAULT_METRIC, METRICS, MODES, WHOLE_HEAD
+    from vitscope.vocab import DEFAULT_METRIC, GOOD_PARTNER, METRICS, MODES, WHOLE_HEAD
 
     parser = argparse.ArgumentParser(prog="vitscope", description="How Vision Transformers use attention.")
     parser.add_argument("--version", action="version", version=f"vitscope {__version__}")
@@ -293,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="how many heads --class lists")
     _model_args(p)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("compare", help="two stores of the same images side by side: per layer, and each head of A "
+                       "paired with the head of B that behaves most like it")
+    p.add_argument("a", type=Path, metavar="A", help="a store (vitscope build)")
+    p.add_argument("b", type=Path, metavar="B", help="a store of the same images (another model, or a retrained one)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the report")
+    p.add_argument("--good", type=float, default=GOOD_PARTNER, metavar="SIMILARITY",
+                   help=f"least similarity of a good partner; heads without one are roles of one model only "
+                        f"(default {GOOD_PARTNER})")
+    p.set_defaults(func=cmd_compare)
 
     from vitscope.service.cli import add_parser as add_ablate
 

@@ -1,0 +1,439 @@
+"""Two stores side by side (`vitscope compare`): the same images through two models, layer by layer, and each head
+of one paired with the head of the other that behaves most like it.
+
+Pure data: xarray Datasets in (as `store.open_store` gives them), plain dicts of numbers and names out, which the
+CLI prints as text or JSON and a view can draw. Definitions (docs/guide.md, "Comparing two stores"):
+
+- **Matched images**: the images of A whose `image_id` is in B, valid (`valid`) in both. Stores built over
+  different image sets (their `image_source` differs), or without a matched image, are refused with one line.
+- **Layers**: with equal depth layer i of A ↔ layer i of B. Otherwise by relative depth (`align_layers`): layer i
+  of A ↔ layer ⌊i·(L_B − 1)/(L_A − 1) + ½⌋ of B, first ↔ first and last ↔ last.
+- **Head similarity** (`head_similarity`): the mean of up to four similarities in [0, 1], each 1 for the same
+  behaviour, computed from per-head means over the matched images (`HeadFeatures`); identical heads get exactly 1
+  up to float rounding. The strength and CLS terms need the same patch grid and are left out otherwise.
+- **Head matching** (`match_heads`): one optimal assignment (`scipy.optimize.linear_sum_assignment`, total
+  similarity maximised) over all heads of both models at once, not layer by layer: a role that moved in depth
+  is a finding, and models of different depth have no layer-to-layer pairing to restrict it to. With unequal
+  head counts the larger model keeps some heads unpaired. A head unpaired, or paired below `GOOD_MATCH`, has no
+  good partner: a role that exists in one model only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import rankdata
+
+from vitscope.errors import VitscopeError
+from vitscope.text import printable
+from vitscope.vocab import GOOD_PARTNER, HEAD_KINDS, OFFSETS, PATTERNS, WHOLE_HEAD, head_name
+
+COMPONENTS = ("distance", "strength", "patterns", "cls")  # the terms of the head similarity, equally weighted
+GRID_COMPONENTS = ("strength", "cls")  # defined on the patch grid: only when both stores have the same grid
+GOOD_MATCH = GOOD_PARTNER  # a pair below it has no good partner (vocab.py says why this value)
+# A paired head's importance changed when its rank among its own model's heads (0 least, 1 most important) moved
+# by at least this much: a third of the ranking, e.g. from the top third to the middle of it.
+IMPORTANCE_SHIFT = 1 / 3
+
+
+def align_layers(layers_a: int, layers_b: int) -> list[int]:
+    """The layer of B shown beside each layer of A: the same one at equal depth, else the nearest relative depth
+    ⌊i·(L_B − 1)/(L_A − 1) + ½⌋ (a one-layer A: B's last layer, the one the output reads)."""
+    if layers_a == layers_b:
+        return list(range(layers_a))
+    if layers_a == 1:
+        return [layers_b - 1]
+    return [int(np.floor(i * (layers_b - 1) / (layers_a - 1) + 0.5)) for i in range(layers_a)]
+
+
+def alignment_rule(layers_a: int, layers_b: int) -> str:
+    """How `align_layers` pairs the layers, in words (the report and the JSON say it)."""
+    if layers_a == layers_b:
+        return "layer i of A ↔ layer i of B"
+    if layers_a == 1:
+        return "the one layer of A ↔ the last layer of B"
+    return (f"relative depth: layer i of A ↔ layer ⌊i·{layers_b - 1}/{layers_a - 1} + ½⌋ of B "
+            "(first ↔ first, last ↔ last)")
+
+
+def matched_images(a: xr.Dataset, b: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in A and in B of the images both hold (by `image_id`) and both analysed (`valid`), in A's order.
+    Raises a one-line VitscopeError for stores of different image sets or without such an image."""
+    src_a, src_b = a.attrs.get("image_source"), b.attrs.get("image_source")
+    if src_a != src_b:
+        raise VitscopeError(f"the stores were built over different image sets ({printable(src_a)} and "
+                            f"{printable(src_b)}): compare needs two stores of the same images")
+    ids_a = [str(i) for i in a["image_id"].values]
+    where_b = {str(i): k for k, i in enumerate(b["image_id"].values)}
+    valid_a, valid_b = a["valid"].values.astype(bool), b["valid"].values.astype(bool)
+    common = [(k, where_b[i]) for k, i in enumerate(ids_a) if i in where_b]
+    pairs = [(i, j) for i, j in common if valid_a[i] and valid_b[j]]
+    if not pairs:
+        why = (f"none of their {len(common)} common images is valid in both" if common
+               else "no image_id in common")
+        raise VitscopeError(f"the stores have no images in common to compare ({why})")
+    ia, ib = np.asarray(pairs, dtype=np.int64).T
+    return ia, ib
+
+
+@dataclass(frozen=True)
+class HeadFeatures:
+    """What a model's heads do over the matched images, for `head_similarity`: three per-head statistics, and
+    each image's CLS attention vectors (compared image by image)."""
+
+    distance: np.ndarray  # [L, H] mean attention distance, in units of uniform attention's on the grid
+    strength: np.ndarray  # [L, H, hop] mean strength vector, normalised to sum 1 (negatives clamped to 0)
+    patterns: np.ndarray  # [L, H, len(PATTERN_CLASSES)] share of the images with each pattern (diagonal by offset)
+    cls: np.ndarray  # [image, L, H, 2N + 1] CLS attention vectors of the matched images (float32)
+    grid: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.distance.shape  # type: ignore[return-value]
+
+
+# The pattern classes of `HeadFeatures.patterns`: a diagonal head by its offset (a head that looks left is not one
+# that looks at itself), then the other labels.
+PATTERN_CLASSES = (*(f"diagonal {o}" for o in OFFSETS), *PATTERNS[1:])
+
+
+def uniform_distance(grid: int) -> float:
+    """Mean attention distance of uniform attention over a grid × grid patch grid (the scale of `distance`)."""
+    r, c = np.divmod(np.arange(grid * grid), grid)
+    return float(np.hypot(r[:, None] - r[None], c[:, None] - c[None]).mean())
+
+
+def _per_head(ds: xr.Dataset, name: str, images: np.ndarray, *rest: str) -> np.ndarray:
+    """`name` of the chosen images as float64 [image, layer, head, *rest]."""
+    return ds[name].isel(image=images).transpose("image", "layer", "head", *rest).values.astype(np.float64)
+
+
+def _codes(ds: xr.Dataset, name: str, attr: str, names: tuple[str, ...]) -> list[str]:
+    return [str(n) for n in ds[name].attrs.get(attr, names)]
+
+
+def pattern_classes(ds: xr.Dataset, images: np.ndarray) -> np.ndarray:
+    """[image, L, H] index into PATTERN_CLASSES of each map (by the names in the variables' attributes)."""
+    labels = ds["pattern_label"].isel(image=images).transpose("image", "layer", "head").values.astype(np.int64)
+    offsets = ds["pattern_offset"].isel(image=images).transpose("image", "layer", "head").values.astype(np.int64)
+    names = _codes(ds, "pattern_label", "patterns", PATTERNS)
+    offset_names = _codes(ds, "pattern_offset", "offsets", OFFSETS)
+    to_class = np.asarray([PATTERN_CLASSES.index(n) if n in PATTERN_CLASSES else PATTERN_CLASSES.index("none")
+                           for n in names])
+    out = to_class[labels.clip(0, len(names) - 1)]
+    diagonal = labels == names.index("diagonal")
+    offset_class = np.asarray([PATTERN_CLASSES.index(f"diagonal {o}") for o in offset_names])
+    out[diagonal] = offset_class[offsets[diagonal].clip(0, len(offset_names) - 1)]
+    return out
+
+
+def head_features(ds: xr.Dataset, images: np.ndarray) -> HeadFeatures:
+    """The per-head features of a store over the images at positions `images` (all valid)."""
+    grid = int(ds.attrs["patch_grid"])
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a head without a number on any image: NaN, left out
+        dist = np.nanmean(_per_head(ds, "attention_distance", images), axis=0) / max(uniform_distance(grid), 1e-12)
+        strength = np.clip(np.nanmean(_per_head(ds, "strength", images, "hop"), axis=0), 0, None)
+        total = strength.sum(-1, keepdims=True)
+        strength = np.where(total > 0, strength / np.where(total > 0, total, 1), np.nan)
+    classes = pattern_classes(ds, images)
+    shares = np.stack([(classes == k).mean(0) for k in range(len(PATTERN_CLASSES))], axis=-1)
+    cls = ds["cls_attention"].isel(image=images).transpose("image", "layer", "head", "cls_token").values
+    return HeadFeatures(distance=dist, strength=strength, patterns=shares, cls=cls.astype(np.float32), grid=grid)
+
+
+def _standardised(x: np.ndarray) -> np.ndarray:
+    """Each vector (last axis) centred and scaled to unit length, in float64 (a constant one: NaN)."""
+    x = x.astype(np.float64)
+    x = x - x.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def cls_correlation(ca: np.ndarray, cb: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """[heads A, heads B]: the mean over images of max(0, Pearson correlation) between a head of A's and a head of
+    B's CLS attention vectors on the same image (`ca`, `cb`: [image, heads, 2N + 1]). Images where a head's
+    vector is constant are left out of that head's mean."""
+    n, ha, hb = ca.shape[0], ca.shape[1], cb.shape[1]
+    total, count = np.zeros((ha, hb)), np.zeros((ha, hb))
+    for start in range(0, n, chunk):
+        za, zb = _standardised(ca[start:start + chunk]), _standardised(cb[start:start + chunk])
+        r = np.einsum("nik,njk->nij", za, zb)  # [images, ha, hb]
+        ok = np.isfinite(r)
+        total += np.where(ok, np.clip(r, 0, 1), 0).sum(0)
+        count += ok.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
+
+
+def head_similarity(fa: HeadFeatures, fb: HeadFeatures) -> dict[str, np.ndarray]:
+    """Similarity of every head of A (rows, layer-major) to every head of B (columns): each term of COMPONENTS
+    that both define, and `similarity`, their mean (a NaN term is left out of it), all in [0, 1]:
+
+    - distance: 1 − |d_A − d_B|, clipped to [0, 1], of the mean attention distances in units of uniform
+      attention's (a grid-free scale: a local head and a global one are about 1 apart);
+    - strength: Σ_k min(q_A[k], q_B[k]) of the normalised mean strength vectors (histogram intersection);
+    - patterns: Σ_c min(π_A[c], π_B[c]) of the shares of the images with each pattern, a diagonal one by offset;
+    - cls: image by image, the correlation of the two heads' CLS attention vectors (where the class token looks
+      and which patches look at it), negative counted as 0, averaged over the images.
+    """
+    ha, hb = fa.distance.size, fb.distance.size
+    da, db = fa.distance.reshape(ha), fb.distance.reshape(hb)
+    out = {"distance": np.clip(1 - np.abs(da[:, None] - db[None]), 0, 1)}
+    if fa.grid == fb.grid:
+        qa, qb = fa.strength.reshape(ha, -1), fb.strength.reshape(hb, -1)
+        out["strength"] = np.minimum(qa[:, None], qb[None]).sum(-1)
+    pa, pb = fa.patterns.reshape(ha, -1), fb.patterns.reshape(hb, -1)
+    out["patterns"] = np.minimum(pa[:, None], pb[None]).sum(-1)
+    if fa.grid == fb.grid:
+        out["cls"] = cls_correlation(fa.cls.reshape(fa.cls.shape[0], ha, -1), fb.cls.reshape(fb.cls.shape[0], hb, -1))
+    terms = np.stack([out[c] for c in COMPONENTS if c in out])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a pair whose every term is NaN: NaN, said as n/a
+        out["similarity"] = np.clip(np.nanmean(terms, axis=0), 0, 1)
+    return out
+
+
+def match_heads(similarity: np.ndarray) -> list[tuple[int, int]]:
+    """The one-to-one pairing of rows (heads of A) and columns (heads of B) with the largest total similarity
+    (NaN counts as 0); min(rows, columns) pairs, in row order."""
+    rows, cols = linear_sum_assignment(np.nan_to_num(similarity, nan=0.0), maximize=True)
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
+
+
+def _num(x: Any) -> float | None:
+    """A float for JSON: None for NaN (a backbone without a basis has no P[true])."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _mean(x: np.ndarray) -> float | None:
+    x = np.asarray(x, dtype=np.float64)
+    return _num(x[np.isfinite(x)].mean()) if np.isfinite(x).any() else None
+
+
+def _has_basis(ds: xr.Dataset) -> bool:
+    return ds.attrs.get("prob_basis", "classifier") != "none"
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One store restricted to the matched images: what the report reads from it."""
+
+    ds: xr.Dataset
+    images: np.ndarray
+    features: HeadFeatures
+    drop: np.ndarray  # [L, H] mean whole-head drop of P[true] (NaN without a basis)
+    cls_dist: np.ndarray  # [L, H] mean whole-head cls_dist
+    label: np.ndarray  # [image, L, H] pattern label codes
+    pattern_names: list[str]
+    kind: np.ndarray  # [L, H] head kind codes
+    kind_names: list[str]
+
+    @classmethod
+    def of(cls, ds: xr.Dataset, images: np.ndarray) -> _Side:
+        imp = ds["importance"].isel(image=images).transpose("image", "layer", "head", "mode", "metric")
+        base = imp.sel(mode=0, metric="prob").values.astype(np.float64)
+        pruned = imp.sel(mode=WHOLE_HEAD, metric="prob").values.astype(np.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN without a basis: NaN, said as n/a
+            drop = np.nanmean(base - pruned, axis=0)
+            cls_dist = np.nanmean(imp.sel(mode=WHOLE_HEAD, metric="cls_dist").values.astype(np.float64), axis=0)
+        return cls(ds=ds, images=images, features=head_features(ds, images), drop=drop, cls_dist=cls_dist,
+                   label=ds["pattern_label"].isel(image=images).transpose("image", "layer", "head").values,
+                   pattern_names=_codes(ds, "pattern_label", "patterns", PATTERNS),
+                   kind=ds["head_kind"].transpose("layer", "head").values,
+                   kind_names=_codes(ds, "head_kind", "kinds", HEAD_KINDS))
+
+    def kind_of(self, layer: int, head: int) -> str:
+        k = int(self.kind[layer, head])
+        return self.kind_names[k] if 0 <= k < len(self.kind_names) else "undefined"
+
+    def pattern_of(self, layer: int, head: int) -> str:
+        """The head's most frequent pattern label over the matched images (ties: the earlier label)."""
+        counts = np.bincount(self.label[:, layer, head].astype(np.int64).clip(0), minlength=len(self.pattern_names))
+        return self.pattern_names[int(np.argmax(counts))]
+
+    def top1(self) -> np.ndarray:
+        return self.ds["topk_idx"].isel(image=self.images).sel(mode=0).isel(layer=0, head=0, k=0).values
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank among all of them in [0, 1] (1: the largest; ties averaged; NaN ranks lowest)."""
+    flat = np.nan_to_num(values.ravel(), nan=-np.inf)
+    if flat.size < 2:
+        return np.full(values.shape, 0.5)
+    return ((rankdata(flat) - 1) / (flat.size - 1)).reshape(values.shape)
+
+
+def compare(a: xr.Dataset, b: xr.Dataset, *, good: float = GOOD_MATCH) -> dict[str, Any]:
+    """Compare store A with store B over their matched images: a plain dict (JSON-ready, NaN as None) with
+    `images`, `top1_agreement`, `layers`, `heads` and what they mean (see the module's docstring)."""
+    ia, ib = matched_images(a, b)
+    sa, sb = _Side.of(a, ia), _Side.of(b, ib)
+    (la, ha), (lb, hb) = sa.features.shape, sb.features.shape
+    both_basis = _has_basis(a) and _has_basis(b)
+    same_basis = a.attrs.get("prob_basis", "classifier") == b.attrs.get("prob_basis", "classifier")
+    comparable = both_basis and same_basis and (
+        a.attrs.get("prob_basis", "classifier") == "classifier"
+        or list(a["class_name"].values) == list(b["class_name"].values))
+    t1a, t1b = sa.top1(), sb.top1()
+    labels = a["label"].isel(image=ia).values
+    out: dict[str, Any] = {
+        "images": len(ia),
+        "images_listed": [int(a.sizes["image"]), int(b.sizes["image"])],
+        "models": [printable(a.attrs.get("model_spec", "?")), printable(b.attrs.get("model_spec", "?"))],
+        "shape": [[la, ha, sa.features.grid], [lb, hb, sb.features.grid]],
+        "top1_agreement": _num(np.mean(t1a == t1b)) if comparable else None,
+        "accuracy": [_num(np.mean(t1a == labels)) if _has_basis(a) else None,
+                     _num(np.mean(t1b == labels)) if _has_basis(b) else None],
+    }
+    out["layer_alignment"] = {"layers": [la, lb], "relative_depth": la != lb, "rule": alignment_rule(la, lb),
+                              "b_layer": align_layers(la, lb)}
+    out["layers"] = _layers(sa, sb, out["layer_alignment"]["b_layer"])
+    out["heads"] = _heads(sa, sb, good, prob=both_basis)
+    return out
+
+
+def _layers(sa: _Side, sb: _Side, b_layer: list[int]) -> list[dict[str, Any]]:
+    dist = [_per_head(s.ds, "attention_distance", s.images) for s in (sa, sb)]
+    ent = [_per_head(s.ds, "strength_entropy", s.images) for s in (sa, sb)]
+    rows = []
+    for i, j in enumerate(b_layer):
+        at = (i, j)
+        patterns = {p: [_num(np.mean(s.label[:, k] == s.pattern_names.index(p))) if p in s.pattern_names else 0.0
+                        for s, k in zip((sa, sb), at, strict=True)] for p in PATTERNS}
+        names = list(dict.fromkeys([*sa.kind_names, *sb.kind_names]))
+        kinds = {n: [int(sum(s.kind_of(k, h) == n for h in range(s.kind.shape[1])))
+                     for s, k in zip((sa, sb), at, strict=True)] for n in [*names, "undefined"]}
+        if not any(kinds["undefined"]):
+            del kinds["undefined"]
+        rows.append({"layer": i, "layer_b": j,
+                     "distance": [_mean(d[:, k]) for d, k in zip(dist, at, strict=True)],
+                     "entropy": [_mean(e[:, k]) for e, k in zip(ent, at, strict=True)],
+                     "drop": [_mean(s.drop[k]) for s, k in zip((sa, sb), at, strict=True)],
+                     "patterns": patterns, "kinds": kinds})
+    return rows
+
+
+def _head(layer: int, head: int) -> dict[str, Any]:
+    return {"layer": layer, "head": head, "name": head_name(layer, head)}
+
+
+def _heads(sa: _Side, sb: _Side, good: float, prob: bool) -> dict[str, Any]:
+    (la, ha), (lb, hb) = sa.features.shape, sb.features.shape
+    sims = head_similarity(sa.features, sb.features)
+    sim = sims["similarity"]
+    importance = [s.drop if prob else s.cls_dist for s in (sa, sb)]  # [L, H] each
+    ranks = [_ranks(v) for v in importance]
+    matched = match_heads(sim)
+    pairs = []
+    for r, c in matched:
+        (i, h), (j, g) = divmod(r, ha), divmod(c, hb)
+        kinds = [sa.kind_of(i, h), sb.kind_of(j, g)]
+        pats = [sa.pattern_of(i, h), sb.pattern_of(j, g)]
+        rank = [float(ranks[0][i, h]), float(ranks[1][j, g])]
+        pairs.append({
+            "a": _head(i, h), "b": _head(j, g), "similarity": _num(sim[r, c]),
+            "components": {k: _num(sims[k][r, c]) for k in COMPONENTS if k in sims},
+            "good": bool(sim[r, c] >= good),
+            "depth": [i / max(la - 1, 1), j / max(lb - 1, 1)],
+            "importance": [_num(importance[0][i, h]), _num(importance[1][j, g])],
+            "importance_rank": rank, "importance_changed": abs(rank[0] - rank[1]) >= IMPORTANCE_SHIFT - 1e-9,
+            "kind": kinds, "kind_changed": kinds[0] != kinds[1],
+            "pattern": pats, "pattern_changed": pats[0] != pats[1],
+        })
+    unique: dict[str, list[dict[str, Any]]] = {}
+    for side, rows, width, other in (("a", sim, ha, hb), ("b", sim.T, hb, ha)):
+        paired = {(r if side == "a" else c): sim[r, c] >= good for r, c in matched}
+        unique[side] = []
+        for k in range(rows.shape[0]):
+            if paired.get(k, False):
+                continue
+            best = int(np.argmax(np.nan_to_num(rows[k], nan=-1.0)))
+            unique[side].append({**_head(*divmod(k, width)), "paired": k in paired, "best": _num(rows[k, best]),
+                                 "best_partner": head_name(*divmod(best, other))})
+    return {
+        "assignment": "global: one optimal assignment over all heads of both models (scipy linear_sum_assignment)",
+        "components": [k for k in COMPONENTS if k in sims],
+        "good_match": good,
+        "importance_metric": "drop of P[true] (whole head)" if prob else "cls_dist (whole head)",
+        "importance_shift": IMPORTANCE_SHIFT,
+        "mean_similarity": _mean(np.asarray([p["similarity"] for p in pairs], dtype=float)),
+        "pairs": pairs,
+        "unique": unique,
+    }
+
+
+def _pair(values: list, fmt: str) -> str:
+    return " / ".join("n/a" if v is None else format(v, fmt) for v in values)
+
+
+def format_report(result: dict[str, Any], names: tuple[str, str] = ("A", "B")) -> str:
+    """The readable report `vitscope compare` prints without --json."""
+    na, nb = names
+    (la, ha, ga), (lb, hb, gb) = result["shape"]
+    align = result["layer_alignment"]
+    lines = [f"A: {printable(na)}  {result['models'][0]}: {la} layers × {ha} heads, {ga}×{ga} patches",
+             f"B: {printable(nb)}  {result['models'][1]}: {lb} layers × {hb} heads, {gb}×{gb} patches",
+             f"images: {result['images']} matched by image_id and valid in both (of {result['images_listed'][0]} and "
+             f"{result['images_listed'][1]} listed)"]
+    acc = result["accuracy"]
+    if result["top1_agreement"] is None:
+        lines.append("top-1: not comparable (a store without class probabilities, or different bases); "
+                     f"accuracy A / B {_pair(acc, '.1%')}")
+    else:
+        lines.append(f"top-1 agreement of the unpruned models: {result['top1_agreement']:.1%} "
+                     f"(accuracy A / B {_pair(acc, '.1%')})")
+    lines.append(f"layers: {align['rule']}")
+    if align["relative_depth"]:
+        hidden = sorted(set(range(lb)) - set(align["b_layer"]))
+        lines[-1] += (f"; B's layer{'s' if len(hidden) > 1 else ''} {', '.join(map(str, hidden))} "
+                      "not shown (swap A and B to see them)" if hidden else "")
+    lines += ["", "Per layer, A / B: mean attention distance (patches), strength entropy, mean drop of P[true] "
+              "(whole head), the most common pattern label (share of maps), head kinds",
+              f"  {'layer':<7} {'distance':<13} {'entropy':<13} {'drop':<17} {'pattern':<33} kinds"]
+    for row in result["layers"]:
+        pats = []
+        for k in range(2):
+            name, share = max(((p, v[k] or 0.0) for p, v in row["patterns"].items()), key=lambda t: t[1])
+            pats.append(f"{name} {share:.0%}")
+        kinds = " / ".join(" ".join(f"{n[0].upper()}{v[k]}" for n, v in row["kinds"].items() if v[k])
+                           for k in range(2))
+        lines.append(f"  {row['layer']:>2}↔{row['layer_b']:<3} {_pair(row['distance'], '.2f'):<13} "
+                     f"{_pair(row['entropy'], '.3f'):<13} {_pair(row['drop'], '+.4f'):<17} "
+                     f"{' / '.join(pats):<33} {kinds}")
+    lines += _head_lines(result["heads"])
+    return "\n".join(lines)
+
+
+def _head_lines(heads: dict[str, Any]) -> list[str]:
+    pairs = heads["pairs"]
+    good = heads["good_match"]
+    moved = sum(p["a"]["layer"] != p["b"]["layer"] for p in pairs)
+    lines = ["", f"Heads paired by behaviour ({heads['assignment'].split(':')[0]} assignment over all heads; "
+             f"similarity = mean of {', '.join(heads['components'])}; a good partner ≥ {good:.2f})",
+             f"  {len(pairs)} pairs, {sum(p['good'] for p in pairs)} good, mean similarity "
+             f"{_pair([heads['mean_similarity']], '.3f')}; {moved} in another layer; kind changed "
+             f"{sum(p['kind_changed'] for p in pairs)}, pattern changed {sum(p['pattern_changed'] for p in pairs)}, "
+             f"importance rank moved ≥ {heads['importance_shift']:.2f}: {sum(p['importance_changed'] for p in pairs)}",
+             f"  {'A':<7} {'B':<7} {'sim':<7} {'kind A → B':<24} {'pattern A → B':<24} importance rank A → B "
+             f"({heads['importance_metric']})"]
+    for p in pairs:
+        kind = p["kind"][0] if not p["kind_changed"] else " → ".join(p["kind"])
+        pat = p["pattern"][0] if not p["pattern_changed"] else " → ".join(p["pattern"])
+        flag = "" if p["good"] else " ✗"
+        lines.append(f"  {p['a']['name']:<7} {p['b']['name']:<7} {_pair([p['similarity']], '.3f') + flag:<7} "
+                     f"{kind:<24} {pat:<24} {p['importance_rank'][0]:.2f} → {p['importance_rank'][1]:.2f}"
+                     + ("  *" if p["importance_changed"] else ""))
+    for side, what in (("a", "A"), ("b", "B")):
+        alone = heads["unique"][side]
+        text = ", ".join(f"{u['name']} (best {_pair([u['best']], '.2f')}, {u['best_partner']}"
+                         f"{'' if u['paired'] else ', unpaired'})" for u in alone)
+        lines.append(f"Roles only in {what} (no partner ≥ {good:.2f}): {text or 'none'}")
+    return lines
