@@ -9,8 +9,9 @@ CLI prints as text or JSON and a view can draw. Definitions (docs/guide.md, "Com
 - **Layers**: with equal depth layer i of A ↔ layer i of B. Otherwise by relative depth (`align_layers`): layer i
   of A ↔ layer ⌊i·(L_B − 1)/(L_A − 1) + ½⌋ of B, first ↔ first and last ↔ last.
 - **Head similarity** (`head_similarity`): the mean of up to four similarities in [0, 1], each 1 for the same
-  behaviour, computed from per-head means over the matched images (`HeadFeatures`); identical heads get exactly 1
-  up to float rounding. The strength and CLS terms need the same patch grid and are left out otherwise.
+  behaviour, over the matched images (`HeadFeatures`): three per-head statistics (attention distance, strength
+  vector, pattern distribution) and the heads' CLS attention compared image by image. Identical heads get 1 up to
+  float rounding. The strength and CLS terms need the same patch grid and are left out otherwise.
 - **Head matching** (`match_heads`): one optimal assignment (`scipy.optimize.linear_sum_assignment`, total
   similarity maximised) over all heads of both models at once, not layer by layer: a role that moved in depth
   is a finding, and models of different depth have no layer-to-layer pairing to restrict it to. With unequal
@@ -34,7 +35,6 @@ from vitscope.text import printable
 from vitscope.vocab import GOOD_PARTNER, HEAD_KINDS, OFFSETS, PATTERNS, WHOLE_HEAD, head_name
 
 COMPONENTS = ("distance", "strength", "patterns", "cls")  # the terms of the head similarity, equally weighted
-GRID_COMPONENTS = ("strength", "cls")  # defined on the patch grid: only when both stores have the same grid
 GOOD_MATCH = GOOD_PARTNER  # a pair below it has no good partner (vocab.py says why this value)
 # A paired head's importance changed when its rank among its own model's heads (0 least, 1 most important) moved
 # by at least this much: a third of the ranking, e.g. from the top third to the middle of it.
@@ -163,7 +163,7 @@ def cls_correlation(ca: np.ndarray, cb: np.ndarray, chunk: int = 64) -> np.ndarr
     total, count = np.zeros((ha, hb)), np.zeros((ha, hb))
     for start in range(0, n, chunk):
         za, zb = _standardised(ca[start:start + chunk]), _standardised(cb[start:start + chunk])
-        r = np.einsum("nik,njk->nij", za, zb)  # [images, ha, hb]
+        r = za @ zb.transpose(0, 2, 1)  # [images, ha, hb]: correlations, image by image
         ok = np.isfinite(r)
         total += np.where(ok, np.clip(r, 0, 1), 0).sum(0)
         count += ok.sum(0)
@@ -283,15 +283,14 @@ def compare(a: xr.Dataset, b: xr.Dataset, *, good: float = GOOD_MATCH) -> dict[s
         a.attrs.get("prob_basis", "classifier") == "classifier"
         or list(a["class_name"].values) == list(b["class_name"].values))
     t1a, t1b = sa.top1(), sb.top1()
-    labels = a["label"].isel(image=ia).values
     out: dict[str, Any] = {
         "images": len(ia),
         "images_listed": [int(a.sizes["image"]), int(b.sizes["image"])],
         "models": [printable(a.attrs.get("model_spec", "?")), printable(b.attrs.get("model_spec", "?"))],
         "shape": [[la, ha, sa.features.grid], [lb, hb, sb.features.grid]],
         "top1_agreement": _num(np.mean(t1a == t1b)) if comparable else None,
-        "accuracy": [_num(np.mean(t1a == labels)) if _has_basis(a) else None,
-                     _num(np.mean(t1b == labels)) if _has_basis(b) else None],
+        "accuracy": [_num(np.mean(s.top1() == s.ds["label"].isel(image=s.images).values)) if _has_basis(s.ds)
+                     else None for s in (sa, sb)],
     }
     out["layer_alignment"] = {"layers": [la, lb], "relative_depth": la != lb, "rule": alignment_rule(la, lb),
                               "b_layer": align_layers(la, lb)}
