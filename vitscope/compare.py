@@ -21,6 +21,7 @@ CLI prints as text or JSON and a view can draw. Definitions (docs/guide.md, "Com
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -394,8 +395,8 @@ def format_report(result: dict[str, Any], names: tuple[str, str] = ("A", "B")) -
         hidden = sorted(set(range(lb)) - set(align["b_layer"]))
         lines[-1] += (f"; B's layer{'s' if len(hidden) > 1 else ''} {', '.join(map(str, hidden))} "
                       "not shown (swap A and B to see them)" if hidden else "")
-    lines += ["", "Per layer, A / B: mean attention distance (patches), strength entropy, mean drop of P[true] "
-              "(whole head), the most common pattern label (share of maps), head kinds",
+    lines += ["", "Per layer, A / B over the matched images and the layer's heads: mean attention distance (patches),",
+              "strength entropy, drop of P[true] when one head is pruned, the most common pattern label, head kinds",
               f"  {'layer':<7} {'distance':<13} {'entropy':<13} {'drop':<17} {'pattern':<33} kinds"]
     for row in result["layers"]:
         pats = []
@@ -415,8 +416,8 @@ def _head_lines(heads: dict[str, Any]) -> list[str]:
     pairs = heads["pairs"]
     good = heads["good_match"]
     moved = sum(p["a"]["layer"] != p["b"]["layer"] for p in pairs)
-    lines = ["", f"Heads paired by behaviour ({heads['assignment'].split(':')[0]} assignment over all heads; "
-             f"similarity = mean of {', '.join(heads['components'])}; a good partner ≥ {good:.2f})",
+    lines = ["", f"Heads paired by behaviour: one assignment over all heads of both models; similarity = the mean of "
+             f"{', '.join(heads['components'])}", f"(docs/guide.md); a good partner ≥ {good:.2f}",
              f"  {len(pairs)} pairs, {sum(p['good'] for p in pairs)} good, mean similarity "
              f"{_pair([heads['mean_similarity']], '.3f')}; {moved} in another layer; kind changed "
              f"{sum(p['kind_changed'] for p in pairs)}, pattern changed {sum(p['pattern_changed'] for p in pairs)}, "
@@ -434,5 +435,6 @@ def _head_lines(heads: dict[str, Any]) -> list[str]:
         alone = heads["unique"][side]
         text = ", ".join(f"{u['name']} (best {_pair([u['best']], '.2f')}, {u['best_partner']}"
                          f"{'' if u['paired'] else ', unpaired'})" for u in alone)
-        lines.append(f"Roles only in {what} (no partner ≥ {good:.2f}): {text or 'none'}")
+        lines += textwrap.wrap(f"Roles only in {what} (no partner ≥ {good:.2f}): {text or 'none'}", width=120,
+                               subsequent_indent="  ", break_on_hyphens=False)
     return lines
