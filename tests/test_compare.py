@@ -223,3 +223,16 @@ def test_bad_input_is_one_line(stores, capsys):
         assert len(err.strip().splitlines()) == 1 and what in err and err.startswith("vitscope compare: error:"), err
     code, out, err = run(capsys, stores["a"], stores["a"], "--good", "2")
     assert code == 2 and "--good 2" in err
+
+
+def test_other_grids_compare_without_the_grid_terms(stores):
+    """Models with other patch grids (ViT-S/8 against ViT-S/16 on the same photos) have no common strength hops or
+    CLS vectors: their heads are compared by distance and patterns only, and identical heads still score 1."""
+    ds = store.open_store(stores["a"])
+    f = head_features(ds, np.flatnonzero(ds["valid"].values))
+    coarse = type(f)(distance=f.distance, strength=f.strength[..., :4], patterns=f.patterns,
+                     cls=f.cls[..., :33], grid=4)
+    sims = head_similarity(f, coarse)
+    assert "strength" not in sims and "cls" not in sims
+    np.testing.assert_allclose(sims["similarity"], (sims["distance"] + sims["patterns"]) / 2)
+    np.testing.assert_allclose(np.diag(sims["similarity"]), 1.0, atol=1e-12)
