@@ -127,6 +127,7 @@ def test_two_swapped_heads_pair_crosswise(stores):
     # the output is the same model's: every pair behaves alike (up to float rounding in the swapped layer's sums)
     assert min(p["similarity"] for p in r["heads"]["pairs"]) > 0.999
     assert r["top1_agreement"] == 1.0 and r["heads"]["unique"] == {"a": [], "b": []}
+    assert not any(p["moved"] for p in r["heads"]["pairs"])
     a, b = (store.open_store(stores[k]) for k in ("a", "swap"))
     np.testing.assert_allclose(a["attention_distance"].isel(layer=layer, head=h1).values,
                                b["attention_distance"].isel(layer=layer, head=h2).values, rtol=1e-4)
@@ -170,6 +171,7 @@ def test_json_is_what_the_stores_hold(stores, capsys):
     # 16 heads against 4: four pairs, twelve heads of A without a partner at all
     heads = r["heads"]
     assert len(heads["pairs"]) == 4 and sum(not u["paired"] for u in heads["unique"]["a"]) == 12
+    assert all(p["moved"] == (p["b"]["layer"] != [0, 0, 1, 1][p["a"]["layer"]]) for p in heads["pairs"])
     assert all(u["paired"] for u in heads["unique"]["b"])
 
 

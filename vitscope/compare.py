@@ -327,6 +327,7 @@ def _head(layer: int, head: int) -> dict[str, Any]:
 
 def _heads(sa: _Side, sb: _Side, good: float, prob: bool) -> dict[str, Any]:
     (la, ha), (lb, hb) = sa.features.shape, sb.features.shape
+    b_layer = align_layers(la, lb)
     sims = head_similarity(sa.features, sb.features)
     sim = sims["similarity"]
     importance = [s.drop if prob else s.cls_dist for s in (sa, sb)]  # [L, H] each
@@ -343,6 +344,7 @@ def _heads(sa: _Side, sb: _Side, good: float, prob: bool) -> dict[str, Any]:
             "components": {k: _num(sims[k][r, c]) for k in COMPONENTS if k in sims},
             "good": bool(sim[r, c] >= good),
             "depth": [i / max(la - 1, 1), j / max(lb - 1, 1)],
+            "moved": j != b_layer[i],  # B's head is not in the layer aligned with A's (a role moved in depth)
             "importance": [_num(importance[0][i, h]), _num(importance[1][j, g])],
             "importance_rank": rank, "importance_changed": abs(rank[0] - rank[1]) >= IMPORTANCE_SHIFT - 1e-9,
             "kind": kinds, "kind_changed": kinds[0] != kinds[1],
@@ -415,11 +417,11 @@ def format_report(result: dict[str, Any], names: tuple[str, str] = ("A", "B")) -
 def _head_lines(heads: dict[str, Any]) -> list[str]:
     pairs = heads["pairs"]
     good = heads["good_match"]
-    moved = sum(p["a"]["layer"] != p["b"]["layer"] for p in pairs)
+    moved = sum(p["moved"] for p in pairs)
     lines = ["", f"Heads paired by behaviour: one assignment over all heads of both models; similarity = the mean of "
              f"{', '.join(heads['components'])}", f"(docs/guide.md); a good partner ≥ {good:.2f}",
              f"  {len(pairs)} pairs, {sum(p['good'] for p in pairs)} good, mean similarity "
-             f"{_pair([heads['mean_similarity']], '.3f')}; {moved} in another layer; kind changed "
+             f"{_pair([heads['mean_similarity']], '.3f')}; {moved} outside the aligned layer of B; kind changed "
              f"{sum(p['kind_changed'] for p in pairs)}, pattern changed {sum(p['pattern_changed'] for p in pairs)}, "
              f"importance rank moved ≥ {heads['importance_shift']:.2f}: {sum(p['importance_changed'] for p in pairs)}",
              f"  {'A':<7} {'B':<7} {'sim':<7} {'kind A → B':<24} {'pattern A → B':<24} importance rank A → B "
