@@ -252,7 +252,7 @@ def normalise(images: np.ndarray, mean, std) -> torch.Tensor:
 
 class Preprocessor:
     """The model's own timm eval transform, split so the store can keep what the model saw (uint8); for a
-    transformers model, its image processor's settings (`vitscope.models.hf.HFPreprocessing`)."""
+    transformers model, its image processor's settings (`vitscope.models.hf_preprocessing.HFPreprocessing`)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         hf = getattr(model, "vitscope_preprocessing", None)  # set by HFViTAdapter
