@@ -8,7 +8,7 @@ import zarr
 from app_helpers import make_store
 from bokeh.events import Tap
 
-from vitscope import build
+from vitscope import layouts
 from vitscope.app.data import StoreData, poll_layouts
 from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_map import PatternMap
@@ -54,7 +54,7 @@ def test_views_say_computing_then_draw_each_layout_as_it_lands(pending, monkeypa
     assert overview.marker.data["x"] == []  # no place for the image yet
     assert poll_layouts(data, {"image_xy"}, lambda names: None) is False  # no served session: nothing to poll
 
-    monkeypatch.setattr(build, "layouts_status", lambda p: "running")
+    monkeypatch.setattr(layouts, "layouts_status", lambda p: "running")
     assert data.layout_note("image_xy") == "computing layout…"
     pmap.update()  # any change of the selection tells it anew
     assert pmap.note.text == "computing layout…"
@@ -84,7 +84,7 @@ def test_views_say_computing_then_draw_each_layout_as_it_lands(pending, monkeypa
 
 def test_a_failed_background_layout_is_said(pending, monkeypatch):
     data = StoreData(pending[0])
-    monkeypatch.setattr(build, "layouts_status", lambda p: "failed: out of memory")
+    monkeypatch.setattr(layouts, "layouts_status", lambda p: "failed: out of memory")
     assert data.layout_note("head_xy_patch") == "layout failed (see the terminal)"
 
 

@@ -230,7 +230,8 @@ def test_layouts_later_opens_the_store_first_and_ends_the_same(in_process, tmp_p
     import threading
 
     from vitscope.analysis import layout
-    from vitscope.build import LAYOUTS, BuildConfig, build, layouts_status, wait_layouts
+    from vitscope.build import BuildConfig, build
+    from vitscope.layouts import LAYOUTS, layouts_status, wait_layouts
 
     gate, real = threading.Event(), layout.tsne_2d
 
@@ -253,7 +254,8 @@ def test_layouts_later_opens_the_store_first_and_ends_the_same(in_process, tmp_p
 
 def test_layouts_left_pending_are_finished_by_the_same_build(in_process, tmp_path, monkeypatch, capsys):
     from vitscope.analysis import layout
-    from vitscope.build import BuildConfig, build, layouts_status, wait_layouts
+    from vitscope.build import BuildConfig, build
+    from vitscope.layouts import layouts_status, wait_layouts
 
     real, calls = layout.tsne_2d, []
 

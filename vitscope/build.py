@@ -2,9 +2,9 @@
 
 Per image chunk: preprocess, the per-image analysis of `vitscope.analyse` batch by batch, write the chunk's
 region, mark it done. Then, over the whole set: head consistency and kinds (the store opens from here on, with
-`layouts_pending` naming the layouts still to come), then the tSNE layouts one by one, the pattern
-autoencoder before the layout of its latents. `vitscope demo` serves the app at that point and computes the
-layouts in a background thread (`layouts_later`); the views fill them in as they land.
+`layouts_pending` naming the layouts still to come), then the tSNE layouts (`vitscope.layouts`): `vitscope
+demo` serves the app at that point and computes them in a background thread (`layouts_later`); the views fill
+them in as they land.
 Chunks run in this process or on a Dask cluster (each worker writes its own regions).
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -24,15 +23,13 @@ from tqdm import tqdm
 
 from vitscope import store
 from vitscope.analyse import analyse_batch
-from vitscope.analysis import autoencoder, binary, consistency, layout, probe, sinks
+from vitscope.analysis import binary, consistency, probe, sinks
 from vitscope.config import BuildConfig, cache_root
 from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
+from vitscope.layouts import LAYOUTS, compute_layouts, pending_layouts
 from vitscope.models import ViTAdapter, load_model, weights_hash
 from vitscope.text import printable
-from vitscope.vocab import WHOLE_HEAD
-
-LAYOUTS = ("image_xy", "head_xy_cls", "head_xy_patch")  # in the order they are computed
 
 
 def demo_store(device: str = "cpu", limit: int | None = None, *, layouts_later: bool = False,
@@ -40,7 +37,8 @@ def demo_store(device: str = "cpu", limit: int | None = None, *, layouts_later: 
     """The demo store in the cache: built on first use (progress bars), reused after; rebuilt if stale.
 
     `layouts_later` returns as soon as the store opens (per-image analysis and head kinds done) and computes
-    the layouts in a background thread (`layouts_status`, `wait_layouts`): the app can be served meanwhile.
+    the layouts in a background thread (`vitscope.layouts.layouts_status`, `wait_layouts`): the app can be
+    served meanwhile.
     """
     from vitscope.errors import StoreMismatch
 
@@ -88,7 +86,7 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
             return out
         if attrs.get("complete"):
             _say(cfg, f"resuming {out}: computing its layouts ({', '.join(pending_layouts(attrs))})")
-            _layouts(out, cfg, layouts_later, timings)
+            compute_layouts(out, cfg, layouts_later, timings)
             return out
         _say(cfg, f"resuming {out}: {int(store.done_chunks(out).sum())} of {store.read_layout(out).chunks} "
                   "chunks already done")
@@ -135,7 +133,7 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
         ) from None
     timings["images"] = time.perf_counter() - t
     finish_heads(out, cfg)
-    _layouts(out, cfg, layouts_later, timings)
+    compute_layouts(out, cfg, layouts_later, timings)
     return out
 
 
@@ -237,11 +235,6 @@ def registers(adapter: ViTAdapter) -> int:
     return int(count or 0)
 
 
-def pending_layouts(attrs: dict) -> list[str]:
-    """The layouts a store opens without yet (none for stores built before layouts could come later)."""
-    return list(attrs.get("layouts_pending", []))
-
-
 def finish_heads(out: Path, cfg: BuildConfig) -> None:
     """Head consistency, sink heads and kinds, the layers' frequent sinks and high-norm tokens, over every readable
     image; from here on the store opens, its layouts pending."""
@@ -267,93 +260,6 @@ def finish_heads(out: Path, cfg: BuildConfig) -> None:
     store.write_global(out, arrays,
                        {"valid_images": nv, "layout_metric": probe.layout_metric(ds.attrs, cfg.layout_metric),
                         "layouts_pending": list(LAYOUTS)})
-
-
-def finish_layouts(out: Path, cfg: BuildConfig, timings: dict[str, float] | None = None) -> None:
-    """The tSNE layouts still pending, each written as soon as it is done (the app shows it then), with the
-    pattern autoencoder and its latents before the patch layout."""
-    import xarray as xr
-
-    ds = xr.open_zarr(str(out), consolidated=True)
-    lay = store.read_layout(out)
-    valid = ds["valid"].values
-    nv, L, H = int(valid.sum()), lay.layers, lay.heads
-
-    def scatter(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        full = np.full((lay.images, *shape), np.nan, np.float32)
-        full[valid] = values.reshape(nv, *shape)
-        return full
-
-    pending = pending_layouts(ds.attrs)
-    timings = {} if timings is None else timings
-    timings.setdefault("tsne", 0.0)
-    for name in [n for n in LAYOUTS if n in pending]:
-        arrays, attrs = {}, {}
-        if name == "image_xy":
-            metric = probe.layout_metric(ds.attrs, cfg.layout_metric)  # no class basis: a feature metric
-            data = ds["importance"].sel(mode=WHOLE_HEAD, metric=metric).values[valid].reshape(nv, L * H)
-        elif name == "head_xy_cls":
-            data = ds["cls_attention"].values[valid].astype(np.float32).reshape(nv * L * H, -1)
-        else:
-            t = time.perf_counter()
-            maps = autoencoder.PackedMaps(ds["binary_index"].values[valid].reshape(nv * L * H, -1), lay.binary_size)
-            model, losses = autoencoder.train_autoencoder(maps, latent=lay.latent, epochs=cfg.ae_epochs,
-                                                          seed=cfg.seed, max_maps=cfg.ae_maps, device=cfg.device,
-                                                          progress=cfg.progress)
-            data = autoencoder.encode(model, maps, device=cfg.device, progress=cfg.progress)  # [Nv·L·H, latent]
-            arrays["pattern_latent"] = scatter(data, (L, H, lay.latent))
-            attrs["ae_loss"] = [float(v) for v in losses]
-            timings["autoencoder"] = time.perf_counter() - t
-        t = time.perf_counter()
-        with tqdm(total=layout.iterations(len(data)), desc=f"tSNE layouts: {name} ({len(data)} points)",
-                  unit="it", disable=not cfg.progress) as bar:
-            xy = layout.tsne_2d(data, seed=cfg.seed, progress=bar.update)
-        timings["tsne"] += time.perf_counter() - t
-        arrays[name] = scatter(xy, (2,) if name == "image_xy" else (L, H, 2))
-        pending.remove(name)
-        store.write_global(out, arrays, {**attrs, "layouts_pending": pending})
-
-
-# Layouts computed in a background thread of this process: store path → (thread, [status]).
-_BACKGROUND: dict[str, tuple[threading.Thread, list[str]]] = {}
-
-
-def _layouts(out: Path, cfg: BuildConfig, later: bool, timings: dict[str, float]) -> None:
-    if not later:
-        finish_layouts(out, cfg, timings)
-        return
-    key = str(Path(out).resolve())
-    status = ["running"]
-
-    def run() -> None:
-        try:
-            finish_layouts(out, cfg, timings)
-        except Exception as e:  # noqa: BLE001 - a thread's error: one line, the store keeps what it has
-            status[0] = f"failed: {e}"
-            print(f"vitscope: computing the layouts of {out} failed: {e}; run the same command again to retry",
-                  file=sys.stderr)
-            return
-        status[0] = "done"
-        times = ", ".join(f"{k} {timings[k]:.1f} s" for k in ("autoencoder", "tsne") if k in timings)
-        _say(cfg, f"layouts of {out} ready ({times}): the app shows them now")
-
-    thread = threading.Thread(target=run, name=f"vitscope layouts {out}", daemon=True)
-    _BACKGROUND[key] = (thread, status)
-    thread.start()
-
-
-def layouts_status(path: str | Path) -> str | None:
-    """"running", "done" or "failed: …" for layouts computed in this process's background; None otherwise."""
-    got = _BACKGROUND.get(str(Path(path).resolve()))
-    return None if got is None else got[1][0]
-
-
-def wait_layouts(path: str | Path, timeout: float | None = None) -> str | None:
-    """Wait for this process's background layouts of a store (if any); their status then."""
-    got = _BACKGROUND.get(str(Path(path).resolve()))
-    if got is not None:
-        got[0].join(timeout)
-    return layouts_status(path)
 
 
 # -- Dask scale-out ----------------------------------------------------------------------------

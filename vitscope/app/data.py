@@ -77,7 +77,7 @@ class StoreData:
         """'' for a layout in the store, else what the view shows instead: being computed here, or not yet."""
         if name not in self.layouts_pending:
             return ""
-        from vitscope.build import layouts_status
+        from vitscope.layouts import layouts_status
 
         status = layouts_status(self.path)
         if status == "running":
