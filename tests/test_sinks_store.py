@@ -118,6 +118,14 @@ def test_info_and_summary_print_the_sinks_section(built):
             assert f"{regs[layer]:.1%}" in line, (layer, line)
 
 
+def test_summary_selects_by_label(built):
+    """The summary reads modes and metrics by their labels and layers, heads, ranks and prefix tokens by their dims'
+    names: the same store with its axes reordered gives the same text."""
+    ds = store.open_store(built[1])
+    shuffled = ds.isel(mode=[3, 0, 5, 1, 4, 2], metric=[2, 0, 3, 1]).transpose("image", "head", "layer", ...)
+    assert store_summary(shuffled) == store_summary(ds)
+
+
 def test_a_v2_store_opens_and_says_the_sinks_are_missing(built, tmp_path):
     """A store written before v3: no sink variables, schema 2. It opens, `info` and the summary say the sinks are
     missing, and a build refuses to resume it (its fingerprint names schema 2)."""

@@ -133,9 +133,10 @@ def _info_arrays(path: Path) -> dict:
     """The small per-head arrays `info` summarises (whatever chunks are finished; the rest is not valid)."""
     import xarray as xr
 
-    from vitscope.vocab import METRICS
+    from vitscope.vocab import METRICS, MODES
 
-    ds = xr.open_zarr(str(path), consolidated=True)
+    # by label: the summaries index these numpy arrays by mode and by METRICS' order
+    ds = xr.open_zarr(str(path), consolidated=True).sel(mode=list(MODES))
     out = {name: ds[name].values for name in ("label", "valid", "baseline_prob", "topk_idx", "strength_entropy")
            if name in ds}
     out["valid"] = out["valid"].astype(bool)

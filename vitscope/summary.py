@@ -7,21 +7,36 @@ import xarray as xr
 
 from vitscope.analysis.probe import basis_text
 from vitscope.text import printable
-from vitscope.vocab import ABLATION_MODES, HEAD_KINDS, MODE_NAMES, OFFSETS, PATTERNS, SINK_SHARE, head_name
+from vitscope.vocab import (
+    ABLATION_MODES,
+    HEAD_KINDS,
+    METRICS,
+    MODE_NAMES,
+    OFFSETS,
+    PATTERNS,
+    SINK_SHARE,
+    WHOLE_HEAD,
+    head_name,
+)
 
 BARS = " ▁▂▃▄▅▆▇█"
 
 
 def store_summary(ds: xr.Dataset) -> str:
-    valid = ds["valid"].values
-    imp = ds["importance"].values[valid]  # [N, L, H, mode, metric]
+    """The summary `vitscope demo` prints: every number selected by label (mode, metric), so a store whose axes
+    are reordered or subset still gives the right layer, mode and metric."""
+    ok = ds.isel(image=np.flatnonzero(ds["valid"].values))  # the readable images
+    imp = ok["importance"].transpose("image", "layer", "head", "mode", "metric")
     N, L, H = imp.shape[:3]
-    metric = {m: i for i, m in enumerate(ds["metric"].values)}
-    base = imp[..., 0, metric["prob"]]
-    top1 = ds["topk_idx"].values[valid][:, 0, 0, 0, 0]
-    acc = float((top1 == ds["label"].values[valid]).mean())
-    drop = (base - imp[..., 1, metric["prob"]]).mean(0)  # [L, H] mean drop of P[true] with the head pruned
-    jsd = imp[..., 1, metric["jsd"]].mean(0)
+
+    def pruned(mode: int, metric: str) -> np.ndarray:
+        return imp.sel(mode=mode, metric=metric).values  # [N, L, H]
+
+    base = pruned(0, "prob")
+    top1 = ok["topk_idx"].sel(mode=0).isel(layer=0, head=0, k=0).values  # unpruned: the same for every head
+    acc = float((top1 == ok["label"].values).mean())
+    drop = (base - pruned(WHOLE_HEAD, "prob")).mean(0)  # [L, H] mean drop of P[true] with the head pruned
+    jsd = pruned(WHOLE_HEAD, "jsd").mean(0)
     grid = int(ds.attrs["patch_grid"])
     basis = ds.attrs.get("prob_basis", "classifier")
     probed = " of its linear probe" if basis == "linear probe" else ""
@@ -39,34 +54,34 @@ def store_summary(ds: xr.Dataset) -> str:
             cells = "".join(f" {BARS[int(np.clip(d / top, 0, 1) * (len(BARS) - 1))]} {d:+.4f}" for d in drop[i])
             lines.append(f"layer {i:<2}{cells}")
     rank, what = (jsd, "JSD of the output") if basis != "none" else (
-        imp[..., 1, metric["cls_dist"]].mean(0), "CLS distance of the attention output")
+        pruned(WHOLE_HEAD, "cls_dist").mean(0), "CLS distance of the attention output")
     order = np.argsort(-rank.ravel())[:5]
     lines += ["", f"Most important heads by mean {what} (mode 1): "
               + ", ".join(f"L{k // H}H{k % H} {rank.ravel()[k]:.3f}" for k in order)]
     lines += ["", "Mean over all heads, by pruning mode:     drop P[true]    JSD   cls_dist  patch_dist"]
     for m in ABLATION_MODES:
-        d = imp[..., m, :].reshape(-1, imp.shape[-1]).mean(0)
-        lines.append(f"  mode {m} {MODE_NAMES[m]:<22}       {base.mean() - d[metric['prob']]:+.4f}  "
-                     f"{d[metric['jsd']]:.4f}   {d[metric['cls_dist']]:.4f}     {d[metric['patch_dist']]:.4f}")
-    ent = ds["strength_entropy"].values[valid].mean(0)  # [L, H]
-    dist = ds["attention_distance"].values[valid].mean(0)
+        d = {name: pruned(m, name).mean() for name in METRICS}
+        lines.append(f"  mode {m} {MODE_NAMES[m]:<22}       {base.mean() - d['prob']:+.4f}  "
+                     f"{d['jsd']:.4f}   {d['cls_dist']:.4f}     {d['patch_dist']:.4f}")
+    ent = ok["strength_entropy"].transpose("image", "layer", "head").values.mean(0)  # [L, H]
+    dist = ok["attention_distance"].transpose("image", "layer", "head").values.mean(0)
     lines += ["", "Attention by layer:  strength entropy (0 local … 1 global)   mean distance (patches)"]
     for i in range(L):
         lines.append(f"  layer {i:<2}            {ent[i].mean():.3f}                          {dist[i].mean():.2f}")
-    labels = ds["pattern_label"].values[valid]
-    offsets = ds["pattern_offset"].values[valid]
+    labels = ok["pattern_label"].values
+    offsets = ok["pattern_offset"].values
     counts = [f"{name} {np.mean(labels == k):.0%}" for k, name in enumerate(PATTERNS)]
     diag = offsets[labels == 0]
     if diag.size:
         counts[0] += " (" + ", ".join(f"{o} {np.mean(diag == k):.0%}" for k, o in enumerate(OFFSETS)
                                       if np.mean(diag == k) >= 0.01) + ")"
     lines += ["", "Patterns of all heads × images: " + ", ".join(counts)]
-    second = ds["pattern_second"].values[valid]
+    second = ok["pattern_second"].values
     mixed = [f"{PATTERNS[a]} + {PATTERNS[b]} {share:.0%}" for (a, b), share in _pairs(labels, second)[:3]
              if share >= 0.01]
     if mixed:
         lines.append("  with a second pattern: " + ", ".join(mixed))
-    kind = ds["head_kind"].values  # [L, H]
+    kind = ds["head_kind"].transpose("layer", "head").values  # [L, H]
     lines += ["", "Head kinds (agreement of each head's maps across images): "
               + ", ".join(f"{name} {int((kind == k).sum())}" for k, name in enumerate(HEAD_KINDS))]
     for i in range(L):
@@ -83,11 +98,11 @@ def store_summary(ds: xr.Dataset) -> str:
 def sink_lines(ds: xr.Dataset) -> list[str]:
     """Attention sinks, sink heads, high-norm patches and the prefix tokens' share per layer (`vitscope info` and the
     summary): what a trained ViT without registers uses a few fixed patches for (Darcet et al. 2023)."""
-    valid = ds["valid"].values
+    ok = ds.isel(image=np.flatnonzero(ds["valid"].values))  # the readable images
     grid = int(ds.attrs["patch_grid"])
     L = ds.sizes["layer"]
     ranks = ds.sizes["rank"]
-    share, kind = ds["head_sink_share"].values, ds["head_kind"].values
+    share, kind = (ds[name].transpose("layer", "head").values for name in ("head_sink_share", "head_kind"))
     sink = np.argwhere(kind == HEAD_KINDS.index("sink"))
     lines = [f"Sink heads (≥ {SINK_SHARE:.0%} of the 1s of their binarised maps, over all images, on the same "
              f"≤ {ranks} target patches): "
@@ -101,13 +116,13 @@ def sink_lines(ds: xr.Dataset) -> list[str]:
         at = [k for k, p in enumerate(prefix) if p.startswith(name)]
         if at:
             groups[{"reg": "registers"}.get(name, name)] = at
-    prefix_share = ds["prefix_share"].values[valid].astype(np.float64)  # [N, L, n]
-    top_share = ds["sink_share"].values[valid].astype(np.float64).sum(-1).mean(0)  # [L]
-    norm = ds["norm_ratio"].values[valid][..., 0].astype(np.float64).mean(0)  # [L]
+    prefix_share = ok["prefix_share"].transpose("image", "layer", "prefix").values.astype(np.float64)  # [N, L, n]
+    top_share = ok["sink_share"].transpose("image", "layer", "rank").values.astype(np.float64).sum(-1).mean(0)  # [L]
+    norm = ok["norm_ratio"].isel(rank=0).transpose("image", "layer").values.astype(np.float64).mean(0)  # [L] largest
 
     def tokens(name: str, layer: int) -> str:
-        cells = [f"{_patch(int(t), grid)} {f:.0%}" for t, f in zip(ds[f"{name}_tokens"].values[layer],
-                                                                  ds[f"{name}_frequency"].values[layer],
+        cells = [f"{_patch(int(t), grid)} {f:.0%}" for t, f in zip(ds[f"{name}_tokens"].isel(layer=layer).values,
+                                                                  ds[f"{name}_frequency"].isel(layer=layer).values,
                                                                   strict=True) if t >= 0]
         return "  ".join(cells)
 

@@ -22,7 +22,7 @@ from vitscope.classes import match_class
 from vitscope.config import BuildConfig
 from vitscope.errors import VitscopeError
 from vitscope.store import has_sinks, open_store
-from vitscope.vocab import DEFAULT_METRIC, LAYOUTS
+from vitscope.vocab import DEFAULT_METRIC, LAYOUTS, MODES
 
 ENTROPY_BINS = np.linspace(0.0, 1.0, 41)  # strength entropy is normalised to [0, 1]
 
@@ -43,8 +43,11 @@ class StoreData:
                 "attention_distance", "pattern_label", "pattern_second", "pattern_offset", "pattern_score",
                 "head_consistency", "head_kind", "baseline_prob",
                 "grad_importance", "image_xy", "head_xy_cls", "head_xy_patch")
+        # The views index the mode axis of these arrays by mode (`importance[..., mode, m]`): select it by label, so a
+        # store whose modes are stored in another order still gives each view the mode it asks for.
+        by_mode = ds if [int(m) for m in ds["mode"].values] == list(MODES) else ds.sel(mode=list(MODES))
         for name in load:
-            setattr(self, name, ds[name].values)
+            setattr(self, name, by_mode[name].values)
         # The sink analysis (schema v3): a v2 store opens without it, and the views say so.
         self.has_sinks = has_sinks(ds)
         self.head_sink_share = ds["head_sink_share"].values if self.has_sinks else None  # [L, H]
