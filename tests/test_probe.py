@@ -243,10 +243,14 @@ def test_too_few_labels_give_no_basis():
     assert probe.why_no_probe(np.array([0, 0, 1, 1]), 2) is None
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # e.g. numpy's "All-NaN slice" from a view drawing NaN prob
 def test_explorer_serves_backbone_stores(probed, unlabelled, monkeypatch):
     """The app on both kinds: the sidebar names the basis; without one only the feature metrics are offered and
-    every view draws."""
+    every view draws, without a warning; the Head Importance View asked for prob says why there is none."""
+    from vitscope.app.data import StoreData
     from vitscope.app.explorer import Explorer
+    from vitscope.app.importance import HeadImportanceView
+    from vitscope.app.state import Selection
     from vitscope.service import core
 
     monkeypatch.setattr(core, "_model", lambda *a: backbone())
@@ -259,6 +263,12 @@ def test_explorer_serves_backbone_stores(probed, unlabelled, monkeypatch):
     assert "layout by cls_dist" in ex.overview.figure.title.text
     ex.selection.param.update(image=1, layer=2, head=3)
     assert ex.selection.message == "", ex.selection.message
+    view = HeadImportanceView(StoreData(unlabelled), Selection())  # prob, as a selection starts: NaN everywhere
+    assert "not in this store" in view.figure.title.text
+    assert "no class probabilities" in view.summary.text and "cls_dist, patch_dist" in view.summary.text
+    view.sel.param.update(image=2, group=[0, 1, 2])
+    view.update()
+    assert "no class probabilities" in view.summary.text
 
 
 def test_a_new_image_on_backbone_stores(probed, unlabelled, monkeypatch):
@@ -309,3 +319,4 @@ def test_cli_build_ablate_export_of_a_timm_checkpoint_without_head(tmp_path):
     assert abs(json.loads(got.stdout)["prob"] - float(ds["importance"].values[2, 3, 1, 1, 0])) < 1e-5
     snap = cli("export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
     assert snap.returncode == 0 and "linear probe" in (tmp_path / "snap.html").read_text(), snap.stderr
+

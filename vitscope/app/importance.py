@@ -68,6 +68,8 @@ def proxy_values(data: StoreData, image: int | None, cls: int | None = None) -> 
 def proxy_range(proxy: np.ndarray, y: np.ndarray, start: float, end: float, metric: str) -> tuple[float, float]:
     """The proxy axis's (start, end) that lays the proxy's min..max over the metric line's min..max on a y axis
     from `start` to `end`; flipped for `prob` (a large proxy means important, as a low P'[true])."""
+    if not (np.isfinite(proxy).any() and np.isfinite(y).any()):  # no proxy (no labels) or no metric: any axis
+        return 0.0, 1.0
     pmin, pmax, ymin, ymax = (float(f(v)) for v in (proxy, y) for f in (np.nanmin, np.nanmax))
     if not np.isfinite([pmin, pmax, ymin, ymax]).all():
         return 0.0, 1.0
@@ -117,6 +119,24 @@ def group_summary(data: StoreData, group: list[int], values: np.ndarray, metric:
         ", ".join(name(g) for g in group[:4]) + (" …" if len(group) > 4 else "")
     return (f"<b>{len(group)} heads</b> {span}: mean {METRIC_LABELS[metric]} "
             f"{np.nanmean(v):.3f}; most important {name(worst)} ({values[worst]:.3f})")
+
+
+def no_values_note(data: StoreData, metric: str) -> str:
+    """What the view says instead of an empty line when the metric has no value in the store: a backbone store
+    without labels has no class probabilities (prob, jsd are NaN), and which metrics it does offer."""
+    why = ("this store has no class probabilities (a backbone without labels: prob and jsd are undefined)"
+           if data.prob_basis == "none" else "this store holds no value of it")
+    return f"<i>{METRIC_LABELS[metric]}: {why}; it offers {', '.join(data.metrics_shown)}.</i>"
+
+
+def value_range(values: np.ndarray, *, floor: float | None = None) -> tuple[float, float] | None:
+    """(min, max) of the finite values (with `floor` in the range too), None when there are none: nanmin/nanmax
+    without their all-NaN warning."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return None
+    low, high = float(finite.min()), float(finite.max())
+    return (low, high) if floor is None else (min(floor, low), max(floor, high))
 
 
 class HeadImportanceView:
@@ -246,9 +266,9 @@ class HeadImportanceView:
         if changed is None or changed & {"image", "metric", "mode", "cls"}:
             proxy = proxy_values(d, s.image, s.cls)
             self.source.data.update(y=y, lo=lo, hi=hi, proxy=proxy)
-            top, bottom = np.nanmax(hi), np.nanmin(lo)
-            pad = 0.05 * max(float(top - bottom), 1e-6)
-            start, end = float(bottom - pad), float(top + pad)
+            bottom, top = value_range(np.concatenate([lo, hi])) or (0.0, 1.0)  # hi ≥ lo: min of lo, max of hi
+            pad = 0.05 * max(top - bottom, 1e-6)
+            start, end = bottom - pad, top + pad
             self.figure.y_range.update(start=start, end=end)
             p0, p1 = proxy_range(proxy, y, start, end, s.metric)
             self.figure.extra_y_ranges["proxy"].update(start=p0, end=p1)
@@ -259,7 +279,9 @@ class HeadImportanceView:
             image = d.readable(s.image)
             who = (f"image {image}" if image is not None else
                    "all images (mean ± std)" if s.cls is None else f"class {d.class_names[s.cls]!r} (mean ± std)")
-            self.figure.title.text = f"Head Importance View — {METRIC_LABELS[s.metric]}, {who}, mode {s.mode}"
+            self.figure.title.text = (f"Head Importance View — {METRIC_LABELS[s.metric]}, {who}, mode {s.mode}"
+                                      if np.isfinite(y).any() else
+                                      f"Head Importance View — {METRIC_LABELS[s.metric]}: not in this store")
         if changed is None or changed & {"image", "cls"}:
             values = agreement_values(d, s.image, s.cls)
             self.agree_source.data.update(signed=values["signed"], abs=values["abs"])
@@ -267,7 +289,7 @@ class HeadImportanceView:
         self.ring.data = {"x": [k], "y": [float(y[k])]}
         vals = mode_values(d, s.metric, s.layer, s.head, s.image, s.cls)
         self.bar_source.data = {"x": list(MODES), "top": vals}
-        low, high = min(0.0, float(np.nanmin(vals))), max(0.0, float(np.nanmax(vals)))
+        low, high = value_range(vals, floor=0.0) or (0.0, 1.0)
         self.mode_bars.y_range.update(start=low, end=high + 0.08 * max(high - low, 1e-9))  # JSD ~1e-4 visible
         self.bar_glyph.fill_color = layer_colours(d.layers)[s.layer]
         self.mode_bars.title.text = f"{head_name(s.layer, s.head)} in modes {MODES[0]}–{MODES[-1]}"
@@ -276,7 +298,8 @@ class HeadImportanceView:
         self.group_box.update(left=group[0] - 0.5 if group else 0, right=group[-1] + 0.5 if group else 0,
                               visible=contiguous)
         self.group_marks.data = {"x": group, "y": [float(y[g]) for g in group]}
-        self.summary.text = group_summary(d, group, y, s.metric)
+        self.summary.text = (group_summary(d, group, y, s.metric) if np.isfinite(y).any() else
+                             no_values_note(d, s.metric))
         image = d.readable(s.image)
         self.top5.text = ("<i>Select an image to see its top-5 under pruning.</i>" if image is None else
                           top5_html(d, image, s.layer, s.head, s.mode))
