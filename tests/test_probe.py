@@ -320,3 +320,32 @@ def test_cli_build_ablate_export_of_a_timm_checkpoint_without_head(tmp_path):
     snap = cli("export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
     assert snap.returncode == 0 and "linear probe" in (tmp_path / "snap.html").read_text(), snap.stderr
 
+
+def test_dask_build_of_a_backbone_equals_the_threaded_build(tmp_path):
+    """A backbone (a timm checkpoint without head.*) built on a Dask worker, a process of its own: the probe is fitted
+    once here, before the chunks, and the worker reads it back from the store for each of the 3 chunks, so the store
+    equals the in-process build's (probe, metrics, top-k, maps; one thread here as in the worker, so to the bit)."""
+    import timm
+    from safetensors.torch import save_file
+
+    from vitscope.build import build
+
+    torch.manual_seed(0)
+    save_file(timm.create_model("test_vit", num_classes=0).state_dict(), str(tmp_path / "bb.safetensors"))
+    common = dict(model="timm:test_vit", checkpoint=tmp_path / "bb.safetensors", chunk=2, ae_epochs=1,
+                  images=str(folders(tmp_path / "imgs", ("a", "b"), 3)), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # both probes fitted on features computed alike, and the workers get 1 thread each
+    try:
+        threaded = store.open_store(build(BuildConfig(out=tmp_path / "threaded.zarr", **common)))
+        dask = store.open_store(build(BuildConfig(out=tmp_path / "dask.zarr", workers=1, **common)))
+    finally:
+        torch.set_num_threads(threads)
+    assert threaded.attrs["prob_basis"] == dask.attrs["prob_basis"] == "linear probe"
+    for key in ("probe_cv_accuracy", "probe_C", "probe_folds", "fingerprint", "valid_images"):
+        assert threaded.attrs[key] == dask.attrs[key], key
+    assert dask["chunk_done"].values.all() and dask.sizes["chunk"] == 3
+    for name in ("probe_coef", "probe_bias", "label", "valid", "baseline_prob", "importance", "topk_idx", "topk_prob",
+                 "grad_importance", "strength", "cls_attention", "binary_index", "pattern_label", "head_kind"):
+        np.testing.assert_array_equal(threaded[name].values, dask[name].values, err_msg=name)
+    assert np.isfinite(dask["importance"].sel(metric="prob").values).all()  # the probe's P'[true], not NaN
