@@ -4,6 +4,7 @@ TYPE_CHECKING, since an import deferred into a function still ties the two modul
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vitscope"
@@ -90,3 +91,57 @@ def test_a_circle_through_a_function_level_import_is_found(tmp_path):
     (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.a\n")
     (pkg / "d.py").write_text("import pkg.a\n")
     assert cycles(imports(pkg)) == [["pkg.a", "pkg.c", "pkg.sub.b"]]
+
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def layer_rules(text: str) -> list[tuple[list[str], list[str] | None]]:
+    """The Layers table of docs/architecture.md, top row first: (the row's modules and folders as dotted names,
+    the layers it may import besides the first row's; None for everything). Names in parentheses are comments."""
+    section = text.split("\n## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    out = []
+    for line in rows:
+        first, _, allowed = (c.strip() for c in line.strip().strip("|").split("|"))
+        names = ["vitscope." + n.removesuffix(".py").removesuffix("/").replace("/", ".")
+                 for n in re.findall(r"`([\w./]+)`", first)]
+        allowed = re.sub(r"\([^)]*\)", "", allowed)
+        out.append((names, None if allowed == "everything" else
+                    ["vitscope." + n for n in re.findall(r"`([\w.]+)`", allowed)]))
+    return out
+
+
+def within(module: str, names: list[str]) -> bool:
+    return any(module == n or module.startswith(n + ".") for n in names)
+
+
+def test_every_import_keeps_to_the_layers_of_architecture_md():
+    """Each module imports only its own layer, the first row, the package's __version__ and the layers its row
+    names; each row names only layers above it; every module of the package is in some row."""
+    rules = layer_rules(ARCHITECTURE.read_text(encoding="utf-8"))
+    shared = rules[0][0]
+    for k, (_, allowed) in enumerate(rules):
+        above = [n for names, _ in rules[:k] for n in names]
+        assert allowed is None or all(within(a, above) for a in allowed), f"row {k} names a layer not above it"
+    broken = []
+    for module, targets in imports(PACKAGE).items():
+        if module == "vitscope":
+            continue
+        row = [k for k, (names, _) in enumerate(rules) if within(module, names)]
+        assert row, f"{module} is in no row of docs/architecture.md's Layers table"
+        names, allowed = rules[row[0]]
+        if allowed is None:
+            continue
+        ok = [*names, *(names if row[0] == 0 else shared), *allowed]
+        broken += [f"{module} → {t}" for t in sorted(targets) if t != "vitscope" and not within(t, ok)]
+    assert not broken, "imports the Layers table of docs/architecture.md does not allow: " + "; ".join(broken)
+
+
+def test_layer_rules_see_a_forbidden_import():
+    """The check above reads the table: without `store` in the service's row, the service's imports of it fail."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    rules = dict((tuple(n), a) for n, a in layer_rules(text))
+    assert "vitscope.store" in rules[("vitscope.service",)]
+    broken = text.replace("`data`, `store`, `classes` |", "`data`, `classes` |")
+    assert "vitscope.store" not in dict((tuple(n), a) for n, a in layer_rules(broken))[("vitscope.service",)]
