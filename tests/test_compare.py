@@ -22,11 +22,19 @@ from safetensors.torch import save_file
 from vitscope import store
 from vitscope.build import BuildConfig, build
 from vitscope.cli import main
-from vitscope.compare import align_layers, compare, format_report, head_features, head_similarity, matched_images
+from vitscope.compare import (
+    align_layers,
+    compare,
+    format_report,
+    good_threshold,
+    head_features,
+    head_similarity,
+    matched_images,
+)
 from vitscope.data import demo
 from vitscope.errors import VitscopeError
 from vitscope.models import loading
-from vitscope.vocab import PATTERNS, WHOLE_HEAD
+from vitscope.vocab import GOOD_PARTNER, PATTERNS, WHOLE_HEAD
 
 SWAPPED = (1, 0, 2)  # layer 1: heads 0 and 2 trade places
 
@@ -238,3 +246,12 @@ def test_other_grids_compare_without_the_grid_terms(stores):
     assert "strength" not in sims and "cls" not in sims
     np.testing.assert_allclose(sims["similarity"], (sims["distance"] + sims["patterns"]) / 2)
     np.testing.assert_allclose(np.diag(sims["similarity"]), 1.0, atol=1e-12)
+
+
+def test_the_good_partner_threshold():
+    """0.9 where the pairs are as alike as a model and its perturbed copy; between two different models, only the
+    pairs far below the others (under the lower Tukey fence of the paired similarities) lack a good partner."""
+    assert good_threshold(np.ones(24)) == (GOOD_PARTNER, 1.0)
+    assert good_threshold(np.r_[np.full(20, 0.99), np.full(4, 0.92)])[0] == GOOD_PARTNER
+    threshold, fence = good_threshold(np.r_[np.linspace(0.7, 0.85, 20), [0.22, 0.23, 0.25, 0.25]])
+    assert threshold == fence and 0.25 < threshold < 0.7

@@ -219,7 +219,7 @@ def cmd_compare(args) -> None:
     from vitscope.compare import compare, format_report
     from vitscope.store import open_store
 
-    if not 0 <= args.good <= 1:
+    if args.good is not None and not 0 <= args.good <= 1:
         raise VitscopeError(f"--good {args.good}: give a similarity from 0 to 1")
     a, b = open_store(args.a), open_store(args.b)  # missing, foreign, old or unfinished: one line
     result = compare(a, b, good=args.good)
@@ -316,9 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", type=Path, metavar="A", help="a store (vitscope build)")
     p.add_argument("b", type=Path, metavar="B", help="a store of the same images (another model, or a retrained one)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the report")
-    p.add_argument("--good", type=float, default=GOOD_PARTNER, metavar="SIMILARITY",
+    p.add_argument("--good", type=float, metavar="SIMILARITY",
                    help=f"least similarity of a good partner; heads without one are roles of one model only "
-                        f"(default {GOOD_PARTNER})")
+                        f"(default: {GOOD_PARTNER}, or lower where most pairs of the two models are less alike: "
+                        "the outliers below them, docs/guide.md)")
     p.set_defaults(func=cmd_compare)
 
     from vitscope.service.cli import add_parser as add_ablate

@@ -15,8 +15,8 @@ CLI prints as text or JSON and a view can draw. Definitions (docs/guide.md, "Com
 - **Head matching** (`match_heads`): one optimal assignment (`scipy.optimize.linear_sum_assignment`, total
   similarity maximised) over all heads of both models at once, not layer by layer: a role that moved in depth
   is a finding, and models of different depth have no layer-to-layer pairing to restrict it to. With unequal
-  head counts the larger model keeps some heads unpaired. A head unpaired, or paired below `GOOD_MATCH`, has no
-  good partner: a role that exists in one model only.
+  head counts the larger model keeps some heads unpaired. A head unpaired, or paired below the good-partner
+  threshold (`good_threshold`), has no good partner: a role that exists in one model only.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from vitscope.text import printable
 from vitscope.vocab import GOOD_PARTNER, HEAD_KINDS, OFFSETS, PATTERNS, WHOLE_HEAD, head_name
 
 COMPONENTS = ("distance", "strength", "patterns", "cls")  # the terms of the head similarity, equally weighted
-GOOD_MATCH = GOOD_PARTNER  # a pair below it has no good partner (vocab.py says why this value)
 # A paired head's importance changed when its rank among its own model's heads (0 least, 1 most important) moved
 # by at least this much: a third of the ranking, e.g. from the top third to the middle of it.
 IMPORTANCE_SHIFT = 1 / 3
@@ -272,9 +271,24 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ((rankdata(flat) - 1) / (flat.size - 1)).reshape(values.shape)
 
 
-def compare(a: xr.Dataset, b: xr.Dataset, *, good: float = GOOD_MATCH) -> dict[str, Any]:
+def good_threshold(pair_similarities: np.ndarray) -> tuple[float, float]:
+    """The least similarity of a good partner unless one is given: GOOD_PARTNER (surely the same role; vocab.py
+    says how it was measured), or, where lower, the lower Tukey fence Q1 − 1.5·IQR of this comparison's paired
+    similarities, so that between two different models (whose heads are all less alike than a model and its
+    perturbed copy) only the pairs far below the others count as roles of one model. Returns (threshold, fence)."""
+    sims = np.asarray(pair_similarities, dtype=np.float64)
+    sims = sims[np.isfinite(sims)]
+    if not sims.size:
+        return GOOD_PARTNER, float("nan")
+    q1, q3 = np.percentile(sims, [25, 75])
+    fence = float(q1 - 1.5 * (q3 - q1))
+    return min(GOOD_PARTNER, fence), fence
+
+
+def compare(a: xr.Dataset, b: xr.Dataset, *, good: float | None = None) -> dict[str, Any]:
     """Compare store A with store B over their matched images: a plain dict (JSON-ready, NaN as None) with
-    `images`, `top1_agreement`, `layers`, `heads` and what they mean (see the module's docstring)."""
+    `images`, `top1_agreement`, `layers`, `heads` and what they mean (see the module's docstring). `good`: the
+    least similarity of a good partner (default: `good_threshold`)."""
     ia, ib = matched_images(a, b)
     sa, sb = _Side.of(a, ia), _Side.of(b, ib)
     (la, ha), (lb, hb) = sa.features.shape, sb.features.shape
@@ -325,7 +339,7 @@ def _head(layer: int, head: int) -> dict[str, Any]:
     return {"layer": layer, "head": head, "name": head_name(layer, head)}
 
 
-def _heads(sa: _Side, sb: _Side, good: float, prob: bool) -> dict[str, Any]:
+def _heads(sa: _Side, sb: _Side, given: float | None, prob: bool) -> dict[str, Any]:
     (la, ha), (lb, hb) = sa.features.shape, sb.features.shape
     b_layer = align_layers(la, lb)
     sims = head_similarity(sa.features, sb.features)
@@ -333,6 +347,8 @@ def _heads(sa: _Side, sb: _Side, good: float, prob: bool) -> dict[str, Any]:
     importance = [s.drop if prob else s.cls_dist for s in (sa, sb)]  # [L, H] each
     ranks = [_ranks(v) for v in importance]
     matched = match_heads(sim)
+    auto, fence = good_threshold(np.asarray([sim[r, c] for r, c in matched]))
+    good = auto if given is None else given
     pairs = []
     for r, c in matched:
         (i, h), (j, g) = divmod(r, ha), divmod(c, hb)
@@ -364,6 +380,9 @@ def _heads(sa: _Side, sb: _Side, good: float, prob: bool) -> dict[str, Any]:
         "assignment": "global: one optimal assignment over all heads of both models (scipy linear_sum_assignment)",
         "components": [k for k in COMPONENTS if k in sims],
         "good_match": good,
+        "good_rule": (f"given: {given}" if given is not None else
+                      f"the lower of {GOOD_PARTNER} and the lower fence Q1 − 1.5·IQR of the pairs' similarities"),
+        "outlier_fence": _num(fence),
         "importance_metric": "drop of P[true] (whole head)" if prob else "cls_dist (whole head)",
         "importance_shift": IMPORTANCE_SHIFT,
         "mean_similarity": _mean(np.asarray([p["similarity"] for p in pairs], dtype=float)),
@@ -414,12 +433,23 @@ def format_report(result: dict[str, Any], names: tuple[str, str] = ("A", "B")) -
     return "\n".join(lines)
 
 
+def _why(heads: dict[str, Any]) -> str:
+    """Where the good-partner threshold comes from, for the report."""
+    if heads["good_rule"].startswith("given"):
+        return " (given)"
+    if heads["good_match"] < GOOD_PARTNER:
+        return (f" (the lower fence Q1 − 1.5·IQR of these pairs' similarities, below {GOOD_PARTNER}: most pairs of "
+                "the two models are less alike than a model and its perturbed copy)")
+    return ""
+
+
 def _head_lines(heads: dict[str, Any]) -> list[str]:
     pairs = heads["pairs"]
     good = heads["good_match"]
     moved = sum(p["moved"] for p in pairs)
     lines = ["", f"Heads paired by behaviour: one assignment over all heads of both models; similarity = the mean of "
-             f"{', '.join(heads['components'])}", f"(docs/guide.md); a good partner ≥ {good:.2f}",
+             f"{', '.join(heads['components'])}",
+             *textwrap.wrap(f"(docs/guide.md); a good partner ≥ {good:.3f}{_why(heads)}", width=120),
              f"  {len(pairs)} pairs, {sum(p['good'] for p in pairs)} good, mean similarity "
              f"{_pair([heads['mean_similarity']], '.3f')}; {moved} outside the aligned layer of B; kind changed "
              f"{sum(p['kind_changed'] for p in pairs)}, pattern changed {sum(p['pattern_changed'] for p in pairs)}, "
@@ -437,6 +467,6 @@ def _head_lines(heads: dict[str, Any]) -> list[str]:
         alone = heads["unique"][side]
         text = ", ".join(f"{u['name']} (best {_pair([u['best']], '.2f')}, {u['best_partner']}"
                          f"{'' if u['paired'] else ', unpaired'})" for u in alone)
-        lines += textwrap.wrap(f"Roles only in {what} (no partner ≥ {good:.2f}): {text or 'none'}", width=120,
+        lines += textwrap.wrap(f"Roles only in {what} (no partner ≥ {good:.3f}): {text or 'none'}", width=120,
                                subsequent_indent="  ", break_on_hyphens=False)
     return lines
