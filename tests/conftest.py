@@ -70,6 +70,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL_VIT_ARCH = "vit_tiny_patch16_224"
 REAL_VIT = SHARED / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors"
 REAL_IMAGES = SHARED / "data" / "imagenet-sample-200"
+# The real DeiT-Ti/16 (DeiT recipe, ImageNet-1k only) of the same shape; its 25 LayerNorm weight/bias pairs are
+# rounded to steps of 1/32–1/64, every other tensor is the original.
+REAL_DEIT_ARCH = "deit_tiny_patch16_224"
+REAL_DEIT = SHARED / "models" / "deit_tiny_patch16_224.fb_in1k.ln-rounded.safetensors"
 
 
 @pytest.fixture(scope="session")
