@@ -183,7 +183,8 @@ def test_info_summary_and_app_data_say_the_basis(probed, unlabelled):
     assert "prob basis: linear probe on the class token" in store.describe(probed)
     assert "prob basis: none: prob and jsd are NaN" in store.describe(unlabelled)
     text = store_summary(store.open_store(probed))
-    assert "accuracy of its linear probe" in text and "linear probe" in text
+    assert "accuracy of its linear probe" in text and "on the images it was fitted on" in text
+    assert "cross-validated" in text
     text = store_summary(store.open_store(unlabelled))
     assert "unavailable" in text and "CLS distance" in text and "nan" not in text.lower().split("prob/jsd")[0]
     d = StoreData(unlabelled)

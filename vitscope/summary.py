@@ -42,7 +42,8 @@ def store_summary(ds: xr.Dataset) -> str:
     probed = " of its linear probe" if basis == "linear probe" else ""
     lines = [
         f"{printable(ds.attrs['model_spec'])}: {L} layers × {H} heads, {grid}×{grid} patches, {N} images",
-        basis_text(ds.attrs) if basis == "none" else f"accuracy{probed} of the unpruned model: {acc:.1%}",
+        basis_text(ds.attrs) if basis == "none" else f"accuracy{probed} of the unpruned model: {acc:.1%}"
+        + (" on the images it was fitted on (optimistic; cross-validated below)" if probed else ""),
     ]
     if basis == "linear probe":
         lines.append(basis_text(ds.attrs))
