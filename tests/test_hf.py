@@ -401,6 +401,25 @@ def test_a_backbone_builds_a_probe_store_exact_against_transformers(name, tmp_pa
     assert abs(json.loads(got.stdout)["prob"] - float(ds["importance"].values[1, 2, 1, 1, 0])) < 1e-5
     snap = run_cli("export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
     assert snap.returncode == 0 and (tmp_path / "snap.html").stat().st_size > 0, snap.stderr
+    served_attention_is_transformers(out, model, x[1], layer=2, head=1)
+
+
+def served_attention_is_transformers(out, model, x: torch.Tensor, layer: int, head: int) -> None:
+    """The app on an hf: store: the Explorer loads the model through the service (no monkeypatching), and the
+    Attention Pattern View's matrix of image 1 is transformers' own eager attention of that head."""
+    from vitscope.app.explorer import Explorer
+
+    ex = Explorer(out)
+    ex.selection.param.update(image=1, layer=layer, head=head)
+    got = ex.pattern.attention_matrix()
+    assert got is not None and ex.selection.message == "", ex.selection.message
+    if hasattr(model, "set_attn_implementation"):  # transformers 5: the switch is a method
+        model.set_attn_implementation("eager")
+    else:
+        model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        want = model(pixel_values=x[None], output_attentions=True).attentions[layer][0, head]
+    torch.testing.assert_close(torch.as_tensor(got), want.float(), atol=1e-5, rtol=0)
 
 
 def test_a_backbone_without_labels_builds_without_a_basis(tmp_path):
