@@ -255,3 +255,22 @@ def test_the_good_partner_threshold():
     assert good_threshold(np.r_[np.full(20, 0.99), np.full(4, 0.92)])[0] == GOOD_PARTNER
     threshold, fence = good_threshold(np.r_[np.linspace(0.7, 0.85, 20), [0.22, 0.23, 0.25, 0.25]])
     assert threshold == fence and 0.25 < threshold < 0.7
+
+
+def test_a_sink_paired_with_no_sink_is_a_role_of_one_model(stores):
+    """Behaviour alike, roles not: B's L2H1 relabelled a sink head pairs with A's L2H1 at similarity 1, yet it is no
+    good partner: B's head is listed as a role of one model (a sink role), A's is not."""
+    a = store.open_store(stores["a"])
+    kinds = [str(k) for k in a["head_kind"].attrs.get("kinds", ("positional", "content", "mixed", "sink"))]
+    relabelled = a["head_kind"].values.copy()
+    relabelled[2, 1] = kinds.index("sink")
+    b = a.assign(head_kind=a["head_kind"].copy(data=relabelled))
+    assert a["head_kind"].values[2, 1] != kinds.index("sink")  # the relabelling is a change
+    r = compare(a, b)
+    pair = next(p for p in r["heads"]["pairs"] if p["a"]["name"] == "L2H1")
+    assert pair["b"]["name"] == "L2H1" and pair["similarity"] == pytest.approx(1.0, abs=1e-9)
+    assert pair["sink_role"] and not pair["good"] and pair["kind"][1] == "sink"
+    assert [(u["name"], u["why"]) for u in r["heads"]["unique"]["b"]] == [("L2H1", "sink role")]
+    assert r["heads"]["unique"]["a"] == []  # A's head is no sink: its role is not one of one model
+    assert sum(not p["good"] for p in r["heads"]["pairs"]) == 1
+    assert "L2H1 (best 1.00, L2H1, sink role)" in format_report(r).replace("\n  ", " ")

@@ -42,6 +42,7 @@ from vitscope.vocab import GOOD_PARTNER, HEAD_KINDS, PATTERNS, WHOLE_HEAD, head_
 # A paired head's importance changed when its rank among its own model's heads (0 least, 1 most important) moved
 # by at least this much: a third of the ranking, e.g. from the top third to the middle of it.
 IMPORTANCE_SHIFT = 1 / 3
+SINK = "sink"  # the head kind of vocab.HEAD_KINDS that is a role of its own
 
 
 def align_layers(layers_a: int, layers_b: int) -> list[int]:
@@ -233,10 +234,14 @@ def _heads(sa: _Side, sb: _Side, given: float | None, prob: bool) -> dict[str, A
         kinds = [sa.kind_of(i, h), sb.kind_of(j, g)]
         pats = [sa.pattern_of(i, h), sb.pattern_of(j, g)]
         rank = [float(ranks[0][i, h]), float(ranks[1][j, g])]
+        # A sink head is a role of its own (it parks attention, it reads nothing from the image): paired with a head
+        # that is no sink it has no partner however alike the maps look (the ViT-Ti's late sinks and the DeiT-Ti's
+        # late content heads are both vertical, at 0.63–0.75).
+        sink_role = (kinds[0] == SINK) != (kinds[1] == SINK)
         pairs.append({
             "a": _head(i, h), "b": _head(j, g), "similarity": _num(sim[r, c]),
             "components": {k: _num(sims[k][r, c]) for k in COMPONENTS if k in sims},
-            "good": bool(sim[r, c] >= good),
+            "good": bool(sim[r, c] >= good) and not sink_role, "sink_role": sink_role,
             "depth": [i / max(la - 1, 1), j / max(lb - 1, 1)],
             "moved": j != b_layer[i],  # B's head is not in the layer aligned with A's (a role moved in depth)
             "importance": [_num(importance[0][i, h]), _num(importance[1][j, g])],
@@ -246,20 +251,27 @@ def _heads(sa: _Side, sb: _Side, given: float | None, prob: bool) -> dict[str, A
         })
     unique: dict[str, list[dict[str, Any]]] = {}
     for side, rows, width, other in (("a", sim, ha, hb), ("b", sim.T, hb, ha)):
-        paired = {(r if side == "a" else c): sim[r, c] >= good for r, c in matched}
+        paired = {(p["a"] if side == "a" else p["b"])["layer"] * width + (p["a"] if side == "a" else p["b"])["head"]:
+                  p for p in pairs}
         unique[side] = []
         for k in range(rows.shape[0]):
-            if paired.get(k, False):
-                continue
+            pair = paired.get(k)
+            alike = pair is not None and (pair["similarity"] or 0) >= good
+            sink = pair is not None and pair["sink_role"] and pair["kind"][0 if side == "a" else 1] == SINK
+            if alike and not sink:
+                continue  # a good partner, or a head alike whose partner alone is a sink: its own role is matched
             best = int(np.argmax(np.nan_to_num(rows[k], nan=-1.0)))
-            unique[side].append({**_head(*divmod(k, width)), "paired": k in paired, "best": _num(rows[k, best]),
-                                 "best_partner": head_name(*divmod(best, other))})
+            unique[side].append({**_head(*divmod(k, width)), "paired": pair is not None, "best": _num(rows[k, best]),
+                                 "best_partner": head_name(*divmod(best, other)),
+                                 "why": "unpaired" if pair is None else "sink role" if sink else
+                                        "below the good-partner threshold"})
     return {
         "assignment": "global: one optimal assignment over all heads of both models (scipy linear_sum_assignment)",
         "components": [k for k in COMPONENTS if k in sims],
         "good_match": good,
         "good_rule": (f"given: {given}" if given is not None else
-                      f"the lower of {GOOD_PARTNER} and the lower fence Q1 − 1.5·IQR of the pairs' similarities"),
+                      f"the lower of {GOOD_PARTNER} and the lower fence Q1 − 1.5·IQR of the pairs' similarities")
+                     + "; a sink head paired with a head that is no sink is never a good partner",
         "outlier_fence": _num(fence),
         "importance_metric": "drop of P[true] (whole head)" if prob else "cls_dist (whole head)",
         "importance_shift": IMPORTANCE_SHIFT,
@@ -344,7 +356,9 @@ def _head_lines(heads: dict[str, Any]) -> list[str]:
     for side, what in (("a", "A"), ("b", "B")):
         alone = heads["unique"][side]
         text = ", ".join(f"{u['name']} (best {_pair([u['best']], '.2f')}, {u['best_partner']}"
-                         f"{'' if u['paired'] else ', unpaired'})" for u in alone)
-        lines += textwrap.wrap(f"Roles only in {what} (no partner ≥ {good:.3f}): {text or 'none'}", width=120,
+                         f"{'' if u['paired'] else ', unpaired'}{', sink role' if u['why'] == 'sink role' else ''})"
+                         for u in alone)
+        lines += textwrap.wrap(f"Roles only in {what} (no partner ≥ {good:.3f}, or a sink paired with no sink): "
+                               f"{text or 'none'}", width=120,
                                subsequent_indent="  ", break_on_hyphens=False)
     return lines
