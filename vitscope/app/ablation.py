@@ -18,7 +18,7 @@ from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper, PrintfT
 
 from vitscope.app.data import StoreData
 from vitscope.app.state import Selection, guarded
-from vitscope.app.style import SELECTED, bare, bokeh_pane, div, figure, rgba_image, shown
+from vitscope.app.style import SELECTED, bare, bokeh_pane, div, figure, light, rgba_image, shown
 from vitscope.errors import VitscopeError, one_line
 from vitscope.heads import Head, top_heads
 from vitscope.text import esc
@@ -101,11 +101,11 @@ class AblationView:
         self.status = pn.pane.HTML("", width=WIDTH, height=36, css_classes=["vs-ablation-status"])
         self.progress = pn.indicators.Progress(value=0, max=1, width=WIDTH, visible=False, bar_color="info")
         self.pairs_button = pn.widgets.Button(label=f"pairs of top {PAIR_COUNT}", width=WIDTH // 2 - 5,
-                                              button_type="light")
+                                              **light())
         self.pairs_button.on_click(guarded(sel, "pairs", lambda _: self.ask_pairs()))
-        self.curve_button = pn.widgets.Button(label="pruning curve", width=WIDTH // 2 - 5, button_type="light")
+        self.curve_button = pn.widgets.Button(label="pruning curve", width=WIDTH // 2 - 5, **light())
         self.curve_button.on_click(guarded(sel, "curve", lambda _: self.ask_curve()))
-        self.saliency_button = pn.widgets.Button(label="patch saliency", width=WIDTH // 2 - 5, button_type="light")
+        self.saliency_button = pn.widgets.Button(label="patch saliency", width=WIDTH // 2 - 5, **light())
         self.saliency_button.on_click(guarded(sel, "saliency", lambda _: self.ask_saliency()))
         self.upload = pn.widgets.FileInput(accept="image/*", width=WIDTH, css_classes=["vs-upload"])
         self.upload.param.watch(guarded(sel, "upload", lambda e: self.ask_new_image(e.new, self.upload.filename)),

@@ -22,7 +22,7 @@ from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import COLOUR_BY, Selection
 from vitscope.app.strength import AttentionStrengthView
-from vitscope.app.style import alert, bokeh_pane
+from vitscope.app.style import alert, bokeh_pane, light
 from vitscope.config import TOP_PERCENT
 from vitscope.errors import VitscopeError, one_line
 from vitscope.service import Dispatcher, make_dispatcher
@@ -151,22 +151,22 @@ class Explorer(pn.viewable.Viewer):
             s.metric = d.metrics_shown[0]
         self.metric = pn.widgets.Select.from_param(s.param.metric, label="metric", css_classes=["vs-metric"],
                                                    width=SIDEBAR - 40)
-        self.mode = pn.widgets.RadioButtonGroup.from_param(s.param.mode, css_classes=["vs-mode"], button_type="light",
+        self.mode = pn.widgets.RadioButtonGroup.from_param(s.param.mode, css_classes=["vs-mode"], **light(),
                                                            width=SIDEBAR - 40)
         self.colour_by = pn.widgets.Select.from_param(s.param.colour_by, label="colour images by",
                                                       options=list(COLOUR_BY), css_classes=["vs-colour-by"],
                                                       width=SIDEBAR - 40)
         self.layout = pn.widgets.RadioButtonGroup.from_param(s.param.layout, css_classes=["vs-layout"],
-                                                             button_type="light", width=SIDEBAR - 40)
+                                                             **light(), width=SIDEBAR - 40)
         self.threshold = pn.widgets.FloatSlider(label="threshold (or tap the histogram)", start=0.0, end=1.0,
                                                 step=0.001, format="0.[0000]", css_classes=["vs-threshold"], width=170)
         self.threshold.param.watch(self._slider_moved, "value_throttled")
         self.top_button = pn.widgets.Button(label=f"top {self.data.top * TOP_PERCENT:g} %", width=60,
-                                            button_type="light")
+                                            **light())
         self.top_button.on_click(lambda _: setattr(s, "threshold", None))
-        self.pin = pn.widgets.Button(label="pin L0H0", width=110, button_type="light", css_classes=["vs-pin"])
+        self.pin = pn.widgets.Button(label="pin L0H0", width=110, **light(), css_classes=["vs-pin"])
         self.pin.on_click(lambda _: s.toggle_pin(d.head_index(s.layer, s.head)))
-        self.unpin = pn.widgets.Button(label="clear pins", width=90, button_type="light")
+        self.unpin = pn.widgets.Button(label="clear pins", width=90, **light())
         self.unpin.on_click(lambda _: setattr(s, "pinned", []))
         self._syncing = False
         self._sync_widgets(None)
@@ -216,7 +216,7 @@ class Explorer(pn.viewable.Viewer):
                          f"{d.grid}×{d.grid} patches, {int(d.valid.sum())} images<br>"
                          f"<small class='vs-basis'>{esc(d.basis_text)}</small>", width=SIDEBAR - 30),
             self.image_id,
-            pn.widgets.Button(label="show all images", button_type="light", width=SIDEBAR - 40,
+            pn.widgets.Button(label="show all images", **light(), width=SIDEBAR - 40,
                               on_click=lambda e: self.selection.param.update(image=None)),
             self.class_search,
             pn.widgets.Checkbox.from_param(self.selection.param.only_class, label="show only this class"),

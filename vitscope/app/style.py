@@ -116,3 +116,11 @@ def bokeh_pane(obj, css: str | None = None):
     if css:
         obj.css_classes = [*obj.css_classes, css]
     return pn.pane.Bokeh(obj, margin=(1, 3))
+
+
+def light() -> dict[str, str]:
+    """The keyword for a light button: `color` where Panel has it (1.9.4 deprecates `button_type` with a warning on
+    every button), `button_type` on the Panels before it."""
+    import panel as pn
+
+    return {"color": "light"} if "color" in pn.widgets.Button.param else {"button_type": "light"}
