@@ -74,6 +74,64 @@ REAL_IMAGES = SHARED / "data" / "imagenet-sample-200"
 # rounded to steps of 1/32–1/64, every other tensor is the original.
 REAL_DEIT_ARCH = "deit_tiny_patch16_224"
 REAL_DEIT = SHARED / "models" / "deit_tiny_patch16_224.fb_in1k.ln-rounded.safetensors"
+# The real stores of the tests, built once a session and shared by test_real_model.py, test_real_deit.py and
+# test_real_compare.py: the ViT-Ti over REAL_PHOTOS photos sampled with REAL_SEED, DeiT-Ti over REAL_DEIT_PHOTOS of
+# those (each photo is ~3.6 CPU-s a build: every head pruned in every mode).
+REAL_PHOTOS = 16
+REAL_DEIT_PHOTOS = 8
+REAL_SEED = 0
+
+
+def build_real(cfg):
+    """Build with one torch thread (on 2 shared cores a second one only adds barrier stalls: engine 3.6 vs 5.5 CPU-s
+    an image) and open the store; its path in `attrs["store_path"]` (in memory only) for the CLI and the app."""
+    from vitscope.build import build
+    from vitscope.store import open_store
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = build(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    ds = open_store(path)
+    ds.attrs["store_path"] = str(path)
+    return ds
+
+
+@pytest.fixture(scope="session")
+def real_photos(tmp_path_factory) -> Path:
+    """REAL_PHOTOS photos sampled from REAL_IMAGES (seed REAL_SEED), linked into a folder of their own with the same
+    class sub-folders and image ids: one image set for both real stores, which `vitscope compare` needs (it refuses
+    stores built over different folders)."""
+    from vitscope.data.images import image_folder
+
+    root = tmp_path_factory.mktemp("real_photos") / "imagenet-sample"
+    for image_id in image_folder(REAL_IMAGES, 1000, limit=REAL_PHOTOS, seed=REAL_SEED).ids:
+        (root / image_id).parent.mkdir(parents=True, exist_ok=True)
+        (root / image_id).symlink_to(REAL_IMAGES / image_id)
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_vit_store(real_photos, tmp_path_factory):
+    """The real ViT-Ti over every photo of `real_photos` (ae_epochs=1: the autoencoder is not what is checked)."""
+    from vitscope.build import BuildConfig
+
+    cfg = BuildConfig(model=f"timm:{REAL_VIT_ARCH}", checkpoint=REAL_VIT, images=str(real_photos),
+                      out=tmp_path_factory.mktemp("real") / "vit_tiny.zarr", ae_epochs=1, progress=False)
+    return build_real(cfg)
+
+
+@pytest.fixture(scope="session")
+def real_deit_store(real_photos, tmp_path_factory):
+    """The real DeiT-Ti over REAL_DEIT_PHOTOS of the ViT-Ti's photos (sampled with REAL_SEED), the classifier."""
+    from vitscope.build import BuildConfig
+
+    cfg = BuildConfig(model=f"timm:{REAL_DEIT_ARCH}", checkpoint=REAL_DEIT, images=str(real_photos),
+                      out=tmp_path_factory.mktemp("deit") / "deit.zarr", limit=REAL_DEIT_PHOTOS, seed=REAL_SEED,
+                      ae_epochs=1, progress=False)
+    return build_real(cfg)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import REAL_IMAGES, REAL_VIT, REAL_VIT_ARCH
+from conftest import REAL_IMAGES, REAL_PHOTOS, REAL_VIT, REAL_VIT_ARCH
 from PIL import Image
 
 from vitscope.vocab import OFFSETS, PATTERNS
@@ -22,33 +22,17 @@ from vitscope.vocab import OFFSETS, PATTERNS
 if not (REAL_VIT.is_file() and REAL_IMAGES.is_dir()):
     pytest.skip(f"real ViT-Ti or photos not found under {REAL_VIT.parents[1]}", allow_module_level=True)
 
-# Every head of every image pruned in every mode: ~3.6 CPU-s an image, the build is ~95 % of the module
-# (2:55 for 16 photos with the 2 cores shared by others, ~95 CPU-s in all).
-N_IMAGES = 16
-SEED = 0
+# The store is tests/conftest.py's `real_vit_store` (built once a session, shared with test_real_deit.py and
+# test_real_compare.py): REAL_PHOTOS (16) photos sampled with seed REAL_SEED (0). Every head of every image pruned in
+# every mode: ~3.6 CPU-s an image, the build is ~95 % of the module (2:55 for 16 photos with the 2 cores shared by
+# others, ~95 CPU-s in all).
+N_IMAGES = REAL_PHOTOS
 
 
 @pytest.fixture(scope="module")
-def real_store(tmp_path_factory):
-    """The store of N_IMAGES sampled photos, built by the Python API (ae_epochs=1: the autoencoder is
-    not what these tests check). One torch thread: on the shared 2 cores a second one only adds barrier
-    stalls (engine 3.6 vs 5.5 CPU-s an image, 43 vs 67 s wall for 6 photos)."""
-    from vitscope.build import BuildConfig, build
-    from vitscope.store import open_store
-
-    cfg = BuildConfig(model=f"timm:{REAL_VIT_ARCH}", checkpoint=REAL_VIT, images=str(REAL_IMAGES),
-                      out=tmp_path_factory.mktemp("real") / "vit_tiny.zarr", limit=N_IMAGES, seed=SEED,
-                      ae_epochs=1, progress=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        path = build(cfg)
-        ds = open_store(path)
-    finally:
-        torch.set_num_threads(threads)
-    assert int(ds["valid"].sum()) == N_IMAGES  # every photo decodes (3 of the 200 are grayscale)
-    ds.attrs["store_path"] = str(path)  # in memory only: for the tests that run `vitscope info` or the app on it
-    return ds
+def real_store(real_vit_store):
+    assert int(real_vit_store["valid"].sum()) == N_IMAGES  # every photo decodes (3 of the 200 are grayscale)
+    return real_vit_store
 
 
 def per_layer(ds, name: str) -> np.ndarray:
