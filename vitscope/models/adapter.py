@@ -34,7 +34,47 @@ class AttentionParts:
     gate: Tensor | None
 
 
-class ViTAdapter:
+class AdapterFacts:
+    """What every adapter reports the same way; a subclass sets `model`, `spec` and the shape attributes."""
+
+    model: torch.nn.Module
+    spec: str
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    num_prefix: int
+    grid: int
+    num_tokens: int
+    num_classes: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def model_class(self) -> str:
+        return type(self.model).__name__
+
+    def describe(self) -> dict:
+        """The facts a user checks first."""
+        return {
+            "spec": self.spec,
+            "class": self.model_class(),
+            "layers": self.num_layers,
+            "heads": self.num_heads,
+            "head_dim": self.head_dim,
+            "prefix_tokens": self.num_prefix,
+            "patch_grid": f"{self.grid}x{self.grid}",
+            "tokens": self.num_tokens,
+            "classes": self.num_classes,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+
+
+class ViTAdapter(AdapterFacts):
     """Knows a ViT's layers, heads, prefix tokens and patch grid, and runs it piece by piece."""
 
     def __init__(self, model: torch.nn.Module, spec: str = "custom") -> None:
@@ -55,29 +95,6 @@ class ViTAdapter:
         # patch-token queries: a large saving per ablation.
         token_pool = getattr(model, "attn_pool", None) is None and model.global_pool == "token"
         self.head_rows: int | None = self.num_prefix if token_pool else None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def describe(self) -> dict:
-        """The facts a user checks first."""
-        return {
-            "spec": self.spec,
-            "class": type(self.model).__name__,
-            "layers": self.num_layers,
-            "heads": self.num_heads,
-            "head_dim": self.head_dim,
-            "prefix_tokens": self.num_prefix,
-            "patch_grid": f"{self.grid}x{self.grid}",
-            "tokens": self.num_tokens,
-            "classes": self.num_classes,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-        }
 
     # -- pieces of the forward pass -------------------------------------------------------
 

@@ -21,7 +21,7 @@ import transformers
 from torch import Tensor
 
 from vitscope.errors import UnsupportedModelError, VitscopeError
-from vitscope.models.adapter import AttentionParts
+from vitscope.models.adapter import AdapterFacts, AttentionParts
 from vitscope.models.hf_preprocessing import HFPreprocessing
 
 # Each role lists the module paths that transformers versions use for it, oldest first; the first that the
@@ -83,7 +83,7 @@ def check_hf_supported(model: torch.nn.Module, spec: str = "model") -> Family:
     return family
 
 
-class HFViTAdapter:
+class HFViTAdapter(AdapterFacts):
     """A transformers ViT with the interface the engine uses from `ViTAdapter` (see there for each method)."""
 
     def __init__(self, model: torch.nn.Module, spec: str = "custom", preprocessing: HFPreprocessing | None = None
@@ -124,28 +124,8 @@ class HFViTAdapter:
         # vitscope.data.images.Preprocessor finds the model's preprocessing here (it is handed `adapter.model`).
         model.vitscope_preprocessing = preprocessing
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def describe(self) -> dict:
-        """The facts a user checks first."""
-        return {
-            "spec": self.spec,
-            "class": f"{type(self.model).__name__} (transformers {transformers.__version__})",
-            "layers": self.num_layers,
-            "heads": self.num_heads,
-            "head_dim": self.head_dim,
-            "prefix_tokens": self.num_prefix,
-            "patch_grid": f"{self.grid}x{self.grid}",
-            "tokens": self.num_tokens,
-            "classes": self.num_classes,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-        }
+    def model_class(self) -> str:
+        return f"{type(self.model).__name__} (transformers {transformers.__version__})"
 
     # -- pieces of the forward pass -------------------------------------------------------
 
