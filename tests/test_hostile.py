@@ -338,23 +338,28 @@ def test_no_name_runs_script_in_the_served_page_and_names_show_literally(built, 
         proc.wait(timeout=30)
 
 
-def test_no_name_runs_script_in_the_snapshot_opened_from_disk(built, tmp_path):
-    out, _ = built
+def shows_the_name_and_runs_nothing(html: Path) -> None:
+    """Open a saved page from disk in Chromium: the hostile file name shows literally and no injected script ran."""
     sync_playwright = browser()
-    ids = list(xr.open_zarr(out).image_id.values)
-    snap = tmp_path / "snap.html"
-    r = run("export", str(out), "--image", str(ids.index(f"cat/{XSS_FILE}")), "--heads", "0:0", "--out", str(snap))
-    assert r.returncode == 0, r.stderr
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
         page = b.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(snap.as_uri(), timeout=120_000)
+        page.goto(html.as_uri(), timeout=120_000)
         deadline = time.time() + 60
         while XSS_FILE not in page_text(page) and time.time() < deadline:
             time.sleep(0.3)
         assert XSS_FILE in page_text(page)
         assert page.evaluate(INJECTED) == 0
         b.close()
+
+
+def test_no_name_runs_script_in_the_snapshot_opened_from_disk(built, tmp_path):
+    out, _ = built
+    ids = list(xr.open_zarr(out).image_id.values)
+    snap = tmp_path / "snap.html"
+    r = run("export", str(out), "--image", str(ids.index(f"cat/{XSS_FILE}")), "--heads", "0:0", "--out", str(snap))
+    assert r.returncode == 0, r.stderr
+    shows_the_name_and_runs_nothing(snap)
 
 
 def test_no_name_runs_script_in_the_notebook_output(built, tmp_path):
@@ -365,19 +370,9 @@ def test_no_name_runs_script_in_the_notebook_output(built, tmp_path):
     from vitscope.app import Explorer
 
     out, _ = built
-    sync_playwright = browser()
     ids = list(xr.open_zarr(out).image_id.values)
     app = Explorer(out)
     app.selection.image = ids.index(f"cat/{XSS_FILE}")
     page_file = tmp_path / "notebook.html"
     pn.panel(app).save(page_file, resources=INLINE)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = b.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(page_file.as_uri(), timeout=120_000)
-        deadline = time.time() + 60
-        while XSS_FILE not in page_text(page) and time.time() < deadline:
-            time.sleep(0.3)
-        assert XSS_FILE in page_text(page)
-        assert page.evaluate(INJECTED) == 0
-        b.close()
+    shows_the_name_and_runs_nothing(page_file)
