@@ -1,0 +1,396 @@
+"""The compare view (issue 20 item 3): two stores of the same images side by side, over one shared selection.
+
+`vitscope serve A B` or `vitscope compare A B --serve`. Pure over store data (no model): `vitscope.compare.compare`
+is computed once per pair of stores and process; the per-image numbers come from each store's `StoreData`.
+
+- an image selector shared by both sides (the matched images, `compare.matched_images`; or the mean of all);
+- per model a head grid (layer × head) coloured by importance on the selected image, with kind markers, and the
+  heads' strength entropy; a tap on a head of one model rings it and its matched head in the other, and says the
+  pair's similarity, kinds, patterns and importance ranks;
+- per model the pattern-kind summary per layer (head kinds; the selected image's pattern labels);
+- layer trends (distance, entropy, drop) against relative depth with both models overlaid: `compare()`'s numbers;
+- the images where the two unpruned models' top-1 differ; a tap on a row selects that image.
+
+Like the single-store app: plain Bokeh figures built once per session, new data pushed into their sources inside one
+held document change (/work/shared/notes/app-speed.md, docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import panel as pn
+import param
+from bokeh.events import Tap
+from bokeh.models import ColumnDataSource, DataTable, HoverTool, Legend, LegendItem, TableColumn
+
+from vitscope.app.data import StoreData
+from vitscope.app.importance import KIND_KEY, importance_values, kind_columns
+from vitscope.app.state import guarded
+from vitscope.app.strength import ENTROPY_LABEL, head_points, head_x
+from vitscope.app.style import SELECTED, alert, bokeh_pane, div, figure, layer_colours, value_colours
+from vitscope.compare import compare, matched_images
+from vitscope.errors import one_line
+from vitscope.text import esc, printable
+from vitscope.vocab import DEFAULT_METRIC, HEAD_KINDS, METRIC_LABELS, PATTERNS, WHOLE_HEAD, harm, head_name
+
+SIDES = ("a", "b")
+MODEL_COLOURS = ("#1f77b4", "#ff7f0e")  # A, B in every overlaid plot
+PARTNER = "#9467bd"  # the ring on the matched head of the other model
+TRENDS = (("distance", "mean attention distance (patches)"), ("entropy", ENTROPY_LABEL),
+          ("drop", "drop of P[true], one head pruned"))
+ALL = -1  # the image selector's value for "mean of all images"
+NAME_LIMIT = 60  # characters of a store's name in titles and legends
+
+
+@lru_cache(maxsize=8)
+def store_data(path: str) -> StoreData:
+    """One copy of a store's arrays per process (the compare view needs no model: no dispatcher)."""
+    return StoreData(path)
+
+
+@lru_cache(maxsize=4)
+def comparison(a: str, b: str) -> dict[str, Any]:
+    """`compare()` of two stores, once per process (every session shares it)."""
+    return compare(store_data(a).ds, store_data(b).ds)
+
+
+def shared_metric(da: StoreData, db: StoreData) -> str:
+    """The importance metric both stores offer: P[true] where both have class probabilities, else the first
+    feature metric they share."""
+    both = [m for m in da.metrics_shown if m in db.metrics_shown]
+    return DEFAULT_METRIC if DEFAULT_METRIC in both else both[0]
+
+
+def top1(data: StoreData, images: np.ndarray) -> np.ndarray:
+    """[images] the unpruned model's top-1 class of the images at these positions."""
+    return data.topk_idx[images, 0, 0, 0, 0]
+
+
+def disagreements(da: StoreData, db: StoreData, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+    """Indices into the matched images where the two unpruned models' top-1 differ."""
+    return np.flatnonzero(top1(da, ia) != top1(db, ib))
+
+
+def trend_lines(result: dict[str, Any], metric: str) -> tuple[dict[str, list], dict[str, list]]:
+    """(A's, B's) points of one per-layer number of `compare()` against relative depth (layer / (L − 1)); B's
+    layers in the order they are aligned, each once (relative depth may show one of B's layers twice)."""
+    la, lb = result["layer_alignment"]["layers"]
+    nan = lambda v: np.nan if v is None else float(v)  # noqa: E731 - JSON's null: a gap in the line
+    rows = result["layers"]
+    a = {"x": [r["layer"] / max(la - 1, 1) for r in rows], "y": [nan(r[metric][0]) for r in rows],
+         "layer": [r["layer"] for r in rows]}
+    seen: dict[int, float] = {}
+    for r in rows:
+        seen.setdefault(r["layer_b"], nan(r[metric][1]))
+    b = {"x": [j / max(lb - 1, 1) for j in seen], "y": list(seen.values()), "layer": list(seen)}
+    return a, b
+
+
+def kind_counts(data: StoreData) -> list[dict[str, int]]:
+    """Per layer, how many heads of each kind (HEAD_KINDS; another code as 'unknown')."""
+    out = []
+    for layer in range(data.layers):
+        codes = data.head_kind[layer]
+        row = {k: int((codes == n).sum()) for n, k in enumerate(HEAD_KINDS)}
+        row["unknown"] = int(len(codes) - sum(row.values()))
+        out.append(row)
+    return out
+
+
+def pattern_counts(data: StoreData, image: int | None) -> list[dict[str, float]]:
+    """Per layer, the heads with each pattern label on the image (counts), or the mean count over all images."""
+    labels = data.pattern_label[image][None] if image is not None else data.pattern_label[data.valid]
+    out = []
+    for layer in range(data.layers):
+        row = {p: float((labels[:, layer] == n).sum(1).mean()) if len(labels) else 0.0 for n, p in enumerate(PATTERNS)}
+        out.append(row)
+    return out
+
+
+def summary_html(data: StoreData, image: int | None) -> str:
+    """The pattern-kind summary of one model: per layer its head kinds and the pattern labels on the image."""
+    initial = lambda s: s[:1].upper()  # noqa: E731
+    who = "this image" if image is not None else "mean over images"
+    lines = [f"<b>layer</b> kinds ({' '.join(f'{initial(k)} {k}' for k in HEAD_KINDS)}) · patterns on {who}"]
+    for layer, (kinds, pats) in enumerate(zip(kind_counts(data), pattern_counts(data, image), strict=True)):
+        k = " ".join(f"{initial(n)}{v}" for n, v in kinds.items() if v)
+        p = ", ".join(f"{n} {v:g}" for n, v in pats.items() if v)
+        lines.append(f"<b>{layer}</b> {esc(k)} · {esc(p)}")
+    return "<br>".join(lines)
+
+
+class CompareSelection(param.Parameterized):
+    """What the user selected in the compare view (one per browser session)."""
+
+    image = param.Integer(default=None, allow_None=True, doc="index into the matched images; None = all images")
+    side = param.Selector(objects=list(SIDES), default="a", doc="the model whose head was tapped")
+    layer = param.Integer(default=0, bounds=(0, None))
+    head = param.Integer(default=0, bounds=(0, None))
+    message = param.String(default="")
+
+
+class CompareView(pn.viewable.Viewer):
+    """Two stores of the same images side by side over one selection (one CompareView per browser session)."""
+
+    selection = param.ClassSelector(class_=CompareSelection)
+
+    def __init__(self, a: str | Path, b: str | Path, names: tuple[str, str] | None = None, **params) -> None:
+        super().__init__(selection=CompareSelection(), **params)
+        self.paths = (str(Path(a).resolve()), str(Path(b).resolve()))
+        self.names = tuple(names or (str(a), str(b)))
+        self.data = (store_data(self.paths[0]), store_data(self.paths[1]))
+        self.result = comparison(*self.paths)
+        da, db = self.data
+        self.images = dict(zip(SIDES, matched_images(da.ds, db.ds), strict=True))  # positions in A, in B
+        self.metric = shared_metric(da, db)
+        pairs = self.result["heads"]["pairs"]
+        self.partner = {"a": {(p["a"]["layer"], p["a"]["head"]): p for p in pairs},
+                        "b": {(p["b"]["layer"], p["b"]["head"]): p for p in pairs}}
+        self._grids()
+        self._trends()
+        self._table()
+        self._widgets()
+        self.selection.param.watch(self._changed, ["image", "side", "layer", "head"])
+        self.update()
+
+    # -- building ----------------------------------------------------------------------------------
+
+    def label(self, side: str) -> str:
+        """A store's name as canvas text (titles, legends: drawn, never read as markup)."""
+        return f"{side.upper()}: {printable(self.names[SIDES.index(side)], NAME_LIMIT)}"
+
+    def _grids(self) -> None:
+        self.grid, self.grid_source, self.ring, self.strength, self.strength_source = {}, {}, {}, {}, {}
+        self.strength_ring, self.summary = {}, {}
+        for side, data in zip(SIDES, self.data, strict=True):
+            L, H = data.layers, data.heads
+            layer, head = np.divmod(np.arange(L * H), H)
+            src = ColumnDataSource({"x": head, "y": layer, "layer": layer, "head": head, "value": np.zeros(L * H),
+                                    "colour": np.full(L * H, "#cccccc"), **kind_columns(data)})
+            fig = figure(f"{self.label(side)} — head importance", 300, 40 + 26 * L + 40, tools="tap",
+                         x_range=(-0.5, H - 0.5), y_range=(L - 0.5, -0.5), name=f"vs-compare-grid-{side}")
+            cells = fig.rect("x", "y", 0.94, 0.94, source=src, fill_color="colour", line_color=None)
+            fig.scatter("x", "y", source=src, marker="marker", size=7, fill_color="white", line_color="#222222")
+            cells.nonselection_glyph = cells.glyph.clone()
+            fig.add_tools(HoverTool(renderers=[cells], tooltips=[("head", "L@layer H@head"), ("value", "@value{0.000}"),
+                                                                 ("kind", "@kind")]))
+            ring = ColumnDataSource({"x": [], "y": [], "colour": []})
+            fig.rect("x", "y", 0.94, 0.94, source=ring, fill_alpha=0, line_color="colour", line_width=3)
+            fig.xaxis.axis_label, fig.yaxis.axis_label = f"head   {KIND_KEY}", "layer"
+            fig.xaxis.ticker, fig.yaxis.ticker = list(range(H)), list(range(L))
+            fig.grid.visible = False
+            fig.on_event(Tap, guarded(self.selection, "head tap", lambda e, s=side: self.pick(s, e.x, e.y)))
+            self.grid[side], self.grid_source[side], self.ring[side] = fig, src, ring
+
+            x = head_x(L, H)
+            ssrc = ColumnDataSource({"x": x, "layer": layer, "head": head, "y": np.zeros(L * H),
+                                     "distance": np.zeros(L * H), "colour": np.array(layer_colours(L))[layer]})
+            sfig = figure(f"{self.label(side)} — attention strength", 300, 160, tools="", x_range=(-0.5, L - 0.5),
+                          y_range=(-0.03, 1.05), name=f"vs-compare-strength-{side}")
+            sfig.toolbar_location = None
+            dots = sfig.scatter("x", "y", source=ssrc, color="colour", size=7, line_color="white")
+            sfig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head"),
+                                                                 ("entropy", "@y{0.000}")]))
+            sring = ColumnDataSource({"x": [], "y": [], "colour": []})
+            sfig.scatter("x", "y", source=sring, size=14, fill_alpha=0, line_color="colour", line_width=2.5)
+            sfig.xaxis.ticker = list(range(L))
+            sfig.xaxis.axis_label, sfig.yaxis.axis_label = "layer", ENTROPY_LABEL
+            self.strength[side], self.strength_source[side], self.strength_ring[side] = sfig, ssrc, sring
+            self.summary[side] = div(300, 22 + 18 * (L + 1))
+        self.pair_info = div(620, 44)
+
+    def _trends(self) -> None:
+        self.trend, self.trend_source = {}, {}
+        for key, title in TRENDS:
+            fig = figure(title, 300, 200, tools="", x_range=(-0.03, 1.03), name=f"vs-compare-{key}")
+            fig.toolbar_location = None
+            fig.xaxis.axis_label = "relative depth (layer / (L − 1))"
+            items = []
+            self.trend_source[key] = {}
+            for side, colour, (xs) in zip(SIDES, MODEL_COLOURS, trend_lines(self.result, key), strict=True):
+                src = ColumnDataSource(xs)
+                line = fig.line("x", "y", source=src, color=colour, line_width=2)
+                dots = fig.scatter("x", "y", source=src, color=colour, size=6)
+                items.append(LegendItem(label=self.label(side), renderers=[line, dots]))
+                fig.add_tools(HoverTool(renderers=[dots], tooltips=[("model", side.upper()), ("layer", "@layer"),
+                                                                    ("value", "@y{0.0000}")]))
+                self.trend_source[key][side] = src
+            ys = np.asarray([v for s in self.trend_source[key].values() for v in s.data["y"]], dtype=float)
+            ys = ys[np.isfinite(ys)]
+            lo, hi = (float(ys.min()), float(ys.max())) if ys.size else (0.0, 1.0)
+            pad = max(hi - lo, 1e-6) * 0.1
+            fig.y_range.update(start=lo - pad, end=hi + pad)
+            fig.add_layout(Legend(items=items, label_text_font_size="10px", padding=2, spacing=0), "below")
+            self.trend[key] = fig
+
+    def _table(self) -> None:
+        da, db = self.data
+        ia, ib = self.images["a"], self.images["b"]
+        comparable = self.result["top1_agreement"] is not None
+        rows = disagreements(da, db, ia, ib) if comparable else np.zeros(0, dtype=int)
+        ta, tb = top1(da, ia), top1(db, ib)
+        cname = lambda d, c: printable(d.class_names[c], NAME_LIMIT) if 0 <= c < len(d.class_names) else "?"  # noqa: E731
+        self.disagree = [int(k) for k in rows]
+        self.table_source = ColumnDataSource({
+            "k": self.disagree, "image_id": [printable(da.image_ids[ia[k]], NAME_LIMIT) for k in rows],
+            "label": [cname(da, int(da.label[ia[k]])) for k in rows],
+            "a": [cname(da, int(ta[k])) for k in rows], "b": [cname(db, int(tb[k])) for k in rows]})
+        self.table = DataTable(source=self.table_source, width=620, height=180, index_position=None,
+                               columns=[TableColumn(field="image_id", title="image"),
+                                        TableColumn(field="label", title="label"),
+                                        TableColumn(field="a", title="top-1 A"),
+                                        TableColumn(field="b", title="top-1 B")], css_classes=["vs-compare-table"])
+        self.table_source.selected.on_change("indices", lambda attr, old, new: self._row_tapped(new))
+        n = len(ia)
+        self.table_title = ("<b>images where the two models' top-1 differ</b>: "
+                            + (f"{len(rows)} of {n} (agreement {self.result['top1_agreement']:.1%}); tap a row"
+                               if comparable else "not comparable (a store without class probabilities, or "
+                               "different bases)"))
+
+    def _row_tapped(self, indices: list[int]) -> None:
+        if indices:
+            try:
+                self.selection.image = self.disagree[indices[0]]
+            except Exception as e:  # noqa: BLE001 - one line in the page
+                self.selection.message = f"image list: {one_line(e)}"
+
+    def _widgets(self) -> None:
+        da = self.data[0]
+        ia = self.images["a"]
+        options = {"all images (mean)": ALL}
+        options.update({f"{k}: {printable(da.image_ids[i], NAME_LIMIT)}": k for k, i in enumerate(ia)})
+        self.image_select = pn.widgets.Select(label="image (matched in both stores)", options=options, value=ALL,
+                                              css_classes=["vs-compare-image"], width=300)
+        self.image_select.param.watch(lambda e: setattr(self.selection, "image", None if e.new == ALL else e.new),
+                                      "value")
+
+    # -- interaction -------------------------------------------------------------------------------
+
+    def pick(self, side: str, x: float | None, y: float | None) -> tuple[int, int] | None:
+        """Select the head of `side`'s model under (x, y) in its grid (a tap)."""
+        if x is None or y is None:
+            return None
+        data = self.data[SIDES.index(side)]
+        layer = int(np.clip(round(y), 0, data.layers - 1))
+        head = int(np.clip(round(x), 0, data.heads - 1))
+        self.selection.param.update(side=side, layer=layer, head=head)
+        return layer, head
+
+    def select_image(self, k: int | None) -> None:
+        """Select the k-th matched image (None: all images)."""
+        self.selection.image = k
+
+    def matched(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        """(head of A, head of B) of the selection: the tapped head and its partner (None where it has none)."""
+        s = self.selection
+        pair = self.partner[s.side].get((s.layer, s.head))
+        other = "b" if s.side == "a" else "a"
+        mine = (s.layer, s.head)
+        theirs = (pair[other]["layer"], pair[other]["head"]) if pair else None
+        return (mine, theirs) if s.side == "a" else (theirs, mine)
+
+    def _changed(self, *events: param.parameterized.Event) -> None:
+        names = {e.name for e in events}
+        with pn.io.hold():
+            try:
+                self.update(names)
+            except Exception as e:  # noqa: BLE001 - one readable line in the page, never a traceback
+                self.selection.message = f"compare view: {one_line(e)}"
+            if "image" in names:
+                value = ALL if self.selection.image is None else self.selection.image
+                if self.image_select.value != value:
+                    self.image_select.value = value
+
+    def image_of(self, side: str) -> int | None:
+        """The selected image's position in `side`'s store (None: all images)."""
+        k = self.selection.image
+        return None if k is None else int(self.images[side][k])
+
+    def update(self, changed: set[str] | None = None) -> None:
+        """Push the selection into the figures that depend on it."""
+        s = self.selection
+        if changed is None or "image" in changed:
+            for side, data in zip(SIDES, self.data, strict=True):
+                image = self.image_of(side)
+                values, _ = importance_values(data, self.metric, WHOLE_HEAD, image)
+                v = harm(self.metric, np.asarray(values, dtype=float))
+                finite = v[np.isfinite(v)]
+                lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+                self.grid_source[side].data.update(value=values,
+                                                   colour=value_colours((v - lo) / max(hi - lo, 1e-12)))
+                who = f"image {s.image}" if image is not None else "mean of all images"
+                self.grid[side].title.text = (f"{self.label(side)} — {METRIC_LABELS[self.metric]}, "
+                                              f"whole head pruned, {who}")
+                self.strength_source[side].data.update(head_points(data, image))
+                self.summary[side].text = summary_html(data, image)
+        heads = dict(zip(SIDES, self.matched(), strict=True))
+        for side, data in zip(SIDES, self.data, strict=True):
+            at = heads[side]
+            colour = SELECTED if side == s.side else PARTNER
+            if at is None:
+                self.ring[side].data = self.strength_ring[side].data = {"x": [], "y": [], "colour": []}
+                continue
+            layer, head = at
+            k = data.head_index(layer, head)
+            self.ring[side].data = {"x": [head], "y": [layer], "colour": [colour]}
+            ys = self.strength_source[side].data["y"]
+            self.strength_ring[side].data = {"x": [float(self.strength_source[side].data["x"][k])],
+                                             "y": [float(ys[k])], "colour": [colour]}
+        self.pair_info.text = self.pair_text()
+
+    def pair_text(self) -> str:
+        """The tapped head and its partner: similarity, kinds, patterns and importance ranks (HTML, escaped)."""
+        s = self.selection
+        name = head_name(s.layer, s.head)
+        pair = self.partner[s.side].get((s.layer, s.head))
+        if pair is None:
+            return (f"{s.side.upper()} {name}: no partner in {'B' if s.side == 'a' else 'A'} (the other model has "
+                    "fewer heads)")
+        sim = "n/a" if pair["similarity"] is None else f"{pair['similarity']:.3f}"
+        good = "a good partner" if pair["good"] else "<b>no good partner</b>" + (
+            " (a sink paired with no sink)" if pair["sink_role"] else "")
+        arrow = lambda v: esc(v[0]) if v[0] == v[1] else f"{esc(v[0])} → {esc(v[1])}"  # noqa: E731
+        rank = pair["importance_rank"]
+        return (f"<b>A {pair['a']['name']} ↔ B {pair['b']['name']}</b>: similarity {sim}, {good}"
+                f"{'; in another layer of B' if pair['moved'] else ''}<br>kind {arrow(pair['kind'])} · pattern "
+                f"{arrow(pair['pattern'])} · importance rank {rank[0]:.2f} → {rank[1]:.2f}"
+                f"{' (changed)' if pair['importance_changed'] else ''}")
+
+    # -- layout ------------------------------------------------------------------------------------
+
+    @param.depends("selection.message")
+    def message(self) -> pn.viewable.Viewable:
+        text = self.selection.message
+        return alert(text, margin=(0, 4)) if text else pn.Spacer(height=0)
+
+    def header(self) -> pn.pane.HTML:
+        r = self.result
+        (la, ha, ga), (lb, hb, gb) = r["shape"]
+        da, db = self.data
+        return pn.pane.HTML(
+            f"<b>A</b> {esc(self.names[0])}: {esc(da.model_spec)}, {la} layers × {ha} heads, {ga}×{ga} patches<br>"
+            f"<b>B</b> {esc(self.names[1])}: {esc(db.model_spec)}, {lb} layers × {hb} heads, {gb}×{gb} patches<br>"
+            f"{r['images']} images in both; layers: {esc(r['layer_alignment']['rule'])}; "
+            f"{sum(p['good'] for p in r['heads']['pairs'])} of {len(r['heads']['pairs'])} head pairs good",
+            width=620)
+
+    def main(self) -> pn.Column:
+        side = lambda s: pn.Column(bokeh_pane(self.grid[s], f"vs-compare-grid-{s}"),  # noqa: E731
+                                   bokeh_pane(self.strength[s]), bokeh_pane(self.summary[s]))
+        trends = pn.Row(*(bokeh_pane(self.trend[k], f"vs-compare-{k}") for k, _ in TRENDS))
+        return pn.Column(self.message, self.header(), pn.Row(self.image_select), bokeh_pane(self.pair_info),
+                         pn.Row(side("a"), side("b"), pn.Column(pn.pane.HTML(self.table_title, width=620),
+                                                                bokeh_pane(self.table))),
+                         trends)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self.main()
+
+    def template(self) -> pn.template.BaseTemplate:
+        """The served page."""
+        return pn.template.FastListTemplate(title="vitscope — two models compared", main=[self.main()],
+                                            busy_indicator=None, main_layout=None, header_background="#3b4252")
