@@ -15,6 +15,7 @@ from test_compare import SWAPPED, build_store, demo_arch, swap_heads
 from vitscope import store
 from vitscope.app.compare_view import SIDES, TRENDS, CompareView, comparison, trend_lines
 from vitscope.app.style import SELECTED
+from vitscope.cli import main
 from vitscope.compare import compare
 from vitscope.data import demo
 
@@ -112,3 +113,20 @@ def test_hostile_store_names_stay_text(stores):
     legend = view.trend["distance"].legend[0].items[0].label.value
     assert "\u202e" not in legend and legend.startswith("A: <img")  # drawn on the canvas: text, not markup
     assert "<img" not in view.pair_info.text
+
+
+def test_serve_with_two_stores_and_compare_serve_reach_the_compare_view(stores, monkeypatch, capsys):
+    import vitscope.app
+
+    calls = []
+    monkeypatch.setattr(vitscope.app, "serve", lambda store, **kw: calls.append((str(store), kw)))
+    assert main(["serve", str(stores["a"]), str(stores["swap"]), "--port", "5991"]) == 0
+    assert main(["compare", str(stores["a"]), str(stores["swap"]), "--serve", "--port", "5992"]) == 0
+    assert main(["serve", str(stores["a"]), "--port", "5993"]) == 0
+    assert [(s, str(kw["compare_with"]), kw["port"]) for s, kw in calls] == [
+        (str(stores["a"]), str(stores["swap"]), 5991), (str(stores["a"]), str(stores["swap"]), 5992),
+        (str(stores["a"]), "None", 5993)]
+    assert main(["serve", *(str(stores[k]) for k in ("a", "swap", "small"))]) == 2
+    assert main(["compare", str(stores["a"]), str(stores["swap"]), "--serve", "--json"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "not 3" in err[0] and "--serve" in err[1]

@@ -221,6 +221,13 @@ def cmd_compare(args) -> None:
 
     if args.good is not None and not 0 <= args.good <= 1:
         raise VitscopeError(f"--good {args.good}: give a similarity from 0 to 1")
+    if args.serve:
+        if args.json or args.good is not None:
+            raise VitscopeError("--serve shows the comparison in the app: give it without --json and --good")
+        from vitscope.app import serve
+
+        serve(args.a, show=False, compare_with=args.b, **_serving(args))
+        return
     a, b = open_store(args.a), open_store(args.b)  # missing, foreign, old or unfinished: one line
     result = compare(a, b, good=args.good)
     if args.json:
@@ -232,7 +239,11 @@ def cmd_compare(args) -> None:
 def cmd_serve(args) -> None:
     from vitscope.app import serve
 
-    serve(args.store, device=args.device, show=False, scheduler=args.scheduler, **_serving(args))
+    if len(args.store) > 2:
+        raise VitscopeError(f"give one store, or two to compare them, not {len(args.store)}")
+    other = args.store[1] if len(args.store) == 2 else None
+    serve(args.store[0], device=args.device, show=False, scheduler=args.scheduler, compare_with=other,
+          **_serving(args))
 
 
 def cmd_export(args) -> None:
@@ -286,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("serve", help="serve the app for a store (binds 127.0.0.1 unless --address says otherwise)")
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=Path, nargs="+", help="a store; or two stores of the same images: the compare "
+                   "view (as `vitscope compare A B --serve`)")
     _serve_args(p)
     p.add_argument("--device", default="cpu", help="where the on-demand attention is computed")
     p.add_argument("--scheduler", help="keep the ablation service's model on a worker of this Dask scheduler "
@@ -320,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"least similarity of a good partner; heads without one are roles of one model only "
                         f"(default: {GOOD_PARTNER}, or lower where most pairs of the two models are less alike: "
                         "the outliers below them, docs/guide.md)")
+    p.add_argument("--serve", action="store_true", help="show the comparison in the app (the compare view) instead "
+                   "of printing it; takes the serve flags below")
+    _serve_args(p)
     p.set_defaults(func=cmd_compare)
 
     from vitscope.service.cli import add_parser as add_ablate

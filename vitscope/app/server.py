@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitscope.errors import VitscopeError
+from vitscope.text import printable
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # An uploaded image reaches the service base64-encoded in one websocket message: room for the 50 MB the service
@@ -144,8 +145,11 @@ def check_address(address: str, port: int, login: Login) -> None:
 
 def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", device: str = "cpu",
           show: bool = False, login: Login | None = None, threads: int | None = None,
-          scheduler: str | None = None) -> None:
+          scheduler: str | None = None, compare_with: str | Path | None = None) -> None:
     """Serve the app; every browser session gets its own Explorer (selection) over shared data and model.
+
+    `compare_with` (a second store of the same images) serves the compare view instead (`vitscope serve A B`,
+    `vitscope compare A B --serve`): both stores side by side, from store data alone (no model is loaded).
 
     `scheduler` (a Dask scheduler's address) puts the on-demand ablation service's model on a Dask worker.
 
@@ -160,15 +164,27 @@ def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", devic
     key = str(path.resolve())
     from vitscope.store import open_store
 
-    open_store(key)  # a missing, foreign or old store: one line before the app's heavy imports
+    first = open_store(key)  # a missing, foreign or old store: one line before the app's heavy imports
+    other = Path(compare_with) if compare_with is not None else None
+    if other is not None:
+        from vitscope.compare import matched_images
+
+        matched_images(first, open_store(other.resolve()))  # other images, or none in common: one line, now
     import gc
 
     import panel as pn
 
-    from vitscope.app.explorer import Explorer, store_data, warm
+    if other is None:
+        from vitscope.app.explorer import Explorer, store_data, warm
 
-    store_data(key)
-    warm(key, device, scheduler)  # the model once now, here or on the scheduler's worker (then none here)
+        store_data(key)
+        warm(key, device, scheduler)  # the model once now, here or on the scheduler's worker (then none here)
+        app, what = (lambda: Explorer(path, device, scheduler).template()), f"vitscope app for {path}"
+    else:
+        from vitscope.app.compare_view import CompareView, comparison
+
+        comparison(key, str(other.resolve()))  # the comparison once now; every session shares it
+        app, what = (lambda: CompareView(path, other).template()), f"vitscope compare view of {path} and {other}"
     gc.freeze()  # the store's arrays and the model are long-lived: keep them out of every full collection
     if threads:
         pn.config.nthreads = threads
@@ -184,12 +200,12 @@ def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", devic
     else:
         origins = ["*"]
     try:
-        server = pn.serve({"/": lambda: Explorer(path, device, scheduler).template()}, port=port, address=address,
+        server = pn.serve({"/": app}, port=port, address=address,
                           show=show, title="vitscope", websocket_origin=origins, start=False, verbose=False,
                           websocket_max_message_size=UPLOAD_MESSAGE, **auth)
     except OSError as e:  # taken since check_address
         raise VitscopeError(f"cannot serve on {address}:{port}: {e.strerror or e} (try another --port)") from None
-    print(f"vitscope app for {path}: {url(address, port)}  ({_who(login)}; Ctrl+C stops it)", flush=True)
+    print(f"{printable(what)}: {url(address, port)}  ({_who(login)}; Ctrl+C stops it)", flush=True)
     server.start()
     server.io_loop.start()
 
