@@ -200,7 +200,7 @@ class CompareView(pn.viewable.Viewer):
             sfig.xaxis.ticker = list(range(L))
             sfig.xaxis.axis_label, sfig.yaxis.axis_label = "layer", ENTROPY_LABEL
             self.strength[side], self.strength_source[side], self.strength_ring[side] = sfig, ssrc, sring
-            self.summary[side] = div(300, 22 + 18 * (L + 1))
+            self.summary[side] = div(300, 44 + 19 * L)
         self.pair_info = div(620, 44)
 
     def _trends(self) -> None:
@@ -224,7 +224,8 @@ class CompareView(pn.viewable.Viewer):
             lo, hi = (float(ys.min()), float(ys.max())) if ys.size else (0.0, 1.0)
             pad = max(hi - lo, 1e-6) * 0.1
             fig.y_range.update(start=lo - pad, end=hi + pad)
-            fig.add_layout(Legend(items=items, label_text_font_size="10px", padding=2, spacing=0), "below")
+            fig.add_layout(Legend(items=items, location="top_left", label_text_font_size="10px", padding=2, spacing=0,
+                                  background_fill_alpha=0.6))
             self.trend[key] = fig
 
     def _table(self) -> None:
@@ -323,8 +324,7 @@ class CompareView(pn.viewable.Viewer):
                 self.grid_source[side].data.update(value=values,
                                                    colour=value_colours((v - lo) / max(hi - lo, 1e-12)))
                 who = f"image {s.image}" if image is not None else "mean of all images"
-                self.grid[side].title.text = (f"{self.label(side)} — {METRIC_LABELS[self.metric]}, "
-                                              f"whole head pruned, {who}")
+                self.grid[side].title.text = f"{self.label(side)} — importance, {who}"
                 self.strength_source[side].data.update(head_points(data, image))
                 self.summary[side].text = summary_html(data, image)
         heads = dict(zip(SIDES, self.matched(), strict=True))
@@ -375,7 +375,9 @@ class CompareView(pn.viewable.Viewer):
             f"<b>A</b> {esc(self.names[0])}: {esc(da.model_spec)}, {la} layers × {ha} heads, {ga}×{ga} patches<br>"
             f"<b>B</b> {esc(self.names[1])}: {esc(db.model_spec)}, {lb} layers × {hb} heads, {gb}×{gb} patches<br>"
             f"{r['images']} images in both; layers: {esc(r['layer_alignment']['rule'])}; "
-            f"{sum(p['good'] for p in r['heads']['pairs'])} of {len(r['heads']['pairs'])} head pairs good",
+            f"{sum(p['good'] for p in r['heads']['pairs'])} of {len(r['heads']['pairs'])} head pairs good<br>"
+            f"head grids: {esc(METRIC_LABELS[self.metric])}, whole head pruned (yellow: most important in its own "
+            "model, blue: least); tap a head to ring its matched head in the other model",
             width=620)
 
     def main(self) -> pn.Column:
