@@ -178,7 +178,7 @@ class CompareView(pn.viewable.Viewer):
             cells.nonselection_glyph = cells.glyph.clone()
             fig.add_tools(HoverTool(renderers=[cells], tooltips=[("head", "L@layer H@head"), ("value", "@value{0.000}"),
                                                                  ("kind", "@kind")]))
-            ring = ColumnDataSource({"x": [], "y": [], "colour": []})
+            ring = ColumnDataSource({"x": [], "y": [], "colour": []}, name=f"vs-compare-ring-{side}")
             fig.rect("x", "y", 0.94, 0.94, source=ring, fill_alpha=0, line_color="colour", line_width=3)
             fig.xaxis.axis_label, fig.yaxis.axis_label = f"head   {KIND_KEY}", "layer"
             fig.xaxis.ticker, fig.yaxis.ticker = list(range(H)), list(range(L))
