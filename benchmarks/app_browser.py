@@ -3,6 +3,7 @@
     python benchmarks/app_browser.py                            # demo store + synthetic ViT-B store, 8 changes each
     python benchmarks/app_browser.py --store cache/demo.zarr --no-synthetic --repeat 3 --kinds image_tap,metric
     python benchmarks/app_browser.py --no-synthetic --screenshot /tmp/app.png -vv   # every change and its frames
+    python benchmarks/app_browser.py --compare cache/vit.zarr cache/deit.zarr   # the compare view (no model)
 
 Each store's app (`Explorer(store).template()`; `SyntheticExplorer` from app.py for the synthetic
 store, which has no model) is served by `pn.serve` in a subprocess on 127.0.0.1 and driven by
@@ -12,7 +13,9 @@ the Head Importance line (`head_tap`), `metric`, pruning `mode`, `threshold` (th
 on the histogram), Attention Pattern View `layout`, Image Overview `colour_by`; `pattern_tap` (a tap
 on the map of all heads) on request. Each kind gets one warm-up change ("first") and `--repeat`
 timed ones, each to a different value. A kind whose element (CSS class `vs-…`) is not in the page
-is "n/a".
+is "n/a". `--compare A B` times the compare view (`vitscope serve A B`) instead: the shared image
+selector (`compare_image`), a tap on a head of A's grid (`compare_head_tap`), a tap on a row of the
+disagreement list (`compare_row`).
 
 Settle, measured in the page's own clock (performance.now()) by an init script: it wraps
 window.WebSocket (time of every frame received or sent), registers `doc.on_change` on every
@@ -54,6 +57,7 @@ import panel as pn
 from app import SyntheticExplorer, synthetic_store
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
+from vitscope.app.compare_view import CompareView
 from vitscope.app.explorer import Explorer
 from vitscope.build import cache_root
 from vitscope.store import open_store
@@ -230,6 +234,20 @@ def baseline_page(points: int) -> pn.viewable.Viewable:
     return pn.Column(select, pn.pane.Bokeh(fig))
 
 
+def serve_compare(a: Path, b: Path, port: int) -> None:
+    """The compare view of A and B at /, the baseline at /baseline, like `vitscope serve A B`."""
+    points = int(open_store(a).sizes["image"])
+    CompareView(a, b).template()  # the stores' arrays and the comparison, once, before the first session
+    gc.collect()
+    gc.freeze()
+    server = pn.serve({"/": lambda: CompareView(a, b).template(), "/baseline": lambda: baseline_page(points)},
+                      port=port, address="127.0.0.1", show=False, start=False, title="vitscope benchmark",
+                      allow_websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"], verbose=False)
+    server.start()
+    print("ready", flush=True)
+    server.io_loop.start()
+
+
 def serve(store: Path, port: int, synthetic: bool) -> None:
     """The app at / and the baseline at /baseline, like `vitscope serve` (model and arrays loaded first)."""
     cls = SyntheticExplorer if synthetic else Explorer
@@ -255,12 +273,13 @@ def serve(store: Path, port: int, synthetic: bool) -> None:
 class Server:
     """`serve` in a subprocess (so its CPU time is not the browser driver's); its output goes to a log file."""
 
-    def __init__(self, store: Path, synthetic: bool) -> None:
+    def __init__(self, store: Path, synthetic: bool, compare_with: Path | None = None) -> None:
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="app_browser-")
         cmd = [sys.executable, __file__, "--serve", str(store), "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd + (["--serve-synthetic"] if synthetic else []), stdout=self.log,
-                                     stderr=subprocess.STDOUT, text=True)
+        cmd += ["--serve-synthetic"] if synthetic else []
+        cmd += ["--serve-compare", str(compare_with)] if compare_with is not None else []
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 300
         while "ready" not in self.output():
             if self.proc.poll() is not None or time.time() > deadline:
@@ -416,6 +435,25 @@ def change(page: Page, action: Action, kind: str, verbose: int) -> tuple[str, di
     return status, res
 
 
+def click_row(page: Page, k: int) -> Action | None:
+    """Click the k-th row (cyclically) of the compare view's disagreement list."""
+    rows = page.locator(".vs-compare-table .slick-row")
+    n = rows.count()
+    if n == 0:
+        return None
+    cell = rows.nth(k % n).locator(".slick-cell").first
+    cell.scroll_into_view_if_needed()
+    return lambda: cell.click()
+
+
+def compare_actions(page: Page) -> dict[str, Callable[[int], Action | None]]:
+    return {
+        "compare_image": lambda k: pick_option(page, ".vs-compare-image"),
+        "compare_head_tap": lambda k: tap(page, ".vs-compare-grid-a", 0, (golden(k), golden(k + 3))),
+        "compare_row": lambda k: click_row(page, k),
+    }
+
+
 def run_kind(page: Page, make: Callable[[int], Action | None], kind: str, repeat: int, verbose: int) -> Result:
     out = Result()
     for k in range(repeat + 1):
@@ -467,7 +505,6 @@ def bench_store(browser: Browser, store: Path, synthetic: bool, args: argparse.N
         page.close()
         if not base.times:
             raise SystemExit(f"baseline page gave no timing ({base})")
-        base_ms = statistics.median(base.times)
 
         t = time.perf_counter()
         page = open_page(context, server.url + "/", errors)
@@ -497,6 +534,13 @@ def bench_store(browser: Browser, store: Path, synthetic: bool, args: argparse.N
 
     name = "SyntheticExplorer" if synthetic else "Explorer"
     print(f"\n### {store.name}: {images} images, {shape} ({name}), viewport {args.viewport}\n")
+    report(results, load, wall, images, base, errors, log)
+
+
+def report(results: dict[str, Result], load: float, wall: float, images: int, base: Result, errors: list[str],
+           log: str) -> None:
+    """The table of one page's kinds against the baseline, then its page errors and the server's traceback."""
+    base_ms = statistics.median(base.times)
     print(f"page load → settled: {load:.0f} ms in the page clock ({wall:.1f} s with navigation)  ")
     print(f"baseline (Bokeh figure of {images} points, Select → new `source.data`): median {base_ms:.0f} ms, "
           f"max {max(base.times):.0f} ms\n")
@@ -524,6 +568,36 @@ def bench_store(browser: Browser, store: Path, synthetic: bool, args: argparse.N
         print(f"\nserver log (last lines):\n```\n{log[-2000:]}\n```")
 
 
+def bench_compare(browser: Browser, a: Path, b: Path, args: argparse.Namespace) -> None:
+    """Serve the compare view of A and B, time the baseline and the compare kinds, print the table."""
+    images = int(open_store(a).sizes["image"])
+    width, height = (int(v) for v in args.viewport.split("x"))
+    server = Server(a, False, compare_with=b)
+    errors: list[str] = []
+    try:
+        context = browser.new_context(viewport={"width": width, "height": height})
+        page = open_page(context, server.url + "/baseline", errors)
+        base = run_kind(page, lambda k: pick_option(page, ".vs-baseline"), "baseline", args.repeat, args.verbose)
+        page.close()
+        if not base.times:
+            raise SystemExit(f"baseline page gave no timing ({base})")
+        t = time.perf_counter()
+        page = open_page(context, server.url + "/", errors)
+        load = page.evaluate("() => Math.max(...Object.values(window.__vs.last))")
+        wall = time.perf_counter() - t
+        results = {kind: run_kind(page, make, kind, args.repeat, args.verbose)
+                   for kind, make in compare_actions(page).items()}
+        if args.screenshot:
+            page.screenshot(path=str(args.screenshot))
+            print(f"screenshot: {args.screenshot}")
+        context.close()
+    finally:
+        log = server.output()
+        server.close()
+    print(f"\n### compare view: {a.name} vs {b.name}, {images} images, viewport {args.viewport}\n")
+    report(results, load, wall, images, base, errors, log)
+
+
 def ensure_demo(path: Path) -> None:
     """Build the default demo store when it is missing (`vitscope demo --no-serve`, ~4 min on 2 cores)."""
     if path.exists():
@@ -548,8 +622,14 @@ def main() -> None:
                     help="print every change (-vv: and its websocket frames, in ms after the input)")
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # internal: the server subprocess
     ap.add_argument("--serve-synthetic", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-compare", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--compare", type=Path, nargs=2, metavar=("A", "B"),
+                    help="time the compare view of two stores of the same images instead (vitscope serve A B)")
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve and args.serve_compare:
+        serve_compare(args.serve, args.serve_compare, args.port)
+        return
     if args.serve:
         serve(args.serve, args.port, args.serve_synthetic)
         return
@@ -559,6 +639,8 @@ def main() -> None:
     unknown = set(args.kinds) - set(KINDS + EXTRA_KINDS)
     if unknown:
         ap.error(f"unknown kinds: {', '.join(sorted(unknown))}")
+    if args.compare:
+        args.store, args.synthetic = [], False
     if demo in args.store:
         ensure_demo(demo)
     stores = [(p, False) for p in args.store]
@@ -576,6 +658,8 @@ def main() -> None:
               flush=True)
         for store, synthetic in stores:
             bench_store(browser, store, synthetic, args)
+        if args.compare:
+            bench_compare(browser, *args.compare, args)
         browser.close()
 
 
