@@ -174,8 +174,9 @@ class CompareView(pn.viewable.Viewer):
             fig = figure(f"{self.label(side)} — head importance", 300, 40 + 26 * L + 40, tools="tap",
                          x_range=(-0.5, H - 0.5), y_range=(L - 0.5, -0.5), name=f"vs-compare-grid-{side}")
             cells = fig.rect("x", "y", 0.94, 0.94, source=src, fill_color="colour", line_color=None)
-            fig.scatter("x", "y", source=src, marker="marker", size=7, fill_color="white", line_color="#222222")
-            cells.nonselection_glyph = cells.glyph.clone()
+            marks = fig.scatter("x", "y", source=src, marker="marker", size=7, fill_color="white", line_color="#222222")
+            for r in (cells, marks):  # a tap selects in the source: the ring shows it, nothing else greys out
+                r.nonselection_glyph = r.glyph.clone()
             fig.add_tools(HoverTool(renderers=[cells], tooltips=[("head", "L@layer H@head"), ("value", "@value{0.000}"),
                                                                  ("kind", "@kind")]))
             ring = ColumnDataSource({"x": [], "y": [], "colour": []}, name=f"vs-compare-ring-{side}")
