@@ -6,8 +6,11 @@ Each check compares the view's Bokeh sources with numbers computed here from the
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import pytest
+from app_helpers import make_store
 from bokeh.events import Tap
 from PIL import Image
 from test_compare import SWAPPED, build_store, demo_arch, swap_heads
@@ -33,6 +36,12 @@ def stores(tmp_path_factory) -> dict:
     return {"a": build_store(tmp, "a", base, tmp / "imgs", 4, 4),
             "swap": build_store(tmp, "swap", swap_heads(base, *SWAPPED, heads=4), tmp / "imgs", 4, 4),
             "small": build_store(tmp, "small", demo_arch(2, 2, seed=1), tmp / "imgs", 2, 2)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tap(view: CompareView, side: str, layer: int, head: int) -> None:
@@ -130,3 +139,10 @@ def test_serve_with_two_stores_and_compare_serve_reach_the_compare_view(stores, 
     assert main(["compare", str(stores["a"]), str(stores["swap"]), "--serve", "--json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not 3" in err[0] and "--serve" in err[1]
+
+
+def test_serve_refuses_stores_of_other_images_in_one_line(stores, tmp_path, capsys):
+    other = make_store(tmp_path / "other.zarr", 6, 2, 2, 4, 3)  # a synthetic store: another image set
+    assert main(["serve", str(stores["a"]), str(other), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different image sets" in err[0]
