@@ -43,7 +43,7 @@ def test_served_compare_view_follows_image_head_and_row(stores):  # noqa: F811
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url, wait_until="load", timeout=120_000)
             until(lambda: model(page, "vs-compare-grid-a", "title.text"), 60, "the grid of A")
-            assert "mean of all images" in model(page, "vs-compare-grid-b", "title.text")
+            assert "mean of the images" in model(page, "vs-compare-grid-b", "title.text")
 
             page.locator(".vs-compare-image select").first.select_option(label=None, index=3)  # the 3rd image
             until(lambda: "image 2" in model(page, "vs-compare-grid-b", "title.text"), 30, "B's grid on image 2")

@@ -83,7 +83,11 @@ def test_image_selection_recolours_both_grids_with_each_stores_importance(stores
         np.testing.assert_allclose(view.strength_source[side].data["y"], ent.reshape(-1), rtol=1e-6)
         assert "image 2" in view.grid[side].title.text
     view.image_select.value = -1  # the selector drives the selection too: all images
-    assert view.selection.image is None and "mean of all images" in view.grid["a"].title.text
+    assert view.selection.image is None and "mean of the images" in view.grid["a"].title.text
+    for side in SIDES:  # the mean over the matched images, as compare() reads them
+        imp = ds[side]["importance"].isel(image=view.images[side]).sel(mode=1, metric="prob")
+        np.testing.assert_allclose(view.grid_source[side].data["value"],
+                                   imp.mean("image").transpose("layer", "head").values.reshape(-1), rtol=1e-5)
 
 
 def test_the_disagreement_list_is_the_images_whose_top1_differ(stores):

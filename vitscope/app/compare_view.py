@@ -3,7 +3,7 @@
 `vitscope serve A B` or `vitscope compare A B --serve`. Pure over store data (no model): `vitscope.compare.compare`
 is computed once per pair of stores and process; the per-image numbers come from each store's `StoreData`.
 
-- an image selector shared by both sides (the matched images, `compare.matched_images`; or the mean of all);
+- an image selector shared by both sides (the matched images, `compare.matched_images`; or their mean);
 - per model a head grid (layer × head) coloured by importance on the selected image, with kind markers, and the
   heads' strength entropy; a tap on a head of one model rings it and its matched head in the other, and says the
   pair's similarity, kinds, patterns and importance ranks;
@@ -17,6 +17,7 @@ held document change (/work/shared/notes/app-speed.md, docs/performance.md).
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,9 @@ from bokeh.events import Tap
 from bokeh.models import ColumnDataSource, DataTable, HoverTool, Legend, LegendItem, TableColumn
 
 from vitscope.app.data import StoreData
-from vitscope.app.importance import KIND_KEY, importance_values, kind_columns
+from vitscope.app.importance import KIND_KEY, kind_columns
 from vitscope.app.state import guarded
-from vitscope.app.strength import ENTROPY_LABEL, head_points, head_x
+from vitscope.app.strength import ENTROPY_LABEL, head_x
 from vitscope.app.style import SELECTED, alert, bokeh_pane, div, figure, layer_colours, value_colours
 from vitscope.compare import compare, matched_images
 from vitscope.errors import one_line
@@ -101,9 +102,9 @@ def kind_counts(data: StoreData) -> list[dict[str, int]]:
     return out
 
 
-def pattern_counts(data: StoreData, image: int | None) -> list[dict[str, float]]:
-    """Per layer, the heads with each pattern label on the image (counts), or the mean count over all images."""
-    labels = data.pattern_label[image][None] if image is not None else data.pattern_label[data.valid]
+def pattern_counts(data: StoreData, images: np.ndarray) -> list[dict[str, float]]:
+    """Per layer, the heads with each pattern label on the images at these positions (mean count over them)."""
+    labels = data.pattern_label[images]
     out = []
     for layer in range(data.layers):
         row = {p: float((labels[:, layer] == n).sum(1).mean()) if len(labels) else 0.0 for n, p in enumerate(PATTERNS)}
@@ -111,12 +112,20 @@ def pattern_counts(data: StoreData, image: int | None) -> list[dict[str, float]]
     return out
 
 
-def summary_html(data: StoreData, image: int | None) -> str:
-    """The pattern-kind summary of one model: per layer its head kinds and the pattern labels on the image."""
+def over_matched(data: StoreData, name: str, images: np.ndarray) -> np.ndarray:
+    """A per-image variable's mean over the matched images (the images `compare()` reads), NaN left out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a head without a value on any image: NaN
+        return np.nanmean(getattr(data, name)[images].astype(np.float64), axis=0)
+
+
+def summary_html(data: StoreData, images: np.ndarray) -> str:
+    """The pattern-kind summary of one model: per layer its head kinds and the pattern labels on the images (one
+    image, or the mean count over the matched images)."""
     initial = lambda s: s[:1].upper()  # noqa: E731
-    who = "this image" if image is not None else "mean over images"
+    who = "this image" if len(images) == 1 else "mean over the images"
     lines = [f"<b>layer</b> kinds ({' '.join(f'{initial(k)} {k}' for k in HEAD_KINDS)}) · patterns on {who}"]
-    for layer, (kinds, pats) in enumerate(zip(kind_counts(data), pattern_counts(data, image), strict=True)):
+    for layer, (kinds, pats) in enumerate(zip(kind_counts(data), pattern_counts(data, images), strict=True)):
         k = " ".join(f"{initial(n)}{v}" for n, v in kinds.items() if v)
         p = ", ".join(f"{n} {v:g}" for n, v in pats.items() if v)
         lines.append(f"<b>{layer}</b> {esc(k)} · {esc(p)}")
@@ -189,7 +198,7 @@ class CompareView(pn.viewable.Viewer):
 
             x = head_x(L, H)
             ssrc = ColumnDataSource({"x": x, "layer": layer, "head": head, "y": np.zeros(L * H),
-                                     "distance": np.zeros(L * H), "colour": np.array(layer_colours(L))[layer]})
+                                     "colour": np.array(layer_colours(L))[layer]})
             sfig = figure(f"{self.label(side)} — attention strength", 300, 160, tools="", x_range=(-0.5, L - 0.5),
                           y_range=(-0.03, 1.05), name=f"vs-compare-strength-{side}")
             sfig.toolbar_location = None
@@ -318,16 +327,21 @@ class CompareView(pn.viewable.Viewer):
         if changed is None or "image" in changed:
             for side, data in zip(SIDES, self.data, strict=True):
                 image = self.image_of(side)
-                values, _ = importance_values(data, self.metric, WHOLE_HEAD, image)
+                m = data.metrics.index(self.metric)
+                values = (data.importance[image, :, :, WHOLE_HEAD, m] if image is not None else
+                          over_matched(data, "importance", self.images[side])[:, :, WHOLE_HEAD, m]).reshape(-1)
                 v = harm(self.metric, np.asarray(values, dtype=float))
                 finite = v[np.isfinite(v)]
                 lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
                 self.grid_source[side].data.update(value=values,
                                                    colour=value_colours((v - lo) / max(hi - lo, 1e-12)))
-                who = f"image {s.image}" if image is not None else "mean of all images"
+                who = f"image {s.image}" if image is not None else "mean of the images"
                 self.grid[side].title.text = f"{self.label(side)} — importance, {who}"
-                self.strength_source[side].data.update(head_points(data, image))
-                self.summary[side].text = summary_html(data, image)
+                self.strength_source[side].data.update(
+                    y=(data.strength_entropy[image] if image is not None else
+                       over_matched(data, "strength_entropy", self.images[side])).reshape(-1))
+                self.summary[side].text = summary_html(data, self.images[side] if image is None else
+                                                       np.array([image]))
         heads = dict(zip(SIDES, self.matched(), strict=True))
         for side, data in zip(SIDES, self.data, strict=True):
             at = heads[side]
