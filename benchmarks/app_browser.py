@@ -490,26 +490,30 @@ def open_page(context: BrowserContext, url: str, errors: list[str]) -> Page:
     return page
 
 
+def baseline_then_app(browser: Browser, url: str, args: argparse.Namespace, errors: list[str]):
+    """Time the baseline page, then open the app: (context, baseline, app page, load ms in the page clock, wall s)."""
+    width, height = (int(v) for v in args.viewport.split("x"))
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = open_page(context, url + "/baseline", errors)
+    base = run_kind(page, lambda k: pick_option(page, ".vs-baseline"), "baseline", args.repeat, args.verbose)
+    page.close()
+    if not base.times:
+        raise SystemExit(f"baseline page gave no timing ({base})")
+    t = time.perf_counter()
+    page = open_page(context, url + "/", errors)
+    load = page.evaluate("() => Math.max(...Object.values(window.__vs.last))")
+    return context, base, page, load, time.perf_counter() - t
+
+
 def bench_store(browser: Browser, store: Path, synthetic: bool, args: argparse.Namespace) -> None:
     """Serve one store, time the baseline and every kind, print its table."""
     ds = open_store(store)
     images, valid = int(ds.sizes["image"]), np.flatnonzero(ds["valid"].values)
     shape = f"{ds.sizes['layer']} × {ds.sizes['head']} heads"
-    width, height = (int(v) for v in args.viewport.split("x"))
     server = Server(store, synthetic)
     errors: list[str] = []
     try:
-        context = browser.new_context(viewport={"width": width, "height": height})
-        page = open_page(context, server.url + "/baseline", errors)
-        base = run_kind(page, lambda k: pick_option(page, ".vs-baseline"), "baseline", args.repeat, args.verbose)
-        page.close()
-        if not base.times:
-            raise SystemExit(f"baseline page gave no timing ({base})")
-
-        t = time.perf_counter()
-        page = open_page(context, server.url + "/", errors)
-        load = page.evaluate("() => Math.max(...Object.values(window.__vs.last))")
-        wall = time.perf_counter() - t
+        context, base, page, load, wall = baseline_then_app(browser, server.url, args, errors)
         make = actions(page, valid)
         kinds = args.kinds
         if not {"image_tap", "image_id"} & set(kinds):  # the image views show an image's details only
@@ -571,20 +575,10 @@ def report(results: dict[str, Result], load: float, wall: float, images: int, ba
 def bench_compare(browser: Browser, a: Path, b: Path, args: argparse.Namespace) -> None:
     """Serve the compare view of A and B, time the baseline and the compare kinds, print the table."""
     images = int(open_store(a).sizes["image"])
-    width, height = (int(v) for v in args.viewport.split("x"))
     server = Server(a, False, compare_with=b)
     errors: list[str] = []
     try:
-        context = browser.new_context(viewport={"width": width, "height": height})
-        page = open_page(context, server.url + "/baseline", errors)
-        base = run_kind(page, lambda k: pick_option(page, ".vs-baseline"), "baseline", args.repeat, args.verbose)
-        page.close()
-        if not base.times:
-            raise SystemExit(f"baseline page gave no timing ({base})")
-        t = time.perf_counter()
-        page = open_page(context, server.url + "/", errors)
-        load = page.evaluate("() => Math.max(...Object.values(window.__vs.last))")
-        wall = time.perf_counter() - t
+        context, base, page, load, wall = baseline_then_app(browser, server.url, args, errors)
         results = {kind: run_kind(page, make, kind, args.repeat, args.verbose)
                    for kind, make in compare_actions(page).items()}
         if args.screenshot:

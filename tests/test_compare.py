@@ -8,6 +8,7 @@ itself and against a copy with two heads swapped, relative depth, and every bad 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,13 +77,19 @@ def build_store(tmp, name: str, state: dict, images, depth: int, heads: int) -> 
     return out
 
 
+def demo_images(root: Path, n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """n demo eval images written as class sub-folders of `root`; returns them and their labels."""
+    pics, labels = demo.eval_set(n)
+    for i, (im, lab) in enumerate(zip(pics, labels, strict=True)):
+        (root / str(lab)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(root / str(lab) / f"{i}.png")
+    return pics, labels
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("compare")
-    pics, labels = demo.eval_set(6)
-    for i, (im, lab) in enumerate(zip(pics, labels, strict=True)):
-        (tmp / "imgs" / str(lab)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(im).save(tmp / "imgs" / str(lab) / f"{i}.png")
+    pics, labels = demo_images(tmp / "imgs")
     (tmp / "imgs" / str(labels[0]) / "broken.png").write_bytes(b"\x89PNG garbage")  # listed, not valid
     (tmp / "other" / "0").mkdir(parents=True)
     Image.fromarray(pics[0]).save(tmp / "other" / "0" / "0.png")

@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 from app_helpers import make_store
 from bokeh.events import Tap
-from PIL import Image
-from test_compare import SWAPPED, build_store, demo_arch, swap_heads
+from test_compare import SWAPPED, build_store, demo_arch, demo_images, swap_heads
 
 from vitscope import store
 from vitscope.app.compare_view import SIDES, TRENDS, CompareView, comparison, trend_lines
 from vitscope.app.style import SELECTED
 from vitscope.cli import main
 from vitscope.compare import compare
-from vitscope.data import demo
 
 HOSTILE = "<img src=x onerror=alert(1)>\u202etxt.exe"
 
@@ -28,10 +26,7 @@ HOSTILE = "<img src=x onerror=alert(1)>\u202etxt.exe"
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("compare_view")
-    pics, labels = demo.eval_set(6)
-    for i, (im, lab) in enumerate(zip(pics, labels, strict=True)):
-        (tmp / "imgs" / str(lab)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(im).save(tmp / "imgs" / str(lab) / f"{i}.png")
+    demo_images(tmp / "imgs")
     base = demo_arch(4, 4, seed=0)
     return {"a": build_store(tmp, "a", base, tmp / "imgs", 4, 4),
             "swap": build_store(tmp, "swap", swap_heads(base, *SWAPPED, heads=4), tmp / "imgs", 4, 4),
