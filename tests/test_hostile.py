@@ -362,6 +362,25 @@ def test_no_name_runs_script_in_the_snapshot_opened_from_disk(built, tmp_path):
     shows_the_name_and_runs_nothing(snap)
 
 
+def test_no_name_runs_script_in_the_comparison_opened_from_disk(built, tmp_path):
+    """`vitscope export A B`: the store against a copy whose top-1 differs on the hostile image, so its name is in the
+    caption and in the disagreement table (and the other class's name in the table's top-1 column)."""
+    import zarr
+
+    out, _ = built
+    ids = list(xr.open_zarr(out).image_id.values)
+    image = ids.index(f"cat/{XSS_FILE}")
+    other = tmp_path / "other.zarr"
+    shutil.copytree(out, other)
+    top = zarr.open_group(str(other))["topk_idx"]
+    cls = list(xr.open_zarr(out).class_name.values).index(XSS_CLASS)
+    top[image, 0, 0, 0, 0] = cls
+    snap = tmp_path / "cmp.html"
+    r = run("export", str(out), str(other), "--image", str(image), "--out", str(snap))
+    assert r.returncode == 0, r.stderr
+    shows_the_name_and_runs_nothing(snap)
+
+
 def test_no_name_runs_script_in_the_notebook_output(built, tmp_path):
     """The notebook's Explorer, rendered as Jupyter would (its HTML output with the resources inline)."""
     import panel as pn

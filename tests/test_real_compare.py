@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REAL_DEIT, REAL_IMAGES, REAL_VIT
+from conftest import REAL_DEIT, REAL_DEIT_ARCH, REAL_IMAGES, REAL_VIT, REAL_VIT_ARCH
 
 from vitscope.vocab import HEAD_KINDS, head_name
 
@@ -119,3 +119,25 @@ def test_cli_json_is_the_comparison(stores, result):
     assert printed.pop("stores") == [a.attrs["store_path"], b.attrs["store_path"]]
     assert printed["heads"]["unique"] == json.loads(json.dumps(result["heads"]["unique"]))
     assert printed == json.loads(json.dumps(result))
+
+
+def test_the_export_of_the_pair_pairs_the_vit_sinks_as_the_comparison_does(stores, result, tmp_path):
+    """`vitscope export A B --image I` on the real pair: the file names both models and, for a ViT-Ti sink head,
+    carries the pair line the comparison gives (no good partner: a sink paired with no sink)."""
+    from vitscope.app.compare_export import tap_states
+    from vitscope.app.compare_view import CompareView
+
+    a, b = (s.attrs["store_path"] for s in stores)
+    out = tmp_path / "pair.html"
+    res = subprocess.run([sys.executable, "-m", "vitscope.cli", "export", a, b, "--image", "0", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    html = out.read_text(encoding="utf-8")
+    assert f"timm:{REAL_VIT_ARCH}" in html and f"timm:{REAL_DEIT_ARCH}" in html
+    sink = next(p for p in result["heads"]["pairs"] if p["sink_role"])
+    view = CompareView(a, b)
+    view.select_image(0)
+    states = tap_states(view, "a")
+    line = states[sink["a"]["layer"] * 3 + sink["a"]["head"]]["info"]
+    assert f"A {sink['a']['name']} ↔ B {sink['b']['name']}" in line and "a sink paired with no sink" in line
+    assert f"A {sink['a']['name']} \\u2194 B {sink['b']['name']}" in html  # the page's copy (JSON, HTML-escaped)

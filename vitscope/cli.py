@@ -247,11 +247,21 @@ def cmd_serve(args) -> None:
 
 
 def cmd_export(args) -> None:
+    if len(args.store) == 2:
+        if args.heads:
+            raise VitscopeError("--heads is for one store's snapshot: the comparison shows every head of both models")
+        from vitscope.app.compare_export import export_compare
+
+        out = export_compare(*args.store, args.image, args.out)
+        print(f"comparison written: {out} ({out.stat().st_size / 1e6:.1f} MB; opens from disk, no server needed)")
+        return
+    if len(args.store) > 2:
+        raise VitscopeError(f"give one store, or two to compare them, not {len(args.store)}")
     from vitscope.app.export import export
     from vitscope.heads import parse_head
 
     heads = [parse_head(h, modes=False) for h in args.heads] if args.heads else None
-    out = export(args.store, args.image, args.out, heads=heads, device=args.device, metric=args.metric,
+    out = export(args.store[0], args.image, args.out, heads=heads, device=args.device, metric=args.metric,
                  mode=args.mode)
     print(f"snapshot written: {out} ({out.stat().st_size / 1e6:.1f} MB; opens from disk, no server needed)")
 
@@ -305,9 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. tcp://gpu-host:8786); the store must be readable there at the same path")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="one image's views as a self-contained HTML file (no server needed)")
-    p.add_argument("store", type=Path)
-    p.add_argument("--image", type=int, required=True, help="image index in the store (vitscope info STORE)")
+    p = sub.add_parser("export", help="one image's views as a self-contained HTML file (no server needed); with two "
+                       "stores, their comparison on that image")
+    p.add_argument("store", type=Path, nargs="+", help="a store; or two stores of the same images (as `vitscope "
+                   "compare A B`)")
+    p.add_argument("--image", type=int, required=True, help="image index in the (first) store (vitscope info STORE)")
     p.add_argument("--heads", nargs="+", metavar="L:H", help="heads to embed (default: the 6 most important)")
     p.add_argument("--metric", default=DEFAULT_METRIC, choices=list(METRICS))
     p.add_argument("--mode", type=int, default=WHOLE_HEAD, choices=MODES, help="pruning mode of the importance views")

@@ -31,6 +31,12 @@ from vitscope.vocab import DEFAULT_METRIC, WHOLE_HEAD, harm
 DEFAULT_HEADS = 6
 
 
+def strip_panel_scripts(html: str) -> str:
+    """A file page without the `<script src="static/...">` that importing Panel adds to Bokeh's inline resources
+    (ES-module shims for Panel's own components): the page has none, and from disk the relative path cannot load."""
+    return re.sub(r'<script src="static/[^"]*"></script>\s*', "", html)
+
+
 def most_important_heads(data: StoreData, image: int, metric: str, mode: int, k: int) -> list[tuple[int, int]]:
     """The k heads whose pruning changes the image's prediction most (lowest P'[true], else largest distance)."""
     v = data.metric_values(metric, mode)[image]  # [L·H]
@@ -76,8 +82,5 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[Head | tu
     out.parent.mkdir(parents=True, exist_ok=True)
     text = file_html(page, resources=INLINE, title=f"vitscope — image {image} ({printable(data.image_ids[image])})",
                      suppress_callback_warning=True)  # the live app's Python callbacks: none run in a file
-    # Importing Panel adds a <script src="static/..."> (ES-module shims for Panel's own components) to Bokeh's
-    # inline resources; this page has no Panel components, and from disk the relative path cannot load.
-    text = re.sub(r'<script src="static/[^"]*"></script>\s*', "", text)
-    out.write_text(text, encoding="utf-8")
+    out.write_text(strip_panel_scripts(text), encoding="utf-8")
     return out
