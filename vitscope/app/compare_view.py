@@ -44,7 +44,8 @@ PARTNER = "#9467bd"  # the ring on the matched head of the other model
 TRENDS = (("distance", "mean attention distance (patches)"), ("entropy", ENTROPY_LABEL),
           ("drop", "drop of P[true], one head pruned"))
 ALL = -1  # the image selector's value for "mean of all images"
-NAME_LIMIT = 60  # characters of a store's name in titles and legends
+NAME_LIMIT = 24  # characters of a store's name in titles and legends (300 px wide; the header has the whole path)
+TEXT_LIMIT = 60  # characters of an image id or class name in the table and the image selector
 
 
 @lru_cache(maxsize=8)
@@ -169,8 +170,10 @@ class CompareView(pn.viewable.Viewer):
     # -- building ----------------------------------------------------------------------------------
 
     def label(self, side: str) -> str:
-        """A store's name as canvas text (titles, legends: drawn, never read as markup)."""
-        return f"{side.upper()}: {printable(self.names[SIDES.index(side)], NAME_LIMIT)}"
+        """A store's short name as canvas text (titles, legends: drawn, never read as markup): its folder's name
+        without `.zarr`."""
+        name = Path(self.names[SIDES.index(side)])
+        return f"{side.upper()}: {printable(name.stem if name.suffix == '.zarr' else name.name, NAME_LIMIT)}"
 
     def _grids(self) -> None:
         self.grid, self.grid_source, self.ring, self.strength, self.strength_source = {}, {}, {}, {}, {}
@@ -179,7 +182,8 @@ class CompareView(pn.viewable.Viewer):
             L, H = data.layers, data.heads
             layer, head = np.divmod(np.arange(L * H), H)
             src = ColumnDataSource({"x": head, "y": layer, "layer": layer, "head": head, "value": np.zeros(L * H),
-                                    "colour": np.full(L * H, "#cccccc"), **kind_columns(data)})
+                                    "colour": np.full(L * H, "#cccccc"), **kind_columns(data)},
+                                   name=f"vs-compare-grid-source-{side}")
             fig = figure(f"{self.label(side)} — head importance", 300, 40 + 26 * L + 40, tools="tap",
                          x_range=(-0.5, H - 0.5), y_range=(L - 0.5, -0.5), name=f"vs-compare-grid-{side}")
             cells = fig.rect("x", "y", 0.94, 0.94, source=src, fill_color="colour", line_color=None)
@@ -211,7 +215,7 @@ class CompareView(pn.viewable.Viewer):
             sfig.xaxis.axis_label, sfig.yaxis.axis_label = "layer", ENTROPY_LABEL
             self.strength[side], self.strength_source[side], self.strength_ring[side] = sfig, ssrc, sring
             self.summary[side] = div(300, 44 + 19 * L)
-        self.pair_info = div(620, 44)
+        self.pair_info = div(620, 44, name="vs-compare-pair")
 
     def _trends(self) -> None:
         self.trend, self.trend_source = {}, {}
@@ -244,14 +248,16 @@ class CompareView(pn.viewable.Viewer):
         comparable = self.result["top1_agreement"] is not None
         rows = disagreements(da, db, ia, ib) if comparable else np.zeros(0, dtype=int)
         ta, tb = top1(da, ia), top1(db, ib)
-        cname = lambda d, c: printable(d.class_names[c], NAME_LIMIT) if 0 <= c < len(d.class_names) else "?"  # noqa: E731
+        cname = lambda d, c: printable(d.class_names[c], TEXT_LIMIT) if 0 <= c < len(d.class_names) else "?"  # noqa: E731
         self.disagree = [int(k) for k in rows]
         self.table_source = ColumnDataSource({
-            "k": self.disagree, "image_id": [printable(da.image_ids[ia[k]], NAME_LIMIT) for k in rows],
+            "k": self.disagree, "index": [int(ia[k]) for k in rows],
+            "image_id": [printable(da.image_ids[ia[k]], TEXT_LIMIT) for k in rows],
             "label": [cname(da, int(da.label[ia[k]])) for k in rows],
             "a": [cname(da, int(ta[k])) for k in rows], "b": [cname(db, int(tb[k])) for k in rows]})
         self.table = DataTable(source=self.table_source, width=620, height=180, index_position=None,
-                               columns=[TableColumn(field="image_id", title="image"),
+                               columns=[TableColumn(field="index", title="#", width=40),
+                                        TableColumn(field="image_id", title="image", width=220),
                                         TableColumn(field="label", title="label"),
                                         TableColumn(field="a", title="top-1 A"),
                                         TableColumn(field="b", title="top-1 B")], css_classes=["vs-compare-table"])
@@ -273,7 +279,7 @@ class CompareView(pn.viewable.Viewer):
         da = self.data[0]
         ia = self.images["a"]
         options = {"all images (mean)": ALL}
-        options.update({f"{k}: {printable(da.image_ids[i], NAME_LIMIT)}": k for k, i in enumerate(ia)})
+        options.update({f"{k}: {printable(da.image_ids[i], TEXT_LIMIT)}": k for k, i in enumerate(ia)})
         self.image_select = pn.widgets.Select(label="image (matched in both stores)", options=options, value=ALL,
                                               css_classes=["vs-compare-image"], width=300)
         self.image_select.param.watch(lambda e: setattr(self.selection, "image", None if e.new == ALL else e.new),
@@ -336,7 +342,7 @@ class CompareView(pn.viewable.Viewer):
                 self.grid_source[side].data.update(value=values,
                                                    colour=value_colours((v - lo) / max(hi - lo, 1e-12)))
                 who = f"image {s.image}" if image is not None else "mean of the images"
-                self.grid[side].title.text = f"{self.label(side)} — importance, {who}"
+                self.grid[side].title.text = f"{self.label(side)} — {who}"
                 self.strength_source[side].data.update(
                     y=(data.strength_entropy[image] if image is not None else
                        over_matched(data, "strength_entropy", self.images[side])).reshape(-1))
@@ -401,8 +407,15 @@ class CompareView(pn.viewable.Viewer):
         trends = pn.Row(*(bokeh_pane(self.trend[k], f"vs-compare-{k}") for k, _ in TRENDS))
         return pn.Column(self.message, self.header(), pn.Row(self.image_select), bokeh_pane(self.pair_info),
                          pn.Row(side("a"), side("b"), pn.Column(pn.pane.HTML(self.table_title, width=620),
-                                                                bokeh_pane(self.table))),
+                                                                self.table_pane())),
                          trends)
+
+    def table_pane(self) -> pn.pane.Bokeh:
+        """The disagreement list; the Fast theme paints a selected row's text in the accent blue of its background
+        (Panel sets the stylesheets of a pane's model: given here, not on the DataTable)."""
+        pane = bokeh_pane(self.table)
+        pane.stylesheets = [".slick-cell.selected { color: #ffffff; }"]
+        return pane
 
     def __panel__(self) -> pn.viewable.Viewable:
         return self.main()
