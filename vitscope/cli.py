@@ -266,6 +266,13 @@ def cmd_export(args) -> None:
     print(f"snapshot written: {out} ({out.stat().st_size / 1e6:.1f} MB; opens from disk, no server needed)")
 
 
+def cmd_report(args) -> None:
+    from vitscope.report import write
+
+    out = write(args.store, args.out)
+    print(f"report written: {out} ({out.stat().st_size / 1e3:.0f} kB; one file, opens offline)")
+
+
 def cmd_build(args) -> None:
     from vitscope.config import from_args
 
@@ -326,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the .html file to write")
     p.add_argument("--device", default="cpu", help="where the image's attention is computed")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="what a store says about its model, as one offline HTML file")
+    p.add_argument("store", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="the .html file to write")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("info", help="what is in a store, or what vitscope sees in a model")
     p.add_argument("store", nargs="?", type=Path, help="a store built by vitscope build")

@@ -1,0 +1,136 @@
+"""The report's sentences, written from `findings()` only: no claim is typed in, each is a number read aloud.
+
+Each section is (title, sentences, table rows); the text is plain (the HTML writer escapes it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from vitscope.vocab import HEAD_KINDS, PATTERNS
+
+Section = tuple[str, list[str], list[list[str]]]
+
+
+def _trend(word_up: str, word_down: str, first: float, last: float) -> str:
+    return word_up if last > first else word_down if last < first else "stays at"
+
+
+def _layers(layers: list[int]) -> str:
+    """'layer 3', 'layers 0–2', 'layers 0, 4 and 7'."""
+    if not layers:
+        return "no layer"
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}–{layers[-1]}"
+    return "layers " + ", ".join(map(str, layers[:-1])) + f" and {layers[-1]}"
+
+
+def _rho(r: float) -> str:
+    return "n/a" if r is None or not math.isfinite(r) else f"{r:+.2f}"
+
+
+def model(f: dict[str, Any]) -> Section:
+    s = [f"{f['model']}: {f['layers']} layers × {f['heads']} heads, {f['grid']}×{f['grid']} patches, "
+         f"analysed on {f['images']} readable images" + (f" of {f['of']}" if f["of"] != f["images"] else "") + "."]
+    if f["accuracy"] is None:
+        s.append(f"{f['basis_text']}: there is no top-1 accuracy, and head importance is measured by how far the "
+                 "attention output moves when a head is pruned.")
+    else:
+        probe = " of its linear probe (on the images it was fitted on)" if f["basis"] == "linear probe" else ""
+        s.append(f"The unpruned model's top-1 accuracy{probe} is {f['accuracy']:.1%}.")
+    return "The model", s, []
+
+
+def trends(f: dict[str, Any]) -> Section:
+    t = f["trends"]
+    d, e, last = t["distance"], t["entropy"], f["layers"] - 1
+    s = [f"Mean attention distance {_trend('rises', 'falls', d[0], d[-1])} from {d[0]:.2f} patches in layer 0 to "
+         f"{d[-1]:.2f} in layer {last} (Spearman ρ between depth and distance {_rho(t['distance_rho'])}); the most "
+         f"local layer is {min(range(len(d)), key=d.__getitem__)} ({min(d):.2f}), the most global "
+         f"{max(range(len(d)), key=d.__getitem__)} ({max(d):.2f}).",
+         f"Strength entropy (0: attention on the nearest patches, 1: spread evenly over every hop) "
+         f"{_trend('rises', 'falls', e[0], e[-1])} from {e[0]:.2f} to {e[-1]:.2f} (ρ {_rho(t['entropy_rho'])})."]
+    rows = [["layer", "distance (patches)", "strength entropy"]]
+    rows += [[str(i), f"{a:.2f}", f"{b:.3f}"] for i, (a, b) in enumerate(zip(d, e, strict=True))]
+    return "How far heads look, layer by layer", s, rows
+
+
+def importance(f: dict[str, Any]) -> Section:
+    imp = f["importance"]
+    top = imp["top"]
+    unit = "P[true] falls by" if imp["what"] == "drop of P[true]" else "the attention output moves by"
+    s = []
+    if top:
+        rest = ", ".join(f"{h['head']} ({h['value']:.3f})" for h in top[1:])
+        s.append(f"Pruning {top[0]['head']} alone matters most: on average {unit} {top[0]['value']:.3f}"
+                 + (f"; next come {rest}." if rest else "."))
+        if math.isfinite(imp["top_share"]):
+            s.append(f"These {len(top)} of {f['layers'] * f['heads']} heads carry {imp['top_share']:.0%} of the summed "
+                     f"positive {imp['what']} of all heads.")
+    classes = imp["classes"]
+    if classes and top:
+        s.append(f"Per class, {top[0]['head']} is also the most important head for {imp['classes_with_overall_top']} "
+                 f"of the {len(classes)} classes.")
+    rows = [["class", "images", "accuracy", "most important head", imp["what"]]]
+    rows += [[c["class"], str(c["images"]), "n/a" if f["accuracy"] is None else f"{c['accuracy']:.0%}", c["head"],
+              f"{c['value']:.3f}"] for c in classes[:20]]
+    if len(classes) > 20:
+        rows.append([f"… {len(classes) - 20} more classes", "", "", "", ""])
+    return "The heads that matter", s, rows
+
+
+def structure(f: dict[str, Any]) -> Section:
+    st = f["structure"]
+    s = []
+    for kind in HEAD_KINDS:
+        per_layer = [k[kind] for k in st["kinds"]]
+        n = sum(per_layer)
+        if n:
+            where = _layers([i for i, c in enumerate(per_layer) if c])
+            s.append(f"{n} {kind} head{'s' if n != 1 else ''}, in {where}.")
+    if not st["sinks_known"]:
+        s.append("This store was built before vitscope kept attention sinks: rebuild it to see them.")
+    elif st["sinks"]:
+        heads = ", ".join(f"{h['head']} ({h['share']:.0%})" for h in st["sinks"])
+        s.append(f"Sink heads, which send nearly all of their strongest attention to the same few patches on every "
+                 f"image (share of it there): {heads}.")
+    else:
+        s.append("No head is a sink head.")
+    dominant = [max(p, key=p.get) for p in st["patterns"]]
+    for name in PATTERNS:
+        at = [i for i, d in enumerate(dominant) if d == name]
+        if at:
+            share = sum(st["patterns"][i][name] for i in at) / len(at)
+            s.append(f"{name.capitalize()} maps are the most frequent label in {_layers(at)} ({share:.0%} of the "
+                     "maps there).")
+    rows = [["layer", *HEAD_KINDS, *PATTERNS]]
+    rows += [[str(i), *(str(k[n]) for n in HEAD_KINDS), *(f"{p[n]:.0%}" for n in PATTERNS)]
+             for i, (k, p) in enumerate(zip(st["kinds"], st["patterns"], strict=True))]
+    return "Head kinds, sinks and patterns", s, rows
+
+
+def proxy(f: dict[str, Any]) -> Section | None:
+    p = f["proxy"]
+    if p is None:
+        return None
+    per_layer = p["per_layer"]
+    finite = [(r, i) for i, r in enumerate(per_layer) if math.isfinite(r)]
+    s = [f"The gradient proxy (|∂CE/∂gate|, one backward pass per image) ranks the heads like exact pruning (|ΔCE|) "
+         f"with Spearman ρ {_rho(p['of_means'])} over the per-head means of {p['images']} images, and a median "
+         f"ρ {_rho(p['median'])} image by image."]
+    if finite:
+        worst, best = min(finite), max(finite)
+        s.append(f"It agrees best within layer {best[1]} (ρ {_rho(best[0])}) and worst within layer {worst[1]} "
+                 f"(ρ {_rho(worst[0])}).")
+    return "How well the gradient proxy agrees with exact pruning", s, []
+
+
+def curves(f: dict[str, Any]) -> Section | None:
+    c = f["curves"]
+    if c is None:
+        return ("Pruning curves", ["Not computed for this report (it needs the store's model: run "
+                                   "`vitscope report` where the model's weights are)."], [])
+    return None
