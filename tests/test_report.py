@@ -9,6 +9,7 @@ import pytest
 import xarray as xr
 from app_helpers import make_store
 from scipy.stats import spearmanr
+from test_compare_view import stores  # noqa: F401 - tiny stores a, swap (two heads swapped), small (2 × 2)
 
 from vitscope import store
 from vitscope.app.data import StoreData
@@ -101,6 +102,27 @@ def test_proxy_agreement_is_spearman_of_the_means(made, found):
 
 def test_the_page_is_offline_and_names_are_text(made, found):
     found = {**found, "model": "<script>window.__x=1</script>"}
-    page = html(found, "<img src=x onerror=alert(1)>.zarr")
+    page = html(f"What {found['model']} does", "<img src=x onerror=alert(1)>.zarr", sections(found))
     assert "<script" not in page and "<img" not in page and "&lt;script&gt;" in page
     assert "http://" not in page and "https://" not in page
+
+
+def test_a_compare_report_says_what_compare_computes(stores, tmp_path):  # noqa: F811
+    """`vitscope report A B`: a model against a copy with two heads swapped, then against another model."""
+    from vitscope.cli import main
+    from vitscope.compare import compare
+
+    out = tmp_path / "cmp.html"
+    assert main(["report", str(stores["a"]), str(stores["small"]), "--out", str(out)]) == 0
+    r = compare(store.open_store(stores["a"]), store.open_store(stores["small"]))
+    page = out.read_text(encoding="utf-8")
+    assert f"give the same top-1 on {r['top1_agreement']:.1%} of the images" in page
+    good = sum(p["good"] for p in r["heads"]["pairs"])
+    assert f"{good} of {len(r['heads']['pairs'])} pairs are good partners" in page
+    for u in r["heads"]["unique"]["a"]:
+        assert u["name"] in page.split("Roles of A only:")[1].split(".")[0]
+    swapped = compare(store.open_store(stores["a"]), store.open_store(stores["swap"]))
+    assert main(["report", str(stores["a"]), str(stores["swap"]), "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert swapped["top1_agreement"] == 1.0 and "give the same top-1 on 100.0% of the images" in page
+    assert "Every head of A has a good partner" in page and "<script" not in page

@@ -269,6 +269,8 @@ def cmd_export(args) -> None:
 def cmd_report(args) -> None:
     from vitscope.report import write
 
+    if len(args.store) > 2:
+        raise VitscopeError(f"give one store, or two to compare them, not {len(args.store)}")
     out = write(args.store, args.out)
     print(f"report written: {out} ({out.stat().st_size / 1e3:.0f} kB; one file, opens offline)")
 
@@ -334,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where the image's attention is computed")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("report", help="what a store says about its model, as one offline HTML file")
-    p.add_argument("store", type=Path)
+    p = sub.add_parser("report", help="what a store says about its model, as one offline HTML file; with two "
+                       "stores, what changed between their models")
+    p.add_argument("store", type=Path, nargs="+", help="a store; or two stores of the same images")
     p.add_argument("--out", type=Path, required=True, help="the .html file to write")
     p.set_defaults(func=cmd_report)
 

@@ -15,7 +15,7 @@ from vitscope.report import prose
 from vitscope.report.findings import findings
 from vitscope.text import esc
 
-__all__ = ["findings", "html", "sections"]
+__all__ = ["compare_sections", "findings", "html", "sections", "write"]
 
 CSS = """
 body { font-family: Georgia, 'Times New Roman', serif; max-width: 900px; margin: 2em auto; line-height: 1.45;
@@ -29,8 +29,11 @@ figure { margin: 0.8em 0; } figure svg { max-width: 100%; height: auto; }
 """
 
 
-def sections(f: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[str]]]]:
-    """(key, title, sentences, table rows) of each section present (the proxy needs P[true])."""
+Sections = list[tuple[str, str, list[str], list[list[str]]]]  # (key, title, sentences, table rows)
+
+
+def sections(f: dict[str, Any]) -> Sections:
+    """The sections of one store's report (the proxy's needs P[true])."""
     out = []
     for key, write in (("model", prose.model), ("trends", prose.trends), ("importance", prose.importance),
                        ("structure", prose.structure), ("proxy", prose.proxy), ("curves", prose.curves)):
@@ -38,6 +41,13 @@ def sections(f: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[str
         if section is not None:
             out.append((key, *section))
     return out
+
+
+def compare_sections(r: dict[str, Any]) -> Sections:
+    """The sections of two stores' report, from `vitscope.compare.compare()`'s result."""
+    return [(key, *write(r)) for key, write in (("compare_models", prose.compare_models),
+                                                ("compare_layers", prose.compare_layers),
+                                                ("compare_heads", prose.compare_heads))]
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -48,27 +58,35 @@ def _table(rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def html(f: dict[str, Any], store: str, figures: Callable[[str], list[str]] | None = None) -> str:
+def html(title: str, source: str, parts: Sections, figures: Callable[[str], list[str]] | None = None) -> str:
     """The report page: each section's sentences, its figures (`figures(key)` → SVG texts) and its table."""
-    parts = [f"<h1>What {esc(f['model'])} does with attention</h1>",
-             f"<p class='meta'>vitscope report of <code>{esc(store)}</code>, written "
-             f"{datetime.date.today().isoformat()}. Every sentence is computed from the store.</p>"]
-    for key, title, sentences, rows in sections(f):
-        parts.append(f"<h2>{esc(title)}</h2>")
-        parts.append("<p>" + " ".join(esc(s) for s in sentences) + "</p>")
-        parts += [f"<figure>{svg}</figure>" for svg in (figures(key) if figures else [])]
-        parts.append(_table(rows))
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>vitscope report — "
-            f"{esc(f['model'])}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    body = [f"<h1>{esc(title)}</h1>",
+            f"<p class='meta'>vitscope report of {esc(source)}, written {datetime.date.today().isoformat()}. Every "
+            "sentence is computed from the store.</p>"]
+    for key, heading, sentences, rows in parts:
+        body.append(f"<h2>{esc(heading)}</h2>")
+        body.append("<p>" + " ".join(esc(s, limit=None) for s in sentences) + "</p>")  # names: cut in findings
+        body += [f"<figure>{svg}</figure>" for svg in (figures(key) if figures else [])]
+        body.append(_table(rows))
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
 
 
-def write(store: str | Path, out: str | Path, curves: dict[str, Any] | None = None,
+def write(stores: list[str | Path], out: str | Path, curves: dict[str, Any] | None = None,
           figures: Callable[[str], list[str]] | None = None) -> Path:
-    """Write the report of `store` to `out` (.html); returns the path written."""
+    """Write the report of one store, or of two stores compared, to `out` (.html); returns the path written."""
     from vitscope.app.data import StoreData
 
-    data = StoreData(Path(store))
-    page = html(findings(data, curves), str(store), figures)
+    if len(stores) == 2:
+        from vitscope.compare import compare
+        from vitscope.store import open_store
+
+        r = compare(open_store(stores[0]), open_store(stores[1]))
+        page = html(f"{r['models'][0]} and {r['models'][1]}: what changed", f"{stores[0]} (A) and {stores[1]} (B)",
+                    compare_sections(r), figures)
+    else:
+        f = findings(StoreData(Path(stores[0])), curves)
+        page = html(f"What {f['model']} does with attention", str(stores[0]), sections(f), figures)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from vitscope.app.data import StoreData
+from vitscope.text import printable
 from vitscope.vocab import HEAD_KINDS, PATTERNS, WHOLE_HEAD, head_name
 
 TOP_HEADS = 5  # heads named as the most important overall
@@ -103,7 +104,7 @@ def findings(data: StoreData, curves: dict[str, Any] | None = None) -> dict[str,
     """Everything the report states about the store's model (plain numbers and names, JSON-able)."""
     images = np.flatnonzero(data.valid)
     accuracy = float(data.correct[images].mean()) if data.prob_basis != "none" and len(images) else None
-    return {"model": data.model_spec, "layers": data.layers, "heads": data.heads, "grid": data.grid,
+    return {"model": printable(data.model_spec), "layers": data.layers, "heads": data.heads, "grid": data.grid,
             "images": int(len(images)), "of": int(data.images), "basis": data.prob_basis,
             "basis_text": data.basis_text, "accuracy": accuracy,
             "trends": layer_trends(data, images), "importance": heads(data, images),

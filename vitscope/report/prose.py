@@ -134,3 +134,73 @@ def curves(f: dict[str, Any]) -> Section | None:
         return ("Pruning curves", ["Not computed for this report (it needs the store's model: run "
                                    "`vitscope report` where the model's weights are)."], [])
     return None
+
+
+# -- two stores (`vitscope report A B`): the sentences of `vitscope.compare.compare()`'s result ---------------------
+
+
+def _pair(v: list, fmt: str) -> str:
+    return " / ".join("n/a" if x is None else format(x, fmt) for x in v)
+
+
+def compare_models(r: dict[str, Any]) -> Section:
+    (la, ha, ga), (lb, hb, gb) = r["shape"]
+    a, b = r["models"]
+    s = [f"A is {a} ({la} layers × {ha} heads, {ga}×{ga} patches), B is {b} ({lb} × {hb}, {gb}×{gb}); "
+         f"{r['images']} images were analysed by both.",
+         f"Layers are paired {r['layer_alignment']['rule']}."]
+    acc = r["accuracy"]
+    if r["top1_agreement"] is None:
+        s.append("Their top-1 cannot be compared (a store without class probabilities, or different bases).")
+    else:
+        s.append(f"Top-1 accuracy is {_pair(acc, '.1%')} (A / B), and the two unpruned models give the same top-1 "
+                 f"on {r['top1_agreement']:.1%} of the images.")
+    return "The two models", s, []
+
+
+def compare_layers(r: dict[str, Any]) -> Section:
+    rows, s = r["layers"], []
+    for key, what, fmt in (("distance", "mean attention distance", ".2f"), ("entropy", "strength entropy", ".2f")):
+        first, last = rows[0][key], rows[-1][key]
+        if None in first or None in last:
+            continue
+        lower = lambda v: "A" if v[0] < v[1] else "B" if v[1] < v[0] else "neither"  # noqa: E731
+        s.append(f"In the first layer the {what} is {_pair(first, fmt)} (A / B; {lower(first)} is lower), in the last "
+                 f"{_pair(last, fmt)} ({lower(last)} is lower).")
+    drops = [(row["drop"][0], row["layer"]) for row in rows if row["drop"][0] is not None]
+    drops_b = [(row["drop"][1], row["layer_b"]) for row in rows if row["drop"][1] is not None]
+    if drops and drops_b:
+        (da, at), (db, bt) = max(drops), max(drops_b)
+        s.append(f"Pruning one head hurts most in A's layer {at} (P[true] drops by {da:.3f} on average) and in B's "
+                 f"layer {bt} ({db:.3f}).")
+    table = [["layer A ↔ B", "distance A / B", "entropy A / B", "drop A / B"]]
+    table += [[f"{row['layer']} ↔ {row['layer_b']}", _pair(row["distance"], ".2f"), _pair(row["entropy"], ".3f"),
+               _pair(row["drop"], "+.4f")] for row in rows]
+    return "Layer by layer", s, table
+
+
+def compare_heads(r: dict[str, Any]) -> Section:
+    h = r["heads"]
+    pairs = h["pairs"]
+    good = sum(p["good"] for p in pairs)
+    s = [f"Each head of A was paired with the head of B that behaves most like it ({', '.join(h['components'])}; "
+         f"one optimal assignment over all heads): {good} of {len(pairs)} pairs are good partners (similarity ≥ "
+         f"{h['good_match']:.2f}), mean similarity {h['mean_similarity']:.2f}.",
+         f"{sum(p['moved'] for p in pairs)} pairs sit in different layers, {sum(p['kind_changed'] for p in pairs)} "
+         f"change kind and {sum(p['importance_changed'] for p in pairs)} change importance rank by "
+         f"{h['importance_shift']:.2f} or more."]
+    for side, name in (("a", "A"), ("b", "B")):
+        alone = h["unique"][side]
+        if alone:
+            why = {}
+            for u in alone:
+                why.setdefault(u["why"], []).append(u["name"])
+            s.append(f"Roles of {name} only: " + "; ".join(f"{', '.join(v)} ({k})" for k, v in why.items()) + ".")
+        else:
+            s.append(f"Every head of {name} has a good partner.")
+    table = [["A", "B", "similarity", "kind A → B", "pattern A → B", "importance rank A → B"]]
+    arrow = lambda v: v[0] if v[0] == v[1] else f"{v[0]} → {v[1]}"  # noqa: E731
+    table += [[p["a"]["name"], p["b"]["name"], "n/a" if p["similarity"] is None else
+               f"{p['similarity']:.2f}{'' if p['good'] else ' ✗'}", arrow(p["kind"]), arrow(p["pattern"]),
+               _pair(p["importance_rank"], ".2f").replace(" / ", " → ")] for p in pairs]
+    return "Heads paired by behaviour", s, table
