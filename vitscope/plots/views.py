@@ -60,7 +60,7 @@ def store_data(store: Store) -> StoreData:
     return store if isinstance(store, StoreData) else _open(str(Path(store).resolve()))
 
 
-def _scope(data: StoreData, image: int | None, cls: int | None) -> str:
+def scope_text(data: StoreData, image: int | None, cls: int | None) -> str:
     """Whose values a figure shows, in words (the app's titles say the same)."""
     if data.readable(image) is not None:
         return f"image {image}"
@@ -125,7 +125,7 @@ def head_importance(store: Store, metric: str = DEFAULT_METRIC, mode: int = WHOL
     if std is not None:
         spread = hv.Spread((flat, y, std), FLAT_HEAD, [value, hv.Dimension("std", label="± std")])
         parts.insert(0, styled(spread, bokeh={"line_alpha": 0}, mpl={"linewidth": 0}, color="#888888", alpha=0.3))
-    title = f"Head importance — {value.label}, {_scope(data, image, cls)}, mode {mode} ({MODE_NAMES[mode]})"
+    title = f"Head importance — {value.label}, {scope_text(data, image, cls)}, mode {mode} ({MODE_NAMES[mode]})"
     return hv.Overlay(parts).opts(title=title)
 
 
@@ -136,7 +136,7 @@ def mode_bars(store: Store, layer: int, head: int, metric: str = DEFAULT_METRIC,
     vals = mode_values(data, metric, layer, head, image, cls)
     mode = hv.Dimension("mode", label="pruning mode")
     return styled(hv.Bars((list(MODES), vals), mode, metric_dim(metric)), color=layer_colours(data.layers)[layer],
-                  title=f"{head_name(layer, head)} in modes 0–5, {_scope(data, image, cls)}")
+                  title=f"{head_name(layer, head)} in modes 0–5, {scope_text(data, image, cls)}")
 
 
 # -- Attention Strength View --------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def strength_scatter(store: Store, image: int | None = None, cls: int | None = N
                          x, [ENTROPY, DISTANCE, LAYER, HEAD])
     return styled(scatter, bokeh={"size": 6, "tools": ["hover", "tap"]}, mpl={"s": 12}, color="layer",
                   cmap=layer_colours(data.layers), xticks=[(i, str(i)) for i in range(data.layers)],
-                  title=f"Attention strength — {_scope(data, image, cls)}")
+                  title=f"Attention strength — {scope_text(data, image, cls)}")
 
 
 def strength_vector(store: Store, layer: int, head: int, image: int | None = None,
@@ -163,7 +163,7 @@ def strength_vector(store: Store, layer: int, head: int, image: int | None = Non
     data = store_data(store)
     vals = data.image_or_mean("strength", image, cls)[layer, head]
     return styled(hv.Bars((np.arange(len(vals)), vals), HOP, STRENGTH), color=layer_colours(data.layers)[layer],
-                  title=f"k-hop attention strength — {head_name(layer, head)}, {_scope(data, image, cls)}")
+                  title=f"k-hop attention strength — {head_name(layer, head)}, {scope_text(data, image, cls)}")
 
 
 def entropy_distribution(store: Store, layer: int, head: int, image: int | None = None) -> hv.Overlay:
@@ -269,7 +269,7 @@ def masks(store: Store, attention: np.ndarray, image: int, layer: int, head: int
         shown = (mask > cut).astype(float) if cut is not None else mask / max(float(mask.max()), 1e-12)
         rgb = hv.RGB(thumb, bounds=bounds, kdims=["x", "y"])
         veil = styled(hv.Image(1.0 - shown, bounds=bounds, kdims=["x", "y"], vdims=["dimmed"]),
-                      cmap=["#ffffff", "#000000"], alpha=0.6, clim=(0, 1))
+                      cmap=["#00000000", "#000000c0"], clim=(0, 1))  # kept patches clear, the rest dimmed
         panels.append(styled(rgb * veil, title=f"{head_name(layer, head)} {name}", xaxis=None, yaxis=None))
     return hv.Layout(panels).cols(2)
 
