@@ -60,7 +60,8 @@ class Linked:
             return styled(hv.Points(xy, ["x", "y"]), bokeh={"size": 14, "fill_alpha": 0, "line_width": 2.5},
                           mpl={"s": 80, "facecolors": "none", "linewidth": 1.5}, color=SELECTED)
 
-        self.overview_view = self.overview * hv.DynamicMap(marker, streams=[params("image")])
+        self.marker = hv.DynamicMap(marker, streams=[params("image")])  # a ring on the chosen image
+        self.overview_view = self.overview * self.marker
         self.importance = hv.DynamicMap(
             lambda image, metric, mode, cls: head_importance(data, metric, mode, image, cls),
             streams=[params("image", "metric", "mode", "cls")])
