@@ -60,9 +60,9 @@ FIGURES: dict[str, Figure] = {
     "two-axes": Figure(lambda t: views.two_axes(t.attention, t.layer, t.head, t.data.num_prefix, t.data.top),
                        "a head's attention above the store's cut as source→target lines", needs_image=True,
                        needs_attention=True),
-    "masks": Figure(lambda t: views.masks(t.data, t.attention, t.image, t.layer, t.head),
-                    "the image under CLS's source and target masks (binarised)", needs_image=True,
-                    needs_attention=True),
+    "masks": Figure(lambda t: views.masks(t.data, t.attention, t.image, t.layer, t.head, binarise=False),
+                    "the image under CLS's source and target masks, graded as in the app (CLS has no row in "
+                    "the binarised map)", needs_image=True, needs_attention=True),
     "importance-matrix": Figure(lambda t: summaries.importance_matrix(t.data),
                                 "layer × head mean importance with the head pruned"),
     "layer-trends": Figure(lambda t: summaries.layer_trends(t.data),

@@ -51,7 +51,7 @@ ATTENTION = hv.Dimension("attention", label="attention A[s, t]")
 
 def metric_dim(metric: str) -> hv.Dimension:
     """The value dimension of an importance metric, labelled as the app labels it."""
-    return hv.Dimension(metric, label=METRIC_LABELS.get(metric, metric))
+    return hv.Dimension(metric, label=METRIC_LABELS.get(metric, metric), value_format=lambda v: f"{v:.3g}")
 
 
 def styled(element, bokeh: dict | None = None, mpl: dict | None = None, **both):

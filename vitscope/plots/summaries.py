@@ -23,7 +23,8 @@ from vitscope.plots.views import Store, scope_text, store_data
 from vitscope.vocab import DEFAULT_METRIC, HEAD_KINDS, MODE_NAMES, PATTERNS, WHOLE_HEAD
 
 COUNT = hv.Dimension("count", label="heads")
-MAP_SHARE = hv.Dimension("share", label="share of the layer's maps", range=(0.0, 1.0))
+MAP_SHARE = hv.Dimension("share", label="share of the layer's maps", range=(0.0, 1.0),
+                         value_format=lambda v: f"{v:.0%}")
 
 
 def importance_matrix(store: Store, metric: str = DEFAULT_METRIC, mode: int = WHOLE_HEAD,

@@ -255,8 +255,10 @@ def two_axes(attention: np.ndarray, layer: int, head: int, prefix: int = 1, top:
 def masks(store: Store, attention: np.ndarray, image: int, layer: int, head: int, source: int = 0,
           target: int = 0, binarise: bool = True, top: float | None = None) -> hv.Layout:
     """The image under a token's source mask (what `source` attends to) and target mask (what attends to
-    `target`), paper Fig. 1 D2; binarised at the store's top fraction of the head's patch→patch values (or
-    `top`), else graded. A patch outside the mask is greyed out."""
+    `target`), paper Fig. 1 D2; binarised at the store's cut (the value above which its top fraction of the head's
+    patch→patch values lies, or `top`'s): a patch token's row and column of the binarised map. Else graded, as the
+    app dims (a CLS row is on another scale than the patch block and often has no value above the cut). A patch
+    outside the mask is dimmed."""
     data = store_data(store)
     A = _head_matrix(attention, layer, head)
     src, tgt = token_masks(A, source, target, data.num_prefix, data.grid)
