@@ -54,9 +54,12 @@ def metric_dim(metric: str) -> hv.Dimension:
     return hv.Dimension(metric, label=METRIC_LABELS.get(metric, metric), value_format=lambda v: f"{v:.3g}")
 
 
-def styled(element, bokeh: dict | None = None, mpl: dict | None = None, **both):
+def styled(element: hv.core.Dimensioned, bokeh: dict | None = None, mpl: dict | None = None,
+           **both) -> hv.core.Dimensioned:
     """`element` with options for both backends: `both` (same name in each), then each backend's own (sizes and
     line widths are spelled differently; hover and tap exist in bokeh only). Figures look alike in a notebook
     (bokeh) and in print (`render`, matplotlib) without the caller choosing a backend first."""
+    if "title" in both:  # HoloViews formats titles (`{label}`): braces in a class name are text
+        both["title"] = both["title"].replace("{", "{{").replace("}", "}}")
     element = element.opts(backend="bokeh", **both, **(bokeh or {}))
     return element.opts(backend="matplotlib", **both, **(mpl or {}))

@@ -19,6 +19,7 @@ PRINT_RC = {
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans", "Arial", "Helvetica", "Liberation Sans"],
     "font.size": 8,
+    "text.parse_math": False,  # titles carry class names and image ids: a `$` in one is a dollar, not mathtext
     "svg.fonttype": "none",  # text stays text in the SVG
     "pdf.fonttype": 42,  # TrueType in the PDF: editable, and what journals ask for
     "axes.linewidth": 0.6,

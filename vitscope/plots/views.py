@@ -126,7 +126,7 @@ def head_importance(store: Store, metric: str = DEFAULT_METRIC, mode: int = WHOL
         spread = hv.Spread((flat, y, std), FLAT_HEAD, [value, hv.Dimension("std", label="± std")])
         parts.insert(0, styled(spread, bokeh={"line_alpha": 0}, mpl={"linewidth": 0}, color="#888888", alpha=0.3))
     title = f"Head importance — {value.label}, {scope_text(data, image, cls)}, mode {mode} ({MODE_NAMES[mode]})"
-    return hv.Overlay(parts).opts(title=title)
+    return styled(hv.Overlay(parts), title=title)
 
 
 def mode_bars(store: Store, layer: int, head: int, metric: str = DEFAULT_METRIC, image: int | None = None,
@@ -180,7 +180,7 @@ def entropy_distribution(store: Store, layer: int, head: int, image: int | None 
         parts.append(styled(hv.VLine(value, kdims=[ENTROPY, SHARE]), bokeh={"line_width": 2}, mpl={"linewidth": 1.5},
                             color=SELECTED))
         title += f" (image {image}: {value:.2f})"
-    return hv.Overlay(parts).opts(title=title)
+    return styled(hv.Overlay(parts), title=title)
 
 
 # -- Attention Pattern View ---------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def pattern_map(store: Store, kind: str = "cls", layer: int | None = None, head:
     x, y = head_instances(data, kind, layer, head)
     mine = styled(hv.Points((x, y), ["x", "y"], label=head_name(layer, head)), bokeh={"size": 3}, mpl={"s": 3},
                   color=SELECTED, alpha=0.5)
-    return (shaded * mine).opts(title=f"Attention pattern map — {kind} layout, {head_name(layer, head)}")
+    return styled(shaded * mine, title=f"Attention pattern map — {kind} layout, {head_name(layer, head)}")
 
 
 def _head_matrix(attention: np.ndarray, layer: int, head: int) -> np.ndarray:
