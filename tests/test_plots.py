@@ -10,6 +10,7 @@ from pathlib import Path
 
 import holoviews as hv
 import numpy as np
+import panel as pn
 import pytest
 import xarray as xr
 from app_helpers import fake_attention, make_store
@@ -377,6 +378,8 @@ def test_linked_choice_set_from_python_updates_the_plots(data):
     assert "L2H1" in vector.handles["plot"].title.text
     np.testing.assert_allclose(np.asarray(vector.handles["source"].data["strength"], dtype=float),
                                data.strength[IMAGE, 2, 1])
+    root = pn.panel(dash).get_root()  # as a notebook shows it: the widgets above the figures
+    assert len(root.children) == 2
 
 
 # -- the notebook -----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import holoviews as hv
 import numpy as np
+import panel as pn
 import param
 
 from vitscope.app.importance import head_at
@@ -39,11 +40,13 @@ class Choice(param.Parameterized):
     cls = param.Integer(default=None, allow_None=True, doc="class to average over when no image is chosen")
 
 
-class Linked:
+class Linked(pn.viewable.Viewer):
     """The linked figures of one store: `.layout` (HoloViews), `.choice`, and the streams the taps send into
-    (`image_pick`, `head_tap`, `head_pick`), so a test or a script can send the same events a click does."""
+    (`image_pick`, `head_tap`, `head_pick`), so a test or a script can send the same events a click does. Shown in
+    a notebook (a Panel Viewer, as the app's `Explorer`): the metric and mode widgets above the figures."""
 
     def __init__(self, store: Store, choice: Choice | None = None) -> None:
+        super().__init__()
         self.data = data = store_data(store)
         self.choice = c = choice or Choice()
         self.overview = image_overview(data)
@@ -100,15 +103,9 @@ class Linked:
             self.choice.param.update(**dict(zip(("layer", "head"), divmod(int(index[0]), self.data.heads),
                                                 strict=True)))
 
-    def __panel__(self):
-        import panel as pn
-
-        widgets = pn.Param(self.choice, parameters=["metric", "mode"], show_name=False,
-                           default_layout=pn.Row)
+    def __panel__(self) -> pn.Column:
+        widgets = pn.Param(self.choice, parameters=["metric", "mode"], show_name=False, default_layout=pn.Row)
         return pn.Column(widgets, pn.pane.HoloViews(self.layout, backend="bokeh"))
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        return self.__panel__()._repr_mimebundle_(include, exclude)
 
 
 def linked(store: Store, **choice) -> Linked:

@@ -124,7 +124,8 @@ def head_importance(store: Store, metric: str = DEFAULT_METRIC, mode: int = WHOL
     parts = [curve, dots]
     if std is not None:
         spread = hv.Spread((flat, y, std), FLAT_HEAD, [value, hv.Dimension("std", label="± std")])
-        parts.insert(0, styled(spread, bokeh={"line_alpha": 0}, mpl={"linewidth": 0}, color="#888888", alpha=0.3))
+        parts.insert(0, styled(spread, bokeh={"color": "#888888", "line_alpha": 0},
+                               mpl={"color": "#888888", "facecolor": "#888888", "linewidth": 0}, alpha=0.3))
     title = f"Head importance — {value.label}, {scope_text(data, image, cls)}, mode {mode} ({MODE_NAMES[mode]})"
     return styled(hv.Overlay(parts), title=title)
 
