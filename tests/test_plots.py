@@ -359,10 +359,15 @@ def test_linked_views_follow_stream_events(data, ds, readable):
     assert (dash.choice.layer, dash.choice.head) == (2, 3)
     np.testing.assert_allclose(values(dash.modes[()], "prob"),
                                ds["importance"].sel(metric="prob").isel(image=image, layer=2, head=3).values)
+    x, y = (float(v) for v in ds["head_xy_cls"].values[9, 0, 3])
+    dash.map_tap.event(x=x, y=y)  # the pattern map: that head of that image (the nearest point)
+    assert (dash.choice.image, dash.choice.layer, dash.choice.head) == (9, 0, 3)
+    inst = ds["head_xy_cls"].isel(layer=0, head=3).values[ds["valid"].values]
+    np.testing.assert_allclose(values(dash.instances[()], "x"), inst[:, 0])
     dash.image_pick.event(index=[])  # deselect: back to the mean over all images
     assert dash.choice.image is None
     np.testing.assert_allclose(values(dash.strength_vector[()], "strength"),
-                               readable["strength"].isel(layer=2, head=3).mean("image").values, rtol=1e-5)
+                               readable["strength"].isel(layer=0, head=3).mean("image").values, rtol=1e-5)
 
 
 def test_linked_choice_set_from_python_updates_the_plots(data):

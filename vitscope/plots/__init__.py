@@ -19,6 +19,7 @@ from vitscope.plots.views import (
     head_importance,
     head_points_all,
     image_overview,
+    instance_points,
     masks,
     mode_bars,
     pattern_map,
@@ -31,7 +32,7 @@ from vitscope.plots.views import (
 __all__ = [
     # the views (views.py)
     "image_overview", "head_importance", "mode_bars", "strength_scatter", "strength_vector", "entropy_distribution",
-    "head_points_all", "pattern_map", "attention_heatmap", "two_axes", "masks", "binary_map",
+    "head_points_all", "pattern_map", "instance_points", "attention_heatmap", "two_axes", "masks", "binary_map",
     # the store summaries (summaries.py)
     "importance_matrix", "layer_trends", "pattern_kind_matrix", "proxy_vs_exact",
     # print (render.py), the registry (figures.py), the linked dashboard (linked.py)

@@ -2,9 +2,10 @@
 callbacks.
 
 One `Choice` (image, head, metric, mode, class) holds what is selected. Taps write it: an image in the overview
-(Selection1D), a head on the importance line (Tap) or in the strength scatter (Selection1D); each dependent figure
-is a DynamicMap redrawn from `Params` of the choice. Slower than the served app, which pushes new arrays into
-figures built once (docs/performance.md has the ratio), but every panel is the same pure function a paper figure is.
+(Selection1D), a head on the importance line (Tap) or in the strength scatter (Selection1D), a head of an image on
+the pattern map (Tap); each dependent figure is a DynamicMap redrawn from `Params` of the choice. Slower than the
+served app, which pushes new arrays into figures built once (docs/performance.md has the ratio), but every panel
+is the same pure function a paper figure is.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from vitscope.plots.views import (
     entropy_distribution,
     head_importance,
     image_overview,
+    instance_points,
     mode_bars,
+    pattern_map,
     store_data,
     strength_scatter,
     strength_vector,
@@ -82,8 +85,13 @@ class Linked(pn.viewable.Viewer):
                                              streams=[params("layer", "head", "image", "cls")])
         self.entropy = hv.DynamicMap(lambda layer, head, image: entropy_distribution(data, layer, head, image),
                                      streams=[params("layer", "head", "image")])
+        self.map = pattern_map(data, "cls")  # datashaded: re-aggregated on zoom, whatever the number of heads
+        self.instances = hv.DynamicMap(lambda layer, head: instance_points(data, "cls", layer, head),
+                                       streams=[params("layer", "head")])
+        self.map_tap = hv.streams.Tap(source=self.map, x=None, y=None)
+        self.map_tap.add_subscriber(self._on_map_tap)
         self.layout = (self.overview_view + self.importance + self.modes + self.strength + self.strength_vector
-                       + self.entropy).opts(shared_axes=False).cols(3)
+                       + self.entropy + self.map * self.instances).opts(shared_axes=False).cols(3)
 
     # -- what a tap does ----------------------------------------------------------------------------------------
 
@@ -102,6 +110,12 @@ class Linked(pn.viewable.Viewer):
         if index:
             self.choice.param.update(**dict(zip(("layer", "head"), divmod(int(index[0]), self.data.heads),
                                                 strict=True)))
+
+    def _on_map_tap(self, x: float | None, y: float | None) -> None:
+        """A tap on the pattern map selects the nearest head of any image, and that image (as the app's map)."""
+        got = None if x is None or y is None else self.data.nearest_head("cls", float(x), float(y))
+        if got is not None:
+            self.choice.param.update(**dict(zip(("image", "layer", "head"), got, strict=True)))
 
     def __panel__(self) -> pn.Column:
         widgets = pn.Param(self.choice, parameters=["metric", "mode"], show_name=False, default_layout=pn.Row)

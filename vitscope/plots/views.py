@@ -211,10 +211,15 @@ def pattern_map(store: Store, kind: str = "cls", layer: int | None = None, head:
     shaded = styled(shaded, xaxis=None, yaxis=None, title=f"Attention pattern map — {kind} layout")
     if layer is None or head is None:
         return shaded
-    x, y = head_instances(data, kind, layer, head)
-    mine = styled(hv.Points((x, y), ["x", "y"], label=head_name(layer, head)), bokeh={"size": 3}, mpl={"s": 3},
-                  color=SELECTED, alpha=0.5)
+    mine = instance_points(data, kind, layer, head)
     return styled(shaded * mine, title=f"Attention pattern map — {kind} layout, {head_name(layer, head)}")
+
+
+def instance_points(store: Store, kind: str, layer: int, head: int) -> hv.Points:
+    """One (layer, head) in every readable image of a head layout: where the head lies across images (Fig. 12)."""
+    x, y = head_instances(store_data(store), kind, layer, head)
+    return styled(hv.Points((x, y), ["x", "y"], label=head_name(layer, head)), bokeh={"size": 3}, mpl={"s": 3},
+                  color=SELECTED, alpha=0.5)
 
 
 def _head_matrix(attention: np.ndarray, layer: int, head: int) -> np.ndarray:
