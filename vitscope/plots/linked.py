@@ -45,7 +45,7 @@ class Choice(param.Parameterized):
 
 class Linked(pn.viewable.Viewer):
     """The linked figures of one store: `.layout` (HoloViews), `.choice`, and the streams the taps send into
-    (`image_pick`, `head_tap`, `head_pick`), so a test or a script can send the same events a click does. Shown in
+    (`image_pick`, `head_tap`, `head_pick`, `map_tap`), so a test or a script can send the events a click does. Shown in
     a notebook (a Panel Viewer, as the app's `Explorer`): the metric and mode widgets above the figures."""
 
     def __init__(self, store: Store, choice: Choice | None = None) -> None:
