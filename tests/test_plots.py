@@ -312,6 +312,8 @@ def test_render_shows_class_names_as_plain_text(store, tmp_path):
 def test_render_takes_the_format_argument_and_refuses_others(data, tmp_path):
     out = vp.render(vp.strength_scatter(data), tmp_path / "noext", "png")
     assert out.read_bytes().startswith(b"\x89PNG")
+    shaded = vp.render(vp.pattern_map(data), tmp_path / "map.png")  # a DynamicMap: its first frame, full extent
+    assert shaded.read_bytes().startswith(b"\x89PNG") and shaded.stat().st_size > 1000
     with pytest.raises(ValueError, match="svg, pdf, png"):
         vp.render(vp.strength_scatter(data), tmp_path / "x.gif")
 
