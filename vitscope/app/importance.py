@@ -54,6 +54,11 @@ def importance_values(data: StoreData, metric: str, mode: int, image: int | None
     return data.band(metric, mode, cls)
 
 
+def head_at(data: StoreData, x: float) -> tuple[int, int]:
+    """(layer, head) at x on the line of all heads (the nearest head; clipped to the first and last)."""
+    return divmod(int(np.clip(round(x), 0, data.layers * data.heads - 1)), data.heads)
+
+
 def mode_values(data: StoreData, metric: str, layer: int, head: int, image: int | None,
                 cls: int | None = None) -> np.ndarray:
     """[modes] the head's metric in every pruning mode (image, or mean over images / one class)."""
@@ -231,8 +236,8 @@ class HeadImportanceView:
         the ablation view prunes together."""
         if x is None:
             return None
-        k = int(np.clip(round(x), 0, self.data.layers * self.data.heads - 1))
-        layer, head = divmod(k, self.data.heads)
+        layer, head = head_at(self.data, x)
+        k = self.data.head_index(layer, head)
         if shift:
             group = sorted(set(self.sel.group) ^ {k})
             self.sel.param.update(layer=layer, head=head, group=group)

@@ -1,0 +1,40 @@
+"""vitscope's views and store summaries as HoloViews elements, for notebooks and paper figures.
+
+The served app draws plain Bokeh for speed; here every view is a pure function from store data (a `StoreData` or
+a store path) plus options to a HoloViews element, built on the same data functions as the app, so the elements
+compose (`+`, `*`), carry labelled dimensions and render with either backend. `render` saves one for print,
+`FIGURES` names them all, `linked` links them in a notebook with HoloViews streams.
+"""
+
+from __future__ import annotations
+
+from vitscope.plots.figures import FIGURES, Figure, Target, build
+from vitscope.plots.linked import Choice, Linked, linked
+from vitscope.plots.render import FORMATS, render
+from vitscope.plots.summaries import importance_matrix, layer_trends, pattern_kind_matrix, proxy_vs_exact
+from vitscope.plots.views import (
+    attention_heatmap,
+    binary_map,
+    entropy_distribution,
+    head_importance,
+    head_points_all,
+    image_overview,
+    instance_points,
+    masks,
+    mode_bars,
+    pattern_map,
+    store_data,
+    strength_scatter,
+    strength_vector,
+    two_axes,
+)
+
+__all__ = [
+    # the views (views.py)
+    "image_overview", "head_importance", "mode_bars", "strength_scatter", "strength_vector", "entropy_distribution",
+    "head_points_all", "pattern_map", "instance_points", "attention_heatmap", "two_axes", "masks", "binary_map",
+    # the store summaries (summaries.py)
+    "importance_matrix", "layer_trends", "pattern_kind_matrix", "proxy_vs_exact",
+    # print (render.py), the registry (figures.py), the linked dashboard (linked.py)
+    "render", "FORMATS", "FIGURES", "Figure", "Target", "build", "linked", "Linked", "Choice", "store_data",
+]
