@@ -221,13 +221,37 @@ def progressive(adapter: ViTAdapter, base: Baseline, order: Sequence[tuple[int, 
 
     Returns (P'[true] [B, S], top-1 correct [B, S] bool).
     """
-    hp = [Head(layer, head) for layer, head in order]
+    return prefixes(adapter, base, [order], [steps], progress)[0]
+
+
+def prefixes(adapter: ViTAdapter, base: Baseline, orders: Sequence[Sequence[tuple[int, int]]],
+             steps: Sequence[Sequence[int]], progress: Callable[[int, int], None] | None = None
+             ) -> list[tuple[Tensor, Tensor]]:
+    """`progressive` for several orders at once, order k at the steps `steps[k]`, in one batched run: a head set
+    that several orders prune at some step (none, all, a shared prefix) is computed once per image.
+
+    Returns per order (P'[true] [B, S_k], top-1 correct [B, S_k] bool).
+    """
     B = base.probs.shape[0]
-    reqs = [(b, hp[:n]) for b in range(B) for n in steps]
+    key: dict[tuple[int, frozenset], int] = {}  # (image row, head set) → its request
+    reqs: list[tuple[int, list[Head]]] = []
+    where: list[list[int]] = []  # per order, its requests in (image, step) order
+    for order, ns in zip(orders, steps, strict=True):
+        hp = [Head(layer, head) for layer, head in order]
+        idx = []
+        for b in range(B):
+            for n in ns:
+                k = (b, frozenset(order[:n]))
+                if k not in key:
+                    key[k] = len(reqs)
+                    reqs.append((b, hp[:n]))
+                idx.append(key[k])
+        where.append(idx)
     res = run_pruned(adapter, base, reqs, topk=1, progress=progress)
-    prob = torch.tensor([r.prob for r in res]).view(B, len(steps))
-    correct = torch.tensor([r.top_idx[0] for r in res]).view(B, len(steps)) == base.labels.cpu()[:, None]
-    return prob, correct
+    prob = torch.tensor([r.prob for r in res])
+    correct = torch.tensor([r.top_idx[0] for r in res]) == base.labels.cpu()[[b for b, _ in reqs]]
+    return [(prob[idx].view(B, len(ns)), correct[idx].view(B, len(ns)))
+            for idx, ns in zip(where, steps, strict=True)]
 
 
 @torch.inference_mode()
