@@ -63,6 +63,7 @@ PAIR_COUNT = 12  # head pairs: the image's top heads whose interactions are comp
 # how many heads can go before accuracy drops.
 CURVE_ORDERS = ("exact-harmful-first", "exact-harmless-first", "proxy-harmful-first", "proxy-harmless-first", "random")
 CURVE_ALIASES = {"exact": "exact-harmful-first", "proxy": "proxy-harmful-first"}  # the names before the directions
+CURVE_IMAGES = 256  # a set's pruning curve runs on at most this many images (a seeded sample)
 PRUNABLE_TOL = 0.01  # a set curve's prunable count: heads pruned while top-1 stays within this of the unpruned
 
 

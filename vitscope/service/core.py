@@ -30,6 +30,7 @@ from vitscope.service import requests as rq
 from vitscope.store import open_store, read_layout
 from vitscope.vocab import (
     ABLATION_MODES,
+    CURVE_IMAGES,
     CURVE_ORDERS,
     PAIR_COUNT,
     PRUNABLE_TOL,
@@ -41,7 +42,6 @@ from vitscope.vocab import (
 Progress = Callable[[int, int], None] | None
 BASELINE_CACHE = 64  # images whose unpruned pass is kept (ViT-Ti: 3.6 MB each)
 GROUP = 32  # images per baseline pass of a pruning curve (bounds memory)
-CURVE_IMAGES = 256  # a set's pruning curve runs on at most this many images (a seeded sample)
 PRUNABLE_CHUNK = 8  # steps a set curve's prunable count computes per round beyond the curve's own
 NEEDS_CLASSES = ("prune", "pairs", "curve", "saliency")  # requests answered in P[true]
 NO_BASIS = ("unavailable: this store's model has no classifier and its images no usable labels, so P[true] and JSD "
