@@ -132,18 +132,19 @@ def run_pruned(
 
     An empty head list is the unpruned model. `progress(done, total)` is called after each forward.
     """
-    masks = [zero_masks(adapter, heads) for _, heads in requests]
     rows = [int(b) for b, _ in requests]
     B = base.probs.shape[0]
     if any(not 0 <= b < B for b in rows):
         raise VitscopeError(f"image rows must be in 0..{B - 1}")
     results: list[PruneResult | None] = [None] * len(requests)
-    # Requests with the same lowest layer share the most work: batch them together.
-    order = sorted(range(len(requests)), key=lambda r: min(masks[r], default=adapter.num_layers))
+    # Requests with the same lowest layer share the most work: batch them together. Each batch builds its own
+    # masks (a request's are up to L × [H,P,P] bools: thousands of a pruning curve's would not fit in memory).
+    order = sorted(range(len(requests)), key=lambda r: min((h.layer for h in requests[r][1]),
+                                                            default=adapter.num_layers))
     for start in range(0, len(order), max_batch):
         chunk = order[start:start + max_batch]
-        for r, res in zip(chunk, _forward(adapter, base, [rows[r] for r in chunk], [masks[r] for r in chunk], topk),
-                          strict=True):
+        masks = [zero_masks(adapter, requests[r][1]) for r in chunk]
+        for r, res in zip(chunk, _forward(adapter, base, [rows[r] for r in chunk], masks, topk), strict=True):
             results[r] = res
         if progress is not None:
             progress(min(start + max_batch, len(order)), len(order))
