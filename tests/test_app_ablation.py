@@ -56,8 +56,25 @@ def test_pairs_curve_saliency_and_a_new_image(app, demo16):
     assert len(group) == 2 and s.group == group
 
     ab.ask_curve()
-    wait_for(lambda: len(ab.curve_sources["exact"].data["y"]) == 25)
-    assert ab.curve_sources["exact"].data["y"][0] == pytest.approx(float(app.data.baseline_prob[5]), abs=1e-5)
+    wait_for(lambda: len(ab.curve_sources["exact-harmful-first"].data["y"]) == 25)
+    assert ab.curve_sources["exact-harmful-first"].data["y"][0] == pytest.approx(float(app.data.baseline_prob[5]),
+                                                                                 abs=1e-5)
+    assert all(len(src.data["y"]) == 25 for src in ab.curve_sources.values()) and ab.curve_text.text == ""
+    styles = {o: (g.glyph.line_color, g.glyph.line_dash) for o in ab.curve_sources for g in ab.curve.renderers
+              if g.data_source is ab.curve_sources[o]}  # same colour per criterion, dashed harmless-first
+    assert styles["exact-harmful-first"][0] == styles["exact-harmless-first"][0] != styles["proxy-harmful-first"][0]
+    assert styles["proxy-harmful-first"][1] == [] and styles["proxy-harmless-first"][1] == [6]  # solid, dashed
+    labels = [item.label.value for item in ab.curve.legend[0].items]
+    assert "exact, harmless first" in labels and "proxy, harmful first" in labels
+
+    s.image, s.cls = None, int(app.data.label[0])  # a class: top-1 and the prunable counts under the curve
+    want = Service(demo16).compute({"kind": "curve", "cls": s.cls})
+    ab.ask_curve()
+    wait_for(lambda: "heads prunable" in ab.curve_text.text)
+    assert ab.curve_sources["random"].data["y"] == pytest.approx(want["curves"]["random"])
+    n = want["prunable"]["exact-harmless-first"]
+    assert f"exact harmful <b>{want['prunable']['exact-harmful-first']}</b>, harmless <b>{n}</b>" in ab.curve_text.text
+    s.image = 5
 
     ab.ask_saliency()
     wait_for(lambda: ab.saliency_source.data["image"][0].shape[0] > 1)

@@ -94,15 +94,16 @@ def test_pairs_curve_and_saliency(svc):
 
     curve = svc.compute({"kind": "curve", "image": 1, "orders": ["exact", "random"]})
     assert curve["steps"] == list(range(25)) and curve["y"] == "prob"
-    assert curve["curves"]["exact"][0] == pytest.approx(base, abs=1e-5)
-    first3 = [h.replace("L", "").replace("H", ":") for h in curve["orders"]["exact"][:3]]
-    assert curve["curves"]["exact"][3] == pytest.approx(float(timm_forward(svc, 1, first3)[int(svc.labels[1])]),
-                                                        abs=1e-5)
+    assert curve["curves"]["exact-harmful-first"][0] == pytest.approx(base, abs=1e-5)  # "exact": its old name
+    first3 = [h.replace("L", "").replace("H", ":") for h in curve["orders"]["exact-harmful-first"][:3]]
+    p3 = float(timm_forward(svc, 1, first3)[int(svc.labels[1])])
+    assert curve["curves"]["exact-harmful-first"][3] == pytest.approx(p3, abs=1e-5)
     cls = int(svc.labels[0])
     acc = svc.compute({"kind": "curve", "cls": cls, "orders": ["proxy"], "steps": [0, 24]})
     images = np.flatnonzero(svc.labels == cls)
     correct = svc.ds["topk_idx"].values[images, 0, 0, 0, 0] == cls
-    assert acc["images"] == acc["of"] == len(images) and acc["curves"]["proxy"][0] == pytest.approx(correct.mean())
+    assert acc["images"] == acc["of"] == len(images) and acc["curves"]["proxy-harmful-first"][0] == pytest.approx(
+        correct.mean())
     sample = svc.compute({"kind": "curve", "orders": ["random"], "steps": [0, 3], "max_images": 5})
     assert (sample["images"], sample["of"]) == (5, 16)
 

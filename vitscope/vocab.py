@@ -7,6 +7,8 @@ store, the build, the CLI, the summary and the app import these instead of spell
 
 from __future__ import annotations
 
+from vitscope.errors import VitscopeError
+
 METRICS = ("prob", "jsd", "cls_dist", "patch_dist")
 METRIC_LABELS = {
     "prob": "P'[true label]",
@@ -54,7 +56,23 @@ GOOD_PARTNER = 0.9
 PRECISIONS = ("float32", "tf32", "bfloat16")  # what the engine computes in (tf32: float32 with TF32 matmuls)
 
 PAIR_COUNT = 12  # head pairs: the image's top heads whose interactions are computed unless told otherwise
-CURVE_ORDERS = ("exact", "proxy", "random")  # the orders a pruning curve removes heads in
+# The orders a pruning curve removes heads in, each named by its direction. exact: by the head's mean P'[true] when
+# pruned alone (mode 1, from the store); harmful-first takes the lowest first, harmless-first the highest first.
+# proxy: by the mean gradient proxy |dCE/dgate|; harmful-first the largest first, harmless-first the smallest first.
+# Ties keep head order (layer, then head) in both directions. Harmless-first answers Michel et al. 2019's question:
+# how many heads can go before accuracy drops.
+CURVE_ORDERS = ("exact-harmful-first", "exact-harmless-first", "proxy-harmful-first", "proxy-harmless-first", "random")
+CURVE_ALIASES = {"exact": "exact-harmful-first", "proxy": "proxy-harmful-first"}  # the names before the directions
+CURVE_IMAGES = 256  # a set's pruning curve runs on at most this many images (a seeded sample)
+PRUNABLE_TOL = 0.01  # a set curve's prunable count: heads pruned while top-1 stays within this of the unpruned
+
+
+def curve_order(name: object) -> str:
+    """An order's canonical name (an old alias → its harmful-first order); one line listing the names otherwise."""
+    if isinstance(name, str) and (name in CURVE_ORDERS or name in CURVE_ALIASES):
+        return CURVE_ALIASES.get(name, name)
+    raise VitscopeError(f"unknown pruning order {name!r}: choose from {', '.join(CURVE_ORDERS)} "
+                        f"({', '.join(f'{a} = {o}' for a, o in CURVE_ALIASES.items())})")
 
 LAYOUTS = ("cls", "patch")  # the Attention Pattern View's two head layouts (head_xy_cls, head_xy_patch)
 

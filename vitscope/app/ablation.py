@@ -25,7 +25,28 @@ from vitscope.text import esc
 from vitscope.vocab import CURVE_ORDERS, PAIR_COUNT, WHOLE_HEAD
 
 WIDTH = 225
-ORDER_COLOURS = dict(zip(CURVE_ORDERS, ("#222222", "#d62728", "#999999"), strict=True))  # exact, proxy, random
+CRITERION_COLOURS = {"exact": "#222222", "proxy": "#d62728", "random": "#999999"}
+
+
+def order_style(order: str) -> dict:
+    """A curve's line: one colour per criterion, solid harmful-first, dashed harmless-first; the legend says both."""
+    criterion, _, direction = order.partition("-")
+    return {"color": CRITERION_COLOURS[criterion], "line_dash": "dashed" if direction == "harmless-first" else "solid",
+            "line_width": 1.5 if criterion == "random" else 2,
+            "legend_label": f"{criterion}, {direction.replace('-', ' ')}" if direction else criterion}
+
+
+def prunable_text(r: dict) -> str:
+    """The line under a set curve: per order, heads pruned before top-1 drops by more than the tolerance."""
+    if r.get("prunable") is None:
+        return ""
+    rows = {}
+    for o, n in r["prunable"].items():
+        criterion, _, direction = o.partition("-")
+        rows.setdefault(criterion, []).append(f"{direction.removesuffix('-first')} <b>{n}</b>" if direction
+                                              else f"<b>{n}</b>")
+    return (f"<div style='font-size:11px'>heads prunable before top-1 ({r['baseline']:.3f}) drops by more than "
+            f"{r['tol']:g}: " + "; ".join(f"{c} {', '.join(v)}" for c, v in rows.items()) + "</div>")
 Submit = Callable[[dict, str, Callable[[int, int], None] | None], Future]
 
 
@@ -80,17 +101,18 @@ class AblationView:
         self.pairs = pairs
         self._pair_heads: list[tuple[int, int]] = []
 
-        self.curve_sources = {o: ColumnDataSource({"x": [], "y": []}) for o in ORDER_COLOURS}
-        curve = figure("pruning curve", WIDTH, 160, tools="", x_range=(0, 1), y_range=(0, 1.02), name="vs-curve")
+        self.curve_sources = {o: ColumnDataSource({"x": [], "y": []}) for o in CURVE_ORDERS}
+        curve = figure("pruning curve", WIDTH, 250, tools="", x_range=(0, 1), y_range=(0, 1.02), name="vs-curve")
         curve.toolbar_location = None
         for o, src in self.curve_sources.items():
-            curve.line("x", "y", source=src, color=ORDER_COLOURS[o], line_width=2 if o != "random" else 1.5,
-                       legend_label=o, line_dash="solid" if o != "proxy" else "dashed")
-        curve.legend.location = "top_right"
-        curve.legend.label_text_font_size = "10px"
-        curve.legend.padding = curve.legend.spacing = 1
+            curve.line("x", "y", source=src, **order_style(o))
+        legend = curve.legend[0]
+        curve.add_layout(legend, "below")  # five entries would hide the harmless-first curves inside the plot
+        legend.update(ncols=2, label_text_font_size="9px", padding=1, spacing=1, margin=2, glyph_width=16,
+                      label_standoff=2)
         curve.xaxis.axis_label = "heads pruned"
         self.curve = curve
+        self.curve_text = div(WIDTH, 44)
 
         self.saliency_source = ColumnDataSource({"image": [np.zeros((1, 1), np.uint32)]})
         sal = bare(figure("patch saliency", WIDTH, WIDTH, tools="", name="vs-saliency"))
@@ -273,6 +295,7 @@ class AblationView:
             who += f" ({r['images']} of {r['of']})"
         self.curve.yaxis.axis_label = "P'[true]" if r["y"] == "prob" else "top-1 accuracy"
         self.curve.title.text = f"pruning curve, {who}"
+        self.curve_text.text = prunable_text(r)
 
     def show_saliency(self, r: dict) -> None:
         thumb = shown(self.data.thumbnail(r["image"]))
@@ -307,6 +330,7 @@ class AblationView:
         return pn.Column(
             bokeh_pane(self.joint), pn.pane.Bokeh(self.joint_text), self.status, self.progress,
             pn.Row(self.pairs_button, self.curve_button, margin=0), bokeh_pane(self.pairs), bokeh_pane(self.curve),
+            pn.pane.Bokeh(self.curve_text),
             self.saliency_button, bokeh_pane(self.saliency),
             pn.pane.HTML("<small>new image (not stored):</small>", width=WIDTH), self.upload,
             width=WIDTH + 10)

@@ -132,18 +132,19 @@ def run_pruned(
 
     An empty head list is the unpruned model. `progress(done, total)` is called after each forward.
     """
-    masks = [zero_masks(adapter, heads) for _, heads in requests]
     rows = [int(b) for b, _ in requests]
     B = base.probs.shape[0]
     if any(not 0 <= b < B for b in rows):
         raise VitscopeError(f"image rows must be in 0..{B - 1}")
     results: list[PruneResult | None] = [None] * len(requests)
-    # Requests with the same lowest layer share the most work: batch them together.
-    order = sorted(range(len(requests)), key=lambda r: min(masks[r], default=adapter.num_layers))
+    # Requests with the same lowest layer share the most work: batch them together. Each batch builds its own
+    # masks (a request's are up to L × [H,P,P] bools: thousands of a pruning curve's would not fit in memory).
+    order = sorted(range(len(requests)), key=lambda r: min((h.layer for h in requests[r][1]),
+                                                            default=adapter.num_layers))
     for start in range(0, len(order), max_batch):
         chunk = order[start:start + max_batch]
-        for r, res in zip(chunk, _forward(adapter, base, [rows[r] for r in chunk], [masks[r] for r in chunk], topk),
-                          strict=True):
+        masks = [zero_masks(adapter, requests[r][1]) for r in chunk]
+        for r, res in zip(chunk, _forward(adapter, base, [rows[r] for r in chunk], masks, topk), strict=True):
             results[r] = res
         if progress is not None:
             progress(min(start + max_batch, len(order)), len(order))
@@ -221,13 +222,37 @@ def progressive(adapter: ViTAdapter, base: Baseline, order: Sequence[tuple[int, 
 
     Returns (P'[true] [B, S], top-1 correct [B, S] bool).
     """
-    hp = [Head(layer, head) for layer, head in order]
+    return prefixes(adapter, base, [order], [steps], progress)[0]
+
+
+def prefixes(adapter: ViTAdapter, base: Baseline, orders: Sequence[Sequence[tuple[int, int]]],
+             steps: Sequence[Sequence[int]], progress: Callable[[int, int], None] | None = None
+             ) -> list[tuple[Tensor, Tensor]]:
+    """`progressive` for several orders at once, order k at the steps `steps[k]`, in one batched run: a head set
+    that several orders prune at some step (none, all, a shared prefix) is computed once per image.
+
+    Returns per order (P'[true] [B, S_k], top-1 correct [B, S_k] bool).
+    """
     B = base.probs.shape[0]
-    reqs = [(b, hp[:n]) for b in range(B) for n in steps]
+    key: dict[tuple[int, frozenset], int] = {}  # (image row, head set) → its request
+    reqs: list[tuple[int, list[Head]]] = []
+    where: list[list[int]] = []  # per order, its requests in (image, step) order
+    for order, ns in zip(orders, steps, strict=True):
+        hp = [Head(layer, head) for layer, head in order]
+        idx = []
+        for b in range(B):
+            for n in ns:
+                k = (b, frozenset(order[:n]))
+                if k not in key:
+                    key[k] = len(reqs)
+                    reqs.append((b, hp[:n]))
+                idx.append(key[k])
+        where.append(idx)
     res = run_pruned(adapter, base, reqs, topk=1, progress=progress)
-    prob = torch.tensor([r.prob for r in res]).view(B, len(steps))
-    correct = torch.tensor([r.top_idx[0] for r in res]).view(B, len(steps)) == base.labels.cpu()[:, None]
-    return prob, correct
+    prob = torch.tensor([r.prob for r in res])
+    correct = torch.tensor([r.top_idx[0] for r in res]) == base.labels.cpu()[[b for b, _ in reqs]]
+    return [(prob[idx].view(B, len(ns)), correct[idx].view(B, len(ns)))
+            for idx, ns in zip(where, steps, strict=True)]
 
 
 @torch.inference_mode()

@@ -10,7 +10,17 @@ import numpy as np
 
 from vitscope.errors import VitscopeError
 from vitscope.heads import parse_head
-from vitscope.vocab import CURVE_ORDERS, METRICS, MODES, PAIR_COUNT, WHOLE_HEAD, head_name
+from vitscope.vocab import (
+    CURVE_IMAGES,
+    CURVE_ORDERS,
+    METRICS,
+    MODES,
+    PAIR_COUNT,
+    PRUNABLE_TOL,
+    WHOLE_HEAD,
+    curve_order,
+    head_name,
+)
 
 
 def add_parser(sub) -> None:
@@ -26,10 +36,15 @@ def add_parser(sub) -> None:
     what.add_argument("--pairs", type=int, nargs="?", const=PAIR_COUNT, metavar="K",
                       help=f"pair interactions of the image's top K heads (default {PAIR_COUNT})")
     what.add_argument("--curve", nargs="*", metavar="ORDER", help=f"progressive pruning in these orders "
-                      f"({', '.join(CURVE_ORDERS)}; default all) for --image, --class NAME, or every image")
+                      f"({', '.join(CURVE_ORDERS)}; default all; exact and proxy are the harmful-first orders) "
+                      "for --image, --class NAME, or every image; a set also gets each order's prunable count")
     what.add_argument("--saliency", action="store_true", help="patch-ablation saliency of --image")
     what.add_argument("--file", type=Path, help="analyse a new image file (not written into the store)")
     p.add_argument("--class", dest="cls", metavar="NAME", help="with --curve: the class's images")
+    p.add_argument("--max-images", type=int, default=CURVE_IMAGES, metavar="N",
+                   help=f"with --curve over a set: a seeded sample of at most N images (default {CURVE_IMAGES})")
+    p.add_argument("--tol", type=float, default=PRUNABLE_TOL, help="with --curve over a set: heads count as "
+                   f"prunable while top-1 stays within TOL of the unpruned (default {PRUNABLE_TOL}, one point)")
     p.add_argument("--block", type=int, default=1, help="with --saliency: occlude BLOCK×BLOCK patches at a time")
     p.add_argument("--label", type=int, help="with --file: the true class index (default: the prediction)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -49,7 +64,10 @@ def request_from(args: argparse.Namespace, class_names: list[str], labels) -> di
             cls = match_class(args.cls, class_names, sorted({int(c) for c in labels}))[0]
         if args.cls is not None and args.image is not None:
             raise VitscopeError("--curve takes --image or --class, not both")
-        return {"kind": "curve", "image": args.image, "cls": cls, "orders": args.curve or list(CURVE_ORDERS)}
+        for o in args.curve:  # a misspelt order fails before the model loads
+            curve_order(o)
+        return {"kind": "curve", "image": args.image, "cls": cls, "orders": args.curve or list(CURVE_ORDERS),
+                "max_images": args.max_images, "tol": args.tol}
     if args.image is None:
         raise VitscopeError("give --image I (the image's index in the store; vitscope info STORE lists them)")
     if args.prune is not None:
@@ -128,9 +146,14 @@ def readable(r: dict) -> str:
                 f" ({r['images']} images)" if r["images"] == r["of"] else f" (a sample of {r['images']} of {r['of']})")
         what = "P'[true]" if r["y"] == "prob" else "top-1 accuracy"
         orders = list(r["curves"])
+        w = max(len(o) for o in orders) + 2
         lines = [f"progressive pruning, {who}: {what} after pruning n heads in each order",
-                 f"{'n':>5}" + "".join(f"{o:>9}" for o in orders)]
-        lines += [f"{n:>5}" + "".join(f"{r['curves'][o][i]:9.4f}" for o in orders) for i, n in enumerate(r["steps"])]
+                 f"{'n':>5}" + "".join(f"{o:>{w}}" for o in orders)]
+        lines += [f"{n:>5}" + "".join(f"{r['curves'][o][i]:{w}.4f}" for o in orders) for i, n in enumerate(r["steps"])]
+        if r.get("prunable") is not None:
+            lines.append(f"heads prunable before top-1 ({r['baseline']:.4f} unpruned) drops by more than {r['tol']:g} "
+                         "(the first step below, minus one; every step checked):")
+            lines += [f"  {o:<{w}}{n}" for o, n in r["prunable"].items()]
         return "\n".join(lines)
     if kind == "saliency":
         d = np.asarray(r["drops"])

@@ -28,12 +28,21 @@ from vitscope.models import ViTAdapter, load_model, weights_hash
 from vitscope.service import newimage
 from vitscope.service import requests as rq
 from vitscope.store import open_store, read_layout
-from vitscope.vocab import ABLATION_MODES, CURVE_ORDERS, PAIR_COUNT, WHOLE_HEAD, head_name
+from vitscope.vocab import (
+    ABLATION_MODES,
+    CURVE_IMAGES,
+    CURVE_ORDERS,
+    PAIR_COUNT,
+    PRUNABLE_TOL,
+    WHOLE_HEAD,
+    curve_order,
+    head_name,
+)
 
 Progress = Callable[[int, int], None] | None
 BASELINE_CACHE = 64  # images whose unpruned pass is kept (ViT-Ti: 3.6 MB each)
 GROUP = 32  # images per baseline pass of a pruning curve (bounds memory)
-CURVE_IMAGES = 256  # a set's pruning curve runs on at most this many images (a seeded sample)
+PRUNABLE_CHUNK = 8  # steps a set curve's prunable count computes per round beyond the curve's own
 NEEDS_CLASSES = ("prune", "pairs", "curve", "saliency")  # requests answered in P[true]
 NO_BASIS = ("unavailable: this store's model has no classifier and its images no usable labels, so P[true] and JSD "
             "are undefined (prob basis: none); its cls_dist and patch_dist are in the store")
@@ -176,14 +185,23 @@ class Service:
 
     def curve(self, image: int | None = None, cls: int | None = None, orders: Sequence[str] = CURVE_ORDERS,
               steps: Sequence[int] | None = None, seed: int = 0, progress: Progress = None,
-              max_images: int = CURVE_IMAGES) -> dict:
+              max_images: int = CURVE_IMAGES, tol: float = PRUNABLE_TOL) -> dict:
         """Progressive pruning: heads pruned one after another in each order; P'[true] (one image) or top-1
-        accuracy (a class, or every image; a seeded sample of `max_images` beyond that) against the number pruned."""
+        accuracy (a class, or every image; a seeded sample of `max_images` beyond that) against the number pruned.
+
+        A set curve also says, per order, how many heads can go before top-1 drops by more than `tol`
+        ("prunable": the first step whose accuracy is below the unpruned accuracy − tol, minus one; every head if
+        none is), computed from every step up to that one whatever `steps` shows.
+        """
+        if self.prob_basis == "none":  # neither P'[true] nor top-1 is defined, whatever the order
+            raise VitscopeError(NO_BASIS)
         ad = self.adapter
         n_heads = ad.num_layers * ad.num_heads
-        bad = [o for o in orders if o not in CURVE_ORDERS] or ([] if orders else [""])
-        if bad:
-            raise VitscopeError(f"unknown pruning order {bad[0]!r}: choose from {', '.join(CURVE_ORDERS)}")
+        names = list(dict.fromkeys(curve_order(o) for o in ([orders] if isinstance(orders, str) else orders)))
+        if not names:
+            raise VitscopeError(f"a pruning curve needs at least one order: {', '.join(CURVE_ORDERS)}")
+        if not isinstance(tol, int | float) or not 0 <= tol < 1:
+            raise VitscopeError(f"the prunable tolerance must be a number in [0, 1) (top-1 accuracy), got {tol!r}")
         if image is not None and cls is not None:
             raise VitscopeError("a pruning curve is for one image or one class, not both")
         if image is not None:
@@ -203,37 +221,78 @@ class Service:
         steps = [int(s) for s in steps]
         if any(not 0 <= s <= n_heads for s in steps):
             raise VitscopeError(f"curve steps must be in 0..{n_heads} heads")
-        ranked = {o: self._order(o, scope, seed) for o in orders}
-        total = len(orders) * len(scope) * len(steps)
-        done = 0
-        values: dict[str, list[float]] = {}
-        for o, order in ranked.items():
-            per_image = []
-            for g in range(0, len(scope), GROUP):
-                group = scope[g:g + GROUP]
-                base = prune.baseline(ad, self.inputs(group), torch.as_tensor(self.labels[group]))
-                prob, correct = prune.progressive(
-                    ad, base, order, steps,
-                    None if progress is None else lambda d, t, base_done=done: progress(base_done + d, total))
-                per_image.append(prob if image is not None else correct.float())
-                done += len(group) * len(steps)
-            values[o] = torch.cat(per_image).mean(0).tolist()
-        return {"kind": "curve", "image": image, "cls": cls, "images": len(scope), "of": total_images, "steps": steps,
-                "y": "prob" if image is not None else "top1", "curves": values,
-                "orders": {o: [head_name(*h) for h in r] for o, r in ranked.items()}}
+        ranked = {o: self._order(o, scope, seed) for o in names}
+        tally = _Tally(progress, len(scope) * len(steps) * len(names))
+        sums = self._prefix_sums(scope, ranked, {o: steps for o in names}, tally, image is not None)
+        out = {"kind": "curve", "image": image, "cls": cls, "images": len(scope), "of": total_images, "steps": steps,
+               "y": "prob" if image is not None else "top1",
+               "curves": {o: (sums[o] / len(scope)).tolist() for o in names},
+               "orders": {o: [head_name(*h) for h in r] for o, r in ranked.items()}}
+        if image is None:
+            known = {o: dict(zip(steps, sums[o].round().astype(int).tolist(), strict=True)) for o in names}
+            out["prunable"] = self._prunable(scope, ranked, known, tol, tally)
+            out["tol"] = float(tol)
+            out["baseline"] = known[names[0]][0] / len(scope)
+        return out
+
+    def _prefix_sums(self, scope: list[int], ranked: dict[str, list[tuple[int, int]]], need: dict[str, list[int]],
+                     tally: _Tally, image_curve: bool) -> dict[str, np.ndarray]:
+        """Per order, the sum over `scope` of P'[true] (one image) or of top-1 correct at each of its needed steps;
+        one baseline pass per group of images, shared by the orders (as are head sets two orders share)."""
+        names = [o for o in need if need[o]]
+        parts: dict[str, list[np.ndarray]] = {o: [] for o in names}
+        units = sum(len(need[o]) for o in names)
+        for g in range(0, len(scope), GROUP):
+            group = scope[g:g + GROUP]
+            base = prune.baseline(self.adapter, self.inputs(group), torch.as_tensor(self.labels[group]))
+            at, size = tally.done, len(group) * units
+            res = prune.prefixes(self.adapter, base, [ranked[o] for o in names], [need[o] for o in names],
+                                 lambda d, t, at=at, size=size: tally.report(at + size * d / max(t, 1)))
+            for o, (prob, correct) in zip(names, res, strict=True):
+                parts[o].append((prob if image_curve else correct.double()).sum(0).double().numpy())
+            tally.report(at + size)
+        return {o: np.sum(parts[o], axis=0) if o in parts else np.zeros(0) for o in need}
+
+    def _prunable(self, scope: list[int], ranked: dict[str, list[tuple[int, int]]], known: dict[str, dict[int, int]],
+                  tol: float, tally: _Tally) -> dict[str, int]:
+        """Per order, heads pruned before top-1 falls below the unpruned top-1 − tol: the steps the curve lacks
+        are computed PRUNABLE_CHUNK at a time, in order, until the first such step (accuracy is not monotone)."""
+        n_heads, m = self.adapter.num_layers * self.adapter.num_heads, len(scope)
+        found: dict[str, int] = {}
+        while True:
+            need = {}
+            for o in ranked:
+                if o in found:
+                    continue
+                count, first = prunable_count(known[o], m, tol, n_heads)
+                if count is not None:
+                    found[o] = count
+                else:
+                    need[o] = [s for s in range(first, min(first + PRUNABLE_CHUNK, n_heads + 1)) if s not in known[o]]
+            if not need:
+                return {o: found[o] for o in ranked}
+            tally.grow(m * sum(len(v) for v in need.values()))
+            for o, c in self._prefix_sums(scope, ranked, need, tally, False).items():
+                known[o] |= dict(zip(need[o], c.round().astype(int).tolist(), strict=True))
 
     def _order(self, order: str, scope: list[int], seed: int) -> list[tuple[int, int]]:
+        """The heads in `order` (a canonical name): a stable sort of the store's per-head means over `scope`, so
+        ties keep head order (layer, then head) in both directions."""
         L, H = self.adapter.num_layers, self.adapter.num_heads
         if order == "random":
             flat = np.random.default_rng(seed).permutation(L * H)
         else:
-            if order == "exact":  # most harmful first: lowest P'[true] when pruned alone
-                score = -self.ds["importance"].isel(image=scope).sel(mode=WHOLE_HEAD, metric="prob").values.mean(0)
-            else:
+            if order.startswith("exact"):  # P'[true] when pruned alone: low = harmful
+                harm = -self.ds["importance"].isel(image=scope).sel(mode=WHOLE_HEAD, metric="prob").values
+            else:  # the gradient proxy: large = harmful
                 if "grad_importance" not in self.ds:
-                    raise VitscopeError(f"{self.path} has no grad_importance: rebuild it for the proxy order")
-                score = self.ds["grad_importance"].isel(image=scope).values.mean(0)
-            flat = np.argsort(-score.reshape(-1), kind="stable")
+                    raise VitscopeError(f"{self.path} has no grad_importance: rebuild it for the proxy orders")
+                harm = self.ds["grad_importance"].isel(image=scope).values
+            harm = harm.astype(np.float64).mean(0).reshape(-1)
+            if not np.isfinite(harm).all():
+                raise VitscopeError(f"{self.path} has no finite {order.split('-')[0]} score for every head over these "
+                                    "images: choose another order")
+            flat = np.argsort(-harm if order.endswith("harmful-first") else harm, kind="stable")
         return [(int(j) // H, int(j) % H) for j in flat]
 
     def saliency(self, image: int, block: int = 1, progress: Progress = None) -> dict:
@@ -289,7 +348,8 @@ class Service:
             return self.pairs(r["image"], r.get("k", PAIR_COUNT), r.get("heads"), progress)
         if kind == "curve":
             return self.curve(r.get("image"), r.get("cls"), r.get("orders", CURVE_ORDERS), r.get("steps"),
-                              r.get("seed", 0), progress, r.get("max_images", CURVE_IMAGES))
+                              r.get("seed", 0), progress, r.get("max_images", CURVE_IMAGES),
+                              r.get("tol", PRUNABLE_TOL))
         if kind == "saliency":
             return self.saliency(r["image"], r.get("block", 1), progress)
         if kind == "new_image":
@@ -297,6 +357,35 @@ class Service:
         if kind == "attention":
             return {"kind": "attention", "image": int(r["image"]), "attention": self.attention(r["image"])}
         raise AssertionError(kind)
+
+
+def prunable_count(known: dict[int, int], m: int, tol: float, n_heads: int) -> tuple[int | None, int | None]:
+    """From top-1 correct counts of m images at some steps ({n heads pruned: count}): (the prunable count, None) once
+    they decide it, else (None, the first step still needed). The count is the first step n ≥ 1 whose accuracy is
+    below the unpruned accuracy − tol, minus one; n_heads if no step is. Losing exactly tol stays within."""
+    if 0 not in known:
+        return None, 0
+    for n in range(1, n_heads + 1):
+        if n not in known:
+            return None, n
+        if (known[0] - known[n]) / m > tol + 1e-12:
+            return n - 1, None
+    return n_heads, None
+
+
+class _Tally:
+    """A curve's progress in image × step units; the total grows when the prunable count needs more steps."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def grow(self, units: int) -> None:
+        self.total += units
+
+    def report(self, done: float) -> None:
+        self.done = int(done)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
 def _finite(v: float) -> float | None:

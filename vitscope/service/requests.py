@@ -4,7 +4,9 @@ and Dask; a head is a `vitscope.heads.Head` or any form `parse_head` reads.
     {"kind": "prune", "image": 3, "heads": ["2:0", "5:1:5", {"layer": 4, "head": 2,
         "region": {"source": [0, 0, 4, 4], "target": null, "cls_rows": false, "cls_cols": true}}]}
     {"kind": "pairs", "image": 3, "k": 12}              {"kind": "saliency", "image": 3, "block": 2}
-    {"kind": "curve", "image": 3 | null, "cls": 7 | null, "orders": ["exact", "proxy", "random"]}
+    {"kind": "curve", "image": 3 | null, "cls": 7 | null, "orders": ["exact-harmful-first", "exact-harmless-first",
+        "proxy-harmful-first", "proxy-harmless-first", "random"] ("exact", "proxy": the harmful-first ones),
+        "steps": [0, 6, 12], "max_images": 256, "tol": 0.01}
     {"kind": "new_image", "path": "photo.jpg"}  (or "data": the file's bytes)   {"kind": "attention", "image": 3}
 """
 
