@@ -404,3 +404,21 @@ def test_plots_notebook_runs_on_a_store(store, tmp_path, monkeypatch):
         exec(compile(src, "plots.ipynb", "exec"), scope)
     assert isinstance(scope["dash"], vp.Linked)
     assert (tmp_path / "importance.svg").stat().st_size > 1000
+
+
+def test_figure_writes_every_view_and_summary(demo16, tmp_path, capsys):
+    """`vitscope figure STORE --image I --out DIR --format F`: one file per figure of the registry, each a valid file
+    of that format; without --image the views of one image are named as skipped."""
+    from vitscope.cli import main
+    from vitscope.plots import FIGURES
+
+    assert main(["figure", str(demo16), "--image", "1", "--out", str(tmp_path / "svg"), "--quiet"]) == 0
+    assert sorted(p.stem for p in (tmp_path / "svg").iterdir()) == sorted(FIGURES)
+    assert all(p.read_text(encoding="utf-8").lstrip().startswith("<?xml") for p in (tmp_path / "svg").iterdir())
+    assert main(["figure", str(demo16), "--out", str(tmp_path / "pdf"), "--format", "pdf", "--only",
+                 "importance-matrix", "heatmap", "--quiet"]) == 0
+    assert [p.name for p in (tmp_path / "pdf").iterdir()] == ["importance-matrix.pdf"]
+    assert (tmp_path / "pdf" / "importance-matrix.pdf").read_bytes()[:5] == b"%PDF-"
+    assert "heatmap show one image: give --image" in capsys.readouterr().out
+    assert main(["figure", str(demo16), "--out", str(tmp_path / "x"), "--only", "nope"]) == 2
+    assert "no figure 'nope'" in capsys.readouterr().err

@@ -266,12 +266,42 @@ def cmd_export(args) -> None:
     print(f"snapshot written: {out} ({out.stat().st_size / 1e6:.1f} MB; opens from disk, no server needed)")
 
 
+def cmd_figure(args) -> None:
+    from vitscope.plots.paper import write_figures
+
+    written, skipped = write_figures(args.store, args.out, args.format, image=args.image, head=args.head,
+                                     device=args.device, names=args.only,
+                                     progress=None if args.quiet else lambda n: print(f"  {n}", flush=True))
+    line = f"{len(written)} figures written to {args.out} ({args.format})"
+    if skipped:
+        line += f"; {', '.join(skipped)} show one image: give --image for them"
+    print(line)
+
+
 def cmd_report(args) -> None:
     from vitscope.report import write
 
     if len(args.store) > 2:
         raise VitscopeError(f"give one store, or two to compare them, not {len(args.store)}")
-    out = write(args.store, args.out)
+    if args.curve_images < 1:
+        raise VitscopeError(f"--curve-images {args.curve_images}: give at least 1")
+    bar = None
+
+    def progress(done: int, total: int) -> None:  # the pruning curves: thousands of pruned forwards
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="pruning curves", unit="image·step", file=sys.stderr)
+        bar.total = max(bar.total, done)  # the prunable counts may need steps beyond those the curves show
+        bar.update(done - bar.n)
+
+    try:
+        out = write(args.store, args.out, with_curves=not args.no_curves, device=args.device,
+                    curve_images=args.curve_images, progress=None if args.quiet else progress)
+    finally:
+        if bar is not None:
+            bar.close()
     print(f"report written: {out} ({out.stat().st_size / 1e3:.0f} kB; one file, opens offline)")
 
 
@@ -336,10 +366,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where the image's attention is computed")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("figure", help="every view and summary as a separate print file (svg, pdf or png), offline")
+    p.add_argument("store", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="the folder to write <figure>.<format> into")
+    p.add_argument("--format", default="svg", choices=["svg", "pdf", "png"])
+    p.add_argument("--image", type=int, help="image index in the store (vitscope info STORE); the views of one "
+                   "image and of its attention need it (the attention is recomputed by the store's model)")
+    p.add_argument("--head", metavar="L:H", help="the head of the per-head views (default: the one whose pruning "
+                   "hurts the image, or all images, most)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these figures (names: vitscope.plots.FIGURES)")
+    p.add_argument("--device", default="cpu", help="where the image's attention is computed")
+    p.add_argument("--quiet", action="store_true", help="no line per figure")
+    p.set_defaults(func=cmd_figure)
+
     p = sub.add_parser("report", help="what a store says about its model, as one offline HTML file; with two "
                        "stores, what changed between their models")
     p.add_argument("store", type=Path, nargs="+", help="a store; or two stores of the same images")
     p.add_argument("--out", type=Path, required=True, help="the .html file to write")
+    p.add_argument("--no-curves", action="store_true", help="leave out the pruning curves (they need the store's "
+                   "model: minutes on a CPU)")
+    p.add_argument("--curve-images", type=int, default=64, help="the pruning curves' seeded sample of images "
+                   "(default 64)")
+    p.add_argument("--device", default="cpu", help="where the pruning curves are computed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("info", help="what is in a store, or what vitscope sees in a model")

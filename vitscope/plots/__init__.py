@@ -11,7 +11,14 @@ from __future__ import annotations
 from vitscope.plots.figures import FIGURES, Figure, Target, build
 from vitscope.plots.linked import Choice, Linked, linked
 from vitscope.plots.render import FORMATS, render
-from vitscope.plots.summaries import importance_matrix, layer_trends, pattern_kind_matrix, proxy_vs_exact
+from vitscope.plots.summaries import (
+    compare_trends,
+    importance_matrix,
+    layer_trends,
+    pattern_kind_matrix,
+    proxy_vs_exact,
+    pruning_curves,
+)
 from vitscope.plots.views import (
     attention_heatmap,
     binary_map,
@@ -34,7 +41,7 @@ __all__ = [
     "image_overview", "head_importance", "mode_bars", "strength_scatter", "strength_vector", "entropy_distribution",
     "head_points_all", "pattern_map", "instance_points", "attention_heatmap", "two_axes", "masks", "binary_map",
     # the store summaries (summaries.py)
-    "importance_matrix", "layer_trends", "pattern_kind_matrix", "proxy_vs_exact",
+    "importance_matrix", "layer_trends", "pattern_kind_matrix", "proxy_vs_exact", "pruning_curves", "compare_trends",
     # print (render.py), the registry (figures.py), the linked dashboard (linked.py)
     "render", "FORMATS", "FIGURES", "Figure", "Target", "build", "linked", "Linked", "Choice", "store_data",
 ]

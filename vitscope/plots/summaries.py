@@ -15,6 +15,7 @@ from vitscope.plots.palette import (
     ENTROPY,
     HEAD,
     LAYER,
+    OKABE_ITO,
     layer_colours,
     metric_dim,
     styled,
@@ -97,3 +98,41 @@ def proxy_vs_exact(store: Store, signed: bool = False, cls: int | None = None) -
     return styled(scatter, bokeh={"size": 7, "tools": ["hover", "tap"]}, mpl={"s": 14}, color="layer",
                   cmap=layer_colours(data.layers), title=f"proxy vs exact per head, {scope_text(data, None, cls)}: "
                                                          f"Spearman ρ of the means {what}")
+
+
+ACCURACY = hv.Dimension("top1", label="top-1 accuracy", range=(0.0, 1.0))
+PRUNED = hv.Dimension("pruned", label="heads pruned")
+DEPTH = hv.Dimension("depth", label="relative depth (layer / (L − 1))", range=(0.0, 1.0))
+
+
+def pruning_curves(result: dict) -> hv.Overlay:
+    """A set's pruning curves (`Service.curve`'s result): top-1 against the heads pruned, one colour per ranking
+    (exact, proxy, random), solid harmful-first and dashed harmless-first, as the app's panel draws them."""
+    colour = {"exact": OKABE_ITO[0], "proxy": OKABE_ITO[1], "random": OKABE_ITO[7]}
+    lines = []
+    for order, ys in result["curves"].items():
+        dash = "dashed" if order.endswith("harmless-first") else "solid"
+        lines.append(styled(hv.Curve((result["steps"], ys), PRUNED, ACCURACY, label=order),
+                            color=colour.get(order.split("-")[0], OKABE_ITO[2]), bokeh={"line_dash": dash},
+                            mpl={"linewidth": 1.5, "linestyle": dash}))
+    return styled(hv.Overlay(lines), title=f"pruning curves over {result['images']} images",
+                  bokeh={"legend_position": "right"}, mpl={"legend_position": "right"})
+
+
+def compare_trends(result: dict, names: tuple[str, str] = ("A", "B")) -> hv.Layout:
+    """`vitscope.compare.compare()`'s per-layer mean distance and strength entropy of both models against relative
+    depth (models of different depth on one axis), A solid and B dashed."""
+    la, lb = result["layer_alignment"]["layers"]
+    panels = []
+    for key, dim in (("distance", DISTANCE), ("entropy", ENTROPY)):
+        lines = []
+        for k, (name, count, style) in enumerate(zip(names, (la, lb), ("solid", "dashed"), strict=True)):
+            seen = {}
+            for row in result["layers"]:
+                seen.setdefault(row["layer"] if k == 0 else row["layer_b"], row[key][k])
+            xs = [j / max(count - 1, 1) for j in seen]
+            ys = [np.nan if v is None else v for v in seen.values()]
+            lines.append(styled(hv.Curve((xs, ys), DEPTH, dim, label=name), color=OKABE_ITO[k],
+                                bokeh={"line_dash": style}, mpl={"linestyle": style}))
+        panels.append(styled(hv.Overlay(lines), title=f"{dim.label} by relative depth"))
+    return hv.Layout(panels).cols(2)
