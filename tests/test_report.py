@@ -126,3 +126,25 @@ def test_a_compare_report_says_what_compare_computes(stores, tmp_path):  # noqa:
     page = out.read_text(encoding="utf-8")
     assert swapped["top1_agreement"] == 1.0 and "give the same top-1 on 100.0% of the images" in page
     assert "Every head of A has a good partner" in page and "<script" not in page
+
+
+def test_the_report_with_curves_and_figures_on_a_real_model(demo16, tmp_path):
+    """`vitscope report` on the demo model's store of 16 images: the pruning curves are the service's (both directions,
+    the prunable counts), the figures are inline SVG, and nothing in the page reaches outside it."""
+    from vitscope.cli import main
+    from vitscope.report import curve_steps
+    from vitscope.service.core import Service
+    from vitscope.vocab import CURVE_ORDERS
+
+    out = tmp_path / "r.html"
+    assert main(["report", str(demo16), "--out", str(out), "--curve-images", "8", "--quiet"]) == 0
+    page = out.read_text(encoding="utf-8")
+    expected = Service(demo16).curve(orders=CURVE_ORDERS, steps=curve_steps(24), max_images=8)
+    for order in CURVE_ORDERS:
+        assert f"<th>{order}</th>" in page
+    counts = "".join(f"<td>{expected['prunable'][o]}</td>" for o in CURVE_ORDERS)
+    assert f"<tr><td>prunable (−1 pt)</td>{counts}</tr>" in page
+    assert f"with every head top-1 accuracy is {expected['baseline']:.1%}" in page
+    assert page.count("<svg") == 5  # trends, importance matrix, kinds/patterns, proxy, curves
+    assert "<script" not in page and "xlink:href=\"http" not in page
+

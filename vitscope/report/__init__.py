@@ -11,11 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vitscope.report import prose
 from vitscope.report.findings import findings
 from vitscope.text import esc
+from vitscope.vocab import CURVE_IMAGES
 
-__all__ = ["compare_sections", "findings", "html", "sections", "write"]
+__all__ = ["compare_sections", "curves", "findings", "html", "sections", "write"]
 
 CSS = """
 body { font-family: Georgia, 'Times New Roman', serif; max-width: 900px; margin: 2em auto; line-height: 1.45;
@@ -72,21 +75,66 @@ def html(title: str, source: str, parts: Sections, figures: Callable[[str], list
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
 
 
-def write(stores: list[str | Path], out: str | Path, curves: dict[str, Any] | None = None,
-          figures: Callable[[str], list[str]] | None = None) -> Path:
+def svg(element) -> str:
+    """An element as inline SVG text (matplotlib's print rendering, without the XML prolog)."""
+    import tempfile
+
+    from vitscope.plots import render
+
+    with tempfile.TemporaryDirectory() as tmp:
+        text = render(element, Path(tmp) / "f.svg").read_text(encoding="utf-8")
+    return text[text.index("<svg"):]
+
+
+def store_figures(data, f: dict[str, Any]) -> Callable[[str], list[str]]:
+    """Each section's figures: the vitscope.plots summaries of the store."""
+    from vitscope import plots
+
+    make = {"trends": lambda: plots.layer_trends(data), "importance": lambda: plots.importance_matrix(data),
+            "structure": lambda: plots.pattern_kind_matrix(data),
+            "proxy": lambda: plots.proxy_vs_exact(data) if f["proxy"] else None,
+            "curves": lambda: plots.pruning_curves(f["curves"]) if f["curves"] else None}
+    return lambda key: [svg(e) for e in [make[key]()] if e is not None] if key in make else []
+
+
+def curve_steps(n_heads: int) -> list[int]:
+    """The steps a report's curves show: every one of the first four (how fast the first heads matter), then eight
+    even steps to all heads. The prunable count is exact whatever the steps (the service fills in the rest)."""
+    return sorted({0, 1, 2, 3, 4, *(round(v) for v in np.linspace(0, n_heads, 9))} & set(range(n_heads + 1)))
+
+
+def curves(store: str | Path, device: str = "cpu", images: int = CURVE_IMAGES,
+           progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The pruning curves of the store's images in every order (both directions), on a seeded sample of at most
+    `images`: the service's, with the store's own model."""
+    from vitscope.service.core import Service
+    from vitscope.vocab import CURVE_ORDERS
+
+    service = Service(store, device)
+    n_heads = service.adapter.num_layers * service.adapter.num_heads
+    return service.curve(orders=CURVE_ORDERS, steps=curve_steps(n_heads), max_images=images, progress=progress)
+
+
+def write(stores: list[str | Path], out: str | Path, with_curves: bool = True, device: str = "cpu",
+          curve_images: int = CURVE_IMAGES, progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the report of one store, or of two stores compared, to `out` (.html); returns the path written."""
     from vitscope.app.data import StoreData
 
     if len(stores) == 2:
+        from vitscope import plots
         from vitscope.compare import compare
         from vitscope.store import open_store
 
         r = compare(open_store(stores[0]), open_store(stores[1]))
+        figures = lambda key: [svg(plots.compare_trends(r))] if key == "compare_layers" else []  # noqa: E731
         page = html(f"{r['models'][0]} and {r['models'][1]}: what changed", f"{stores[0]} (A) and {stores[1]} (B)",
                     compare_sections(r), figures)
     else:
-        f = findings(StoreData(Path(stores[0])), curves)
-        page = html(f"What {f['model']} does with attention", str(stores[0]), sections(f), figures)
+        data = StoreData(Path(stores[0]))
+        found = curves(stores[0], device, curve_images, progress) if with_curves and data.prob_basis != "none" \
+            else None
+        f = findings(data, found)
+        page = html(f"What {f['model']} does with attention", str(stores[0]), sections(f), store_figures(data, f))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

@@ -131,9 +131,35 @@ def proxy(f: dict[str, Any]) -> Section | None:
 def curves(f: dict[str, Any]) -> Section | None:
     c = f["curves"]
     if c is None:
-        return ("Pruning curves", ["Not computed for this report (it needs the store's model: run "
-                                   "`vitscope report` where the model's weights are)."], [])
-    return None
+        return ("Pruning curves", ["Not computed for this report (they need the store's model: run `vitscope report` "
+                                   "where its weights are, without --no-curves)."], [])
+    if c.get("y") != "top1":
+        return None
+    n_heads, steps, cv = f["layers"] * f["heads"], c["steps"], c["curves"]
+    sample = f" (a seeded sample of the {c['of']})" if c["of"] != c["images"] else ""
+    s = [f"Heads were pruned one after another, in each order, on {c['images']} images{sample}; with every head "
+         f"top-1 accuracy is {c['baseline']:.1%}."]
+    first = 1 if len(steps) > 1 else 0
+    harmful = [o for o in cv if o.endswith("harmful-first")]
+    if harmful and first:
+        after = ", ".join(f"{cv[o][first]:.1%} by the {o.split('-')[0]} ranking" for o in harmful)
+        rand = f", against {cv['random'][first]:.1%} in random order" if "random" in cv else ""
+        s.append(f"Most harmful first, top-1 falls to {after} after {steps[first]} "
+                 f"head{'s' if steps[first] != 1 else ''}{rand}.")
+    prunable = c.get("prunable", {})
+    if prunable:
+        pts = c["tol"] * 100
+        counts = [f"{prunable[o]} of {n_heads} ({prunable[o] / n_heads:.0%}) by the {o.split('-')[0]} ranking"
+                  for o in cv if o.endswith("harmless-first") and o in prunable]
+        rand = f", {prunable['random']} in random order" if "random" in prunable else ""
+        if counts:
+            s.append(f"Least harmful first (Michel et al. 2019's question), {'; '.join(counts)}{rand} can be pruned "
+                     f"before top-1 drops by more than {pts:g} point{'s' if pts != 1 else ''}.")
+    rows = [["heads pruned", *cv]]
+    rows += [[str(k), *(f"{cv[o][i]:.1%}" for o in cv)] for i, k in enumerate(steps)]
+    if prunable:
+        rows.append([f"prunable (−{c['tol'] * 100:g} pt)", *(str(prunable.get(o, "")) for o in cv)])
+    return "Pruning curves, in both directions", s, rows
 
 
 # -- two stores (`vitscope report A B`): the sentences of `vitscope.compare.compare()`'s result ---------------------
