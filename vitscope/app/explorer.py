@@ -23,7 +23,7 @@ from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import COLOUR_BY, Selection
 from vitscope.app.strength import AttentionStrengthView
-from vitscope.app.style import alert, bokeh_pane, light
+from vitscope.app.style import alert, bokeh_pane, light, offline
 from vitscope.config import TOP_PERCENT
 from vitscope.errors import VitscopeError, one_line
 from vitscope.service import Dispatcher, make_dispatcher
@@ -257,9 +257,9 @@ class Explorer(pn.viewable.Viewer):
 
     def template(self) -> pn.template.BaseTemplate:
         """The served page: the global controls in a collapsible sidebar, the four views in the main area."""
-        return pn.template.FastListTemplate(title="vitscope — how this ViT uses attention", sidebar=[self.controls()],
-                                            main=[self.main()], sidebar_width=SIDEBAR, busy_indicator=None,
-                                            main_layout=None, header_background="#3b4252")
+        return offline(pn.template.FastListTemplate(
+            title="vitscope — how this ViT uses attention", sidebar=[self.controls()], main=[self.main()],
+            sidebar_width=SIDEBAR, busy_indicator=None, main_layout=None, header_background="#3b4252"))
 
     @classmethod
     def open(cls, store: str | Path, device: str = "cpu") -> Explorer:
