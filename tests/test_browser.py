@@ -136,8 +136,9 @@ def browser():
 def page(demo, browser):
     """One page for the interaction tests, in order, as one user's session."""
     pg = browser.new_page(viewport={"width": 1600, "height": 1000})
-    pg.errors = []
+    pg.errors, pg.requests = [], []
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("request", lambda r: pg.requests.append(r.url))
     pg.goto(demo[0], wait_until="networkidle")
     pg.wait_for_selector("text=Select an image to see its top-5", timeout=60_000)
     yield pg
@@ -145,7 +146,10 @@ def page(demo, browser):
 
 
 def test_one_screen_at_1600_by_1000(page):
-    """The four views' titles and the head details are inside the viewport without scrolling."""
+    """The four views' titles and the head details are inside the viewport without scrolling; the page asked
+    nothing of another machine (lab machines are often offline: Panel's Fast theme linked a Google web font)."""
+    assert page.requests and not [u for u in page.requests if not u.startswith(("http://localhost", "ws://localhost",
+                                                                               "data:", "blob:"))], page.requests
     for title, fig in VIEWS.items():
         assert model(page, fig, "title.text").startswith(title)
     for css in (".vs-image-overview", ".vs-importance-line", ".vs-strength-scatter", ".vs-pattern-map", ".vs-heatmap",

@@ -32,7 +32,7 @@ from vitscope.app.data import StoreData
 from vitscope.app.importance import KIND_KEY, kind_columns
 from vitscope.app.state import guarded
 from vitscope.app.strength import ENTROPY_LABEL, head_x
-from vitscope.app.style import SELECTED, alert, bokeh_pane, div, figure, layer_colours, value_colours
+from vitscope.app.style import SELECTED, alert, bokeh_pane, div, figure, layer_colours, offline, value_colours
 from vitscope.compare import compare, matched_images
 from vitscope.errors import one_line
 from vitscope.text import esc, printable
@@ -422,5 +422,6 @@ class CompareView(pn.viewable.Viewer):
 
     def template(self) -> pn.template.BaseTemplate:
         """The served page."""
-        return pn.template.FastListTemplate(title="vitscope — two models compared", main=[self.main()],
-                                            busy_indicator=None, main_layout=None, header_background="#3b4252")
+        return offline(pn.template.FastListTemplate(title="vitscope — two models compared", main=[self.main()],
+                                                    busy_indicator=None, main_layout=None,
+                                                    header_background="#3b4252"))

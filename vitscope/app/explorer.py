@@ -8,6 +8,7 @@ what makes a change settle in the browser in well under a second (docs/performan
 from __future__ import annotations
 
 import sys
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.state import COLOUR_BY, Selection
 from vitscope.app.strength import AttentionStrengthView
-from vitscope.app.style import alert, bokeh_pane, light
+from vitscope.app.style import alert, bokeh_pane, light, offline
 from vitscope.config import TOP_PERCENT
 from vitscope.errors import VitscopeError, one_line
 from vitscope.service import Dispatcher, make_dispatcher
@@ -38,6 +39,9 @@ def store_data(path: str) -> StoreData:
     return StoreData(path)
 
 
+_loading = threading.Lock()  # one model load per store, whether a warm-up thread or a tap asks first
+
+
 @lru_cache(maxsize=4)
 def _dispatcher_or_error(path: str, device: str, scheduler: str | None) -> Dispatcher | VitscopeError:
     try:
@@ -50,7 +54,8 @@ def dispatcher(path: str, device: str, scheduler: str | None = None) -> Dispatch
     """The one route to the model for a store in this process: every session's requests, attention included,
     share its queue. The model loads once, here or (with `scheduler`) on a Dask worker, and then this process
     loads none; a model that cannot be loaded fails once, then at once with the same line."""
-    got = _dispatcher_or_error(path, device, scheduler)
+    with _loading:
+        got = _dispatcher_or_error(path, device, scheduler)
     if isinstance(got, VitscopeError):
         raise got
     return got
@@ -252,13 +257,28 @@ class Explorer(pn.viewable.Viewer):
 
     def template(self) -> pn.template.BaseTemplate:
         """The served page: the global controls in a collapsible sidebar, the four views in the main area."""
-        return pn.template.FastListTemplate(title="vitscope — how this ViT uses attention", sidebar=[self.controls()],
-                                            main=[self.main()], sidebar_width=SIDEBAR, busy_indicator=None,
-                                            main_layout=None, header_background="#3b4252")
+        return offline(pn.template.FastListTemplate(
+            title="vitscope — how this ViT uses attention", sidebar=[self.controls()], main=[self.main()],
+            sidebar_width=SIDEBAR, busy_indicator=None, main_layout=None, header_background="#3b4252"))
 
     @classmethod
     def open(cls, store: str | Path, device: str = "cpu") -> Explorer:
-        """For Jupyter: `Explorer.open(STORE)` displays the views inline (no template)."""
-        pn.extension()
-        return cls(store, device)
+        """For Jupyter: `Explorer.open(STORE)` displays the views inline (no template), offline: BokehJS, Panel's JS
+        and every stylesheet come inline with the output, nothing from a CDN. The model loads now, in a thread,
+        so the first tap does not wait for it."""
+        from vitscope.app import notebook
 
+        pn.extension(inline=True)
+        notebook.capture_callback_output_per_context()
+        app = cls(store, device)
+        app.warming = threading.Thread(target=warm, args=(app.path, device), daemon=True, name="vitscope-warm")
+        app.warming.start()
+        return app
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """Jupyter's display: Panel's, then the document's stylesheet cache answers Panel's CDN urls inline."""
+        from vitscope.app import notebook
+
+        bundle = super()._repr_mimebundle_(include, exclude)
+        notebook.inline_stylesheets()
+        return bundle

@@ -124,3 +124,27 @@ def light() -> dict[str, str]:
     import panel as pn
 
     return {"color": "light"} if "color" in pn.widgets.Button.param else {"button_type": "light"}
+
+
+
+
+def offline(template):
+    """The served page asks nothing of another machine: Panel's Fast design (FastListTemplate's) links its web font
+    from Google (fonts.googleapis.com/css?family=Open+Sans; offline that request waits until it fails), once from
+    the template's design and once from the session's `config.design` (the design's class). Here both are a Fast
+    that links none; the font stays "Open Sans, sans-serif" (Open Sans where installed, else sans-serif)."""
+    template.design = _fast_without_web_font()
+    return template
+
+
+_FAST = []
+
+
+def _fast_without_web_font():
+    """Fast without the font resource. Named Fast too: Panel finds the design's bundled files by its class name."""
+    if not _FAST:
+        from panel.theme.fast import Fast
+
+        _FAST.append(type("Fast", (Fast,), {"_resources": {k: v for k, v in Fast._resources.items() if k != "font"},
+                                            "__module__": Fast.__module__}))
+    return _FAST[0]
