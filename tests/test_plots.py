@@ -422,3 +422,26 @@ def test_figure_writes_every_view_and_summary(demo16, tmp_path, capsys):
     assert "heatmap show one image: give --image" in capsys.readouterr().out
     assert main(["figure", str(demo16), "--out", str(tmp_path / "x"), "--only", "nope"]) == 2
     assert "no figure 'nope'" in capsys.readouterr().err
+
+
+def test_the_apps_save_figure_renders_the_selection(demo16):
+    """The app's "save figure" (Explorer given vitscope.plots' figure_bytes, as `vitscope serve` gives it): the
+    chosen figure of this session's selection, in the chosen format; the views of one image wait for an image."""
+    from vitscope.app import Explorer
+    from vitscope.app.save_figure import FIGURE_NAMES, NEEDS_IMAGE
+    from vitscope.plots import FIGURES
+    from vitscope.plots.paper import figure_bytes
+
+    assert sorted(FIGURE_NAMES) == sorted(FIGURES)
+    assert sorted(NEEDS_IMAGE) == sorted(n for n, f in FIGURES.items() if f.needs_image)
+    ex = Explorer(demo16, figure_bytes=figure_bytes)
+    save = ex.save
+    save.which.value = "heatmap"
+    assert save.button.disabled and "pick an image" in save.button.label
+    ex.selection.param.update(image=3, layer=2, head=1)
+    assert not save.button.disabled and save.button.filename == "heatmap-image3-L2H1.svg"
+    svg = save.file().getvalue().decode()
+    assert svg.lstrip().startswith("<?xml") and "L2H1" in svg
+    save.which.value, save.format.value = "importance-matrix", "pdf"
+    assert save.file().getvalue()[:5] == b"%PDF-" and save.button.filename.endswith(".pdf")
+    assert Explorer(demo16).save is None  # nobody passed the figures in: no action (Jupyter has vitscope.plots)

@@ -65,7 +65,16 @@ def _serving(args) -> dict:
                   oauth_encryption_key=args.oauth_encryption_key)
     login.check()
     check_address(args.address, args.port, login)
-    return dict(port=args.port, address=args.address, login=login, threads=args.threads or None)
+    return dict(port=args.port, address=args.address, login=login, threads=args.threads or None,
+                figure_bytes=_figure_bytes)
+
+
+def _figure_bytes(*args) -> bytes:
+    """The app's "save figure": vitscope.plots' rendering, imported at the first click (HoloViews and matplotlib
+    take seconds to import; the app does not wait for them)."""
+    from vitscope.plots.paper import figure_bytes
+
+    return figure_bytes(*args)
 
 
 def _load(args):

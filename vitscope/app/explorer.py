@@ -21,6 +21,7 @@ from vitscope.app.data import StoreData
 from vitscope.app.importance import HeadImportanceView
 from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
+from vitscope.app.save_figure import FigureBytes, SaveFigure
 from vitscope.app.state import COLOUR_BY, Selection
 from vitscope.app.strength import AttentionStrengthView
 from vitscope.app.style import alert, bokeh_pane, light, offline
@@ -85,7 +86,8 @@ class Explorer(pn.viewable.Viewer):
 
     selection = param.ClassSelector(class_=Selection, doc="this session's selection")
 
-    def __init__(self, store: str | Path, device: str = "cpu", scheduler: str | None = None, **params) -> None:
+    def __init__(self, store: str | Path, device: str = "cpu", scheduler: str | None = None,
+                 figure_bytes: FigureBytes | None = None, **params) -> None:
         super().__init__(selection=Selection(), **params)
         self._doc = pn.state.curdoc
         self.path = str(Path(store).resolve())
@@ -97,6 +99,7 @@ class Explorer(pn.viewable.Viewer):
         self.strength = AttentionStrengthView(d, s)
         self.pattern = AttentionPatternView(d, s, self.attention, self.overview.thumb_source)
         self.ablation = AblationView(d, s, self.submit, self.schedule, self.overview.figure, self.pattern.map.figure)
+        self.save = SaveFigure(d, s, self.attention, figure_bytes, SIDEBAR - 30) if figure_bytes else None
         self.views = [self.overview, self.importance, self.strength, self.pattern, self.ablation]
         watched = sorted({name for v in self.views for name in v.watches})
         s.param.watch(self._changed, watched)
@@ -230,6 +233,8 @@ class Explorer(pn.viewable.Viewer):
             "pattern map layout", self.layout,
             pn.widgets.Checkbox.from_param(self.selection.param.density, label="density contours of all heads"),
             pn.pane.HTML("<b>on-demand ablation</b>", width=SIDEBAR - 30), self.ablation.panel(),
+            *([pn.pane.HTML("<b>save figure</b> (for print: a view or summary of this selection)",
+                            width=SIDEBAR - 30), self.save.panel()] if self.save else []),
         )
 
     def main(self) -> pn.Column:

@@ -13,9 +13,13 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vitscope.errors import VitscopeError
 from vitscope.text import printable
+
+if TYPE_CHECKING:
+    from vitscope.app.save_figure import FigureBytes
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # An uploaded image reaches the service base64-encoded in one websocket message: room for the 50 MB the service
@@ -145,11 +149,14 @@ def check_address(address: str, port: int, login: Login) -> None:
 
 def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", device: str = "cpu",
           show: bool = False, login: Login | None = None, threads: int | None = None,
-          scheduler: str | None = None, compare_with: str | Path | None = None) -> None:
+          scheduler: str | None = None, compare_with: str | Path | None = None,
+          figure_bytes: FigureBytes | None = None) -> None:
     """Serve the app; every browser session gets its own Explorer (selection) over shared data and model.
 
     `compare_with` (a second store of the same images) serves the compare view instead (`vitscope serve A B`,
     `vitscope compare A B --serve`): both stores side by side, from store data alone (no model is loaded).
+
+    `figure_bytes` (vitscope.plots.paper's, passed in by `vitscope serve`) gives each session a "save figure" action.
 
     `scheduler` (a Dask scheduler's address) puts the on-demand ablation service's model on a Dask worker.
 
@@ -179,7 +186,7 @@ def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", devic
 
         store_data(key)
         warm(key, device, scheduler)  # the model once now, here or on the scheduler's worker (then none here)
-        app, what = (lambda: Explorer(path, device, scheduler).template()), f"vitscope app for {path}"
+        app, what = (lambda: Explorer(path, device, scheduler, figure_bytes).template()), f"vitscope app for {path}"
     else:
         from vitscope.app.compare_view import CompareView, comparison
 

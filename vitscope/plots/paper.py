@@ -73,3 +73,15 @@ def write_figures(store: str | Path, out: str | Path, fmt: str = "svg", image: i
         if progress:
             progress(name)
     return written, skipped
+
+
+def figure_bytes(data, name: str, fmt: str, image: int | None, layer: int, head: int,
+                 attention: Callable[[int], np.ndarray]) -> bytes:
+    """One figure of a selection as file content (the app's "save figure"): `attention(image)` is asked only by
+    the figures of the image's attention."""
+    import tempfile
+
+    needs = FIGURES[name].needs_attention and image is not None
+    element = build(name, data, image=image, layer=layer, head=head, attention=attention(image) if needs else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        return render(element, Path(tmp) / f"figure.{fmt}", fmt).read_bytes()

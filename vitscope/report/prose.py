@@ -155,6 +155,11 @@ def curves(f: dict[str, Any]) -> Section | None:
         if counts:
             s.append(f"Least harmful first (Michel et al. 2019's question), {'; '.join(counts)}{rand} can be pruned "
                      f"before top-1 drops by more than {pts:g} point{'s' if pts != 1 else ''}.")
+        one = 100 / c["images"]
+        if one > pts:
+            s.append(f"On {c['images']} images one image is {one:.1f} points, more than that tolerance: each count "
+                     "ends at the first step with fewer correct images than the unpruned model (a larger "
+                     "--curve-images sample resolves finer).")
     rows = [["heads pruned", *cv]]
     rows += [[str(k), *(f"{cv[o][i]:.1%}" for o in cv)] for i, k in enumerate(steps)]
     if prunable:
