@@ -248,12 +248,21 @@ def serve_compare(a: Path, b: Path, port: int) -> None:
     server.io_loop.start()
 
 
+def figures() -> dict:
+    """The "save figure" action, as `vitscope serve` gives it (a checkout from before it has none)."""
+    try:
+        from vitscope.cli import _figure_bytes
+    except ImportError:
+        return {}
+    return {"figure_bytes": _figure_bytes}
+
+
 def serve(store: Path, port: int, synthetic: bool) -> None:
     """The app at / and the baseline at /baseline, like `vitscope serve` (model and arrays loaded first)."""
     cls = SyntheticExplorer if synthetic else Explorer
     ds = open_store(store)
     points = int(ds.sizes["image"])
-    ex = cls(store, device="cpu")
+    ex = cls(store, device="cpu", **figures())
     ex.template()
     try:  # the model's first call (loading) is paid by the server's start, as in `vitscope serve`
         ex.attention(int(np.flatnonzero(ds["valid"].values)[0]))
@@ -262,7 +271,8 @@ def serve(store: Path, port: int, synthetic: bool) -> None:
     del ex
     gc.collect()
     gc.freeze()
-    server = pn.serve({"/": lambda: cls(store, device="cpu").template(), "/baseline": lambda: baseline_page(points)},
+    app = lambda: cls(store, device="cpu", **figures()).template()  # noqa: E731
+    server = pn.serve({"/": app, "/baseline": lambda: baseline_page(points)},
                       port=port, address="127.0.0.1", show=False, start=False, title="vitscope benchmark",
                       allow_websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"], verbose=False)
     server.start()

@@ -148,3 +148,14 @@ def test_the_report_with_curves_and_figures_on_a_real_model(demo16, tmp_path):
     assert page.count("<svg") == 5  # trends, importance matrix, kinds/patterns, proxy, curves
     assert "<script" not in page and "xlink:href=\"http" not in page
 
+
+
+def test_the_report_as_pdf(made, tmp_path):
+    """`--out report.pdf`: the same sections typeset by matplotlib, offline (no browser, no LaTeX)."""
+    from vitscope.cli import main
+
+    out = tmp_path / "r.pdf"
+    assert main(["report", str(made[0]), "--out", str(out), "--no-curves"]) == 0
+    pdf = out.read_bytes()
+    assert pdf[:5] == b"%PDF-" and pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page ") >= 2
+    assert main(["report", str(made[0]), "--out", str(tmp_path / "r.docx"), "--no-curves"]) == 2

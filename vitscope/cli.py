@@ -292,6 +292,8 @@ def cmd_report(args) -> None:
 
     if len(args.store) > 2:
         raise VitscopeError(f"give one store, or two to compare them, not {len(args.store)}")
+    if args.out.suffix.lower() not in (".html", ".htm", ".pdf"):
+        raise VitscopeError(f"--out {args.out}: give a .html or a .pdf file")
     if args.curve_images < 1:
         raise VitscopeError(f"--curve-images {args.curve_images}: give at least 1")
     bar = None
@@ -391,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="what a store says about its model, as one offline HTML file; with two "
                        "stores, what changed between their models")
     p.add_argument("store", type=Path, nargs="+", help="a store; or two stores of the same images")
-    p.add_argument("--out", type=Path, required=True, help="the .html file to write")
+    p.add_argument("--out", type=Path, required=True, help="the file to write: .html (figures inline), or .pdf")
     p.add_argument("--no-curves", action="store_true", help="leave out the pruning curves (they need the store's "
                    "model: minutes on a CPU)")
     p.add_argument("--curve-images", type=int, default=64, help="the pruning curves' seeded sample of images "

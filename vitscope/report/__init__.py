@@ -61,15 +61,16 @@ def _table(rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def html(title: str, source: str, parts: Sections, figures: Callable[[str], list[str]] | None = None) -> str:
-    """The report page: each section's sentences, its figures (`figures(key)` → SVG texts) and its table."""
+def html(title: str, source: str, parts: Sections, figures: Callable[[str], list] | None = None) -> str:
+    """The report page: each section's sentences, its figures (`figures(key)` → HoloViews elements, inline as SVG)
+    and its table."""
     body = [f"<h1>{esc(title)}</h1>",
             f"<p class='meta'>vitscope report of {esc(source)}, written {datetime.date.today().isoformat()}. Every "
             "sentence is computed from the store.</p>"]
     for key, heading, sentences, rows in parts:
         body.append(f"<h2>{esc(heading)}</h2>")
         body.append("<p>" + " ".join(esc(s, limit=None) for s in sentences) + "</p>")  # names: cut in findings
-        body += [f"<figure>{svg}</figure>" for svg in (figures(key) if figures else [])]
+        body += [f"<figure>{svg(e)}</figure>" for e in (figures(key) if figures else [])]
         body.append(_table(rows))
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
@@ -86,7 +87,7 @@ def svg(element) -> str:
     return text[text.index("<svg"):]
 
 
-def store_figures(data, f: dict[str, Any]) -> Callable[[str], list[str]]:
+def store_figures(data, f: dict[str, Any]) -> Callable[[str], list]:
     """Each section's figures: the vitscope.plots summaries of the store."""
     from vitscope import plots
 
@@ -94,7 +95,7 @@ def store_figures(data, f: dict[str, Any]) -> Callable[[str], list[str]]:
             "structure": lambda: plots.pattern_kind_matrix(data),
             "proxy": lambda: plots.proxy_vs_exact(data) if f["proxy"] else None,
             "curves": lambda: plots.pruning_curves(f["curves"]) if f["curves"] else None}
-    return lambda key: [svg(e) for e in [make[key]()] if e is not None] if key in make else []
+    return lambda key: [e for e in [make[key]()] if e is not None] if key in make else []
 
 
 def curve_steps(n_heads: int) -> list[int]:
@@ -117,7 +118,7 @@ def curves(store: str | Path, device: str = "cpu", images: int = CURVE_IMAGES,
 
 def write(stores: list[str | Path], out: str | Path, with_curves: bool = True, device: str = "cpu",
           curve_images: int = CURVE_IMAGES, progress: Callable[[int, int], None] | None = None) -> Path:
-    """Write the report of one store, or of two stores compared, to `out` (.html); returns the path written."""
+    """Write the report of one store, or of two stores compared, to `out` (.html, or .pdf); returns the path."""
     from vitscope.app.data import StoreData
 
     if len(stores) == 2:
@@ -126,16 +127,21 @@ def write(stores: list[str | Path], out: str | Path, with_curves: bool = True, d
         from vitscope.store import open_store
 
         r = compare(open_store(stores[0]), open_store(stores[1]))
-        figures = lambda key: [svg(plots.compare_trends(r))] if key == "compare_layers" else []  # noqa: E731
-        page = html(f"{r['models'][0]} and {r['models'][1]}: what changed", f"{stores[0]} (A) and {stores[1]} (B)",
-                    compare_sections(r), figures)
+        figures = lambda key: [plots.compare_trends(r)] if key == "compare_layers" else []  # noqa: E731
+        title, source, parts = (f"{r['models'][0]} and {r['models'][1]}: what changed",
+                                f"{stores[0]} (A) and {stores[1]} (B)", compare_sections(r))
     else:
         data = StoreData(Path(stores[0]))
         found = curves(stores[0], device, curve_images, progress) if with_curves and data.prob_basis != "none" \
             else None
         f = findings(data, found)
-        page = html(f"What {f['model']} does with attention", str(stores[0]), sections(f), store_figures(data, f))
+        title, source, parts, figures = (f"What {f['model']} does with attention", str(stores[0]), sections(f),
+                                         store_figures(data, f))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    if out.suffix.lower() == ".pdf":
+        from vitscope.report.pdf import write_pdf
+
+        return write_pdf(title, source, parts, figures, out)
+    out.write_text(html(title, source, parts, figures), encoding="utf-8")
     return out
