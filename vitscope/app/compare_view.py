@@ -28,7 +28,7 @@ import param
 from bokeh.events import Tap
 from bokeh.models import ColumnDataSource, DataTable, HoverTool, Legend, LegendItem, TableColumn
 
-from vitscope.app.data import StoreData
+from vitscope.app.data import StoreData, cached_store
 from vitscope.app.importance import KIND_KEY, kind_columns
 from vitscope.app.state import guarded
 from vitscope.app.strength import ENTROPY_LABEL, head_x
@@ -48,10 +48,7 @@ NAME_LIMIT = 24  # characters of a store's name in titles and legends (300 px wi
 TEXT_LIMIT = 60  # characters of an image id or class name in the table and the image selector
 
 
-@lru_cache(maxsize=8)
-def store_data(path: str) -> StoreData:
-    """One copy of a store's arrays per process (the compare view needs no model: no dispatcher)."""
-    return StoreData(path)
+store_data = cached_store  # one copy of a store's arrays per process (the compare view needs no model)
 
 
 @lru_cache(maxsize=4)

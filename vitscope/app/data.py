@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -301,3 +301,10 @@ def poll_layouts(data: StoreData, names: set[str], on_arrival) -> bool:
 
     pn.state.onload(loaded)
     return True
+
+
+@lru_cache(maxsize=8)
+def cached_store(path: str) -> StoreData:
+    """One copy of a store's arrays per process (by resolved path), shared by the app's sessions, the compare view,
+    exports and vitscope.plots."""
+    return StoreData(path)

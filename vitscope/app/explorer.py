@@ -17,7 +17,7 @@ import panel as pn
 import param
 
 from vitscope.app.ablation import AblationView
-from vitscope.app.data import StoreData
+from vitscope.app.data import cached_store
 from vitscope.app.importance import HeadImportanceView
 from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
@@ -34,10 +34,7 @@ from vitscope.vocab import MODE_NAMES
 SIDEBAR = 250  # px; the template's sidebar collapses with its ☰ button
 
 
-@lru_cache(maxsize=4)
-def store_data(path: str) -> StoreData:
-    """One copy of a store's arrays per process, shared by every session."""
-    return StoreData(path)
+store_data = cached_store  # one copy of a store's arrays per process, shared by every session
 
 
 _loading = threading.Lock()  # one model load per store, whether a warm-up thread or a tap asks first

@@ -7,7 +7,6 @@ appear only as text (titles, hover values), never as markup.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import holoviews as hv
@@ -15,11 +14,12 @@ import numpy as np
 from holoviews.operation.datashader import datashade
 
 from vitscope.analysis.binary import unpack_binary
-from vitscope.app.data import ENTROPY_BINS, StoreData
+from vitscope.app.data import ENTROPY_BINS, StoreData, cached_store
 from vitscope.app.importance import importance_values, mode_values
 from vitscope.app.masks import token_masks
 from vitscope.app.pattern_map import head_instances
 from vitscope.app.pattern_matrix import lines, top_threshold
+from vitscope.app.state import COLOUR_BY
 from vitscope.app.strength import head_points, head_x
 from vitscope.plots.palette import (
     ATTENTION,
@@ -47,17 +47,11 @@ from vitscope.plots.palette import (
 from vitscope.vocab import DEFAULT_METRIC, MODE_NAMES, MODES, WHOLE_HEAD, head_name
 
 Store = StoreData | str | Path
-COLOUR_BY = ("class", "correct", "P[true]")
-
-
-@lru_cache(maxsize=4)
-def _open(path: str) -> StoreData:
-    return StoreData(path)
 
 
 def store_data(store: Store) -> StoreData:
     """A StoreData as given, or the (cached) one of a store path: every figure function takes either."""
-    return store if isinstance(store, StoreData) else _open(str(Path(store).resolve()))
+    return store if isinstance(store, StoreData) else cached_store(str(Path(store).resolve()))
 
 
 def scope_text(data: StoreData, image: int | None, cls: int | None) -> str:
