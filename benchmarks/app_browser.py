@@ -271,7 +271,8 @@ def serve(store: Path, port: int, synthetic: bool) -> None:
     del ex
     gc.collect()
     gc.freeze()
-    app = lambda: cls(store, device="cpu", **figures()).template()  # noqa: E731
+    save = figures()
+    app = lambda: cls(store, device="cpu", **save).template()  # noqa: E731
     server = pn.serve({"/": app, "/baseline": lambda: baseline_page(points)},
                       port=port, address="127.0.0.1", show=False, start=False, title="vitscope benchmark",
                       allow_websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"], verbose=False)

@@ -245,18 +245,23 @@ def cmd_compare(args) -> None:
         print(format_report(result, (str(args.a), str(args.b))))
 
 
+def _one_or_two(stores: list[Path]) -> list[Path]:
+    """The stores of serve, export and report: one, or two to compare."""
+    if len(stores) > 2:
+        raise VitscopeError(f"give one store, or two to compare them, not {len(stores)}")
+    return stores
+
+
 def cmd_serve(args) -> None:
     from vitscope.app import serve
 
-    if len(args.store) > 2:
-        raise VitscopeError(f"give one store, or two to compare them, not {len(args.store)}")
-    other = args.store[1] if len(args.store) == 2 else None
+    other = args.store[1] if len(_one_or_two(args.store)) == 2 else None
     serve(args.store[0], device=args.device, show=False, scheduler=args.scheduler, compare_with=other,
           **_serving(args))
 
 
 def cmd_export(args) -> None:
-    if len(args.store) == 2:
+    if len(_one_or_two(args.store)) == 2:
         if args.heads:
             raise VitscopeError("--heads is for one store's snapshot: the comparison shows every head of both models")
         from vitscope.app.compare_export import export_compare
@@ -264,8 +269,6 @@ def cmd_export(args) -> None:
         out = export_compare(*args.store, args.image, args.out)
         print(f"comparison written: {out} ({out.stat().st_size / 1e6:.1f} MB; opens from disk, no server needed)")
         return
-    if len(args.store) > 2:
-        raise VitscopeError(f"give one store, or two to compare them, not {len(args.store)}")
     from vitscope.app.export import export
     from vitscope.heads import parse_head
 
@@ -290,29 +293,21 @@ def cmd_figure(args) -> None:
 def cmd_report(args) -> None:
     from vitscope.report import write
 
-    if len(args.store) > 2:
-        raise VitscopeError(f"give one store, or two to compare them, not {len(args.store)}")
+    _one_or_two(args.store)
     if args.out.suffix.lower() not in (".html", ".htm", ".pdf"):
         raise VitscopeError(f"--out {args.out}: give a .html or a .pdf file")
     if args.curve_images < 1:
         raise VitscopeError(f"--curve-images {args.curve_images}: give at least 1")
-    bar = None
+    from tqdm import tqdm
 
-    def progress(done: int, total: int) -> None:  # the pruning curves: thousands of pruned forwards
-        nonlocal bar
-        if bar is None:
-            from tqdm import tqdm
+    quiet = args.quiet or args.no_curves or len(args.store) == 2  # a comparison has no curves
+    with tqdm(desc="pruning curves", unit="image·step", disable=quiet) as bar:
+        def progress(done: int, total: int) -> None:  # thousands of pruned forwards
+            bar.total = max(total, done)  # the prunable counts may need steps beyond those the curves show
+            bar.update(done - bar.n)
 
-            bar = tqdm(total=total, desc="pruning curves", unit="image·step", file=sys.stderr)
-        bar.total = max(bar.total, done)  # the prunable counts may need steps beyond those the curves show
-        bar.update(done - bar.n)
-
-    try:
         out = write(args.store, args.out, with_curves=not args.no_curves, device=args.device,
-                    curve_images=args.curve_images, progress=None if args.quiet else progress)
-    finally:
-        if bar is not None:
-            bar.close()
+                    curve_images=args.curve_images, progress=progress)
     print(f"report written: {out} ({out.stat().st_size / 1e3:.0f} kB; one file, opens offline)")
 
 
@@ -330,7 +325,7 @@ def cmd_build(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from vitscope import __version__
-    from vitscope.vocab import DEFAULT_METRIC, GOOD_PARTNER, METRICS, MODES, WHOLE_HEAD
+    from vitscope.vocab import DEFAULT_METRIC, FIGURE_FORMATS, GOOD_PARTNER, METRICS, MODES, WHOLE_HEAD
 
     parser = argparse.ArgumentParser(prog="vitscope", description="How Vision Transformers use attention.")
     parser.add_argument("--version", action="version", version=f"vitscope {__version__}")
@@ -380,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("figure", help="every view and summary as a separate print file (svg, pdf or png), offline")
     p.add_argument("store", type=Path)
     p.add_argument("--out", type=Path, required=True, help="the folder to write <figure>.<format> into")
-    p.add_argument("--format", default="svg", choices=["svg", "pdf", "png"])
+    p.add_argument("--format", default="svg", choices=FIGURE_FORMATS)
     p.add_argument("--image", type=int, help="image index in the store (vitscope info STORE); the views of one "
                    "image and of its attention need it (the attention is recomputed by the store's model)")
     p.add_argument("--head", metavar="L:H", help="the head of the per-head views (default: the one whose pruning "

@@ -281,7 +281,8 @@ def _heads(sa: _Side, sb: _Side, given: float | None, prob: bool) -> dict[str, A
     }
 
 
-def _pair(values: list, fmt: str) -> str:
+def pair_text(values: list, fmt: str) -> str:
+    """'a / b' of a pair of numbers, 'n/a' for a missing one (JSON's null)."""
     return " / ".join("n/a" if v is None else format(v, fmt) for v in values)
 
 
@@ -297,10 +298,10 @@ def format_report(result: dict[str, Any], names: tuple[str, str] = ("A", "B")) -
     acc = result["accuracy"]
     if result["top1_agreement"] is None:
         lines.append("top-1: not comparable (a store without class probabilities, or different bases); "
-                     f"accuracy A / B {_pair(acc, '.1%')}")
+                     f"accuracy A / B {pair_text(acc, '.1%')}")
     else:
         lines.append(f"top-1 agreement of the unpruned models: {result['top1_agreement']:.1%} "
-                     f"(accuracy A / B {_pair(acc, '.1%')})")
+                     f"(accuracy A / B {pair_text(acc, '.1%')})")
     lines.append(f"layers: {align['rule']}")
     if align["relative_depth"]:
         hidden = sorted(set(range(lb)) - set(align["b_layer"]))
@@ -316,8 +317,8 @@ def format_report(result: dict[str, Any], names: tuple[str, str] = ("A", "B")) -
             pats.append(f"{name} {share:.0%}")
         kinds = " / ".join(" ".join(f"{n[0].upper()}{v[k]}" for n, v in row["kinds"].items() if v[k])
                            for k in range(2))
-        lines.append(f"  {row['layer']:>2}↔{row['layer_b']:<3} {_pair(row['distance'], '.2f'):<13} "
-                     f"{_pair(row['entropy'], '.3f'):<13} {_pair(row['drop'], '+.4f'):<17} "
+        lines.append(f"  {row['layer']:>2}↔{row['layer_b']:<3} {pair_text(row['distance'], '.2f'):<13} "
+                     f"{pair_text(row['entropy'], '.3f'):<13} {pair_text(row['drop'], '+.4f'):<17} "
                      f"{' / '.join(pats):<33} {kinds}")
     lines += _head_lines(result["heads"])
     return "\n".join(lines)
@@ -341,7 +342,7 @@ def _head_lines(heads: dict[str, Any]) -> list[str]:
              f"{', '.join(heads['components'])}",
              *textwrap.wrap(f"(docs/guide.md); a good partner ≥ {good:.3f}{_why(heads)}", width=120),
              f"  {len(pairs)} pairs, {sum(p['good'] for p in pairs)} good, mean similarity "
-             f"{_pair([heads['mean_similarity']], '.3f')}; {moved} outside the aligned layer of B; kind changed "
+             f"{pair_text([heads['mean_similarity']], '.3f')}; {moved} outside the aligned layer of B; kind changed "
              f"{sum(p['kind_changed'] for p in pairs)}, pattern changed {sum(p['pattern_changed'] for p in pairs)}, "
              f"importance rank moved ≥ {heads['importance_shift']:.2f}: {sum(p['importance_changed'] for p in pairs)}",
              f"  {'A':<7} {'B':<7} {'sim':<7} {'kind A → B':<24} {'pattern A → B':<24} importance rank A → B "
@@ -350,12 +351,12 @@ def _head_lines(heads: dict[str, Any]) -> list[str]:
         kind = p["kind"][0] if not p["kind_changed"] else " → ".join(p["kind"])
         pat = p["pattern"][0] if not p["pattern_changed"] else " → ".join(p["pattern"])
         flag = "" if p["good"] else " ✗"
-        lines.append(f"  {p['a']['name']:<7} {p['b']['name']:<7} {_pair([p['similarity']], '.3f') + flag:<7} "
+        lines.append(f"  {p['a']['name']:<7} {p['b']['name']:<7} {pair_text([p['similarity']], '.3f') + flag:<7} "
                      f"{kind:<24} {pat:<24} {p['importance_rank'][0]:.2f} → {p['importance_rank'][1]:.2f}"
                      + ("  *" if p["importance_changed"] else ""))
     for side, what in (("a", "A"), ("b", "B")):
         alone = heads["unique"][side]
-        text = ", ".join(f"{u['name']} (best {_pair([u['best']], '.2f')}, {u['best_partner']}"
+        text = ", ".join(f"{u['name']} (best {pair_text([u['best']], '.2f')}, {u['best_partner']}"
                          f"{'' if u['paired'] else ', unpaired'}{', sink role' if u['why'] == 'sink role' else ''})"
                          for u in alone)
         lines += textwrap.wrap(f"Roles only in {what} (no partner ≥ {good:.3f}, or a sink paired with no sink): "

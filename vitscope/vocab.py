@@ -74,6 +74,14 @@ def curve_order(name: object) -> str:
     raise VitscopeError(f"unknown pruning order {name!r}: choose from {', '.join(CURVE_ORDERS)} "
                         f"({', '.join(f'{a} = {o}' for a, o in CURVE_ALIASES.items())})")
 
+FIGURE_FORMATS = ("svg", "pdf", "png")  # what `vitscope figure`, the app's "save figure" and plots.render write
+
+def curve_parts(order: str) -> tuple[str, str]:
+    """A canonical order's (criterion, direction): ('exact', 'harmless-first'), …; ('random', '')."""
+    criterion, _, direction = order.partition("-")
+    return criterion, direction
+
+
 LAYOUTS = ("cls", "patch")  # the Attention Pattern View's two head layouts (head_xy_cls, head_xy_patch)
 
 

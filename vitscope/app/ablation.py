@@ -22,7 +22,7 @@ from vitscope.app.style import SELECTED, bare, bokeh_pane, div, figure, light, r
 from vitscope.errors import VitscopeError, one_line
 from vitscope.heads import Head, top_heads
 from vitscope.text import esc
-from vitscope.vocab import CURVE_ORDERS, PAIR_COUNT, WHOLE_HEAD
+from vitscope.vocab import CURVE_ORDERS, PAIR_COUNT, WHOLE_HEAD, curve_parts
 
 WIDTH = 225
 CRITERION_COLOURS = {"exact": "#222222", "proxy": "#d62728", "random": "#999999"}
@@ -30,7 +30,7 @@ CRITERION_COLOURS = {"exact": "#222222", "proxy": "#d62728", "random": "#999999"
 
 def order_style(order: str) -> dict:
     """A curve's line: one colour per criterion, solid harmful-first, dashed harmless-first; the legend says both."""
-    criterion, _, direction = order.partition("-")
+    criterion, direction = curve_parts(order)
     return {"color": CRITERION_COLOURS[criterion], "line_dash": "dashed" if direction == "harmless-first" else "solid",
             "line_width": 1.5 if criterion == "random" else 2,
             "legend_label": f"{criterion}, {direction.replace('-', ' ')}" if direction else criterion}
@@ -42,7 +42,7 @@ def prunable_text(r: dict) -> str:
         return ""
     rows = {}
     for o, n in r["prunable"].items():
-        criterion, _, direction = o.partition("-")
+        criterion, direction = curve_parts(o)
         rows.setdefault(criterion, []).append(f"{direction.removesuffix('-first')} <b>{n}</b>" if direction
                                               else f"<b>{n}</b>")
     return (f"<div style='font-size:11px'>heads prunable before top-1 ({r['baseline']:.3f}) drops by more than "

@@ -18,12 +18,12 @@ from bokeh.models import CustomJS, Div
 from bokeh.resources import INLINE
 
 from vitscope.app.compare_view import SIDES, TRENDS, CompareView
-from vitscope.app.export import strip_panel_scripts
+from vitscope.app.export import most_important_heads, strip_panel_scripts
 from vitscope.app.overview import p_true
 from vitscope.app.style import figure, rgba_image, shown
 from vitscope.errors import VitscopeError
 from vitscope.text import esc, printable
-from vitscope.vocab import harm
+from vitscope.vocab import WHOLE_HEAD
 
 # On a tap in either grid: show the rings and the line the compare view showed for that head (precomputed).
 TAP_JS = """
@@ -81,10 +81,9 @@ def export_compare(a: str | Path, b: str | Path, image: int, out: str | Path) ->
     view.select_image(k)
     states = {side: tap_states(view, side) for side in SIDES}
     # Start on the head of A that matters most on this image (a reader sees a pair at once).
-    value = harm(view.metric, np.asarray(view.grid_source["a"].data["value"], dtype=float))
-    first = int(np.nanargmax(np.where(np.isfinite(value), value, -np.inf))) if np.isfinite(value).any() else 0
-    view.grid_source["a"].selected.indices = [first]
-    view.pick("a", first % view.data[0].heads, first // view.data[0].heads)
+    layer, head = most_important_heads(view.data[0], image, view.metric, WHOLE_HEAD, 1)[0]
+    view.grid_source["a"].selected.indices = [view.data[0].head_index(layer, head)]
+    view.pick("a", head, layer)
     for side in SIDES:
         view.grid_source[side].selected.js_on_change("indices", CustomJS(
             args={"source": view.grid_source[side], "states": states[side], "info": view.pair_info,

@@ -18,8 +18,8 @@ from vitscope.app.data import StoreData
 from vitscope.app.state import Selection
 from vitscope.app.style import light
 from vitscope.errors import one_line
+from vitscope.vocab import FIGURE_FORMATS
 
-FORMATS = ("svg", "pdf", "png")
 # vitscope.plots.FIGURES' names, the views first (tests/test_plots.py checks that the two agree); those of one
 # image need an image.
 FigureBytes = Callable[..., bytes]  # (data, name, fmt, image, layer, head, attention) → the file's bytes
@@ -36,7 +36,8 @@ class SaveFigure:
         self.data, self.selection, self.attention, self.make = data, selection, attention, make
         self.which = pn.widgets.Select(options=list(FIGURE_NAMES), value="importance", width=width - 10,
                                        css_classes=["vs-save-which"])
-        self.format = pn.widgets.RadioButtonGroup(options=list(FORMATS), value="svg", width=width - 10, **light())
+        self.format = pn.widgets.RadioButtonGroup(options=list(FIGURE_FORMATS), value="svg", width=width - 10,
+                                                  **light())
         self.button = pn.widgets.FileDownload(callback=self.file, filename="importance.svg", label="save figure",
                                               width=width - 10, css_classes=["vs-save-figure"], **light())
         self.which.param.watch(self._follow, ["value"])

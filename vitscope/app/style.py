@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import colorcet
 import numpy as np
 from bokeh.models import Div, Range1d, WheelZoomTool
@@ -118,14 +120,13 @@ def bokeh_pane(obj, css: str | None = None):
     return pn.pane.Bokeh(obj, margin=(1, 3))
 
 
+@cache
 def light() -> dict[str, str]:
     """The keyword for a light button: `color` where Panel has it (1.9.4 deprecates `button_type` with a warning on
     every button), `button_type` on the Panels before it."""
     import panel as pn
 
     return {"color": "light"} if "color" in pn.widgets.Button.param else {"button_type": "light"}
-
-
 
 
 def offline(template):
@@ -137,14 +138,10 @@ def offline(template):
     return template
 
 
-_FAST = []
-
-
+@cache
 def _fast_without_web_font():
     """Fast without the font resource. Named Fast too: Panel finds the design's bundled files by its class name."""
-    if not _FAST:
-        from panel.theme.fast import Fast
+    from panel.theme.fast import Fast
 
-        _FAST.append(type("Fast", (Fast,), {"_resources": {k: v for k, v in Fast._resources.items() if k != "font"},
-                                            "__module__": Fast.__module__}))
-    return _FAST[0]
+    return type("Fast", (Fast,), {"_resources": {k: v for k, v in Fast._resources.items() if k != "font"},
+                                  "__module__": Fast.__module__})

@@ -6,6 +6,7 @@ the store's model once (as `vitscope export` does), the others read the store al
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import holoviews as hv
 import numpy as np
 
+from vitscope.app.data import StoreData
 from vitscope.errors import VitscopeError
 from vitscope.heads import Head, parse_head
 from vitscope.plots.figures import FIGURES, build
@@ -21,15 +23,14 @@ from vitscope.plots.views import store_data
 from vitscope.vocab import WHOLE_HEAD
 
 
-def default_head(store: str | Path, image: int | None) -> Head:
-    """The head a reader wants first: the one whose pruning hurts the image most (its metric in mode 1), or over
-    all images the one with the largest mean harm."""
+def default_head(data: StoreData, image: int | None) -> Head:
+    """The head a reader wants first: the one whose pruning hurts the (readable) image most (its metric in mode 1),
+    or over all images the one with the largest mean harm."""
     from vitscope.app.export import most_important_heads
 
-    data = store_data(store)
     metric = "prob" if "prob" in data.metrics_shown else data.layout_metric
     if image is not None:
-        return parse_head(most_important_heads(data, data.check_image(image), metric, WHOLE_HEAD, 1)[0])
+        return parse_head(most_important_heads(data, image, metric, WHOLE_HEAD, 1)[0])
     from vitscope.vocab import harm
 
     mean = np.nanmean(data.metric_values(metric, WHOLE_HEAD)[data.valid], 0)
@@ -51,8 +52,8 @@ def write_figures(store: str | Path, out: str | Path, fmt: str = "svg", image: i
     data = store_data(path)
     if image is not None:
         image = data.check_image(int(image))
-    h = parse_head(head, modes=False) if head is not None else default_head(path, image)
-    chosen = [n for n in (names or FIGURES)]
+    h = parse_head(head, modes=False) if head is not None else default_head(data, image)
+    chosen = list(names or FIGURES)
     skipped = [n for n in chosen if FIGURES[n].needs_image and image is None]
     todo = [n for n in chosen if n not in skipped]
     attention = None
@@ -79,9 +80,6 @@ def figure_bytes(data, name: str, fmt: str, image: int | None, layer: int, head:
                  attention: Callable[[int], np.ndarray]) -> bytes:
     """One figure of a selection as file content (the app's "save figure"): `attention(image)` is asked only by
     the figures of the image's attention."""
-    import tempfile
-
     needs = FIGURES[name].needs_attention and image is not None
     element = build(name, data, image=image, layer=layer, head=head, attention=attention(image) if needs else None)
-    with tempfile.TemporaryDirectory() as tmp:
-        return render(element, Path(tmp) / f"figure.{fmt}", fmt).read_bytes()
+    return render(element, io.BytesIO(), fmt).getvalue()

@@ -9,11 +9,13 @@ are already colour-blind-safe (`palette.py`). `vitscope figure` and notebooks ca
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import holoviews as hv
 import matplotlib
 
-FORMATS = ("svg", "pdf", "png")
+from vitscope.vocab import FIGURE_FORMATS as FORMATS
+
 FONT_SIZES = {"title": 9, "labels": 8, "xticks": 7, "yticks": 7, "legend": 7, "cticks": 7, "clabel": 8}
 PRINT_RC = {
     "font.family": "sans-serif",
@@ -36,12 +38,15 @@ def print_styled(element: hv.core.Dimensioned) -> hv.core.Dimensioned:
                        [hv.Element, hv.Overlay])
 
 
-def render(element: hv.core.Dimensioned, path: str | Path, fmt: str | None = None, *, dpi: int = 300,
-           size: tuple[float, float] | None = None) -> Path:
-    """Write `element` to `path` as `fmt` (svg, pdf or png; default: the path's suffix) with print styling;
-    `size` is (width, height) in inches, else what HoloViews lays out. Returns the path written."""
-    path = Path(path)
-    fmt = (fmt or path.suffix.lstrip(".")).lower()
+def render(element: hv.core.Dimensioned, path: str | Path | BinaryIO, fmt: str | None = None, *, dpi: int = 300,
+           size: tuple[float, float] | None = None) -> Path | BinaryIO:
+    """Write `element` to `path` (a file name, or a binary file object such as BytesIO) as `fmt` (svg, pdf or
+    png; default: the path's suffix) with print styling; `size` is (width, height) in inches, else what HoloViews
+    lays out. Returns where it wrote."""
+    if not hasattr(path, "write"):
+        path = Path(path)
+        fmt = fmt or path.suffix.lstrip(".")
+    fmt = (fmt or "").lower()
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     with matplotlib.rc_context(PRINT_RC):

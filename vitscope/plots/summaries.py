@@ -21,7 +21,7 @@ from vitscope.plots.palette import (
     styled,
 )
 from vitscope.plots.views import Store, scope_text, store_data
-from vitscope.vocab import DEFAULT_METRIC, HEAD_KINDS, MODE_NAMES, PATTERNS, WHOLE_HEAD
+from vitscope.vocab import DEFAULT_METRIC, HEAD_KINDS, MODE_NAMES, PATTERNS, WHOLE_HEAD, curve_parts
 
 COUNT = hv.Dimension("count", label="heads")
 MAP_SHARE = hv.Dimension("share", label="share of the layer's maps", range=(0.0, 1.0),
@@ -111,9 +111,10 @@ def pruning_curves(result: dict) -> hv.Overlay:
     colour = {"exact": OKABE_ITO[0], "proxy": OKABE_ITO[1], "random": OKABE_ITO[7]}
     lines = []
     for order, ys in result["curves"].items():
-        dash = "dashed" if order.endswith("harmless-first") else "solid"
+        criterion, direction = curve_parts(order)
+        dash = "dashed" if direction == "harmless-first" else "solid"
         lines.append(styled(hv.Curve((result["steps"], ys), PRUNED, ACCURACY, label=order),
-                            color=colour.get(order.split("-")[0], OKABE_ITO[2]), bokeh={"line_dash": dash},
+                            color=colour.get(criterion, OKABE_ITO[2]), bokeh={"line_dash": dash},
                             mpl={"linewidth": 1.5, "linestyle": dash}))
     return styled(hv.Overlay(lines), title=f"pruning curves over {result['images']} images",
                   bokeh={"legend_position": "right"}, mpl={"legend_position": "right"})

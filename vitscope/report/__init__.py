@@ -7,6 +7,7 @@ figures (vitscope.plots rendered to SVG, inline): one HTML file with no script a
 from __future__ import annotations
 
 import datetime
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,9 @@ def html(title: str, source: str, parts: Sections, figures: Callable[[str], list
 
 def svg(element) -> str:
     """An element as inline SVG text (matplotlib's print rendering, without the XML prolog)."""
-    import tempfile
-
     from vitscope.plots import render
 
-    with tempfile.TemporaryDirectory() as tmp:
-        text = render(element, Path(tmp) / "f.svg").read_text(encoding="utf-8")
+    text = render(element, io.BytesIO(), "svg").getvalue().decode("utf-8")
     return text[text.index("<svg"):]
 
 

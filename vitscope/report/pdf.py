@@ -3,10 +3,12 @@ HTML page, typeset on A4 pages by matplotlib (no browser, no LaTeX, offline)."""
 
 from __future__ import annotations
 
+import io
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import holoviews as hv
 import matplotlib
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
@@ -27,9 +29,7 @@ class Pages:
 
     def line(self, text: str, size: float = 9, step: float | None = None, **kw) -> None:
         step = step or size * 1.45 / 72 / A4[1]  # line height as a share of the page
-        if self.fig is None or self.y - step < MARGIN:
-            self.flush()
-            self.fig, self.y = Figure(figsize=A4), 1 - MARGIN
+        self.room(step)
         self.fig.text(MARGIN, self.y, text, fontsize=size, va="top", **kw)
         self.y -= step
 
@@ -52,23 +52,26 @@ class Pages:
 
     def figure(self, element) -> None:
         """An element drawn across the text column, below the text so far (a new page when it does not fit)."""
-        import tempfile
-
         import numpy as np
         from PIL import Image
 
-        with tempfile.TemporaryDirectory() as tmp:
-            pixels = np.asarray(Image.open(render(element, Path(tmp) / "f.png", dpi=200)).convert("RGB"))
+        png = render(element, io.BytesIO(), "png", dpi=200)
+        png.seek(0)
+        pixels = np.asarray(Image.open(png).convert("RGB"))
         h, w = pixels.shape[:2]
-        width = (1 - 2 * MARGIN) * (1.0 if type(element).__name__ == "Layout" else 0.6)  # one panel: not poster-size
+        width = (1 - 2 * MARGIN) * (1.0 if isinstance(element, hv.Layout) else 0.6)  # one panel: not poster-size
         height = min(width * h / w * A4[0] / A4[1], 1 - 2 * MARGIN)  # as a share of the page's height
-        if self.fig is None or self.y - height < MARGIN:
-            self.flush()
-            self.fig, self.y = Figure(figsize=A4), 1 - MARGIN
+        self.room(height)
         ax = self.fig.add_axes((MARGIN, self.y - height, width, height))
         ax.imshow(pixels, interpolation="lanczos")
         ax.set_axis_off()
         self.y -= height + 0.015
+
+    def room(self, height: float) -> None:
+        """Start a new page unless `height` (a share of the page) fits below the text so far."""
+        if self.fig is None or self.y - height < MARGIN:
+            self.flush()
+            self.fig, self.y = Figure(figsize=A4), 1 - MARGIN
 
     def flush(self) -> None:
         if self.fig is not None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from vitscope.vocab import HEAD_KINDS, PATTERNS
+from vitscope.compare import pair_text
+from vitscope.report.findings import CLASS_ROWS
+from vitscope.vocab import HEAD_KINDS, PATTERNS, curve_parts
 
 Section = tuple[str, list[str], list[list[str]]]
 
@@ -76,9 +78,9 @@ def importance(f: dict[str, Any]) -> Section:
                  f"of the {len(classes)} classes.")
     rows = [["class", "images", "accuracy", "most important head", imp["what"]]]
     rows += [[c["class"], str(c["images"]), "n/a" if f["accuracy"] is None else f"{c['accuracy']:.0%}", c["head"],
-              f"{c['value']:.3f}"] for c in classes[:20]]
-    if len(classes) > 20:
-        rows.append([f"… {len(classes) - 20} more classes", "", "", "", ""])
+              f"{c['value']:.3f}"] for c in classes[:CLASS_ROWS]]
+    if len(classes) > CLASS_ROWS:
+        rows.append([f"… {len(classes) - CLASS_ROWS} more classes", "", "", "", ""])
     return "The heads that matter", s, rows
 
 
@@ -140,17 +142,17 @@ def curves(f: dict[str, Any]) -> Section | None:
     s = [f"Heads were pruned one after another, in each order, on {c['images']} images{sample}; with every head "
          f"top-1 accuracy is {c['baseline']:.1%}."]
     first = 1 if len(steps) > 1 else 0
-    harmful = [o for o in cv if o.endswith("harmful-first")]
+    harmful = [o for o in cv if curve_parts(o)[1] == "harmful-first"]
     if harmful and first:
-        after = ", ".join(f"{cv[o][first]:.1%} by the {o.split('-')[0]} ranking" for o in harmful)
+        after = ", ".join(f"{cv[o][first]:.1%} by the {curve_parts(o)[0]} ranking" for o in harmful)
         rand = f", against {cv['random'][first]:.1%} in random order" if "random" in cv else ""
         s.append(f"Most harmful first, top-1 falls to {after} after {steps[first]} "
                  f"head{'s' if steps[first] != 1 else ''}{rand}.")
     prunable = c.get("prunable", {})
     if prunable:
         pts = c["tol"] * 100
-        counts = [f"{prunable[o]} of {n_heads} ({prunable[o] / n_heads:.0%}) by the {o.split('-')[0]} ranking"
-                  for o in cv if o.endswith("harmless-first") and o in prunable]
+        counts = [f"{prunable[o]} of {n_heads} ({prunable[o] / n_heads:.0%}) by the {curve_parts(o)[0]} ranking"
+                  for o in cv if curve_parts(o)[1] == "harmless-first" and o in prunable]
         rand = f", {prunable['random']} in random order" if "random" in prunable else ""
         if counts:
             s.append(f"Least harmful first (Michel et al. 2019's question), {'; '.join(counts)}{rand} can be pruned "
@@ -170,10 +172,6 @@ def curves(f: dict[str, Any]) -> Section | None:
 # -- two stores (`vitscope report A B`): the sentences of `vitscope.compare.compare()`'s result ---------------------
 
 
-def _pair(v: list, fmt: str) -> str:
-    return " / ".join("n/a" if x is None else format(x, fmt) for x in v)
-
-
 def compare_models(r: dict[str, Any]) -> Section:
     (la, ha, ga), (lb, hb, gb) = r["shape"]
     a, b = r["models"]
@@ -184,7 +182,7 @@ def compare_models(r: dict[str, Any]) -> Section:
     if r["top1_agreement"] is None:
         s.append("Their top-1 cannot be compared (a store without class probabilities, or different bases).")
     else:
-        s.append(f"Top-1 accuracy is {_pair(acc, '.1%')} (A / B), and the two unpruned models give the same top-1 "
+        s.append(f"Top-1 accuracy is {pair_text(acc, '.1%')} (A / B), and the two unpruned models give the same top-1 "
                  f"on {r['top1_agreement']:.1%} of the images.")
     return "The two models", s, []
 
@@ -196,8 +194,8 @@ def compare_layers(r: dict[str, Any]) -> Section:
         if None in first or None in last:
             continue
         lower = lambda v: "A" if v[0] < v[1] else "B" if v[1] < v[0] else "neither"  # noqa: E731
-        s.append(f"In the first layer the {what} is {_pair(first, fmt)} (A / B; {lower(first)} is lower), in the last "
-                 f"{_pair(last, fmt)} ({lower(last)} is lower).")
+        s.append(f"In the first layer the {what} is {pair_text(first, fmt)} (A / B; {lower(first)} is lower), in "
+                 f"the last {pair_text(last, fmt)} ({lower(last)} is lower).")
     drops = [(row["drop"][0], row["layer"]) for row in rows if row["drop"][0] is not None]
     drops_b = [(row["drop"][1], row["layer_b"]) for row in rows if row["drop"][1] is not None]
     if drops and drops_b:
@@ -205,8 +203,8 @@ def compare_layers(r: dict[str, Any]) -> Section:
         s.append(f"Pruning one head hurts most in A's layer {at} (P[true] drops by {da:.3f} on average) and in B's "
                  f"layer {bt} ({db:.3f}).")
     table = [["layer A ↔ B", "distance A / B", "entropy A / B", "drop A / B"]]
-    table += [[f"{row['layer']} ↔ {row['layer_b']}", _pair(row["distance"], ".2f"), _pair(row["entropy"], ".3f"),
-               _pair(row["drop"], "+.4f")] for row in rows]
+    table += [[f"{row['layer']} ↔ {row['layer_b']}", pair_text(row["distance"], ".2f"),
+               pair_text(row["entropy"], ".3f"), pair_text(row["drop"], "+.4f")] for row in rows]
     return "Layer by layer", s, table
 
 
@@ -233,5 +231,5 @@ def compare_heads(r: dict[str, Any]) -> Section:
     arrow = lambda v: v[0] if v[0] == v[1] else f"{v[0]} → {v[1]}"  # noqa: E731
     table += [[p["a"]["name"], p["b"]["name"], "n/a" if p["similarity"] is None else
                f"{p['similarity']:.2f}{'' if p['good'] else ' ✗'}", arrow(p["kind"]), arrow(p["pattern"]),
-               _pair(p["importance_rank"], ".2f").replace(" / ", " → ")] for p in pairs]
+               pair_text(p["importance_rank"], ".2f").replace(" / ", " → ")] for p in pairs]
     return "Heads paired by behaviour", s, table

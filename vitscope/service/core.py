@@ -36,6 +36,7 @@ from vitscope.vocab import (
     PRUNABLE_TOL,
     WHOLE_HEAD,
     curve_order,
+    curve_parts,
     head_name,
 )
 
@@ -249,16 +250,18 @@ class Service:
             res = prune.prefixes(self.adapter, base, [ranked[o] for o in names], [need[o] for o in names],
                                  lambda d, t, at=at, size=size: tally.report(at + size * d / max(t, 1)))
             for o, (prob, correct) in zip(names, res, strict=True):
-                parts[o].append((prob if image_curve else correct.double()).sum(0).double().numpy())
+                parts[o].append((prob if image_curve else correct).sum(0).double().numpy())
             tally.report(at + size)
         return {o: np.sum(parts[o], axis=0) if o in parts else np.zeros(0) for o in need}
 
     def _prunable(self, scope: list[int], ranked: dict[str, list[tuple[int, int]]], known: dict[str, dict[int, int]],
                   tol: float, tally: _Tally) -> dict[str, int]:
         """Per order, heads pruned before top-1 falls below the unpruned top-1 − tol: the steps the curve lacks
-        are computed PRUNABLE_CHUNK at a time, in order, until the first such step (accuracy is not monotone)."""
+        are computed PRUNABLE_CHUNK in the first round, twice as many in each next, in order, until the first such
+        step (accuracy is not monotone)."""
         n_heads, m = self.adapter.num_layers * self.adapter.num_heads, len(scope)
         found: dict[str, int] = {}
+        chunk = PRUNABLE_CHUNK  # doubled each round: a late drop costs log₂(heads) passes, not heads / 8
         while True:
             need = {}
             for o in ranked:
@@ -268,10 +271,11 @@ class Service:
                 if count is not None:
                     found[o] = count
                 else:
-                    need[o] = [s for s in range(first, min(first + PRUNABLE_CHUNK, n_heads + 1)) if s not in known[o]]
+                    need[o] = [s for s in range(first, min(first + chunk, n_heads + 1)) if s not in known[o]]
             if not need:
                 return {o: found[o] for o in ranked}
             tally.grow(m * sum(len(v) for v in need.values()))
+            chunk *= 2
             for o, c in self._prefix_sums(scope, ranked, need, tally, False).items():
                 known[o] |= dict(zip(need[o], c.round().astype(int).tolist(), strict=True))
 
@@ -282,7 +286,8 @@ class Service:
         if order == "random":
             flat = np.random.default_rng(seed).permutation(L * H)
         else:
-            if order.startswith("exact"):  # P'[true] when pruned alone: low = harmful
+            criterion, direction = curve_parts(order)
+            if criterion == "exact":  # P'[true] when pruned alone: low = harmful
                 harm = -self.ds["importance"].isel(image=scope).sel(mode=WHOLE_HEAD, metric="prob").values
             else:  # the gradient proxy: large = harmful
                 if "grad_importance" not in self.ds:
@@ -290,9 +295,9 @@ class Service:
                 harm = self.ds["grad_importance"].isel(image=scope).values
             harm = harm.astype(np.float64).mean(0).reshape(-1)
             if not np.isfinite(harm).all():
-                raise VitscopeError(f"{self.path} has no finite {order.split('-')[0]} score for every head over these "
+                raise VitscopeError(f"{self.path} has no finite {criterion} score for every head over these "
                                     "images: choose another order")
-            flat = np.argsort(-harm if order.endswith("harmful-first") else harm, kind="stable")
+            flat = np.argsort(-harm if direction == "harmful-first" else harm, kind="stable")
         return [(int(j) // H, int(j) % H) for j in flat]
 
     def saliency(self, image: int, block: int = 1, progress: Progress = None) -> dict:
