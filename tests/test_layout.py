@@ -119,3 +119,43 @@ def test_nan_or_bad_shape_raises():
         tsne_2d(x)
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         tsne_2d(np.zeros((2, 3, 4)))
+
+
+# -- a fit sample and the fitted layout's transform -------------------------------------------------------------
+
+def test_fit_sample_is_everything_when_small_and_seeded_when_large():
+    np.testing.assert_array_equal(layout.fit_sample(50, seed=0, fit_points=50), np.arange(50))
+    a, b = layout.fit_sample(1000, seed=3, fit_points=100), layout.fit_sample(1000, seed=3, fit_points=100)
+    assert len(a) == 100 and len(np.unique(a)) == 100 and np.all(np.diff(a) > 0) and np.array_equal(a, b)
+    assert not np.array_equal(a, layout.fit_sample(1000, seed=4, fit_points=100))
+
+
+@pytest.mark.parametrize("threshold", [10_000, 50], ids=["sklearn", "opentsne"])
+def test_a_full_fit_is_tsne_2d_and_its_record_rebuilds_the_frame(threshold, coarse_fft):
+    x, _ = _two_clusters(60)
+    y, record = layout.fit_layout(x, len(x), seed=1, exact_threshold=threshold)
+    np.testing.assert_array_equal(y, tsne_2d(x, seed=1, exact_threshold=threshold))  # small stores: as before
+    assert record["points"] == record["sample"] == 120 and record["pca"] == 0 and record["scale"] > 0
+
+
+def test_the_transform_places_new_points_by_the_fitted_layout_in_any_chunks():
+    x, labels = _two_clusters(150, dim=60)  # 300 points: fitted on 100, 200 placed
+    sample = layout.fit_sample(len(x), seed=0, fit_points=100)
+    y, record = layout.fit_layout(x[sample], len(x), seed=0)
+    assert record["sample"] == 100 and record["pca"] == layout.PCA_DIMS  # sampled, 60-d: on 50 components
+    ref = layout.Reference(x[sample], y, record)
+    rest = np.setdiff1d(np.arange(len(x)), sample)
+    placed = ref.place(x[rest])
+    assert placed.shape == (200, 2) and placed.dtype == np.float32
+    # a point's place depends on nothing else in its chunk: any split gives the same places, to the bit
+    np.testing.assert_array_equal(placed, np.concatenate([ref.place(x[rest[:7]]), ref.place(x[rest[7:]])]))
+    # in the frame of the stored (normalised) layout, beside the fitted points of its own cluster
+    xy = np.zeros((len(x), 2), np.float32)
+    xy[sample], xy[rest] = y, placed
+    assert _nn1_accuracy(xy, labels) >= 0.95
+    for c in (0, 1):
+        centre = y[labels[sample] == c].mean(0)
+        assert np.linalg.norm(placed[labels[rest] == c].mean(0) - centre) < 0.5
+    # a fitted point placed again lands where it was fitted
+    again = ref.place(x[sample])
+    assert np.median(np.linalg.norm(again - y, axis=1)) < 0.05

@@ -6,6 +6,12 @@ where openTSNE's FFT-accelerated gradients are an order of magnitude faster. ope
 iterations (early exaggeration, then the rest) instead of its 250 + 500 and finds neighbours exactly up to
 30k points: 3× faster on the demo and the real ViT-Ti, with the same kNN class, layer, offset and pattern
 purity (docs/performance.md; `python benchmarks/layouts.py`).
+
+Large sets (a ViT-B's 1.44 M head points at 10k images) are fitted on a seeded sample of `FIT_POINTS` and the
+rest placed by the fitted embedding's own `transform` (openTSNE), chunk by chunk: each new point is optimised
+against the fixed sample only, so chunks are independent and can run anywhere (`Reference`). A store keeps what
+rebuilds the `Reference` (which points were the sample, their positions, the frame: `fit_layout`'s record), never
+a pickle, so that a new image is placed the same way later.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["iterations", "tsne_2d"]
+__all__ = ["FIT_POINTS", "Reference", "fit_layout", "fit_sample", "iterations", "tsne_2d"]
 
 _SMALL_N = 1000  # below this many points tSNE runs single-threaded
 EXACT_THRESHOLD = 2000  # up to this many points scikit-learn, above openTSNE
@@ -22,6 +28,15 @@ EARLY_ITER, LATE_ITER = 125, 250  # openTSNE: early-exaggeration and final itera
 SKLEARN_ITER = 1000  # scikit-learn's default max_iter
 _EXACT_NEIGHBOURS = 30_000  # openTSNE: exact kNN up to here (faster than Annoy at the demo's 24k), Annoy above
 _TICK = 25  # openTSNE reports progress every this many iterations
+# Fit on every point up to here, on a seeded sample of this many above: the demo's 24k head points and the real
+# ViT-Ti's 7.2k keep their full fit; at 1.44 M points the fit costs what the demo's does and the transform scales
+# linearly (docs/performance.md: the sample's quality loss and the transform's cost per point).
+FIT_POINTS = 30_000
+PCA_DIMS = 50  # a sampled layout's features above this many dimensions are reduced to their top principal components
+# (a ViT-B's 393-d CLS vectors: the transform's exact neighbour search of 1.4 M points costs 8× less at 50-d)
+# openTSNE's transform: iterations, neighbours for the initial place, perplexity, exaggeration (see Reference)
+TRANSFORM_ITER, TRANSFORM_K, TRANSFORM_PERPLEXITY, TRANSFORM_EXAGGERATION = 100, 25, 5.0, 1.5
+TRANSFORM_INIT = "median"
 
 Progress = Callable[[int], None] | None  # called with the number of iterations just run
 
@@ -49,33 +64,131 @@ def tsne_2d(
     `progress(k)` is told of every k iterations run (openTSNE: every 25; scikit-learn: all at the end),
     `iterations(N)` in all.
     """
+    y = _tsne_raw(x, seed=seed, perplexity=perplexity, exact_threshold=exact_threshold, progress=progress)
+    return _normalise(y) if len(y) else np.zeros((0, 2), np.float32)
+
+
+def _check(x: np.ndarray, what: str = "tsne_2d") -> np.ndarray:
+    """[N, D] (or [N]) finite features as float64 [N, D]; one clear error otherwise."""
     x = np.asarray(x)
     if x.ndim == 1:
         x = x[:, None]  # [N] → [N, 1]
     if x.ndim != 2:
-        raise ValueError(f"tsne_2d expects features of shape [N, D], got {x.shape}")
+        raise ValueError(f"{what} expects features of shape [N, D], got {x.shape}")
     x = x.astype(np.float64, copy=False)
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
         raise ValueError(
-            f"tsne_2d: {len(rows)} of {len(x)} rows contain NaN or inf (first: row {rows[0]}); "
+            f"{what}: {len(rows)} of {len(x)} rows contain NaN or inf (first: row {rows[0]}); "
             "drop or fill them before the layout"
         )
+    return x
+
+
+def _tsne_raw(x: np.ndarray, *, seed: int, perplexity: float, exact_threshold: int, progress: Progress,
+              ) -> np.ndarray:
+    """tsne_2d before its normalisation, float64 [N, 2]."""
+    x = _check(x)
     n = len(x)
     if n == 0:
-        return np.zeros((0, 2), dtype=np.float32)
+        return np.zeros((0, 2))
     if n <= 3 or np.ptp(x, axis=0).max(initial=0.0) == 0.0:
         if progress is not None and iterations(n, exact_threshold):
             progress(iterations(n, exact_threshold))  # nothing to iterate: done at once
-        return _normalise(_pca_2d(x))
+        return _pca_2d(x)
     # Both libraries need 3 * perplexity < N - 1 (the neighbour lists hold 3 * perplexity points).
     perp = float(max(1.0, min(perplexity, (n - 2) / 3.0)))
     if n > exact_threshold:
-        y = _tsne_opentsne(x, seed=seed, perplexity=perp, progress=progress)
-    else:
-        y = _tsne_sklearn(x, seed=seed, perplexity=perp, progress=progress)
-    return _normalise(y)
+        return _tsne_opentsne(x, seed=seed, perplexity=perp, progress=progress)
+    return _tsne_sklearn(x, seed=seed, perplexity=perp, progress=progress)
+
+
+def fit_sample(n: int, seed: int = 0, fit_points: int = FIT_POINTS) -> np.ndarray:
+    """Sorted indices of the points a layout of n points is fitted on: all up to `fit_points`, else a seeded
+    sample of that many."""
+    if n <= fit_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, fit_points, replace=False))
+
+
+def fit_layout(x_sample: np.ndarray, points: int, *, seed: int = 0, exact_threshold: int = EXACT_THRESHOLD,
+               progress: Progress = None) -> tuple[np.ndarray, dict]:
+    """tsne_2d of a layout's fit sample (`points` in the whole layout) → (float32 [n, 2] positions, its record).
+
+    A sample smaller than the layout (a sampled fit) is laid out on its top `PCA_DIMS` principal components
+    when it has more dimensions. The record (JSON: `points`, `sample`, `pca`, the normalisation's `shift` and
+    `scale`) plus the sample's features and positions rebuild the fitted layout as a `Reference`; with the full
+    set (sample == points) the positions are exactly `tsne_2d`'s.
+    """
+    x = _check(x_sample, "fit_layout")
+    pca = PCA_DIMS if len(x) < points and x.shape[1] > PCA_DIMS else 0
+    y = _tsne_raw(_Basis(x, pca).reduce(x), seed=seed, perplexity=30.0, exact_threshold=exact_threshold,
+                  progress=progress)
+    shift = y.mean(axis=0) if len(y) else np.zeros(2)
+    scale = float((y - shift).std()) if len(y) else 0.0
+    record = {"points": int(points), "sample": len(x), "pca": pca, "shift": [float(v) for v in shift],
+              "scale": scale if scale > 0 else 1.0}
+    return (_normalise(y) if len(y) else np.zeros((0, 2), np.float32)), record
+
+
+class _Basis:
+    """The top `dims` principal directions of a sample (none: identity), computed the same way wherever the
+    sample is: the build, a Dask worker, the service placing a new image."""
+
+    def __init__(self, x: np.ndarray, dims: int) -> None:
+        self.mean = self.axes = None
+        if dims and x.shape[1] > dims:
+            self.mean = x.mean(axis=0)
+            _, _, vt = np.linalg.svd(x - self.mean, full_matrices=False)  # [min(n, D), D]
+            sign = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])  # deterministic orientation
+            self.axes = (vt * np.where(sign == 0, 1.0, sign)[:, None])[:dims].T  # [D, dims]
+
+    def reduce(self, x: np.ndarray) -> np.ndarray:
+        return x if self.axes is None else (x - self.mean) @ self.axes
+
+
+class Reference:
+    """A fitted layout, rebuilt from its sample's features, their stored (normalised) positions and `fit_layout`'s
+    record; `place` embeds new points into it with openTSNE's `transform`.
+
+    Each new point is optimised against the fixed sample only (its 15 nearest sample points by perplexity 5,
+    median initialisation, `TRANSFORM_ITER` iterations; no randomness): a point's place depends on nothing else
+    in its batch, so any split into chunks, in any process, gives the same places. The sample's own neighbour
+    graph is not needed for that, so it is built with one neighbour (cheap); its positions are the stored float32
+    values, so the build, its Dask workers and the service all start from the same numbers.
+    """
+
+    def __init__(self, x_sample: np.ndarray, xy_sample: np.ndarray, record: dict, n_jobs: int = 1) -> None:
+        from openTSNE import affinity
+
+        x = _check(x_sample, "Reference")
+        if len(x) < 2:
+            raise ValueError(f"a layout's transform needs at least 2 fitted points, got {len(x)}")
+        self.record, self.n_jobs = record, n_jobs
+        self.basis = _Basis(x, int(record.get("pca", 0)))
+        self.shift, self.scale = np.asarray(record["shift"], np.float64), float(record["scale"])
+        self.raw = np.asarray(xy_sample, np.float64) * self.scale + self.shift  # the fit's own frame
+        self.affinities = affinity.PerplexityBasedNN(self.basis.reduce(x), perplexity=1 / 3, k_neighbors=1,
+                                                     method="exact", n_jobs=n_jobs, random_state=0)
+
+    def place(self, x: np.ndarray) -> np.ndarray:
+        """float32 [N, 2] places of new [N, D] features, in the stored layout's normalised frame."""
+        from openTSNE import TSNEEmbedding
+
+        x = _check(x, "Reference.place")
+        if len(x) == 0:
+            return np.zeros((0, 2), np.float32)
+        emb = TSNEEmbedding(self.raw.copy(), self.affinities, negative_gradient_method="fft", n_jobs=self.n_jobs)
+        centre = (self.raw.max(axis=0) + self.raw.min(axis=0)) / 2  # transform centres the reference by this
+        # The start is the median place of the k nearest sample points: in a small layout (a few hundred points)
+        # 25 of them spread over much of it, and 100 steps of 0.1 do not come back (16 images: a stored image
+        # placed again landed 2 neighbour spacings away with 25, 0.08 with 1).
+        k = min(TRANSFORM_K, max(1, len(self.raw) // 50))
+        perplexity = min(TRANSFORM_PERPLEXITY, (len(self.raw) - 1) / 3)
+        y = np.asarray(emb.transform(self.basis.reduce(x), n_iter=TRANSFORM_ITER, k=k, perplexity=perplexity,
+                                     exaggeration=TRANSFORM_EXAGGERATION, initialization=TRANSFORM_INIT)) + centre
+        return ((y - self.shift) / self.scale).astype(np.float32)
 
 
 def _pca_2d(x: np.ndarray) -> np.ndarray:
