@@ -23,7 +23,9 @@ from vitscope.errors import VitscopeError
 from vitscope.models import load_model
 from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, METRICS, MODES, PATTERNS
 
-ARGS = ["--model", "demo", "--images", "demo", "--limit", "24", "--chunk-size", "8", "--ae-epochs", "2"]
+# --layout-points: the head layouts (576 points) are fitted on 300 and the rest placed by the transform
+ARGS = ["--model", "demo", "--images", "demo", "--layout-points", "300", "--limit", "24", "--chunk-size", "8",
+        "--ae-epochs", "2"]
 # One thread everywhere, as in the Dask workers: float results then agree to the bit, so even the
 # tSNE layouts (chaotic in their input) can be compared exactly.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -195,8 +197,13 @@ def test_dask_cluster_matches_single_process(reference, tmp_path):
     out = tmp_path / "dask.zarr"
     res = vitscope("build", *ARGS, "--out", str(out), "--store-attention", "--workers", "2")
     assert res.returncode == 0, res.stderr
-    assert "2 Dask workers" in res.stderr
+    assert "analysing images (2 Dask workers)" in res.stderr
+    # the layouts' transform and the autoencoder's encoding ran on the workers too, and changed nothing
+    for stage in ("placing the rest of head_xy_cls", "encoding maps", "placing the rest of head_xy_patch"):
+        assert f"{stage}, 2 Dask workers" in res.stderr, stage
     assert_same_store(reference, out)
+    fits = store.open_store(out).attrs["layout_fits"]
+    assert fits["head_xy_cls"]["sample"] == 300 and fits["head_xy_cls"]["points"] == 576
 
 
 def test_service_recomputes_one_images_attention(reference):
@@ -215,7 +222,7 @@ def test_service_recomputes_one_images_attention(reference):
 
 # -- the store opens before its layouts (vitscope demo serves it then) -----------------------------------
 
-SMALL = dict(model="demo", images="demo", limit=24, chunk=8, ae_epochs=2, progress=False)
+SMALL = dict(model="demo", images="demo", limit=24, chunk=8, ae_epochs=2, layout_points=300, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -233,13 +240,13 @@ def test_layouts_later_opens_the_store_first_and_ends_the_same(in_process, tmp_p
     from vitscope.build import BuildConfig, build
     from vitscope.layouts import LAYOUTS, layouts_status, wait_layouts
 
-    gate, real = threading.Event(), layout.tsne_2d
+    gate, real = threading.Event(), layout.fit_layout
 
     def gated(*args, **kwargs):
         assert gate.wait(300)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(layout, "tsne_2d", gated)
+    monkeypatch.setattr(layout, "fit_layout", gated)
     out = build(BuildConfig(out=tmp_path / "later.zarr", **SMALL), layouts_later=True)
     ds = store.open_store(out)  # opens while the layouts are computed
     assert ds.attrs["layouts_pending"] == list(LAYOUTS) and layouts_status(out) == "running"
@@ -257,7 +264,7 @@ def test_layouts_left_pending_are_finished_by_the_same_build(in_process, tmp_pat
     from vitscope.build import BuildConfig, build
     from vitscope.layouts import layouts_status, wait_layouts
 
-    real, calls = layout.tsne_2d, []
+    real, calls = layout.fit_layout, []
 
     def second_fails(*a, **k):
         calls.append(1)
@@ -265,16 +272,42 @@ def test_layouts_left_pending_are_finished_by_the_same_build(in_process, tmp_pat
             raise RuntimeError("killed")
         return real(*a, **k)
 
-    monkeypatch.setattr(layout, "tsne_2d", second_fails)
+    monkeypatch.setattr(layout, "fit_layout", second_fails)
     out = build(BuildConfig(out=tmp_path / "pending.zarr", **SMALL), layouts_later=True)
     assert wait_layouts(out, 300) == "failed: killed" == layouts_status(out)
     assert "computing the layouts of" in capsys.readouterr().err
     ds = store.open_store(out)
     assert ds.attrs["layouts_pending"] == ["head_xy_cls", "head_xy_patch"] and ds["image_xy"].notnull().all()
-    monkeypatch.setattr(layout, "tsne_2d", real)
+    monkeypatch.setattr(layout, "fit_layout", real)
     build(BuildConfig(out=out, **{**SMALL, "progress": True}))
     assert "computing its layouts (head_xy_cls, head_xy_patch)" in capsys.readouterr().err
     assert_same_store(in_process, out)
+
+
+def test_layouts_on_workers_in_small_blocks_equal_the_single_process(in_process, tmp_path, monkeypatch, capsys):
+    """The layout stage alone, in one process and on 2 Dask workers with the transform and the encoding in blocks
+    of one store chunk (8 images): the same store. One torch thread, as on the workers, so that the autoencoder's
+    latents (which the patch layout is fitted on) agree to the bit."""
+    from dataclasses import replace
+
+    from vitscope import layouts
+    from vitscope.build import BuildConfig
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, workers in (("one.zarr", 0), ("workers.zarr", 2)):
+            shutil.copytree(in_process, tmp_path / name)
+            zarr.open_group(str(tmp_path / name), mode="r+").attrs["layouts_pending"] = list(layouts.LAYOUTS)
+            if workers:
+                monkeypatch.setattr(layouts, "BLOCK_POINTS", 100)  # the main process cuts the blocks
+            layouts.finish_layouts(tmp_path / name, replace(BuildConfig(out=tmp_path / name, **SMALL),
+                                                            workers=workers, progress=bool(workers)))
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert "placing the rest of head_xy_cls, 2 Dask workers" in err and "encoding maps, 2 Dask workers" in err
+    assert_same_store(tmp_path / "one.zarr", tmp_path / "workers.zarr")
 
 
 def test_progress_moves_per_engine_batch():

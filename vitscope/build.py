@@ -27,7 +27,7 @@ from vitscope.analysis import binary, consistency, probe, sinks
 from vitscope.config import BuildConfig, cache_root
 from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
-from vitscope.layouts import LAYOUTS, compute_layouts, pending_layouts
+from vitscope.layouts import LAYOUTS, compute_layouts, dask_client, pending_layouts
 from vitscope.models import ViTAdapter, load_model, weights_hash
 from vitscope.text import printable
 
@@ -99,7 +99,7 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
             binary_size=min(cfg.binary_size, adapter.grid**2), binary_ones=binary.top_count(cfg.top, adapter.grid**2),
             thumb=tuple(pre.config["input_size"][1:]),
             chunk=cfg.chunk, store_attention=cfg.store_attention, registers=registers(adapter),
-            features=0 if fitted is None else fitted.coef.shape[1],
+            features=0 if fitted is None else fitted.coef.shape[1], fits=True,
         )
         attrs = {"model_spec": adapter.spec, "model_class": type(adapter.model).__name__,
                  "model_pretrained": cfg.pretrained,
@@ -281,25 +281,13 @@ def _worker_chunk(cfg_dict: dict, index: int) -> list[str]:
 
 
 def _run_dask(cfg: BuildConfig, todo: list[int], lay: store.Layout) -> None:
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
 
-    if cfg.scheduler:
-        try:
-            client = Client(cfg.scheduler, timeout="20s")
-        except OSError as e:
-            raise VitscopeError(f"cannot reach the Dask scheduler at {cfg.scheduler}: {e}") from None
-        cluster = None
-    else:
-        threads = max(1, (torch.get_num_threads() or 1) // cfg.workers)
-        cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, env={"OMP_NUM_THREADS": str(threads),
-                                                          "OMP_WAIT_POLICY": "PASSIVE"})
-        client = Client(cluster)
     cfg_dict = asdict(cfg)
     cfg_dict["out"] = str(Path(cfg.out).resolve())  # workers may run elsewhere: absolute paths only
     if cfg.images != "demo":
         cfg_dict["images"] = str(Path(cfg.images).resolve())
-    try:
+    with dask_client(cfg) as client:
         futures = client.map(_worker_chunk, [cfg_dict] * len(todo), todo, pure=False)
         n_workers = len(client.scheduler_info()["workers"])
         with tqdm(total=sum(_chunk_len(lay, i) for i in todo), desc=f"analysing images ({n_workers} Dask workers)",
@@ -308,7 +296,3 @@ def _run_dask(cfg: BuildConfig, todo: list[int], lay: store.Layout) -> None:
                 for line in skipped:
                     bar.write(line, file=sys.stderr)
                 bar.update(_chunk_len(lay, todo[futures.index(fut)]))
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()

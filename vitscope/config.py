@@ -50,6 +50,8 @@ class BuildConfig:
     latent: int = _option(16, "pattern autoencoder latent size")
     ae_epochs: int = _option(10, "pattern autoencoder training epochs")
     ae_maps: int = _option(8192)  # the autoencoder trains on a seeded sample of this many maps (all are encoded)
+    layout_points: int = _option(30_000, "fit each tSNE layout on a seeded sample of at most N points and place the "
+                                 "rest by the fitted layout's transform", metavar="N")
     layout_metric: str = _option(DEFAULT_METRIC, f"metric of the Image Overview layout ({', '.join(METRICS)})")
     store_attention: bool = _option(False, "also keep float16 attention maps")
     overwrite: bool = _option(False, "replace an existing store built from other inputs")
@@ -59,7 +61,8 @@ class BuildConfig:
     progress: bool = _option(True, "no progress bars or progress lines (for scripts)", flag="--quiet")
 
     def __post_init__(self) -> None:
-        at_least = {"batch_size": 1, "chunk": 1, "latent": 1, "ae_epochs": 0, "ae_maps": 1, "seed": 0, "workers": 0}
+        at_least = {"batch_size": 1, "chunk": 1, "latent": 1, "ae_epochs": 0, "ae_maps": 1, "seed": 0, "workers": 0,
+                    "layout_points": 2}
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise VitscopeError(f"{_shown(name, getattr(self, name))}: give at least {low}")
@@ -80,7 +83,12 @@ class BuildConfig:
         """The analysis parameters in the store's fingerprint: a store built with others is not reused."""
         keys = ("top", "binary_size", "latent", "ae_epochs", "ae_maps", "layout_metric", "store_attention", "chunk",
                 "precision", "seed", "limit")
-        return {k: getattr(self, k) for k in keys}
+        params = {k: getattr(self, k) for k in keys}
+        # Only when not the default, so that stores built before it keep their fingerprint (their layouts are what
+        # the default gives for up to 30k points a layout; a larger store is reused as built, never re-laid out).
+        if self.layout_points != BuildConfig.layout_points:
+            params["layout_points"] = self.layout_points
+        return params
 
 
 def cache_root() -> Path:

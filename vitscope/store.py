@@ -48,6 +48,9 @@ class Layout:
     store_attention: bool = False
     registers: int = 0  # prefix tokens that are registers (the last ones; `vocab.prefix_names`)
     features: int = 0  # size of the feature a backbone's linear probe reads (0: no probe stored)
+    # the layouts' fit samples are recorded (`<layout>_fit`, attribute `layout_fits`): a new image is placed by the
+    # fitted layout's transform. False in stores built before (they place new images by nearest neighbours)
+    fits: bool = False
 
     @property
     def prefix(self) -> int:
@@ -95,6 +98,10 @@ class Layout:
             "head_sink_share": (("layer", "head"), "float32"),
             "head_sink_tokens": (("layer", "head", "rank"), "int16"),
         }
+        if self.fits:
+            v["image_xy_fit"] = (("image",), "bool")
+            v["head_xy_cls_fit"] = (("image", "layer", "head"), "bool")
+            v["head_xy_patch_fit"] = (("image", "layer", "head"), "bool")
         if self.store_attention:
             v["attention"] = (("image", "layer", "head", "query", "key"), "float16")
         if self.features:
@@ -115,7 +122,8 @@ PER_CHUNK = ("label", "valid", "baseline_prob", "topk_idx", "topk_prob", "import
              "strength", "strength_entropy", "attention_distance", "cls_attention", "pattern_score",
              "pattern_label", "pattern_second", "pattern_offset", "binary_index", "thumbnail", "attention",
              "sink_token", "sink_share", "prefix_share", "norm_token", "norm_ratio")
-GLOBAL = ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch", "head_consistency", "head_kind",
+GLOBAL = ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch", "image_xy_fit", "head_xy_cls_fit",
+          "head_xy_patch_fit", "head_consistency", "head_kind",
           "sink_tokens", "sink_frequency", "norm_tokens", "norm_frequency", "head_sink_share", "head_sink_tokens")
 # What integer codes mean, kept with the variables so that a store reads without vitscope.
 CODES = {"pattern_label": ("patterns", PATTERNS), "pattern_second": ("patterns", PATTERNS),
