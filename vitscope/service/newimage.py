@@ -1,15 +1,19 @@
 """A new image, not in the store: the build's full per-image analysis, placed into the store's layouts.
 
-The layouts are tSNE embeddings without a fitted transform kept in the store, so a new point goes
-where its nearest stored neighbours are: the mean position of the k nearest images (by the layout's
-own feature, the whole-head importance vector) and, per head, of the k nearest maps of the same
-head (CLS-attention vectors by distance, binarised maps by overlap of their 1s). Nothing is written.
+A store records each layout's fit sample (`<layout>_fit`, attribute `layout_fits`): the fitted layout is rebuilt
+from it (`layout.Reference`, once per process and layout) and places the new image's features with its
+`transform`, as the build placed every point outside the sample. The patch layout's features are the pattern
+autoencoder's latents, whose weights the store does not keep, and stores built before the fit record have no
+record at all: there a new point goes where its nearest stored neighbours are, the mean position of the k
+nearest images (by the whole-head importance vector) and, per head, of the k nearest maps of the same head
+(CLS-attention vectors by distance, binarised maps by overlap of their 1s). Nothing is written.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +23,11 @@ from PIL import Image
 
 from vitscope import store
 from vitscope.analyse import analyse_batch
+from vitscope.analysis import layout
 from vitscope.config import BuildConfig
 from vitscope.data.images import BadImage, Preprocessor, read_rgb
 from vitscope.errors import VitscopeError
+from vitscope.layouts import features
 from vitscope.models import ViTAdapter
 from vitscope.vocab import DEFAULT_METRIC, METRICS, WHOLE_HEAD
 
@@ -72,20 +78,57 @@ def analyse(adapter: ViTAdapter, ds: xr.Dataset, lay: store.Layout, image: Image
     }
 
 
+# Fitted layouts rebuilt for new images, per process: (store fingerprint, layout, record) → Reference.
+_REFERENCES: dict[tuple, layout.Reference] = {}
+_LOCK = threading.Lock()  # two sessions' uploads rebuild one reference once
+
+
+def reference(ds: xr.Dataset, name: str, layout_metric: str) -> layout.Reference | None:
+    """The fitted layout `name` of a store, rebuilt from its fit sample; None for a store without the record
+    (built before it) or a layout not yet written."""
+    record = ds.attrs.get("layout_fits", {}).get(name)
+    if record is None or f"{name}_fit" not in ds:
+        return None
+    key = (ds.attrs.get("fingerprint"), name, json.dumps(record, sort_keys=True))
+    with _LOCK:
+        if key not in _REFERENCES:
+            valid = ds["valid"].values.astype(bool)
+            fitted = ds[f"{name}_fit"].values[valid].reshape(-1)  # over the layout's points, in `features` order
+            xy = ds[name].values[valid].reshape(-1, 2)[fitted]
+            if len(_REFERENCES) >= 4:  # a served store has two; keep memory bounded
+                _REFERENCES.clear()
+            _REFERENCES[key] = layout.Reference(features(ds, name, layout_metric)[fitted], xy, record, n_jobs=-1)
+        return _REFERENCES[key]
+
+
 def place(ds: xr.Dataset, lay: store.Layout, arrays: dict[str, np.ndarray], layout_metric: str) -> dict:
-    """image_xy [2], head_xy_cls and head_xy_patch [L, H, 2] of a new image, from its nearest stored neighbours."""
+    """image_xy [2], head_xy_cls and head_xy_patch [L, H, 2] of a new image, and `placed_by` (each layout:
+    "transform", the fitted layout's, or "neighbours", the mean of the nearest stored points)."""
     valid = ds["valid"].values.astype(bool)
     out: dict[str, object] = {}
+    by = {name: "neighbours" for name in ("image_xy", "head_xy_cls", "head_xy_patch")}
     if "image_xy" not in ds or not valid.any():
-        return {"image_xy": None, "head_xy_cls": None, "head_xy_patch": None}
-    feats = ds["importance"].sel(mode=WHOLE_HEAD, metric=layout_metric).values[valid].reshape(int(valid.sum()), -1)
+        return {"image_xy": None, "head_xy_cls": None, "head_xy_patch": None, "placed_by": by}
+    L, H = lay.layers, lay.heads
     mine = arrays["importance"][:, :, WHOLE_HEAD, METRICS.index(layout_metric)]  # [L, H]: modes are positions
-    near = _nearest(((feats - mine.reshape(1, -1)) ** 2).sum(-1))
-    out["image_xy"] = np.nanmean(ds["image_xy"].values[valid][near], 0).tolist()
+    ref = reference(ds, "image_xy", layout_metric)
+    if ref is not None:
+        out["image_xy"], by["image_xy"] = ref.place(mine.reshape(1, -1))[0].tolist(), "transform"
+    else:
+        feats = ds["importance"].sel(mode=WHOLE_HEAD, metric=layout_metric).values[valid].reshape(int(valid.sum()),
+                                                                                                   -1)
+        near = _nearest(((feats - mine.reshape(1, -1)) ** 2).sum(-1))
+        out["image_xy"] = np.nanmean(ds["image_xy"].values[valid][near], 0).tolist()
 
-    cls_vec = ds["cls_attention"].values[valid].astype(np.float32)  # [N, L, H, T]
-    d = ((cls_vec - arrays["cls_attention"].astype(np.float32)[None]) ** 2).sum(-1)  # [N, L, H]
-    out["head_xy_cls"] = _per_head(d, ds["head_xy_cls"].values[valid])
+    cls_mine = arrays["cls_attention"].astype(np.float32)  # [L, H, T]
+    ref = reference(ds, "head_xy_cls", layout_metric)
+    if ref is not None:
+        out["head_xy_cls"] = ref.place(cls_mine.reshape(L * H, -1)).reshape(L, H, 2).tolist()
+        by["head_xy_cls"] = "transform"
+    else:
+        cls_vec = ds["cls_attention"].values[valid].astype(np.float32)  # [N, L, H, T]
+        d = ((cls_vec - cls_mine[None]) ** 2).sum(-1)  # [N, L, H]
+        out["head_xy_cls"] = _per_head(d, ds["head_xy_cls"].values[valid])
 
     index = ds["binary_index"].values[valid]  # [N, L, H, ones] sorted flat indices of the 1s
     size = lay.binary_size
@@ -95,7 +138,7 @@ def place(ds: xr.Dataset, lay: store.Layout, arrays: dict[str, np.ndarray], layo
     overlap = maps[np.arange(L)[None, :, None, None], np.arange(H)[None, None, :, None], index].sum(-1)  # [N, L, H]
     out["head_xy_patch"] = _per_head(-overlap.astype(np.float64), ds["head_xy_patch"].values[valid])
     # a layout still being computed (a store served before its layouts) has no places yet
-    return {k: v if np.isfinite(v).all() else None for k, v in out.items()}
+    return {**{k: v if np.isfinite(v).all() else None for k, v in out.items()}, "placed_by": by}
 
 
 def _nearest(dist: np.ndarray) -> np.ndarray:
