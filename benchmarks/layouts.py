@@ -1,7 +1,15 @@
-"""The tSNE layouts before and after issue 11 on a store's own inputs: time and what they keep apart.
+"""The tSNE layouts on a store's own inputs: time and what they keep apart, as fitted in full and as fitted on a
+sample with the rest placed by the transform (issue 22); before and after issue 11 with --defaults.
 
-    python benchmarks/layouts.py                                  # cache/demo.zarr
-    python benchmarks/layouts.py --store cache/vit_tiny_in200.zarr --layouts head_xy_cls head_xy_patch
+    python benchmarks/layouts.py                                  # cache/demo.zarr: full fit against a sample
+    python benchmarks/layouts.py --store cache/vit_tiny_in200.zarr --layouts head_xy_cls head_xy_patch --sample 2000
+    python benchmarks/layouts.py --defaults                       # also openTSNE's default settings (issue 11)
+    python benchmarks/layouts.py --transform-cost 144000          # the transform's seconds per point, synthetic
+
+"full": `tsne_2d` on every point, as the build lays out a store up to `layout.FIT_POINTS` points; "sample N":
+`fit_layout` on a seeded sample of N points (`--sample`, default a quarter of the points) and `Reference.place`
+for the rest in blocks of `layouts.BLOCK_POINTS`, as the build does above `FIT_POINTS`. `--transform-cost N`:
+a reference of `FIT_POINTS` synthetic 16-d points (latents; or `--dims`) fitted, then N new points placed.
 
 "before": scikit-learn up to 10k points, else openTSNE with its defaults (250 + 500 iterations, Annoy
 neighbours); "after": `vitscope.analysis.layout.tsne_2d` as the build runs it now (openTSNE above 2k points,
@@ -28,6 +36,7 @@ import xarray as xr  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 from sklearn.neighbors import NearestNeighbors  # noqa: E402
 
+from vitscope import layouts  # noqa: E402
 from vitscope.analysis import layout  # noqa: E402
 
 
@@ -70,24 +79,74 @@ def inputs(path: str) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
     }
 
 
+def sampled(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """The build's layout above FIT_POINTS, with the sample size forced to n."""
+    sample = layout.fit_sample(len(x), seed, n)
+    y_fit, record = layout.fit_layout(x[sample], len(x), seed=seed)
+    y = np.empty((len(x), 2), np.float32)
+    y[sample] = y_fit
+    rest = np.setdiff1d(np.arange(len(x)), sample)
+    ref = layout.Reference(x[sample], y_fit, record, n_jobs=-1)
+    for a in range(0, len(rest), layouts.BLOCK_POINTS):
+        y[rest[a:a + layouts.BLOCK_POINTS]] = ref.place(x[rest[a:a + layouts.BLOCK_POINTS]])
+    return y
+
+
+def transform_cost(n: int, dims: int, fit_points: int) -> None:
+    """Fit `fit_points` synthetic points (50 Gaussian clusters), place n more in blocks: seconds per point."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, dims)) * 3
+
+    def draw(m: int) -> np.ndarray:
+        return centres[rng.integers(0, 50, m)] + rng.normal(size=(m, dims))
+
+    x_fit, x_new = draw(fit_points), draw(n)
+    t = time.perf_counter()
+    y_fit, record = layout.fit_layout(x_fit, fit_points + n, seed=0)
+    fit_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ref = layout.Reference(x_fit, y_fit, record, n_jobs=-1)
+    ref_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for a in range(0, n, layouts.BLOCK_POINTS):
+        ref.place(x_new[a:a + layouts.BLOCK_POINTS])
+    place_s = time.perf_counter() - t
+    total = 1_440_000  # a ViT-B's head layout at 10k images
+    at_total = fit_s + ref_s + place_s / n * (total - fit_points)
+    print(f"| {dims}-d | fit {fit_points} | {fit_s:.1f} s | reference {ref_s:.1f} s | place {n} | {place_s:.1f} s | "
+          f"{place_s / n * 1e6:.0f} µs/point | {total:,} points: {at_total:.0f} s | load {os.getloadavg()[0]:.1f} |",
+          flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default="cache/demo.zarr")
     ap.add_argument("--layouts", nargs="+", default=["image_xy", "head_xy_cls", "head_xy_patch"])
+    ap.add_argument("--sample", type=int, default=None, help="fit sample size (default: a quarter of the points)")
+    ap.add_argument("--defaults", action="store_true", help="also openTSNE's default settings (issue 11's before)")
+    ap.add_argument("--transform-cost", type=int, default=None, metavar="N", help="time placing N synthetic points")
+    ap.add_argument("--dims", type=int, default=16)
     args = ap.parse_args()
+    if args.transform_cost:
+        transform_cost(args.transform_cost, args.dims, layout.FIT_POINTS)
+        return
     data = inputs(args.store)
     print(f"{args.store}: | layout | points | version | seconds | ratio | keep | label purity (input) | load |")
     for name in args.layouts:
         x, labels = data[name]
         x = x.astype(np.float64)
-        times = {}
-        for version, fn in (("before", before), ("after", lambda v: layout.tsne_2d(v, seed=0))):
+        n = args.sample or max(len(x) // 4, 10)
+        versions = [("before", before)] if args.defaults else []
+        versions += [("full", lambda v: layout.tsne_2d(v, seed=0)), (f"sample {n}", lambda v, n=n: sampled(v, n))]
+        times, first = {}, None
+        for version, fn in versions:
             t = time.perf_counter()
             y = fn(x)
             times[version] = time.perf_counter() - t
+            first = first or version
             q = quality(x, y, labels)
             purity = ", ".join(f"{k} {q[k]:.3f} ({q[k + '_in']:.3f})" for k in labels)
-            ratio = times[version] / times["before"]
+            ratio = times[version] / times[first]
             print(f"| {name} | {len(x)} | {version} | {times[version]:.1f} | {ratio:.2f} | {q['keep']:.3f} | "
                   f"{purity} | {os.getloadavg()[0]:.1f} |", flush=True)
 
