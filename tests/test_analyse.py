@@ -27,18 +27,19 @@ def test_a_new_image_has_every_stored_variable_in_the_stores_dtype(demo16):
 
 def test_a_new_image_is_placed_by_the_fitted_layouts_transform(demo16):
     """A stored image analysed again as new lands where the build put it: by the transform of the fitted layout
-    rebuilt from the store's fit record (the patch layout's latents need the autoencoder, which the store does
-    not keep: nearest neighbours there)."""
+    rebuilt from the store's fit record (the patch layout: of the latents by the store's own autoencoder)."""
     ds = store.open_store(demo16)
     lay = store.read_layout(demo16)
     assert lay.fits and ds.attrs["layout_fits"]["head_xy_cls"]["sample"] == 16 * 6 * 4  # a small store: all fitted
     r = newimage.analyse(load_model("demo"), ds, lay, Image.fromarray(ds["thumbnail"][3].values), "three.png",
                          int(ds["label"][3]))
-    assert r["placed_by"] == {"image_xy": "transform", "head_xy_cls": "transform", "head_xy_patch": "neighbours"}
+    assert r["placed_by"] == {"image_xy": "transform", "head_xy_cls": "transform", "head_xy_patch": "transform"}
     image_xy, head_xy = ds["image_xy"].values, ds["head_xy_cls"].values  # [16, 2], [16, L, H, 2]
     spacing = np.median(np.sort(np.linalg.norm(image_xy[:, None] - image_xy[None], axis=-1), 1)[:, 1])
     assert np.linalg.norm(np.asarray(r["image_xy"]) - image_xy[3]) < spacing  # nearer than a typical neighbour
     err = np.linalg.norm(np.asarray(r["head_xy_cls"]) - head_xy[3], axis=-1)  # [L, H]
+    assert np.median(err) < 0.05, err
+    err = np.linalg.norm(np.asarray(r["head_xy_patch"]) - ds["head_xy_patch"].values[3], axis=-1)
     assert np.median(err) < 0.05, err
 
 
@@ -52,7 +53,7 @@ def test_a_store_without_the_fit_record_places_new_images_by_neighbours(demo16, 
     shutil.copytree(demo16, old)
     group = zarr.open_group(str(old), mode="r+")
     del group.attrs["layout_fits"]
-    for name in ("image_xy_fit", "head_xy_cls_fit", "head_xy_patch_fit"):
+    for name in ("image_xy_fit", "head_xy_cls_fit", "head_xy_patch_fit", "ae_weights"):
         shutil.rmtree(old / name)
     zarr.consolidate_metadata(str(old))
     ds = store.open_store(old)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from vitscope.analysis.autoencoder import PatternAutoencoder, encode, train_autoencoder
+from vitscope.analysis.autoencoder import (
+    PatternAutoencoder,
+    encode,
+    from_flat,
+    parameter_count,
+    to_flat,
+    train_autoencoder,
+)
 from vitscope.analysis.binary import downsample_binary
 
 
@@ -204,3 +211,15 @@ def test_max_maps_trains_on_a_sample_and_encodes_all():
     full, _ = train_autoencoder(maps, epochs=1, batch_size=16, seed=0, progress=False)
     assert encode(model, maps).shape == (100, 16)
     assert not np.allclose(encode(model, maps), encode(full, maps))  # trained on other data
+
+
+def test_a_model_kept_as_plain_numbers_is_the_same_model():
+    """The store keeps the autoencoder as one float32 vector (`to_flat`), not a pickle; `from_flat` gives it back."""
+    torch.manual_seed(0)
+    model = PatternAutoencoder(20, 4)
+    flat = to_flat(model)
+    assert flat.dtype == np.float32 and flat.shape == (parameter_count(20, 4),)
+    maps = (torch.rand(5, 20, 20) < 0.05).to(torch.uint8)
+    np.testing.assert_array_equal(encode(from_flat(20, 4, flat), maps), encode(model, maps))
+    with pytest.raises(ValueError, match="weights given"):
+        from_flat(20, 4, flat[:-1])

@@ -35,7 +35,7 @@ def schema_table(text: str) -> dict[str, tuple[tuple[str, ...], str]]:
 def small_layout(store_attention: bool = True) -> store.Layout:
     return store.Layout(images=3, layers=2, heads=2, classes=4, grid=3, tokens=10, topk=3, latent=4, binary_size=9,
                         binary_ones=1, thumb=(6, 6), chunk=2, store_attention=store_attention, features=5,
-                        fits=True)
+                        fits=True, ae_params=7)
 
 
 @pytest.fixture(scope="module")

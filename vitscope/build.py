@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from vitscope import store
 from vitscope.analyse import analyse_batch
-from vitscope.analysis import binary, consistency, probe, sinks
+from vitscope.analysis import autoencoder, binary, consistency, probe, sinks
 from vitscope.config import BuildConfig, cache_root
 from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
@@ -100,6 +100,7 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
             thumb=tuple(pre.config["input_size"][1:]),
             chunk=cfg.chunk, store_attention=cfg.store_attention, registers=registers(adapter),
             features=0 if fitted is None else fitted.coef.shape[1], fits=True,
+            ae_params=autoencoder.parameter_count(min(cfg.binary_size, adapter.grid**2), cfg.latent),
         )
         attrs = {"model_spec": adapter.spec, "model_class": type(adapter.model).__name__,
                  "model_pretrained": cfg.pretrained,

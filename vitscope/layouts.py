@@ -110,8 +110,10 @@ def _finish(out: Path, cfg: BuildConfig, ds: xr.Dataset, pending: list[str], tim
                                   f"encoding maps{where}")
             attrs["ae_loss"] = [float(v) for v in losses]
             # written now: the workers read the latents of their blocks from the store
-            store.write_global(out, {"pattern_latent": scatter(latents, (L, H, lay.latent))},
-                               {**attrs, "layouts_pending": pending})
+            kept = {"pattern_latent": scatter(latents, (L, H, lay.latent))}
+            if lay.ae_params:  # a new image's maps are encoded by the same model (stores built before: not kept)
+                kept["ae_weights"] = autoencoder.to_flat(model)
+            store.write_global(out, kept, {**attrs, "layouts_pending": pending})
             ds = xr.open_zarr(str(out), consolidated=True)
             timings["autoencoder"] = time.perf_counter() - t
         t = time.perf_counter()

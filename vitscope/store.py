@@ -51,6 +51,7 @@ class Layout:
     # the layouts' fit samples are recorded (`<layout>_fit`, attribute `layout_fits`): a new image is placed by the
     # fitted layout's transform. False in stores built before (they place new images by nearest neighbours)
     fits: bool = False
+    ae_params: int = 0  # numbers in the pattern autoencoder's weights, kept as `ae_weights` (0: not kept)
 
     @property
     def prefix(self) -> int:
@@ -102,6 +103,8 @@ class Layout:
             v["image_xy_fit"] = (("image",), "bool")
             v["head_xy_cls_fit"] = (("image", "layer", "head"), "bool")
             v["head_xy_patch_fit"] = (("image", "layer", "head"), "bool")
+        if self.ae_params:
+            v["ae_weights"] = (("ae_param",), "float32")
         if self.store_attention:
             v["attention"] = (("image", "layer", "head", "query", "key"), "float16")
         if self.features:
@@ -115,7 +118,7 @@ class Layout:
                     one=self.binary_ones,
                     y=self.thumb[0], x=self.thumb[1], rgb=3, latent=self.latent, xy=2, query=self.tokens,
                     key=self.tokens, rank=min(SINK_RANKS, self.grid**2), prefix=self.prefix,
-                    feature=self.features, **{"class": self.classes})
+                    feature=self.features, ae_param=self.ae_params, **{"class": self.classes})
 
 
 PER_CHUNK = ("label", "valid", "baseline_prob", "topk_idx", "topk_prob", "importance", "grad_importance",
@@ -123,7 +126,7 @@ PER_CHUNK = ("label", "valid", "baseline_prob", "topk_idx", "topk_prob", "import
              "pattern_label", "pattern_second", "pattern_offset", "binary_index", "thumbnail", "attention",
              "sink_token", "sink_share", "prefix_share", "norm_token", "norm_ratio")
 GLOBAL = ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch", "image_xy_fit", "head_xy_cls_fit",
-          "head_xy_patch_fit", "head_consistency", "head_kind",
+          "head_xy_patch_fit", "ae_weights", "head_consistency", "head_kind",
           "sink_tokens", "sink_frequency", "norm_tokens", "norm_frequency", "head_sink_share", "head_sink_tokens")
 # What integer codes mean, kept with the variables so that a store reads without vitscope.
 CODES = {"pattern_label": ("patterns", PATTERNS), "pattern_second": ("patterns", PATTERNS),

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from vitscope.analysis.binary import unpack_binary
 
-__all__ = ["PackedMaps", "PatternAutoencoder", "encode", "train_autoencoder"]
+__all__ = ["PackedMaps", "PatternAutoencoder", "encode", "from_flat", "parameter_count", "to_flat",
+           "train_autoencoder"]
 
 _MAX_POS_WEIGHT = 100.0  # caps the positive-class weight for (almost) empty maps
 
@@ -213,3 +214,29 @@ def encode(
             bar.update(x.shape[0])
     model.train(was_training)
     return out
+
+
+# A trained autoencoder kept in a store as plain numbers (never a pickle: stores are shared), in `state_dict` order.
+
+def parameter_count(size: int, latent: int) -> int:
+    """Numbers in a PatternAutoencoder(size, latent)'s weights: the length of `to_flat`."""
+    return sum(p.numel() for p in PatternAutoencoder(size, latent).state_dict().values())
+
+
+def to_flat(model: PatternAutoencoder) -> np.ndarray:
+    """All of a model's weights as one float32 vector [parameter_count]."""
+    return torch.cat([p.detach().reshape(-1).float().cpu() for p in model.state_dict().values()]).numpy()
+
+
+def from_flat(size: int, latent: int, flat: np.ndarray) -> PatternAutoencoder:
+    """The PatternAutoencoder(size, latent) whose weights are `to_flat`'s vector (eval mode)."""
+    model = PatternAutoencoder(size, latent)
+    state, at = model.state_dict(), 0
+    if len(flat) != parameter_count(size, latent):
+        raise ValueError(f"{len(flat)} weights given, a PatternAutoencoder({size}, {latent}) has "
+                         f"{parameter_count(size, latent)}")
+    for name, p in state.items():
+        state[name] = torch.from_numpy(np.asarray(flat[at:at + p.numel()], np.float32).reshape(p.shape).copy())
+        at += p.numel()
+    model.load_state_dict(state)
+    return model.eval()

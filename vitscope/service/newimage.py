@@ -2,9 +2,9 @@
 
 A store records each layout's fit sample (`<layout>_fit`, attribute `layout_fits`): the fitted layout is rebuilt
 from it (`layout.Reference`, once per process and layout) and places the new image's features with its
-`transform`, as the build placed every point outside the sample. The patch layout's features are the pattern
-autoencoder's latents, whose weights the store does not keep, and stores built before the fit record have no
-record at all: there a new point goes where its nearest stored neighbours are, the mean position of the k
+`transform`, as the build placed every point outside the sample; the patch layout's features are the latents of
+the store's own autoencoder (`ae_weights`). Stores built before the record (or the weights) cannot rebuild the
+fit: there a new point goes where its nearest stored neighbours are, the mean position of the k
 nearest images (by the whole-head importance vector) and, per head, of the k nearest maps of the same head
 (CLS-attention vectors by distance, binarised maps by overlap of their 1s). Nothing is written.
 """
@@ -23,7 +23,7 @@ from PIL import Image
 
 from vitscope import store
 from vitscope.analyse import analyse_batch
-from vitscope.analysis import layout
+from vitscope.analysis import autoencoder, layout
 from vitscope.config import BuildConfig
 from vitscope.data.images import BadImage, Preprocessor, read_rgb
 from vitscope.errors import VitscopeError
@@ -78,8 +78,8 @@ def analyse(adapter: ViTAdapter, ds: xr.Dataset, lay: store.Layout, image: Image
     }
 
 
-# Fitted layouts rebuilt for new images, per process: (store fingerprint, layout, record) → Reference.
-_REFERENCES: dict[tuple, layout.Reference] = {}
+# Fitted layouts (and autoencoders) rebuilt for new images, per process: (store fingerprint, layout, record) → it.
+_REFERENCES: dict[tuple, object] = {}
 _LOCK = threading.Lock()  # two sessions' uploads rebuild one reference once
 
 
@@ -95,9 +95,18 @@ def reference(ds: xr.Dataset, name: str, layout_metric: str) -> layout.Reference
             valid = ds["valid"].values.astype(bool)
             fitted = ds[f"{name}_fit"].values[valid].reshape(-1)  # over the layout's points, in `features` order
             xy = ds[name].values[valid].reshape(-1, 2)[fitted]
-            if len(_REFERENCES) >= 4:  # a served store has two; keep memory bounded
+            if len(_REFERENCES) >= 8:  # a served store has three and its autoencoder; keep memory bounded
                 _REFERENCES.clear()
             _REFERENCES[key] = layout.Reference(features(ds, name, layout_metric)[fitted], xy, record, n_jobs=-1)
+        return _REFERENCES[key]
+
+
+def _autoencoder(ds: xr.Dataset, lay: store.Layout) -> autoencoder.PatternAutoencoder:
+    """The store's pattern autoencoder, from its weights (`ae_weights`), once per process and store."""
+    key = ("autoencoder", ds.attrs.get("fingerprint"), json.dumps(ds.attrs.get("ae_loss")))
+    with _LOCK:
+        if key not in _REFERENCES:
+            _REFERENCES[key] = autoencoder.from_flat(lay.binary_size, lay.latent, ds["ae_weights"].values)
         return _REFERENCES[key]
 
 
@@ -130,13 +139,19 @@ def place(ds: xr.Dataset, lay: store.Layout, arrays: dict[str, np.ndarray], layo
         d = ((cls_vec - cls_mine[None]) ** 2).sum(-1)  # [N, L, H]
         out["head_xy_cls"] = _per_head(d, ds["head_xy_cls"].values[valid])
 
-    index = ds["binary_index"].values[valid]  # [N, L, H, ones] sorted flat indices of the 1s
-    size = lay.binary_size
-    maps = np.zeros((*index.shape[1:3], size * size), bool)
-    L, H = index.shape[1:3]
-    maps[np.arange(L)[:, None, None], np.arange(H)[None, :, None], arrays["binary_index"]] = True
-    overlap = maps[np.arange(L)[None, :, None, None], np.arange(H)[None, None, :, None], index].sum(-1)  # [N, L, H]
-    out["head_xy_patch"] = _per_head(-overlap.astype(np.float64), ds["head_xy_patch"].values[valid])
+    ref = reference(ds, "head_xy_patch", layout_metric) if "ae_weights" in ds else None
+    if ref is not None:  # the maps' latents by the store's own autoencoder, then its layout's transform
+        model = _autoencoder(ds, lay)
+        maps = autoencoder.PackedMaps(arrays["binary_index"].reshape(L * H, -1), lay.binary_size)
+        out["head_xy_patch"] = ref.place(autoencoder.encode(model, maps)).reshape(L, H, 2).tolist()
+        by["head_xy_patch"] = "transform"
+    else:
+        index = ds["binary_index"].values[valid]  # [N, L, H, ones] sorted flat indices of the 1s
+        size = lay.binary_size
+        maps = np.zeros((L, H, size * size), bool)
+        maps[np.arange(L)[:, None, None], np.arange(H)[None, :, None], arrays["binary_index"]] = True
+        overlap = maps[np.arange(L)[None, :, None, None], np.arange(H)[None, None, :, None], index].sum(-1)  # [N, L, H]
+        out["head_xy_patch"] = _per_head(-overlap.astype(np.float64), ds["head_xy_patch"].values[valid])
     # a layout still being computed (a store served before its layouts) has no places yet
     return {**{k: v if np.isfinite(v).all() else None for k, v in out.items()}, "placed_by": by}
 
