@@ -78,7 +78,9 @@ def _patch_cds_msg(model, msg: dict) -> None:
         if event.get("kind") != "ModelChanged" or event.get("attr") != "data":
             continue
         ref = event.get("model", {}).get("id")
-        cds = doc.get_model_by_id(ref) if doc is not None else model.select_one({"id": ref})
+        cds = doc.get_model_by_id(ref) if doc is not None else None
+        if cds is None:  # not in the index (no document, or added while its models were frozen): Panel's search
+            cds = model.select_one({"id": ref})
         if not isinstance(cds, ColumnDataSource):
             continue
         for col, values in event.get("new", {}).items():
