@@ -10,8 +10,10 @@ then taps an image at once, as a user would, and times tap → the page shows th
 marker on it, the Attention Strength View's title naming it, the masks' title naming a token: all set in one
 document change, after the attention of the image is computed). The baseline, in the same run: `--taps` later
 taps on other images, timed the same way. Prints the first tap's settle time, the median of the later ones and
-the ratio. Goal (issue 21): the first tap ≤ 1 s. Wall-clock from the test's side (Playwright polls every 20 ms);
-not a test: timings are noisy (2 cores shared with the browser and the kernel), compare ratios of one run.
+the ratio, and how many comm messages each tap sent each way (counted in the page, from the click to the next
+click, the page's echo of the kernel's changes included). Goal (issue 21): the first tap ≤ 1 s. Wall-clock from
+the test's side (Playwright polls every 20 ms); not a test: timings are noisy (2 cores shared with the browser and
+the kernel), compare ratios of one run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from test_browser import CHROMIUM, MODEL_JS, SCREEN_JS  # noqa: E402
 
 MASKS_BLANK = "image · source mask · target mask"
+# JupyterLab's kernel connection reports every message it sends or receives (`anyMessage`); count the comm messages.
+COUNT_JS = """() => { const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+  window.vsComm = {send: 0, recv: 0};
+  k.anyMessage.connect((_, a) => { if (a.msg.header.msg_type === 'comm_msg') window.vsComm[a.direction] += 1; }); }"""
+TAKE_JS = "() => { const c = {...window.vsComm}; window.vsComm.send = window.vsComm.recv = 0; return c; }"
 
 
 def model(page, name: str, attr: str):
@@ -80,8 +87,15 @@ def main() -> None:
                                        "d.get_model_by_name('vs-overview-fig'))", timeout=120_000)
                 shown = time.perf_counter() - t0
                 page.locator(".vs-image-overview").first.scroll_into_view_if_needed()
+                page.evaluate(COUNT_JS)
                 first = timed_tap(page, 3)
-                later = [timed_tap(page, k) for k in (5, 8, 11, 2, 14, 6, 9)[: args.taps]]
+                counts = []
+                later = []
+                for k in (5, 8, 11, 2, 14, 6, 9)[: args.taps]:
+                    counts.append(page.evaluate(TAKE_JS))  # the previous tap's, until this click
+                    later.append(timed_tap(page, k))
+                page.wait_for_timeout(2000)
+                counts.append(page.evaluate(TAKE_JS))
                 browser.close()
         finally:
             lab.close()
@@ -89,6 +103,9 @@ def main() -> None:
     print(f"{'cold' if args.cold else 'warm'} open: app cell → views in the page {shown:.2f} s")
     print(f"first tap settles in {first:.2f} s; later taps (baseline, median of {len(later)}) {base:.2f} s; "
           f"ratio {first / base:.1f}×; goal: first ≤ 1 s")
+    print("each later tap: " + " ".join(f"{t:.2f}" for t in later) + " s")
+    print("comm messages per tap, page → kernel / kernel → page: " +
+          " ".join(f"{c['send']}/{c['recv']}" for c in counts) + " (first tap first)")
     print(f"requests that left the machine: {len(external(requests))} {external(requests)[:3]}")
 
 

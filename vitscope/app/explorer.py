@@ -278,9 +278,12 @@ class Explorer(pn.viewable.Viewer):
         return app
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        """Jupyter's display: Panel's, then the document's stylesheet cache answers Panel's CDN urls inline."""
+        """Jupyter's display: Panel's, then the document's stylesheet cache answers Panel's CDN urls inline; the
+        render shares those sheets, and messages from the page find their data sources by id (notebook.py)."""
         from vitscope.app import notebook
 
+        notebook.share_inline_stylesheets()
+        notebook.index_comm_data_lookups()
         bundle = super()._repr_mimebundle_(include, exclude)
         notebook.inline_stylesheets()
         return bundle

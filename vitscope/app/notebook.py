@@ -1,17 +1,26 @@
-"""What the app needs in Jupyter beyond Panel's defaults: offline stylesheets and cell output in its own cell.
+"""What the app needs in Jupyter beyond Panel's defaults: offline stylesheets, cell output in its own cell, and
+taps that do not wait on the page's echo.
 
-Both work around Panel 1.9 / pyviz_comms 3 behaviour measured in JupyterLab 4.6 (issue 21, tests/test_jupyter.py):
+Each works around Panel 1.9 / pyviz_comms 3 behaviour measured in JupyterLab 4.6 (issue 21, tests/test_jupyter.py):
 
 - Offline: `pn.extension(inline=True)` inlines BokehJS, Panel's JS and the stylesheets of the first render, but a
   pane updated later (the ablation status line, the message line) gets `ImportedStyleSheet`s of cdn.holoviz.org
   (loading.css, the theme's default.css and native.css): an offline browser waits on them, and they leave the
   machine. `inline_stylesheets()` makes Panel's per-document stylesheet cache answer those urls with the files
-  Panel ships, inline.
+  Panel ships, inline; `share_inline_stylesheets()` makes the first render use those same sheets (Panel's render
+  gives every model its own inline copy, so a pane's first update replaced them with the cache's: new models, and
+  a walk of the document's ~900 models, 0.4-0.6 s, on the first tap).
 - Output: pyviz_comms handles every browser event with `sys.stdout` swapped for a StringIO (the output of the
   event's Python callbacks goes to the app's cell). ipykernel 7 can run a cell's code while that swap is in force
   (measured: the cell's `sys.stdout` was pyviz_comms' StringIO), so the cell's prints vanished or went to the app's
   cell. `capture_callback_output_per_context()` captures per context instead: what the event's handler prints still
   goes to the app's cell, what anything else prints goes where it would have gone.
+- Echo: Panel's page-side CommManager sends every change the page applies back to the kernel, the kernel's own
+  changes included (Bokeh's server client skips those, `event.sync`), and sends nothing more until the kernel
+  acknowledges. For each column data change in a message from the page, Panel's `patch_cds_msg` searches the
+  whole model graph for the data source (`root.select_one`, ~900 models here): ~0.2 s per source, ~3-5 s per tap
+  (19 sources), during which the next tap waits in the page. `index_comm_data_lookups()` finds the source by id in
+  the document's index instead (measured: the echo of a tap handled in ~0.03 s).
 """
 
 from __future__ import annotations
@@ -59,37 +68,73 @@ def capture_callback_output_per_context() -> None:
     pyviz_comms.StandardOutput = CommOutput
 
 
+def _patch_cds_msg(model, msg: dict) -> None:
+    """Panel 1.9's `panel.io.model.patch_cds_msg` (columns the page sent as {index: value} become lists), with the
+    data source found by id in the document's index rather than by a search of the model graph."""
+    from bokeh.models import ColumnDataSource
+
+    doc = model.document
+    for event in msg.get("content", {}).get("events", []):
+        if event.get("kind") != "ModelChanged" or event.get("attr") != "data":
+            continue
+        ref = event.get("model", {}).get("id")
+        cds = doc.get_model_by_id(ref) if doc is not None else None
+        if cds is None:  # not in the index (no document, or added while its models were frozen): Panel's search
+            cds = model.select_one({"id": ref})
+        if not isinstance(cds, ColumnDataSource):
+            continue
+        for col, values in event.get("new", {}).items():
+            if isinstance(values, dict):
+                event["new"][col] = [v for _, v in sorted(values.items())]
+
+
+def index_comm_data_lookups() -> None:
+    """Messages from the page find their data sources in the document's index (module docstring: Echo)."""
+    import panel.viewable
+
+    if getattr(panel.viewable, "patch_cds_msg", None) is not None:  # the name Panel 1.9's _on_msg calls
+        panel.viewable.patch_cds_msg = _patch_cds_msg
+
+
 class LocalStylesheets(dict):
     """Panel's per-document cache of stylesheet models (url → model), which it consults for every stylesheet of a
     model it creates or updates; this one answers Panel's CDN and server urls with the file Panel ships, inline."""
 
     def __init__(self, cache: dict) -> None:
         super().__init__()
+        self._files: dict = {}  # one sheet per file: Panel names loading.css by its server path and by the CDN's
         for url, sheet in cache.items():
             self[url] = self._inline(url) or sheet
 
     @staticmethod
-    def _inline(url: str):
-        from bokeh.models import InlineStyleSheet
+    def _path(url):
         from panel.io.resources import CDN_DIST, DIST_DIR, LOCAL_DIST
 
         prefix = next((p for p in (CDN_DIST, LOCAL_DIST) if isinstance(url, str) and url.startswith(p)), None)
         if prefix is None:  # Panel rewrites its server path (static/extensions/panel/) to the CDN in Jupyter
             return None
         path = DIST_DIR / url[len(prefix):].split("?")[0]
-        if not path.is_file():
+        return path if path.is_file() else None
+
+    def _inline(self, url: str):
+        from bokeh.models import InlineStyleSheet
+
+        path = self._path(url)
+        if path is None:
             return None
+        if path not in self._files:
 
-        class _Inline(InlineStyleSheet):  # "_": not registered as a model of its own; BokehJS sees an inline sheet
-            __view_model__, __view_module__ = "InlineStyleSheet", "bokeh.models.css"
-            # Panel checks a cached sheet's url before reusing it (and replaces one without)
-            url = property(lambda self: source)
+            class _Inline(InlineStyleSheet):  # "_": not registered as a model of its own; BokehJS sees an inline sheet
+                __view_model__, __view_module__ = "InlineStyleSheet", "bokeh.models.css"
+                # Panel checks a cached sheet's url before reusing it (and replaces one without)
+                url = property(lambda self: source)
 
-        source = url
-        return _Inline(css=path.read_text(encoding="utf-8"))
+            source = url
+            self._files[path] = _Inline(css=path.read_text(encoding="utf-8"))
+        return self._files[path]
 
     def __contains__(self, url) -> bool:
-        return super().__contains__(url) or self._inline(url) is not None
+        return super().__contains__(url) or self._path(url) is not None
 
     def __missing__(self, url):
         sheet = self._inline(url)
@@ -100,6 +145,34 @@ class LocalStylesheets(dict):
 
     def __bool__(self) -> bool:  # Panel's themes skip an empty cache (`if cache and url in cache`)
         return True
+
+
+def _share_inline_sheets(model) -> None:
+    """Panel 1.9's `panel.io.notebook.patch_inline_stylesheets` (a rendered model's sheets from Panel's CDN become
+    inline), taking each sheet from the document's `LocalStylesheets`: one model per url, the same that Panel's later
+    updates of the model resolve to."""
+    import panel as pn
+    from bokeh.models import ImportedStyleSheet
+    from panel.io.notebook import patch_inline_stylesheets
+
+    doc = model.document
+    if doc is None:
+        patch_inline_stylesheets(model)
+        return
+    cache = pn.state._stylesheets.get(doc)
+    if not isinstance(cache, LocalStylesheets):
+        cache = pn.state._stylesheets[doc] = LocalStylesheets(cache or {})
+    sheets = [cache[s.url] if isinstance(s, ImportedStyleSheet) and s.url in cache else s for s in model.stylesheets]
+    if sheets != model.stylesheets:
+        model.stylesheets = sheets
+
+
+def share_inline_stylesheets() -> None:
+    """Rendered models share their document's inline sheets (module docstring: Offline)."""
+    import panel.viewable
+
+    if getattr(panel.viewable, "patch_inline_stylesheets", None) is not None:  # the name Panel 1.9's render calls
+        panel.viewable.patch_inline_stylesheets = _share_inline_sheets
 
 
 def inline_stylesheets() -> None:
