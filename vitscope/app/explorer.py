@@ -24,7 +24,7 @@ from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.save_figure import FigureBytes, SaveFigure
 from vitscope.app.state import COLOUR_BY, Selection
 from vitscope.app.strength import AttentionStrengthView
-from vitscope.app.style import alert, bokeh_pane, light, offline
+from vitscope.app.style import alert, bokeh_pane, light, offline, text_pane
 from vitscope.config import TOP_PERCENT
 from vitscope.errors import VitscopeError, one_line
 from vitscope.service import Dispatcher, make_dispatcher
@@ -239,16 +239,16 @@ class Explorer(pn.viewable.Viewer):
         o, i, st, p = self.overview, self.importance, self.strength, self.pattern
         pin_row = pn.Row(self.pin, self.unpin, margin=0)
         top = pn.Row(
-            pn.Column(bokeh_pane(o.figure, "vs-image-overview"), pn.Row(bokeh_pane(o.thumb), bokeh_pane(o.detail))),
-            pn.Column(bokeh_pane(i.figure, "vs-importance-line"), bokeh_pane(i.summary),
-                      pn.Row(bokeh_pane(i.bars), bokeh_pane(i.top5))),
+            pn.Column(bokeh_pane(o.figure, "vs-image-overview"), pn.Row(bokeh_pane(o.thumb), text_pane(o.detail))),
+            pn.Column(bokeh_pane(i.figure, "vs-importance-line"), text_pane(i.summary),
+                      pn.Row(bokeh_pane(i.bars), text_pane(i.top5))),
         )
         m = p.matrix
         bottom = pn.Row(
             pn.Column(bokeh_pane(st.figure, "vs-strength-scatter"), pin_row, bokeh_pane(st.bars),
                       bokeh_pane(st.hist)),
             bokeh_pane(p.map.figure, "vs-pattern-map"),
-            pn.Column(bokeh_pane(p.info), pn.Row(bokeh_pane(m.heatmap, "vs-heatmap"), bokeh_pane(p.masks.figure)),
+            pn.Column(text_pane(p.info), pn.Row(bokeh_pane(m.heatmap, "vs-heatmap"), bokeh_pane(p.masks.figure)),
                       pn.Row(bokeh_pane(m.axes, "vs-two-axes"),
                              pn.Column(bokeh_pane(m.hist, "vs-histogram"), pn.Row(self.threshold, self.top_button)))),
         )
