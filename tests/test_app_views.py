@@ -605,3 +605,83 @@ def test_an_error_in_a_browser_event_is_a_page_message(explorer, monkeypatch):
     monkeypatch.setattr(explorer.pattern.map, "pick", broken)
     explorer.pattern.map.figure._trigger_event(Tap(explorer.pattern.map.figure, x=0.0, y=0.0))
     assert explorer.selection.message == "head tap: no head there"
+
+
+def test_served_an_image_reaches_the_page_before_its_attention_and_ends_the_same(store, monkeypatch):
+    """Served, an image change draws the views that need only the store at once and asks the model for the image's
+    attention without waiting; the plots of A follow when it answers (a second message). The page ends as when
+    everything is drawn at once, and an answer for an image no longer selected draws nothing."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from vitscope.app import explorer as module
+
+    fake = fake_attention(L, H, 1 + GRID**2)
+
+    class Queue:  # the dispatcher: answers are set by hand
+        def __init__(self) -> None:
+            self.asked, self.waited = [], 0
+
+        def submit(self, session, request, channel=None, progress=None):
+            self.asked.append((request, Future()))
+            return self.asked[-1][1]
+
+        def ask(self, session, request, timeout=None):
+            self.waited += 1
+            return {"kind": "attention", "image": request["image"], "attention": fake(request["image"])}
+
+        def answer(self, image: int) -> None:
+            for request, future in self.asked:
+                if request == {"kind": "attention", "image": image} and not future.done():
+                    future.set_result({"kind": "attention", "image": image, "attention": fake(image)})
+
+    queue = Queue()
+    monkeypatch.setattr(module, "make_dispatcher", lambda path, device, scheduler: queue)
+    module._dispatcher_or_error.cache_clear()
+
+    def shown(ex: Explorer) -> dict:
+        m = ex.pattern.matrix
+        return {"heat": m.heat_source.data["image"][0].tolist(),
+                "lines": {k: list(v) for k, v in m.segments.data.items()},
+                "hist": list(m.hist_source.data["top"]), "axes": m.axes.title.text, "hist_title": m.hist.title.text,
+                "masks": [a.tolist() for a in ex.pattern.masks.overlay.data["image"]], "info": ex.pattern.info.text,
+                "slider": (ex.threshold.value, ex.threshold.end), "marker": ex.overview.marker.data,
+                "strength": list(ex.strength.source.data["y"])}
+
+    try:
+        ex, ticks = Explorer(store), []
+        ex._doc = SimpleNamespace(session_context=object(), add_next_tick_callback=ticks.append)
+        sel, first, second = ex.selection, READABLE[3], READABLE[4]
+        blank = shown(ex)["heat"]
+        sel.param.update(image=first, layer=1, head=2)
+        assert ex.overview.marker.data["x"] == [float(ex.data.image_xy[first, 0])]  # the store's views: drawn
+        assert shown(ex)["heat"] == blank and queue.waited == 0 and not ticks  # A: asked, not waited for
+        assert [r for r, _ in queue.asked if r["kind"] == "attention"] == [{"kind": "attention", "image": first}]
+        sel.head = 0  # another head meanwhile: still no wait
+        assert queue.waited == 0 and not ticks
+        queue.answer(first)
+        assert len(ticks) == 1
+        ticks.pop()()
+        ref = Explorer(store)  # no server loop: everything drawn at once, waiting for the model
+        ref.selection.param.update(image=first, layer=1, head=0)
+        assert shown(ex) == shown(ref) and queue.waited == 1 and "layer 1 · head 0" in ex.pattern.info.text
+
+        third = READABLE[5]
+        sel.image = second  # its answer comes after the next image was chosen: it draws nothing
+        sel.image = third
+        queue.answer(second)
+        while ticks:
+            ticks.pop(0)()
+        assert ex.pattern.pending == third and shown(ex)["heat"] == shown(ref)["heat"]
+        queue.answer(third)
+        while ticks:
+            ticks.pop(0)()
+        ref.selection.image = third
+        assert ex.pattern.pending is None and shown(ex) == shown(ref)
+        attention_asks = lambda: sum(r["kind"] == "attention" for r, _ in queue.asked)  # noqa: E731
+        asked = attention_asks()
+        sel.param.update(layer=2, head=1)  # the same image's attention is held: drawn at once, nothing asked
+        ref.selection.param.update(layer=2, head=1)
+        assert ex.pattern.pending is None and shown(ex) == shown(ref) and not ticks and attention_asks() == asked
+    finally:
+        module._dispatcher_or_error.cache_clear()

@@ -18,7 +18,7 @@ from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper, PrintfT
 
 from vitscope.app.data import StoreData
 from vitscope.app.state import Selection, guarded
-from vitscope.app.style import SELECTED, bare, bokeh_pane, div, figure, light, rgba_image, shown
+from vitscope.app.style import SELECTED, bare, bokeh_pane, div, figure, light, rgba_image, shown, text_pane
 from vitscope.errors import VitscopeError, one_line
 from vitscope.heads import Head, top_heads
 from vitscope.text import esc
@@ -328,9 +328,9 @@ class AblationView:
 
     def panel(self) -> pn.Column:
         return pn.Column(
-            bokeh_pane(self.joint), pn.pane.Bokeh(self.joint_text), self.status, self.progress,
+            bokeh_pane(self.joint), text_pane(self.joint_text), self.status, self.progress,
             pn.Row(self.pairs_button, self.curve_button, margin=0), bokeh_pane(self.pairs), bokeh_pane(self.curve),
-            pn.pane.Bokeh(self.curve_text),
+            text_pane(self.curve_text),
             self.saliency_button, bokeh_pane(self.saliency),
             pn.pane.HTML("<small>new image (not stored):</small>", width=WIDTH), self.upload,
             width=WIDTH + 10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from concurrent.futures import Future
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.save_figure import FigureBytes, SaveFigure
 from vitscope.app.state import COLOUR_BY, Selection
 from vitscope.app.strength import AttentionStrengthView
-from vitscope.app.style import alert, bokeh_pane, light, offline
+from vitscope.app.style import alert, bokeh_pane, light, offline, text_pane
 from vitscope.config import TOP_PERCENT
 from vitscope.errors import VitscopeError, one_line
 from vitscope.service import Dispatcher, make_dispatcher
@@ -90,6 +91,7 @@ class Explorer(pn.viewable.Viewer):
         self.path = str(Path(store).resolve())
         self.device, self.scheduler = device, scheduler
         self.data = d = store_data(self.path)
+        self._asked: tuple[int, Future] | None = None  # the image whose attention was asked without waiting, its answer
         s = self.selection
         self.overview = ImageOverview(d, s)
         self.importance = HeadImportanceView(d, s)
@@ -104,8 +106,43 @@ class Explorer(pn.viewable.Viewer):
 
     def attention(self, image: int) -> np.ndarray:
         """[L, H, P, P] attention of one image, recomputed by the store's model through the dispatcher (errors
-        become a page message)."""
+        become a page message); the answer to `_ask_attention` when that asked for this image."""
+        asked = self._asked
+        if asked is not None and asked[0] == image and not asked[1].cancelled():
+            r = asked[1].result()
+            if "error" in r:
+                raise VitscopeError(r["error"])
+            return r["attention"]
         return attention(dispatcher(self.path, self.device, self.scheduler), str(id(self)), image)
+
+    def _ask_attention(self) -> int | None:
+        """Served: ask the model for the selected image's attention without waiting for it, and draw the plots of A
+        when it answers (`_attention_arrived`, on this session's event loop), so the views that need only the store
+        reach the page first. The image asked for, or None: nothing to ask (no image, or the pattern view has its
+        attention) or no server loop (Jupyter, tests: the views ask and wait, as before)."""
+        doc, image = self._doc, self.data.readable(self.selection.image)
+        if doc is None or doc.session_context is None or image is None or image == self.pattern._cached_image:
+            return None
+        try:
+            future = dispatcher(self.path, self.device, self.scheduler).submit(
+                str(id(self)), {"kind": "attention", "image": int(image)})
+        except VitscopeError:  # no model here: the pattern view asks, and says why in the page
+            return None
+        self._asked = (image, future)
+        future.add_done_callback(lambda _: self.schedule(lambda: self._attention_arrived(image)))
+        return image
+
+    def _attention_arrived(self, image: int) -> None:
+        """The plots of A for `image`, unless another image was selected since (its own answer draws that)."""
+        if self.pattern.pending != image:
+            return
+        self.pattern.pending = None
+        with pn.io.hold():
+            try:
+                self.pattern.show_attention()
+            except Exception as e:  # noqa: BLE001 - one readable line in the page, never a traceback
+                self.selection.message = f"{type(self.pattern).__name__}: {one_line(e)}"
+            self._sync_widgets({"threshold"})
 
     def submit(self, request: dict, channel: str, progress=None):
         """Ask the process's service on behalf of this session (its latest request per channel wins)."""
@@ -127,6 +164,8 @@ class Explorer(pn.viewable.Viewer):
             with param.parameterized.discard_events(s):  # a value of the old head's A: back to the store's cut
                 s.threshold = None
             names.add("threshold")
+        if "image" in names:  # asked before the ablation view's request, so the queue answers it first
+            self.pattern.pending = self._ask_attention()
         with pn.io.hold():
             for view in self.views:
                 if names & set(view.watches):
@@ -194,7 +233,7 @@ class Explorer(pn.viewable.Viewer):
         try:
             if names is None or "image" in names:
                 self.image_id.value = s.image
-            if names is None or names & {"image", "layer", "head", "threshold"}:
+            if self.pattern.pending is None and (names is None or names & {"image", "layer", "head", "threshold"}):
                 A = self.pattern.attention_matrix()
                 top = max(float(A.max()), 1e-6) if A is not None else 1.0
                 used = self.pattern.matrix.threshold_line.location  # drawn by the pattern view just now
@@ -239,16 +278,16 @@ class Explorer(pn.viewable.Viewer):
         o, i, st, p = self.overview, self.importance, self.strength, self.pattern
         pin_row = pn.Row(self.pin, self.unpin, margin=0)
         top = pn.Row(
-            pn.Column(bokeh_pane(o.figure, "vs-image-overview"), pn.Row(bokeh_pane(o.thumb), bokeh_pane(o.detail))),
-            pn.Column(bokeh_pane(i.figure, "vs-importance-line"), bokeh_pane(i.summary),
-                      pn.Row(bokeh_pane(i.bars), bokeh_pane(i.top5))),
+            pn.Column(bokeh_pane(o.figure, "vs-image-overview"), pn.Row(bokeh_pane(o.thumb), text_pane(o.detail))),
+            pn.Column(bokeh_pane(i.figure, "vs-importance-line"), text_pane(i.summary),
+                      pn.Row(bokeh_pane(i.bars), text_pane(i.top5))),
         )
         m = p.matrix
         bottom = pn.Row(
             pn.Column(bokeh_pane(st.figure, "vs-strength-scatter"), pin_row, bokeh_pane(st.bars),
                       bokeh_pane(st.hist)),
             bokeh_pane(p.map.figure, "vs-pattern-map"),
-            pn.Column(bokeh_pane(p.info), pn.Row(bokeh_pane(m.heatmap, "vs-heatmap"), bokeh_pane(p.masks.figure)),
+            pn.Column(text_pane(p.info), pn.Row(bokeh_pane(m.heatmap, "vs-heatmap"), bokeh_pane(p.masks.figure)),
                       pn.Row(bokeh_pane(m.axes, "vs-two-axes"),
                              pn.Column(bokeh_pane(m.hist, "vs-histogram"), pn.Row(self.threshold, self.top_button)))),
         )

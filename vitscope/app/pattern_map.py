@@ -8,10 +8,15 @@ selected (layer, head) lies across all images (its instances as small dots with 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from functools import cache
+
 import contourpy
 import datashader as ds
 import datashader.transfer_functions as tf
 import numpy as np
+import pandas as pd
 from bokeh.events import RangesUpdate, Tap
 from bokeh.models import ColumnDataSource, HoverTool, Label
 from scipy.ndimage import gaussian_filter
@@ -25,15 +30,43 @@ HEAD_LEVELS = (0.2, 0.6)  # contour levels of one head's density (fraction of it
 ALL_LEVELS = (0.05, 0.15, 0.3, 0.5, 0.7, 0.9)
 
 
+_recent: OrderedDict[tuple, tuple[pd.DataFrame, np.ndarray]] = OrderedDict()  # the last aggregations, all stores
+_recent_lock = threading.Lock()  # sessions may run on Panel's thread pool (--threads)
+
+
+@cache
+def _spread_compiled() -> None:
+    """datashader compiles its spreading kernel (numba) the first time an image is spread, which a map needs only
+    when zoomed in far enough for its points to be sparse: 3-8 s inside that zoom's callback, on the server's event
+    loop (1.44 M heads, 2 cores). Compiled here instead, with the first aggregation (the page's first draw)."""
+    one = pd.DataFrame({"x": [0.5], "y": [0.5], "layer": pd.Categorical([0], categories=[0])})
+    agg = ds.Canvas(plot_width=4, plot_height=4, x_range=(0, 1), y_range=(0, 1)).points(one, "x", "y",
+                                                                                      ds.count_cat("layer"))
+    tf.spread(tf.shade(agg, color_key={0: "#000000"}, min_alpha=110), px=1)
+
+
 def aggregate(data: StoreData, kind: str, x_range: tuple[float, float], y_range: tuple[float, float],
               width: int, height: int) -> np.ndarray:
     """[height, width] uint32 RGBA (row 0 = bottom): all heads of a layout counted per pixel and per layer,
     each pixel the mix of its layers' colours (datashader `count_cat`), lone heads spread to stay visible."""
+    _spread_compiled()
+    frame = data.head_frame(kind)
+    key = (id(frame), tuple(map(float, x_range)), tuple(map(float, y_range)), width, height)
+    with _recent_lock:
+        if key in _recent:  # the full extent: every session's first draw, every reset and change of layout
+            _recent.move_to_end(key)
+            return _recent[key][1]
     canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
-    agg = canvas.points(data.head_frame(kind), "x", "y", ds.count_cat("layer"))
-    key = dict(zip(range(data.layers), layer_colours(data.layers), strict=True))
-    img = tf.dynspread(tf.shade(agg, color_key=key, how="eq_hist", min_alpha=110), threshold=0.5, max_px=3)
-    return np.asarray(img.data, dtype=np.uint32)
+    agg = canvas.points(frame, "x", "y", ds.count_cat("layer"))
+    colours = dict(zip(range(data.layers), layer_colours(data.layers), strict=True))
+    img = tf.dynspread(tf.shade(agg, color_key=colours, how="eq_hist", min_alpha=110), threshold=0.5, max_px=3)
+    out = np.asarray(img.data, dtype=np.uint32)
+    out.flags.writeable = False  # shared by the sessions that ask for the same ranges
+    with _recent_lock:
+        _recent[key] = (frame, out)  # the frame: its id stays its own while it is kept (a new layout: a new frame)
+        while len(_recent) > 16:
+            _recent.popitem(last=False)
+    return out
 
 
 def contour_lines(x: np.ndarray, y: np.ndarray, bounds: tuple[float, float, float, float],

@@ -82,6 +82,9 @@ class AttentionPatternView:
         self.data, self.sel, self._attention_fn = data, sel, attention
         self._cached_image: int | None = None
         self._cached: np.ndarray | None = None  # [L, H, P, P] of _cached_image, None after an error
+        # An image whose attention the model is computing while the other views are already drawn (the served app:
+        # `Explorer`); until it arrives `update` leaves the plots of A as they are, then `show_attention` draws them.
+        self.pending: int | None = None
         self.error = ""
         self.map = PatternMap(data, sel, raster=raster)
         self.matrix = MatrixPlots(data.num_prefix, data.tokens, on_token=guarded(sel, "token", self._on_token),
@@ -134,9 +137,16 @@ class AttentionPatternView:
         return top_threshold(self.attention_matrix() if A is None else A, self.data.top, self.data.num_prefix)
 
     def update(self, changed: set[str] | None = None) -> None:
-        s = self.sel
         if changed is None or changed & set(PatternMap.watches):
             self.map.update(changed)
+        if self.pending is None:
+            self.show_attention(changed)
+        else:  # the plots of A follow when it arrives (`show_attention`); the map and the label do not wait
+            self._show_info()
+
+    def show_attention(self, changed: set[str] | None = None) -> None:
+        """Draw the selected head's A (two axes, heatmap, histogram, masks) and the label line."""
+        s = self.sel
         A = self.attention_matrix()
         head_changed = changed is None or bool(changed & {"image", "layer", "head"})
         if changed is None or changed & {"image", "layer", "head", "threshold"}:
@@ -144,6 +154,10 @@ class AttentionPatternView:
         if changed is None or changed & {"image", "layer", "head", "source_token", "target_token"}:
             n = self.data.tokens
             self.masks.show(A, min(s.source_token, n - 1), min(s.target_token, n - 1))
+        self._show_info()
+
+    def _show_info(self) -> None:
+        s = self.sel
         self.info.text = head_info(self.data, s.image, s.layer, s.head) + (
             f"<div style='color:#b00'>{esc(self.error, limit=400)}</div>" if self.error else "")
 

@@ -101,12 +101,16 @@ class Baseline:
 
 
 @torch.inference_mode()
-def baseline(adapter: ViTAdapter, images: Tensor, labels: Tensor | None = None) -> Baseline:
-    """One forward of `images` [B,3,h,w] (preprocessed) keeping what pruned passes restart from."""
+def baseline(adapter: ViTAdapter, images: Tensor, labels: Tensor | None = None,
+             attention: list[Tensor] | None = None) -> Baseline:
+    """One forward of `images` [B,3,h,w] (preprocessed) keeping what pruned passes restart from; with a list as
+    `attention`, each layer's attention [B, H, P, P] (float32, on the CPU) is appended to it on the way."""
     x = adapter.embed(images.to(adapter.device, adapter.dtype))
     inputs, outputs = [], []
     for i in range(adapter.num_layers):
         parts = adapter.attention(i, x)
+        if attention is not None:
+            attention.append(parts.attn.float().cpu())
         z = adapter.project(i, merge_heads(parts.attn @ parts.v), parts.gate)
         inputs.append(x)
         outputs.append(z)

@@ -124,11 +124,17 @@ class Service:
     # -- the computations (each returns plain data) ---------------------------------------------------------
 
     def attention(self, image: int) -> np.ndarray:
-        """All heads' attention of one image, [L, H, P, P] float32."""
-        ad = self.adapter
-        r = engine.run(ad, self.input(image), torch.tensor([int(self.labels[int(image)])]), modes=(),
-                       attention="all")
-        return r.attention[0].view(ad.num_layers, ad.num_heads, ad.num_tokens, ad.num_tokens).numpy()
+        """All heads' attention of one image, [L, H, P, P] float32. Its forward is the image's unpruned pass too,
+        kept for its prune requests (the app asks for both on every image change: one forward, not two)."""
+        image = self.check_image(int(image))
+        maps: list[torch.Tensor] = []
+        base = prune.baseline(self.adapter, self.input(image), torch.as_tensor(self.labels[[image]]), maps)
+        with self._lock:
+            self._bases[image] = base
+            self._bases.move_to_end(image)
+            while len(self._bases) > BASELINE_CACHE:
+                self._bases.popitem(last=False)
+        return torch.stack(maps, 1)[0].numpy()
 
     def ablate(self, image: int, layers=None, modes=ABLATION_MODES) -> engine.EngineResult:
         """The leave-one-out engine's metrics for one image (e.g. for modes or layers not in the store)."""
