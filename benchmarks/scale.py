@@ -120,13 +120,16 @@ def rss(pid: int) -> float:
     return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 1e6
 
 
-def part_browser(path: Path, repeat: int, sessions: int) -> dict[str, float]:
-    from app_browser import CHROMIUM, QUIET_MS, actions, open_page, quiet, run_kind
+def part_browser(path: Path, repeat: int, sessions: int, quiet_ms: float, verbose: int) -> dict[str, float]:
+    import app_browser
+    from app_browser import CHROMIUM, actions, open_page, quiet, run_kind
     from playwright.sync_api import sync_playwright
     from sessions import Serve
 
     from vitscope.store import open_store
 
+    # ViT-B's attention on a busy CPU takes seconds with nothing sent meanwhile: a 1 s quiet page is not settled
+    app_browser.QUIET_MS = quiet_ms
     valid = np.flatnonzero(open_store(path)["valid"].values)
     server = Serve(path, threads=0)
     out: dict[str, float] = {}
@@ -146,7 +149,7 @@ def part_browser(path: Path, repeat: int, sessions: int) -> dict[str, float]:
             out["RSS 1 session MB"] = rss(server.proc.pid)
             make = actions(page, valid)
             for kind in BROWSER_KINDS:
-                res = run_kind(page, make[kind], kind, repeat, 0)
+                res = run_kind(page, make[kind], kind, repeat, verbose)
                 out[f"browser {kind} ms"] = statistics.median(res.times) if res.times else float("nan")
                 if res.na or res.noops or res.failures:
                     print(f"{path.name} {kind}: {len(res.times)} timed, {res.noops} no-ops, {res.failures} not "
@@ -157,7 +160,7 @@ def part_browser(path: Path, repeat: int, sessions: int) -> dict[str, float]:
                 pages.append(open_page(browser.new_context(viewport={"width": 1600, "height": 1000}), server.url,
                                        errors))
             for pg in pages:
-                quiet(pg, QUIET_MS, 60_000)
+                quiet(pg, quiet_ms, 60_000)
             time.sleep(2)
             out[f"RSS {sessions} sessions MB"] = rss(server.proc.pid)
             out["RSS per added session MB"] = (out[f"RSS {sessions} sessions MB"] - out["RSS 1 session, used MB"]) / (
@@ -202,6 +205,9 @@ def main() -> None:
     ap.add_argument("--parts", default=",".join(PARTS), help=f"which of {', '.join(PARTS)}")
     ap.add_argument("--repeat", type=int, default=5, help="timed changes of each kind (after a first one)")
     ap.add_argument("--sessions", type=int, default=8, help="browser sessions for the memory figure")
+    ap.add_argument("--quiet-ms", type=float, default=3000.0,
+                    help="the page has settled once quiet this long (app_browser.py: 1000; ViT-B on a CPU needs more)")
+    ap.add_argument("-v", "--verbose", action="count", default=0, help="every browser change")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     parts = args.parts.split(",")
@@ -222,7 +228,7 @@ def main() -> None:
         if "server" in parts:
             r |= part_server(path, args.repeat)
         if "browser" in parts:
-            r |= part_browser(path, args.repeat, args.sessions)
+            r |= part_browser(path, args.repeat, args.sessions, args.quiet_ms, args.verbose)
         results[n] = r
         print(f"N = {n}: {time.perf_counter() - t:.0f} s, load now {os.getloadavg()[0]:.2f}", flush=True)
         print(table(results), flush=True)
