@@ -378,8 +378,9 @@ def press_button(page: Page, css: str) -> Action | None:
     return lambda: nxt.click()
 
 
-def type_id(page: Page, image: int) -> Action | None:
-    box = page.locator(".vs-image-id input")
+def type_id(page: Page, image: int, css: str = ".vs-image-id") -> Action | None:
+    """Type an image number (the compare view's: k of its matched images)."""
+    box = page.locator(f"{css} input")
     if box.count() == 0 or not box.first.is_visible():
         return None
     box.first.fill(str(image))
@@ -459,7 +460,7 @@ def click_row(page: Page, k: int) -> Action | None:
 
 def compare_actions(page: Page) -> dict[str, Callable[[int], Action | None]]:
     return {
-        "compare_image": lambda k: pick_option(page, ".vs-compare-image"),
+        "compare_image": lambda k: type_id(page, k + 1, ".vs-compare-image"),  # a new matched image each time
         "compare_head_tap": lambda k: tap(page, ".vs-compare-grid-a", 0, (golden(k), golden(k + 3))),
         "compare_row": lambda k: click_row(page, k),
     }

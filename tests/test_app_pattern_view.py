@@ -14,6 +14,7 @@ import panel as pn
 import pytest
 import torch
 from app_helpers import CountingAttention, fake_attention, make_store, rgba_bytes
+from bokeh.core.serialization import Serializer
 from bokeh.document import Document
 from bokeh.events import RangesUpdate, Tap
 from bokeh.model import Model
@@ -239,6 +240,10 @@ def test_lines_are_the_values_above_the_threshold_with_colours(data):
     cls = [s == 0 or t == 0 for s, t in zip(seg["source"], seg["target"], strict=True)]
     assert any(cls) and not all(cls)  # both colours occur
     assert all(len(v) == 0 for v in lines(None, 0.0, 1).values())
+    # BokehJS reads a colour column sent as a numeric array as RGBA bytes and throws on a float one: the blank
+    # view's colours go as strings (Bokeh sends a string array as dtype "object"), like the drawn view's.
+    for seg in (lines(None, 0.0, 1), lines(A, thr, 1)):
+        assert Serializer().encode(seg["colour"])["dtype"] == "object"
     view, sel = view_of(data, image=4, layer=1, head=2, threshold=thr)
     check_lines(view.matrix.segments.data, A, thr)
     assert str(len(lines_reference(A, thr, 1))) in view.matrix.axes.title.text  # the count of lines drawn

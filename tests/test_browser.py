@@ -290,3 +290,39 @@ def test_notebook_cells_run_on_a_store(demo, tmp_path, monkeypatch):
     assert (app.selection.image, app.selection.layer, app.selection.head) == (3, 2, 1)
     pn.panel(app).get_root()
     assert (tmp_path / "snapshot.html").stat().st_size > 100_000
+
+
+def test_no_page_error_without_attention_on_a_many_class_store(browser, tmp_path):
+    """A store whose attention cannot be computed (its model is unknown here) and that has 300 classes: choosing
+    images draws the blank two-axes view without a Bokeh error (its empty line colours were sent as a float array:
+    "invalid color array", once per image change); the overview's class colours are CSS colours."""
+    import zarr
+    from app_helpers import make_store
+
+    path = make_store(tmp_path / "c300.zarr", 40, 2, 2, 4, 300)
+    zarr.open_group(str(path), mode="r+").attrs["model_spec"] = "unknown-here"  # attention is unavailable
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vitscope.cli", "serve", str(path), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        wait_for_line(proc, f"http://localhost:{port}/", timeout=300)
+        page.goto(f"http://localhost:{port}/", wait_until="networkidle")
+        page.wait_for_selector("text=Select an image to see its top-5", timeout=60_000)
+        box = page.locator(".vs-image-id input").first
+        for image in (3, 5):
+            box.fill(str(image))
+            box.press("Enter")
+            page.wait_for_selector(f"text=image {image} ", timeout=30_000)
+            until(lambda: (model(page, "vs-axes-fig", "title.text") or "").startswith("two axes: 0 lines"),
+                  what="the blank two-axes view")
+        page.wait_for_timeout(1000)  # a late Bokeh error still arrives
+        colours = model(page, "vs-overview-points", "data.colour")
+        assert colours and all(isinstance(c, str) and c.startswith("#") for c in colours)
+        assert not errors, errors
+    finally:
+        page.close()
+        stop(proc)

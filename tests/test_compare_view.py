@@ -69,7 +69,8 @@ def test_image_selection_recolours_both_grids_with_each_stores_importance(stores
     view = CompareView(stores["a"], stores["small"])
     ds = {s: store.open_store(stores[k]) for s, k in zip(SIDES, ("a", "small"), strict=True)}
     view.select_image(2)
-    assert view.image_select.value == 2
+    assert view.image_id.value == 2  # the typed number follows a selection made elsewhere (a row tap)
+    assert str(ds["a"]["image_id"].values[view.images["a"][2]]) in view.image_name.object
     for side in SIDES:
         i = int(view.images[side][2])
         imp = ds[side]["importance"].isel(image=i).sel(mode=1, metric="prob").transpose("layer", "head").values
@@ -77,8 +78,11 @@ def test_image_selection_recolours_both_grids_with_each_stores_importance(stores
         ent = ds[side]["strength_entropy"].isel(image=i).transpose("layer", "head").values
         np.testing.assert_allclose(view.strength_source[side].data["y"], ent.reshape(-1), rtol=1e-6)
         assert "image 2" in view.grid[side].title.text
-    view.image_select.value = -1  # the selector drives the selection too: all images
+    view.image_id.value = 3  # a typed number drives the selection too
+    assert view.selection.image == 3 and "image 3" in view.grid["b"].title.text
+    view.image_id.value = None  # emptied: all images
     assert view.selection.image is None and "mean of the images" in view.grid["a"].title.text
+    assert "all matched images" in view.image_name.object
     for side in SIDES:  # the mean over the matched images, as compare() reads them
         imp = ds[side]["importance"].isel(image=view.images[side]).sel(mode=1, metric="prob")
         np.testing.assert_allclose(view.grid_source[side].data["value"],

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from vitscope import store
 
@@ -23,3 +24,25 @@ def test_synthetic_store_round_trip(tmp_path):
     assert ds["topk_idx"].values.max() < 5 and ds["importance"].sel(mode=0, metric="jsd").values.max() == 0
     assert list(ds["class_name"].values) == [f"class {c}" for c in range(5)]
     assert "10 listed, 10 analysed" in store.describe(out)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4), (12, 3, 14)])  # a transformers ViT folder; timm's ViT-Ti/16
+def test_servable_synthetic_store_computes_attention_of_its_images(tmp_path, shape):
+    """The script's store carries a random-init model of its shape (its weights' hash in the fingerprint, so the
+    service's stale-store check passes) and its images as files: the service computes any image's attention."""
+    from PIL import Image
+
+    from vitscope.service.core import Service
+
+    layers, heads, grid = shape
+    out = synthetic_store.make(tmp_path / "s.zarr", images=5, layers=layers, heads=heads, grid=grid, classes=300,
+                               chunk=4, servable=True)
+    ds = store.open_store(out)
+    assert ds.attrs["model_spec"].startswith("timm:" if grid == 14 else "hf:")
+    svc = Service(out)
+    for image in (0, 4):
+        A = svc.attention(image)
+        assert A.shape == (layers, heads, grid * grid + 1, grid * grid + 1)
+        np.testing.assert_allclose(A.sum(-1), 1, atol=1e-4)
+        path = Path(ds.attrs["image_source"]) / str(ds["image_id"].values[image])
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), ds["thumbnail"].values[image])

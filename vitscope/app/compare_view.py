@@ -3,7 +3,8 @@
 `vitscope serve A B` or `vitscope compare A B --serve`. Pure over store data (no model): `vitscope.compare.compare`
 is computed once per pair of stores and process; the per-image numbers come from each store's `StoreData`.
 
-- an image selector shared by both sides (the matched images, `compare.matched_images`; or their mean);
+- a typed image number shared by both sides (k of the matched images, `compare.matched_images`; empty: their
+  mean), its image id beside it: a dropdown of every matched image sent 10,000 options to each page;
 - per model a head grid (layer × head) coloured by importance on the selected image, with kind markers, and the
   heads' strength entropy; a tap on a head of one model rings it and its matched head in the other, and says the
   pair's similarity, kinds, patterns and importance ranks;
@@ -43,9 +44,8 @@ MODEL_COLOURS = ("#1f77b4", "#ff7f0e")  # A, B in every overlaid plot
 PARTNER = "#9467bd"  # the ring on the matched head of the other model
 TRENDS = (("distance", "mean attention distance (patches)"), ("entropy", ENTROPY_LABEL),
           ("drop", "drop of P[true], one head pruned"))
-ALL = -1  # the image selector's value for "mean of all images"
 NAME_LIMIT = 24  # characters of a store's name in titles and legends (300 px wide; the header has the whole path)
-TEXT_LIMIT = 60  # characters of an image id or class name in the table and the image selector
+TEXT_LIMIT = 60  # characters of an image id or class name in the table and beside the typed image number
 
 
 store_data = cached_store  # one copy of a store's arrays per process (the compare view needs no model)
@@ -273,14 +273,24 @@ class CompareView(pn.viewable.Viewer):
                 self.selection.message = f"image list: {one_line(e)}"
 
     def _widgets(self) -> None:
-        da = self.data[0]
-        ia = self.images["a"]
-        options = {"all images (mean)": ALL}
-        options.update({f"{k}: {printable(da.image_ids[i], TEXT_LIMIT)}": k for k, i in enumerate(ia)})
-        self.image_select = pn.widgets.Select(label="image (matched in both stores)", options=options, value=ALL,
-                                              css_classes=["vs-compare-image"], width=300)
-        self.image_select.param.watch(lambda e: setattr(self.selection, "image", None if e.new == ALL else e.new),
-                                      "value")
+        n = len(self.images["a"])
+        self.image_id = pn.widgets.IntInput(label=f"image (of the {n} matched in both stores; empty: all)",
+                                            start=0, end=n - 1, value=None, placeholder=f"0..{n - 1}, Enter",
+                                            css_classes=["vs-compare-image"], width=300)
+        self.image_id.param.watch(lambda e: setattr(self.selection, "image", e.new), "value")
+        self.image_name = pn.pane.HTML(self._image_name(), css_classes=["vs-compare-image-name"], width=320,
+                                       margin=(28, 5, 5, 5))
+
+    def _image_name(self) -> str:
+        """The selected image's id in A (and its class), or that the grids show the mean."""
+        k = self.selection.image
+        if k is None:
+            return "<i>all matched images (mean)</i>"
+        da, i = self.data[0], int(self.images["a"][k])
+        label = int(da.label[i])
+        name = da.class_names[label] if 0 <= label < len(da.class_names) else "?"
+        return (f"<code>{esc(printable(da.image_ids[i], TEXT_LIMIT))}</code> · "
+                f"{esc(printable(name, TEXT_LIMIT))}")
 
     # -- interaction -------------------------------------------------------------------------------
 
@@ -315,9 +325,9 @@ class CompareView(pn.viewable.Viewer):
             except Exception as e:  # noqa: BLE001 - one readable line in the page, never a traceback
                 self.selection.message = f"compare view: {one_line(e)}"
             if "image" in names:
-                value = ALL if self.selection.image is None else self.selection.image
-                if self.image_select.value != value:
-                    self.image_select.value = value
+                if self.image_id.value != self.selection.image:  # a row tap: the typed number follows
+                    self.image_id.value = self.selection.image
+                self.image_name.object = self._image_name()
 
     def image_of(self, side: str) -> int | None:
         """The selected image's position in `side`'s store (None: all images)."""
@@ -402,7 +412,8 @@ class CompareView(pn.viewable.Viewer):
         side = lambda s: pn.Column(bokeh_pane(self.grid[s], f"vs-compare-grid-{s}"),  # noqa: E731
                                    bokeh_pane(self.strength[s]), bokeh_pane(self.summary[s]))
         trends = pn.Row(*(bokeh_pane(self.trend[k], f"vs-compare-{k}") for k, _ in TRENDS))
-        return pn.Column(self.message, self.header(), pn.Row(self.image_select), bokeh_pane(self.pair_info),
+        return pn.Column(self.message, self.header(), pn.Row(self.image_id, self.image_name),
+                         bokeh_pane(self.pair_info),
                          pn.Row(side("a"), side("b"), pn.Column(pn.pane.HTML(self.table_title, width=620),
                                                                 self.table_pane())),
                          trends)

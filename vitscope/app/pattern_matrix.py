@@ -36,8 +36,8 @@ def lines(A: np.ndarray | None, threshold: float, prefix: int) -> dict[str, np.n
     """Two-axes segments for every A[s, t] > threshold: source s at (s, 1), target t at (t, 0); blue when s
     or t is a prefix token, else orange; alpha light → dark with the value; weakest first so strong lines
     are drawn on top; at most MAX_LINES (the strongest)."""
-    if A is None:
-        return {c: np.empty(0) for c in LINE_COLUMNS}
+    if A is None:  # colours as an empty string array: BokehJS rejects a float one ("invalid color array")
+        return {c: np.empty(0, "U7" if c == "colour" else float) for c in LINE_COLUMNS}
     src, tgt = np.nonzero(A > threshold)
     val = A[src, tgt]
     order = np.argsort(val, kind="stable")[-MAX_LINES:]
