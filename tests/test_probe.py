@@ -285,6 +285,8 @@ def test_a_new_image_on_backbone_stores(probed, unlabelled, monkeypatch):
     got = core.Service(unlabelled).new_image(data=_png_bytes(image), name="x.png")
     assert np.isnan(got["arrays"]["importance"][..., 0]).all()
     assert readable(got).startswith("x.png: no class probabilities")
+    # placed by the feature metric its images were laid out by, not the missing class one
+    assert got["image_xy"] is not None and np.isfinite(got["image_xy"]).all()
 
 
 def _png_bytes(image: Image.Image) -> bytes:

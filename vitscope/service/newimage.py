@@ -23,7 +23,7 @@ from PIL import Image
 
 from vitscope import store
 from vitscope.analyse import analyse_batch
-from vitscope.analysis import autoencoder, layout
+from vitscope.analysis import autoencoder, layout, probe
 from vitscope.config import BuildConfig
 from vitscope.data.images import BadImage, Preprocessor, read_rgb
 from vitscope.errors import VitscopeError
@@ -74,7 +74,9 @@ def analyse(adapter: ViTAdapter, ds: xr.Dataset, lay: store.Layout, image: Image
         "kind": "new_image", "name": name, "label": true, "label_name": class_names[true],
         "label_from": "prediction" if label is None else "given", "predicted": predicted,
         "top5": [[class_names[c], float(p)] for c, p in zip(top.indices.tolist(), top.values, strict=True)],
-        "arrays": arrays, **place(ds, lay, arrays, params.get("layout_metric", DEFAULT_METRIC)),
+        # the metric the build laid the images out by (a backbone store without classes: a feature metric)
+        "arrays": arrays, **place(ds, lay, arrays, probe.layout_metric(ds.attrs, params.get("layout_metric",
+                                                                                           DEFAULT_METRIC))),
     }
 
 
