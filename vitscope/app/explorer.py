@@ -121,7 +121,7 @@ class Explorer(pn.viewable.Viewer):
         reach the page first. The image asked for, or None: nothing to ask (no image, or the pattern view has its
         attention) or no server loop (Jupyter, tests: the views ask and wait, as before)."""
         doc, image = self._doc, self.data.readable(self.selection.image)
-        if doc is None or doc.session_context is None or image is None or image == self.pattern._cached_image:
+        if doc is None or doc.session_context is None or image is None or self.pattern.has_attention_of(image):
             return None
         try:
             future = dispatcher(self.path, self.device, self.scheduler).submit(

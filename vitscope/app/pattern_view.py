@@ -98,6 +98,10 @@ class AttentionPatternView:
     def _on_token(self, token: int, source: bool) -> None:
         self.sel.param.update(**{"source_token" if source else "target_token": token})
 
+    def has_attention_of(self, image: int) -> bool:
+        """Whether this view already holds (or has tried) the attention of `image`: nothing to ask the model."""
+        return image == self._cached_image
+
     def attention_matrix(self) -> np.ndarray | None:
         """A [P, P] of the selected head, or None (no image, or the attention call failed: see `error`)."""
         image = self.sel.image
