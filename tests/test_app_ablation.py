@@ -13,7 +13,9 @@ from PIL import Image
 
 from vitscope.app.ablation import heat_rgba
 from vitscope.app.explorer import Explorer
+from vitscope.heads import Head
 from vitscope.service import Service
+from vitscope.vocab import MODES
 
 
 def wait_for(condition, timeout: float = 120.0):
@@ -45,6 +47,33 @@ def test_heads_pruned_together_against_the_sum_of_singles(app, demo16):
     assert ab.joint_source.data["top"][1] == pytest.approx(want["sum_of_single_drops"], abs=1e-6)
     assert "2 heads pruned together" in ab.joint.title.text
     assert list(app.importance.group_marks.data["x"]) == [1, 14]
+
+
+def test_one_head_is_answered_from_the_store_as_the_service_computes_it(app, demo16):
+    """A single head in a stored mode: the build's own ablation, drawn at once without asking the model, and equal
+    to what the service computes by pruning it now (every mode, heads in the first and last layer)."""
+    service, d = Service(demo16), app.data
+    for image, layer, head in [(1, 0, 2), (4, d.layers - 1, 0), (7, 1, 1)]:
+        for mode in MODES[1:]:
+            got = d.stored_prune(image, Head(layer, head, mode))
+            want = service.compute({"kind": "prune", "image": image, "heads": [[layer, head, mode]]})
+            assert got["heads"] == want["heads"] and [c for c, _ in got["top5"]] == [c for c, _ in want["top5"]]
+            for k in ("prob", "baseline_prob", "drop", "jsd", "cls_dist", "patch_dist", "sum_of_single_drops"):
+                assert got[k] == pytest.approx(want[k], abs=2e-5), (image, layer, head, mode, k)
+            assert [p for _, p in got["top5"]] == pytest.approx([p for _, p in want["top5"]], abs=2e-5)
+    assert d.stored_prune(1, Head(0, 2, 0)) is None  # mode 0 prunes nothing: not an ablation the store holds
+
+    asked = []
+    submit, app.ablation.submit = app.ablation.submit, lambda *a: asked.append(a) or submit(*a)
+    try:
+        s = app.selection
+        s.param.update(image=3, group=[], layer=2, head=1, mode=MODES[-1])
+        want = d.stored_prune(3, Head(2, 1, MODES[-1]))
+        assert not asked and app.ablation.joint_source.data["top"][0] == pytest.approx(want["drop"])
+        assert "as the build measured it" in app.ablation.joint_text.text
+    finally:
+        app.ablation.submit = submit
+        app.selection.mode = 1
 
 
 def test_pairs_curve_saliency_and_a_new_image(app, demo16):
@@ -102,6 +131,9 @@ def test_heat_overlay_marks_where_occlusion_hurts():
 def test_a_store_without_a_loadable_model_says_so_in_the_panel(tmp_path):
     path = make_store(tmp_path / "s.zarr", images=6, layers=2, heads=2, grid=4, classes=3)
     ex = Explorer(path)
-    ex.selection.image = 1
+    ex.selection.image = 1  # one head: the store's own ablation, shown without the model
+    assert ex.ablation.joint_source.data["top"][0] == pytest.approx(ex.data.stored_prune(1, Head(0, 0))["drop"])
+    assert ex.ablation.status.object == ""
+    ex.selection.group = [0, 3]  # two heads together: only the model can answer
     assert "unknown model spec" in ex.ablation.status.object
     assert "AblationView" not in ex.selection.message  # said once, in the panel, not as a view failure

@@ -207,6 +207,12 @@ class AblationView:
                                     "to prune them together.</i>")
             return None
         heads = self.heads()
+        stored = self.data.stored_prune(image, heads[0]) if len(heads) == 1 else None
+        if stored is not None:  # the build's own ablation of this head: drawn now, nothing asked of the model
+            self._latest.pop("joint", None)  # an earlier group's answer, still computing, draws nothing
+            self.status.object = ""
+            self.show_joint(stored)
+            return None
         return self._ask("joint", {"kind": "prune", "image": image, "heads": heads}, self.show_joint,
                          f"{len(heads)} heads pruned together")
 
@@ -258,7 +264,7 @@ class AblationView:
             f"JSD {r['jsd']:.4f}<br>" + (f"together − Σ singles: <b>{together - singles:+.4f}</b><br>"
                                          if singles is not None else "") +
             f"top-3: {top5}<br><span style='color:#666'>{esc(', '.join(r['heads'][:6]))}"
-            f"{' …' if n > 6 else ''}</span></div>")
+            f"{' …' if n > 6 else ''}{' · as the build measured it' if r.get('stored') else ''}</span></div>")
 
     def show_pairs(self, r: dict, heads: list[Head]) -> None:
         """The interactions of `heads`, the pairs request's heads in its order."""

@@ -21,6 +21,7 @@ from vitscope.analysis.proxy import Agreement, agreement, exact_delta_ce, spearm
 from vitscope.classes import match_class
 from vitscope.config import BuildConfig
 from vitscope.errors import VitscopeError
+from vitscope.heads import Head
 from vitscope.store import has_sinks, open_store
 from vitscope.vocab import DEFAULT_METRIC, LAYOUTS, MODES
 
@@ -151,6 +152,27 @@ class StoreData:
     def class_images(self, cls: int | None) -> np.ndarray:
         """[N] bool: readable images of class `cls` (all readable images for None)."""
         return self.valid if cls is None else self.valid & (self.label == cls)
+
+    def stored_prune(self, image: int, head: Head) -> dict | None:
+        """One head pruned alone in one of the store's modes, answered from the store as `Service.prune` answers it
+        (the build ran this very ablation: the same engine, the same numbers): no forward, so a tap that changes the
+        image or the head does not wait for the model. None when the store does not hold it (a region, mode 0, no
+        basis for P)."""
+        if not (isinstance(head.mode, int) and head.mode in MODES[1:] and self.prob_basis != "none"
+                and self.readable(image) is not None):
+            return None
+        m = self.metrics.index
+        v = self.importance[image, head.layer, head.head, head.mode]  # [metric]
+        base, prob = float(self.baseline_prob[image]), float(v[m("prob")])
+        if not (np.isfinite(base) and np.isfinite(prob)):
+            return None
+        top = [[self.class_names[int(c)], float(p)] for c, p in zip(
+            self.topk_idx[image, head.layer, head.head, head.mode], self.topk_prob[image, head.layer, head.head,
+                                                                                   head.mode], strict=True) if c >= 0]
+        dist = {k: float(v[m(k)]) if np.isfinite(v[m(k)]) else None for k in ("cls_dist", "patch_dist")}
+        return {"kind": "prune", "image": int(image), "heads": [head.label], "prob": prob, "baseline_prob": base,
+                "drop": base - prob, "jsd": float(v[m("jsd")]), **dist, "top5": top, "single_drops": [base - prob],
+                "sum_of_single_drops": base - prob, "stored": True}
 
     def find_class(self, text: str) -> int | None:
         """Class index by exact name, else by the first name containing `text` (case-insensitive); only classes
