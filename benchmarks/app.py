@@ -60,9 +60,9 @@ def fixed_attention(layers: int, heads: int, tokens: int) -> np.ndarray:
 class SyntheticExplorer(Explorer):
     """The app over a store without a model: every image's attention is the same fixed array."""
 
-    def attention(self, image: int) -> np.ndarray:
+    def attention(self, image: int, layer: int) -> np.ndarray:
         d = self.data
-        return fixed_attention(d.layers, d.heads, d.num_prefix + d.grid**2)
+        return fixed_attention(d.layers, d.heads, d.num_prefix + d.grid**2)[layer]
 
 
 def _digest(v) -> bytes:
@@ -135,7 +135,7 @@ def measure(cls: type[Explorer], path: Path, n: int) -> tuple[dict, dict]:
     out, per_view = {}, {name: {} for name in spent}
     for name, apply in steps(ex, thresholds).items():
         if name == "threshold":
-            A = ex.attention(s.image)[s.layer, s.head]
+            A = ex.attention(s.image, s.layer)[s.head]
             thresholds[:] = [float(np.quantile(A, q)) for q in (0.9, 0.95, 0.98, 0.99, 0.995)]
         for v in spent.values():
             v[:] = []

@@ -264,8 +264,9 @@ def serve(store: Path, port: int, synthetic: bool) -> None:
     points = int(ds.sizes["image"])
     ex = cls(store, device="cpu", **figures())
     ex.template()
+    ex.data.prepare()  # as `vitscope serve` does at start
     try:  # the model's first call (loading) is paid by the server's start, as in `vitscope serve`
-        ex.attention(int(np.flatnonzero(ds["valid"].values)[0]))
+        ex.attention(int(np.flatnonzero(ds["valid"].values)[0]), 0)
     except Exception as e:  # noqa: BLE001 - the page will say it; the benchmark goes on
         print(f"warning: attention unavailable: {e}", file=sys.stderr)
     del ex

@@ -32,24 +32,25 @@ def make_store(path: Path, images: int, layers: int, heads: int, grid: int, clas
 
 
 def fake_attention(layers: int, heads: int, tokens: int):
-    """A deterministic attention function: peaky row-stochastic [L, H, P, P] per image."""
+    """A deterministic attention function: peaky row-stochastic [L, H, P, P] per image, [H, P, P] of one layer."""
 
-    def attention(image: int) -> np.ndarray:
+    def attention(image: int, layer: int | None = None) -> np.ndarray:
         a = np.random.default_rng(image).random((layers, heads, tokens, tokens)) ** 6
-        return (a / a.sum(-1, keepdims=True)).astype(np.float32)
+        a = (a / a.sum(-1, keepdims=True)).astype(np.float32)
+        return a if layer is None else a[layer]
 
     return attention
 
 
 class CountingAttention:
-    """Wraps an attention function and counts its calls per image."""
+    """Wraps an attention function and counts its calls per (image, layer)."""
 
     def __init__(self, fn) -> None:
         self.fn, self.calls = fn, Counter()
 
-    def __call__(self, image: int) -> np.ndarray:
-        self.calls[image] += 1
-        return self.fn(image)
+    def __call__(self, image: int, layer: int) -> np.ndarray:
+        self.calls[image, layer] += 1
+        return self.fn(image, layer)
 
 
 def rgba_bytes(image: np.ndarray) -> np.ndarray:

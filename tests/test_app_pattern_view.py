@@ -383,29 +383,29 @@ def test_masks_dim_unattended_patches_and_outline_the_token(data):
 # -- attention: cache and errors --------------------------------------------------------------------------
 
 
-def test_attention_is_called_once_per_image(data):
+def test_attention_is_called_once_per_image_and_layer(data):
     fn = CountingAttention(attention)
     view, sel = view_of(data, fn, image=0)
     for change in ({"layer": 1, "head": 2}, {"threshold": 0.1}, {"source_token": 3}, {"layout": "patch"},
-                   {"threshold": None}):
+                   {"threshold": None}, {"head": 0}, {"layer": 0}):
         sel.param.update(**change)
         view.update(set(change))
-    assert fn.calls == {0: 1}
+    assert fn.calls == {(0, 0): 1, (0, 1): 1}  # each layer once; heads and back to a held layer: nothing asked
     sel.image = 1
     view.update({"image"})
-    sel.head = 0
-    view.update({"head"})
-    assert fn.calls == {0: 1, 1: 1}
+    sel.param.update(layer=1, head=0)
+    view.update({"layer", "head"})
+    assert fn.calls == {(0, 0): 1, (0, 1): 1, (1, 0): 1, (1, 1): 1}
     check_lines(view.matrix.segments.data, attention(1)[1, 0], view.threshold())
 
 
 def test_attention_errors_become_one_line_messages_and_never_raise(data):
-    def broken(image: int) -> np.ndarray:
+    def broken(image: int, layer: int) -> np.ndarray:
         if image == 3:
             raise VitscopeError(f"image {image} could not be read\nmore detail")
         if image == 4:
             raise RuntimeError("CUDA out of memory\nTraceback (most recent call last): ...")
-        return attention(image)
+        return attention(image, layer)
 
     view, sel = view_of(data, broken, image=3)
     assert view.attention_matrix() is None
@@ -422,7 +422,7 @@ def test_attention_errors_become_one_line_messages_and_never_raise(data):
 
 
 def test_wrong_shape_is_a_message(data):
-    view, sel = view_of(data, lambda image: np.zeros((1, 1, 3, 3)), image=0)
+    view, sel = view_of(data, lambda image, layer: np.zeros((1, 3, 3)), image=0)
     assert view.attention_matrix() is None and "shape" in sel.message and one_line(sel.message)
 
 

@@ -421,7 +421,8 @@ DEPENDS = {  # a selection change → the views that draw it
 
 @pytest.fixture
 def explorer(store, monkeypatch) -> Explorer:
-    monkeypatch.setattr(Explorer, "attention", lambda self, image: fake_attention(L, H, 1 + GRID**2)(image))
+    fake = fake_attention(L, H, 1 + GRID**2)
+    monkeypatch.setattr(Explorer, "attention", lambda self, image, layer: fake(image, layer))
     return Explorer(store)
 
 
@@ -552,7 +553,7 @@ def test_attention_comes_through_the_dispatcher_and_with_a_scheduler_no_model_lo
         def ask(self, session, request, timeout=None):
             self.asked.append(request)
             return {"kind": "attention", "image": request["image"], "attention": fake_attention(L, H, 1 + GRID**2)(
-                request["image"])}
+                request["image"], request.get("layer"))}
 
     remote = Remote()
     made = []
@@ -563,7 +564,8 @@ def test_attention_comes_through_the_dispatcher_and_with_a_scheduler_no_model_lo
         module.warm(str(store), "cpu", "tcp://gpu-host:8786")  # what `vitscope serve --scheduler` does first
         ex = Explorer(store, scheduler="tcp://gpu-host:8786")
         ex.selection.param.update(image=READABLE[1], layer=1, head=0)
-        assert remote.asked == [{"kind": "attention", "image": READABLE[1]}] and made == ["tcp://gpu-host:8786"]
+        assert remote.asked == [{"kind": "attention", "image": READABLE[1], "layer": 1}]
+        assert made == ["tcp://gpu-host:8786"]
         np.testing.assert_array_equal(ex.pattern.attention_matrix(), fake_attention(L, H, 1 + GRID**2)(
             READABLE[1])[1, 0])
         module._dispatcher_or_error.cache_clear()
@@ -628,12 +630,13 @@ def test_served_an_image_reaches_the_page_before_its_attention_and_ends_the_same
 
         def ask(self, session, request, timeout=None):
             self.waited += 1
-            return {"kind": "attention", "image": request["image"], "attention": fake(request["image"])}
+            return {"kind": "attention", "image": request["image"], "attention": fake(request["image"],
+                                                                                          request.get("layer"))}
 
-        def answer(self, image: int) -> None:
+        def answer(self, image: int, layer: int) -> None:
             for request, future in self.asked:
-                if request == {"kind": "attention", "image": image} and not future.done():
-                    future.set_result({"kind": "attention", "image": image, "attention": fake(image)})
+                if request == {"kind": "attention", "image": image, "layer": layer} and not future.done():
+                    future.set_result({"kind": "attention", "image": image, "attention": fake(image, layer)})
 
     queue = Queue()
     monkeypatch.setattr(module, "make_dispatcher", lambda path, device, scheduler: queue)
@@ -656,10 +659,11 @@ def test_served_an_image_reaches_the_page_before_its_attention_and_ends_the_same
         sel.param.update(image=first, layer=1, head=2)
         assert ex.overview.marker.data["x"] == [float(ex.data.image_xy[first, 0])]  # the store's views: drawn
         assert shown(ex)["heat"] == blank and queue.waited == 0 and not ticks  # A: asked, not waited for
-        assert [r for r, _ in queue.asked if r["kind"] == "attention"] == [{"kind": "attention", "image": first}]
-        sel.head = 0  # another head meanwhile: still no wait
-        assert queue.waited == 0 and not ticks
-        queue.answer(first)
+        attention_asks = lambda: [r for r, _ in queue.asked if r["kind"] == "attention"]  # noqa: E731
+        assert attention_asks() == [{"kind": "attention", "image": first, "layer": 1}]  # the selected layer only
+        sel.head = 0  # another head of that layer meanwhile: nothing more asked, still no wait
+        assert queue.waited == 0 and not ticks and len(attention_asks()) == 1
+        queue.answer(first, 1)
         assert len(ticks) == 1
         ticks.pop()()
         ref = Explorer(store)  # no server loop: everything drawn at once, waiting for the model
@@ -669,19 +673,27 @@ def test_served_an_image_reaches_the_page_before_its_attention_and_ends_the_same
         third = READABLE[5]
         sel.image = second  # its answer comes after the next image was chosen: it draws nothing
         sel.image = third
-        queue.answer(second)
+        queue.answer(second, 1)
         while ticks:
             ticks.pop(0)()
-        assert ex.pattern.pending == third and shown(ex)["heat"] == shown(ref)["heat"]
-        queue.answer(third)
+        assert ex.pattern.pending == (third, 1) and shown(ex)["heat"] == shown(ref)["heat"]
+        queue.answer(third, 1)
         while ticks:
             ticks.pop(0)()
         ref.selection.image = third
         assert ex.pattern.pending is None and shown(ex) == shown(ref)
-        attention_asks = lambda: sum(r["kind"] == "attention" for r, _ in queue.asked)  # noqa: E731
-        asked = attention_asks()
-        sel.param.update(layer=2, head=1)  # the same image's attention is held: drawn at once, nothing asked
+
+        sel.param.update(layer=2, head=1)  # another layer: asked without waiting, drawn when it answers
         ref.selection.param.update(layer=2, head=1)
-        assert ex.pattern.pending is None and shown(ex) == shown(ref) and not ticks and attention_asks() == asked
+        assert ex.pattern.pending == (third, 2) and attention_asks()[-1] == {"kind": "attention", "image": third,
+                                                                             "layer": 2}
+        queue.answer(third, 2)
+        while ticks:
+            ticks.pop(0)()
+        assert ex.pattern.pending is None and shown(ex) == shown(ref)
+        asked = len(attention_asks())
+        sel.param.update(layer=1, head=2)  # a layer of this image already held: drawn at once, nothing asked
+        ref.selection.param.update(layer=1, head=2)
+        assert ex.pattern.pending is None and shown(ex) == shown(ref) and not ticks and len(attention_asks()) == asked
     finally:
         module._dispatcher_or_error.cache_clear()

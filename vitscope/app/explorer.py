@@ -71,9 +71,13 @@ def warm(path: str, device: str, scheduler: str | None = None) -> None:
         print(f"vitscope: warning: on-demand attention is unavailable: {e}", file=sys.stderr)
 
 
-def attention(d: Dispatcher, session: str, image: int) -> np.ndarray:
-    """[L, H, P, P] attention of a stored image, asked of the dispatcher; its error line raised as one."""
-    r = d.ask(session, {"kind": "attention", "image": int(image)})
+def attention(d: Dispatcher, session: str, image: int, layer: int | None = None) -> np.ndarray:
+    """[L, H, P, P] attention of a stored image ([H, P, P] of one `layer`), asked of the dispatcher; its error line
+    raised as one."""
+    request = {"kind": "attention", "image": int(image)}
+    if layer is not None:
+        request["layer"] = int(layer)
+    r = d.ask(session, request)
     if "error" in r:
         raise VitscopeError(r["error"])
     return r["attention"]
@@ -91,50 +95,56 @@ class Explorer(pn.viewable.Viewer):
         self.path = str(Path(store).resolve())
         self.device, self.scheduler = device, scheduler
         self.data = d = store_data(self.path)
-        self._asked: tuple[int, Future] | None = None  # the image whose attention was asked without waiting, its answer
+        self._asked: tuple[tuple[int, int], Future] | None = None  # (image, layer) asked without waiting, its answer
         s = self.selection
         self.overview = ImageOverview(d, s)
         self.importance = HeadImportanceView(d, s)
         self.strength = AttentionStrengthView(d, s)
         self.pattern = AttentionPatternView(d, s, self.attention, self.overview.thumb_source)
         self.ablation = AblationView(d, s, self.submit, self.schedule, self.overview.figure, self.pattern.map.figure)
-        self.save = SaveFigure(d, s, self.attention, figure_bytes, SIDEBAR - 30) if figure_bytes else None
+        self.save = SaveFigure(d, s, self.all_attention, figure_bytes, SIDEBAR - 30) if figure_bytes else None
         self.views = [self.overview, self.importance, self.strength, self.pattern, self.ablation]
         watched = sorted({name for v in self.views for name in v.watches})
         s.param.watch(self._changed, watched)
         self._widgets()
 
-    def attention(self, image: int) -> np.ndarray:
-        """[L, H, P, P] attention of one image, recomputed by the store's model through the dispatcher (errors
-        become a page message); the answer to `_ask_attention` when that asked for this image."""
+    def attention(self, image: int, layer: int) -> np.ndarray:
+        """[H, P, P] attention of one image in one layer, computed by the store's model through the dispatcher
+        (errors become a page message); the answer to `_ask_attention` when that asked for it."""
         asked = self._asked
-        if asked is not None and asked[0] == image and not asked[1].cancelled():
+        if asked is not None and asked[0] == (image, layer) and not asked[1].cancelled():
             r = asked[1].result()
             if "error" in r:
                 raise VitscopeError(r["error"])
             return r["attention"]
+        return attention(dispatcher(self.path, self.device, self.scheduler), str(id(self)), image, layer)
+
+    def all_attention(self, image: int) -> np.ndarray:
+        """[L, H, P, P] of one image (figures that show every head)."""
         return attention(dispatcher(self.path, self.device, self.scheduler), str(id(self)), image)
 
-    def _ask_attention(self) -> int | None:
-        """Served: ask the model for the selected image's attention without waiting for it, and draw the plots of A
-        when it answers (`_attention_arrived`, on this session's event loop), so the views that need only the store
-        reach the page first. The image asked for, or None: nothing to ask (no image, or the pattern view has its
-        attention) or no server loop (Jupyter, tests: the views ask and wait, as before)."""
-        doc, image = self._doc, self.data.readable(self.selection.image)
-        if doc is None or doc.session_context is None or image is None or self.pattern.has_attention_of(image):
+    def _ask_attention(self) -> tuple[int, int] | None:
+        """Served: ask the model for the selected image's attention in the selected layer without waiting for it,
+        and draw the plots of A when it answers (`_attention_arrived`, on this session's event loop), so the views
+        that need only the store reach the page first. The (image, layer) asked for, or None: nothing to ask (no
+        image, or the pattern view has it) or no server loop (Jupyter, tests: the views ask and wait, as before)."""
+        doc, image, layer = self._doc, self.data.readable(self.selection.image), self.selection.layer
+        if (doc is None or doc.session_context is None or image is None or not 0 <= layer < self.data.layers
+                or self.pattern.has_attention_of(image, layer)):
             return None
         try:
             future = dispatcher(self.path, self.device, self.scheduler).submit(
-                str(id(self)), {"kind": "attention", "image": int(image)})
+                str(id(self)), {"kind": "attention", "image": int(image), "layer": int(layer)})
         except VitscopeError:  # no model here: the pattern view asks, and says why in the page
             return None
-        self._asked = (image, future)
-        future.add_done_callback(lambda _: self.schedule(lambda: self._attention_arrived(image)))
-        return image
+        key = (image, layer)
+        self._asked = (key, future)
+        future.add_done_callback(lambda _: self.schedule(lambda: self._attention_arrived(key)))
+        return key
 
-    def _attention_arrived(self, image: int) -> None:
-        """The plots of A for `image`, unless another image was selected since (its own answer draws that)."""
-        if self.pattern.pending != image:
+    def _attention_arrived(self, key: tuple[int, int]) -> None:
+        """The plots of A for (image, layer), unless another was selected since (its own answer draws that)."""
+        if self.pattern.pending != key:
             return
         self.pattern.pending = None
         with pn.io.hold():
@@ -164,7 +174,7 @@ class Explorer(pn.viewable.Viewer):
             with param.parameterized.discard_events(s):  # a value of the old head's A: back to the store's cut
                 s.threshold = None
             names.add("threshold")
-        if "image" in names:  # asked before the ablation view's request, so the queue answers it first
+        if names & {"image", "layer"}:  # asked before the ablation view's request, so the queue answers it first
             self.pattern.pending = self._ask_attention()
         with pn.io.hold():
             for view in self.views:
@@ -305,14 +315,15 @@ class Explorer(pn.viewable.Viewer):
     @classmethod
     def open(cls, store: str | Path, device: str = "cpu") -> Explorer:
         """For Jupyter: `Explorer.open(STORE)` displays the views inline (no template), offline: BokehJS, Panel's JS
-        and every stylesheet come inline with the output, nothing from a CDN. The model loads now, in a thread,
-        so the first tap does not wait for it."""
+        and every stylesheet come inline with the output, nothing from a CDN. The model and the map's lookup load
+        now, in a thread, so the first tap does not wait for them."""
         from vitscope.app import notebook
 
         pn.extension(inline=True)
         notebook.capture_callback_output_per_context()
         app = cls(store, device)
-        app.warming = threading.Thread(target=warm, args=(app.path, device), daemon=True, name="vitscope-warm")
+        app.warming = threading.Thread(target=lambda: (app.data.prepare(), warm(app.path, device)), daemon=True,
+                                       name="vitscope-warm")
         app.warming.start()
         return app
 

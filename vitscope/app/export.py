@@ -73,7 +73,7 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[Head | tu
         sel = Selection(image=image, layer=h.layer, head=h.head, metric=metric, mode=mode)
         importance = HeadImportanceView(data, sel)
         strength = AttentionStrengthView(data, sel)
-        pattern = AttentionPatternView(data, sel, lambda _: att, overview.thumb_source, raster)
+        pattern = AttentionPatternView(data, sel, lambda _, layer: att[layer], overview.thumb_source, raster)
         raster = pattern.map.raster  # the map of all heads is the same in every tab: one copy in the file
         tab = column(importance.bokeh(), row(strength.bokeh(), pattern.bokeh()))
         tabs.append(TabPanel(child=tab, title=h.name))

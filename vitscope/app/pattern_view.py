@@ -2,8 +2,8 @@
 for the selected head its label, scores and distance, the two-axes view, heatmap and histogram
 (`pattern_matrix`) and the image masks (`masks`).
 
-Attention is not stored: it comes from `attention(image)` (the app passes `Explorer.attention`), called once
-per image change and kept; a failed call is one line in the page, never a traceback.
+Attention is not stored: it comes from `attention(image, layer)` ([H, P, P]; the app passes `Explorer.attention`),
+asked once per image and layer shown and kept; a failed call is one line in the page, never a traceback.
 """
 
 from __future__ import annotations
@@ -77,14 +77,15 @@ class AttentionPatternView:
 
     watches = ("image", "layer", "head", "layout", "density", "threshold", "source_token", "target_token")
 
-    def __init__(self, data: StoreData, sel: Selection, attention: Callable[[int], np.ndarray],
+    def __init__(self, data: StoreData, sel: Selection, attention: Callable[[int, int], np.ndarray],
                  thumb_source: ColumnDataSource, raster: ColumnDataSource | None = None) -> None:
         self.data, self.sel, self._attention_fn = data, sel, attention
-        self._cached_image: int | None = None
-        self._cached: np.ndarray | None = None  # [L, H, P, P] of _cached_image, None after an error
-        # An image whose attention the model is computing while the other views are already drawn (the served app:
-        # `Explorer`); until it arrives `update` leaves the plots of A as they are, then `show_attention` draws them.
-        self.pending: int | None = None
+        self._held_image: int | None = None
+        self._held: dict[int, np.ndarray] = {}  # layer → [H, P, P] of _held_image
+        # The (image, layer) whose attention the model is computing while the other views are already drawn (the
+        # served app: `Explorer`); until it arrives `update` leaves the plots of A as they are, then
+        # `show_attention` draws them.
+        self.pending: tuple[int, int] | None = None
         self.error = ""
         self.map = PatternMap(data, sel, raster=raster)
         self.matrix = MatrixPlots(data.num_prefix, data.tokens, on_token=guarded(sel, "token", self._on_token),
@@ -98,40 +99,40 @@ class AttentionPatternView:
     def _on_token(self, token: int, source: bool) -> None:
         self.sel.param.update(**{"source_token" if source else "target_token": token})
 
-    def has_attention_of(self, image: int) -> bool:
-        """Whether this view already holds (or has tried) the attention of `image`: nothing to ask the model."""
-        return image == self._cached_image
+    def has_attention_of(self, image: int, layer: int) -> bool:
+        """Whether this view already holds the attention of `image` in `layer`: nothing to ask the model."""
+        return image == self._held_image and layer in self._held
 
     def attention_matrix(self) -> np.ndarray | None:
         """A [P, P] of the selected head, or None (no image, or the attention call failed: see `error`)."""
-        image = self.sel.image
+        image, layer, head = self.sel.image, self.sel.layer, self.sel.head
         if image is None:
-            self._cached_image, self._cached = None, None
+            self._held_image, self._held = None, {}
             if self.error and self.sel.message == self.error:
                 self.sel.message = ""
             self.error = ""
             return None
-        if image != self._cached_image:
-            self._cached_image, self._cached = image, None
+        if not (0 <= layer < self.data.layers and 0 <= head < self.data.heads):
+            return None
+        if image != self._held_image:
+            self._held_image, self._held = image, {}
+        if layer not in self._held:  # a failed call is not kept: picked again, it is tried again
             previous = self.error
             try:
                 self.data.check_image(int(image))
-                att = np.asarray(self._attention_fn(int(image)), dtype=np.float32)  # [L, H, P, P]
-                want = (self.data.layers, self.data.heads, self.data.tokens, self.data.tokens)
+                att = np.asarray(self._attention_fn(int(image), int(layer)), dtype=np.float32)  # [H, P, P]
+                want = (self.data.heads, self.data.tokens, self.data.tokens)
                 if att.shape != want:
-                    raise ValueError(f"attention of image {image} has shape {att.shape}, expected {want}: "
+                    raise ValueError(f"attention of image {image} has shape {att.shape}, expected {want} per layer: "
                                      "the store and the model do not match")
-                self._cached, self.error = att, ""
+                self._held[layer], self.error = att, ""
                 if previous and self.sel.message == previous:
                     self.sel.message = ""
             except Exception as e:  # noqa: BLE001 - never raise into Panel: show one readable line
                 self.error = f"attention of image {image}: {one_line(e)}"
                 self.sel.message = self.error
-                self._cached_image = None  # picked again, it is tried again (a lost worker, a transient error)
-        if self._cached is None or not (0 <= self.sel.layer < self.data.layers and 0 <= self.sel.head <
-                                        self.data.heads):
-            return None
-        return self._cached[self.sel.layer, self.sel.head]
+                return None
+        return self._held[layer][head]
 
     def threshold(self, A: np.ndarray | None = None) -> float:
         """The threshold in use: the selection's, or the value above which the store's top fraction lies."""

@@ -100,26 +100,57 @@ class Baseline:
     labels: Tensor  # [B]
 
 
-@torch.inference_mode()
+class Pass:
+    """The unpruned pass of a batch of images, run block by block only as far as asked: the app shows one head's
+    attention, so an image change computes the blocks up to that head's layer (a twelfth of ViT-B's forward for
+    layer 0), and a later ask or `baseline` continues from there instead of starting again."""
+
+    def __init__(self, adapter: ViTAdapter, images: Tensor, keep_attention: bool = True) -> None:
+        self.adapter, self.keep_attention = adapter, keep_attention
+        with torch.inference_mode():
+            self.x = adapter.embed(images.to(adapter.device, adapter.dtype))  # the next block's input
+        self.inputs: list[Tensor] = []
+        self.outputs: list[Tensor] = []
+        self.attention: list[Tensor] = []  # per layer done [B, H, P, P] float32 on the CPU (when kept)
+
+    @property
+    def done(self) -> int:
+        """Blocks computed so far."""
+        return len(self.inputs)
+
+    @torch.inference_mode()
+    def to(self, layer: int) -> None:
+        """Compute the blocks up to and including `layer`."""
+        a = self.adapter
+        for i in range(self.done, layer + 1):
+            parts = a.attention(i, self.x)
+            if self.keep_attention:
+                self.attention.append(parts.attn.float().cpu())
+            z = a.project(i, merge_heads(parts.attn @ parts.v), parts.gate)
+            self.inputs.append(self.x)
+            self.outputs.append(z)
+            self.x = a.finish_block(i, self.x, z)
+
+    @torch.inference_mode()
+    def baseline(self, labels: Tensor | None = None) -> Baseline:
+        """Finish the pass: every block, then P (labels: the true ones; None = the prediction)."""
+        self.to(self.adapter.num_layers - 1)
+        probs = self.adapter.head(self.x).float().softmax(-1)
+        labels = probs.argmax(-1) if labels is None else torch.as_tensor(labels, device=probs.device).long().view(-1)
+        if labels.shape != probs.shape[:1] or labels.min() < 0 or labels.max() >= probs.shape[-1]:
+            raise VitscopeError(f"labels must be {probs.shape[0]} class indices in 0..{probs.shape[-1] - 1}")
+        return Baseline(self.inputs, self.outputs, probs, labels)
+
+
 def baseline(adapter: ViTAdapter, images: Tensor, labels: Tensor | None = None,
              attention: list[Tensor] | None = None) -> Baseline:
     """One forward of `images` [B,3,h,w] (preprocessed) keeping what pruned passes restart from; with a list as
     `attention`, each layer's attention [B, H, P, P] (float32, on the CPU) is appended to it on the way."""
-    x = adapter.embed(images.to(adapter.device, adapter.dtype))
-    inputs, outputs = [], []
-    for i in range(adapter.num_layers):
-        parts = adapter.attention(i, x)
-        if attention is not None:
-            attention.append(parts.attn.float().cpu())
-        z = adapter.project(i, merge_heads(parts.attn @ parts.v), parts.gate)
-        inputs.append(x)
-        outputs.append(z)
-        x = adapter.finish_block(i, x, z)
-    probs = adapter.head(x).float().softmax(-1)
-    labels = probs.argmax(-1) if labels is None else torch.as_tensor(labels, device=probs.device).long().view(-1)
-    if labels.shape != probs.shape[:1] or labels.min() < 0 or labels.max() >= probs.shape[-1]:
-        raise VitscopeError(f"labels must be {probs.shape[0]} class indices in 0..{probs.shape[-1] - 1}")
-    return Baseline(inputs, outputs, probs, labels)
+    run = Pass(adapter, images, keep_attention=attention is not None)
+    base = run.baseline(labels)
+    if attention is not None:
+        attention.extend(run.attention)
+    return base
 
 
 @torch.inference_mode()

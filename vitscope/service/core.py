@@ -42,6 +42,7 @@ from vitscope.vocab import (
 
 Progress = Callable[[int, int], None] | None
 BASELINE_CACHE = 64  # images whose unpruned pass is kept (ViT-Ti: 3.6 MB each)
+PASS_CACHE = 8  # images whose attention pass is kept, maps included (ViT-B: ~36 MB each)
 GROUP = 32  # images per baseline pass of a pruning curve (bounds memory)
 PRUNABLE_CHUNK = 8  # steps a set curve's prunable count computes per round beyond the curve's own
 NEEDS_CLASSES = ("prune", "pairs", "curve", "saliency")  # requests answered in P[true]
@@ -76,6 +77,7 @@ class Service:
         self.labels = self.ds["label"].values
         self.valid = self.ds["valid"].values.astype(bool)
         self._bases: OrderedDict[int, prune.Baseline] = OrderedDict()
+        self._passes: OrderedDict[int, prune.Pass] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- images ---------------------------------------------------------------------------------------------
@@ -102,6 +104,9 @@ class Service:
     def baseline(self, images: Sequence[int]) -> prune.Baseline:
         """The unpruned pass of stored images (kept for the last BASELINE_CACHE images), true labels."""
         with self._lock:  # the queue's two lanes share the cache
+            for i in dict.fromkeys(images):  # an attention pass under way: finished, not run again
+                if i not in self._bases and i in self._passes:
+                    self._bases[i] = self._passes[i].baseline(torch.as_tensor(self.labels[[i]]))
             missing = [i for i in dict.fromkeys(images) if i not in self._bases]
             if missing:
                 base = prune.baseline(self.adapter, self.inputs(missing), torch.as_tensor(self.labels[missing]))
@@ -123,18 +128,39 @@ class Service:
 
     # -- the computations (each returns plain data) ---------------------------------------------------------
 
-    def attention(self, image: int) -> np.ndarray:
-        """All heads' attention of one image, [L, H, P, P] float32. Its forward is the image's unpruned pass too,
-        kept for its prune requests (the app asks for both on every image change: one forward, not two)."""
+    def attention(self, image: int, layer: int | None = None) -> np.ndarray:
+        """All heads' attention of one image, [L, H, P, P] float32, or of one `layer`, [H, P, P]. The image's
+        unpruned pass runs only as far as that layer and is kept (the last PASS_CACHE images): asking a deeper layer,
+        or pruning the image, continues it; its end is the image's prune baseline (one forward, not two)."""
         image = self.check_image(int(image))
-        maps: list[torch.Tensor] = []
-        base = prune.baseline(self.adapter, self.input(image), torch.as_tensor(self.labels[[image]]), maps)
+        L = self.adapter.num_layers
+        if layer is not None and not 0 <= int(layer) < L:
+            raise VitscopeError(f"layer {layer} out of range: this model has layers 0..{L - 1}")
         with self._lock:
-            self._bases[image] = base
-            self._bases.move_to_end(image)
-            while len(self._bases) > BASELINE_CACHE:
-                self._bases.popitem(last=False)
-        return torch.stack(maps, 1)[0].numpy()
+            run = self._pass(image)
+            run.to(L - 1 if layer is None else int(layer))
+            if run.done == L and image not in self._bases:
+                self._keep(image, run.baseline(torch.as_tensor(self.labels[[image]])))
+            if layer is None:
+                return torch.stack(run.attention, 1)[0].numpy()
+            return run.attention[int(layer)][0].numpy().copy()
+
+    def _pass(self, image: int) -> prune.Pass:
+        """The image's unpruned pass, as far as it has run (a new one if none is kept); under `_lock`."""
+        run = self._passes.get(image)
+        if run is None:
+            run = self._passes[image] = prune.Pass(self.adapter, self.input(image))
+        self._passes.move_to_end(image)
+        while len(self._passes) > PASS_CACHE:
+            self._passes.popitem(last=False)
+        return run
+
+    def _keep(self, image: int, base: prune.Baseline) -> None:
+        """Cache an image's unpruned pass for its prune requests; under `_lock`."""
+        self._bases[image] = base
+        self._bases.move_to_end(image)
+        while len(self._bases) > BASELINE_CACHE:
+            self._bases.popitem(last=False)
 
     def ablate(self, image: int, layers=None, modes=ABLATION_MODES) -> engine.EngineResult:
         """The leave-one-out engine's metrics for one image (e.g. for modes or layers not in the store)."""
@@ -366,7 +392,8 @@ class Service:
         if kind == "new_image":
             return self.new_image(r.get("path"), r.get("data"), r.get("label"), r.get("name"))
         if kind == "attention":
-            return {"kind": "attention", "image": int(r["image"]), "attention": self.attention(r["image"])}
+            return {"kind": "attention", "image": int(r["image"]), "layer": r.get("layer"),
+                    "attention": self.attention(r["image"], r.get("layer"))}
         raise AssertionError(kind)
 
 

@@ -8,6 +8,7 @@ and Dask; a head is a `vitscope.heads.Head` or any form `parse_head` reads.
         "proxy-harmful-first", "proxy-harmless-first", "random"] ("exact", "proxy": the harmful-first ones),
         "steps": [0, 6, 12], "max_images": 256, "tol": 0.01}
     {"kind": "new_image", "path": "photo.jpg"}  (or "data": the file's bytes)   {"kind": "attention", "image": 3}
+    {"kind": "attention", "image": 3, "layer": 5}  (that layer's heads only: the blocks up to it are run)
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def check(request: object) -> str:
         raise VitscopeError(f"a {kind} request needs an integer 'image' (the image's index in the store)")
     if kind == "prune" and not request.get("heads"):
         raise VitscopeError("a prune request needs 'heads': at least one LAYER:HEAD[:MODE]")
+    if kind == "attention" and request.get("layer") is not None and not isinstance(request["layer"], int):
+        raise VitscopeError("an attention request's 'layer' must be an integer (or absent: every layer)")
     if kind == "new_image" and (request.get("path") is None) == (request.get("data") is None):
         raise VitscopeError("a new_image request needs a 'path' or the file's 'data' (one of them)")
     return kind
