@@ -503,11 +503,14 @@ def test_timm_to_hf_gives_the_same_network_and_preprocessing(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_vit_converted_to_transformers_gives_the_timm_store(tmp_path):
+def test_real_vit_converted_to_transformers_gives_the_timm_store(tmp_path, request):
     """`timm_to_hf` of the real ViT-Ti: the transformers store over 8 photos equals the timm store within 1e-4
     in every metric. The processor reproduces timm's geometry except transformers' floored crop offset: over
     the 200 photos, the thumbnails are equal or (when the resized long side exceeds the crop by 3 mod 4
-    pixels) shifted by exactly one pixel; the photos compared are 8 with equal thumbnails."""
+    pixels) shifted by exactly one pixel; the photos compared are 8 with equal thumbnails. The timm store is
+    conftest's `real_vit_store` (the session's, built once for the real-model tests): the 8 are the first of its
+    photos with equal thumbnails, and the transformers store is built over those 8 alone (every compared
+    variable is per image)."""
     if not (REAL_VIT.is_file() and REAL_IMAGES.is_dir()):
         pytest.skip(f"real ViT-Ti or photos not found under {REAL_VIT.parents[1]}")
     from vitscope.data.images import read_rgb
@@ -518,29 +521,33 @@ def test_real_vit_converted_to_transformers_gives_the_timm_store(tmp_path):
     folder = timm_to_hf(timm_ad, tmp_path / "hf")
     hf_ad = load_model(f"hf:{folder}")
     pt, ph = Preprocessor(timm_ad.model), Preprocessor(hf_ad.model)
-    photos, shifted = [], 0
+    equal, shifted = set(), 0
     for path in sorted(REAL_IMAGES.glob("*/*.JPEG")):
         image = read_rgb(path)
         a, b = pt(image)[1], ph(image)[1]
         if np.array_equal(a, b):
-            photos.append(path) if len(photos) < 8 else None
+            equal.add(path.relative_to(REAL_IMAGES).as_posix())
         else:
             assert any(np.array_equal(s, t) for s, t in [(a[:, :-1], b[:, 1:]), (a[:-1], b[1:])]), path
             shifted += 1
     assert shifted < 40  # 23 of the 200
+    timm_store = request.getfixturevalue("real_vit_store")
+    ids = [str(i) for i in timm_store["image_id"].values]
+    photos = [i for i in ids if i in equal][:8]
+    assert len(photos) == 8, (len(photos), ids)
     sample = tmp_path / "photos"
-    for path in photos:
-        (sample / path.parent.name).mkdir(parents=True, exist_ok=True)
-        (sample / path.parent.name / path.name).symlink_to(path)
-    stores = {}
-    for kind, args in [("timm", ["--model", f"timm:{REAL_VIT_ARCH}", "--checkpoint", str(REAL_VIT)]),
-                       ("hf", ["--model", f"hf:{folder}"])]:
-        stores[kind] = tmp_path / f"{kind}.zarr"
-        res = run_cli("build", *args, "--images", str(sample), "--out", str(stores[kind]), "--ae-epochs", "1",
-                      "--quiet")
-        assert res.returncode == 0, res.stderr
-    a, b = open_store(stores["timm"]), open_store(stores["hf"])
+    for image_id in photos:
+        (sample / image_id).parent.mkdir(parents=True, exist_ok=True)
+        (sample / image_id).symlink_to(REAL_IMAGES / image_id)
+    out = tmp_path / "hf.zarr"
+    res = run_cli("build", "--model", f"hf:{folder}", "--images", str(sample), "--out", str(out), "--ae-epochs", "1",
+                  "--quiet")
+    assert res.returncode == 0, res.stderr
+    b = open_store(out)
+    assert [str(i) for i in b["image_id"].values] == photos
+    a = timm_store.isel(image=[ids.index(i) for i in photos])
     assert a.sizes["image"] == 8 and bool(a["valid"].all()) and bool(b["valid"].all())
+    assert timm_store.attrs["model_spec"] == f"timm:{REAL_VIT_ARCH}"
     np.testing.assert_array_equal(a["thumbnail"].values, b["thumbnail"].values)
     np.testing.assert_array_equal(a["label"].values, b["label"].values)
     for name in ("baseline_prob", "importance", "topk_prob", "grad_importance", "strength", "strength_entropy",
