@@ -323,6 +323,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=600, env={**os.environ, **OFFLINE})
 
 
+def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`vitscope ARGS` in this process: `vitscope.cli.main`, which `python -m vitscope.cli` runs (its return code,
+    stdout and stderr), without a fresh interpreter's ~10 s of imports and JIT. For `info` and `export` of a store
+    that a `run_cli` build (a fresh interpreter, offline) has just made."""
+    from vitscope.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
 def image_dir(root, n: int = 3):
     g = np.random.default_rng(0)
     for c in ("cat", "dog"):
@@ -370,7 +382,7 @@ BACKBONE_PROCESSORS = {
 
 
 @pytest.mark.parametrize("name", list(BACKBONE_PROCESSORS))
-def test_a_backbone_builds_a_probe_store_exact_against_transformers(name, tmp_path):
+def test_a_backbone_builds_a_probe_store_exact_against_transformers(name, tmp_path, capsys):
     """A backbone gets a linear probe (labelled folders): its prob/jsd, through the stored probe, equal one
     transformers forward per (layer, head, mode) on the pooled feature → the probe."""
     from vitscope.store import open_store
@@ -393,13 +405,13 @@ def test_a_backbone_builds_a_probe_store_exact_against_transformers(name, tmp_pa
     imp, top = reference_importance(model, x, labels, ad.num_prefix, probe)
     torch.testing.assert_close(torch.as_tensor(ds["importance"].values[:2]), imp, atol=2e-5, rtol=0)
     torch.testing.assert_close(torch.as_tensor(ds["topk_prob"].values[:2]), top, atol=2e-5, rtol=0)
-    info = run_cli("info", str(out))
+    info = run_here(capsys, "info", str(out))
     assert info.returncode == 0 and "prob basis: linear probe" in info.stdout, info.stderr
     # the service reads the same probe: P'[true] of a head pruned alone is the stored one
     got = run_cli("ablate", str(out), "--image", "1", "--prune", "2:1", "--json")
     assert got.returncode == 0, got.stderr
     assert abs(json.loads(got.stdout)["prob"] - float(ds["importance"].values[1, 2, 1, 1, 0])) < 1e-5
-    snap = run_cli("export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
+    snap = run_here(capsys, "export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
     assert snap.returncode == 0 and (tmp_path / "snap.html").stat().st_size > 0, snap.stderr
     served_attention_is_transformers(out, model, x[1], layer=2, head=1)
 
@@ -422,7 +434,7 @@ def served_attention_is_transformers(out, model, x: torch.Tensor, layer: int, he
     torch.testing.assert_close(torch.as_tensor(got), want.float(), atol=1e-5, rtol=0)
 
 
-def test_a_backbone_without_labels_builds_without_a_basis(tmp_path):
+def test_a_backbone_without_labels_builds_without_a_basis(tmp_path, capsys):
     """One image per class: no probe; prob/jsd NaN, the feature metrics kept; `info --model` says 0 classes."""
     from vitscope.store import open_store
 
@@ -437,9 +449,9 @@ def test_a_backbone_without_labels_builds_without_a_basis(tmp_path):
     got = run_cli("ablate", str(out), "--image", "0", "--prune", "0:0")  # P[true] is undefined: one line
     assert got.returncode == 2 and "unavailable" in got.stderr and "Traceback" not in got.stderr, got.stderr
     assert len([ln for ln in got.stderr.splitlines() if ln.strip()]) == 1, got.stderr
-    snap = run_cli("export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
+    snap = run_here(capsys, "export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
     assert snap.returncode == 0 and (tmp_path / "snap.html").stat().st_size > 0, snap.stderr
-    info = run_cli("info", "--model", f"hf:{folder}")
+    info = run_here(capsys, "info", "--model", f"hf:{folder}")
     assert info.returncode == 0 and "prefix_tokens: 5" in info.stdout and "classes: 0" in info.stdout, info.stderr
 
 
