@@ -18,13 +18,10 @@ SESSIONS = 8
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("sessions")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VITSCOPE_CACHE": str(cache)}
-    out = subprocess.run([sys.executable, "-m", "vitscope.cli", "demo", "--no-serve", "--limit", "16"], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return cache / "demo-16.zarr"
+def store(demo16):
+    """16 demo images: conftest's `demo16`, built once a session (the servers and `lone_view` only read it; the
+    `vitscope demo` command that also makes such a store is test_build.py's and test_demo.py's)."""
+    return demo16
 
 
 @pytest.fixture(scope="module", params=["0", "4"], ids=["event-loop", "4-threads"])
