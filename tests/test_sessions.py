@@ -4,6 +4,7 @@ selection or a view)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -37,8 +38,10 @@ def server(store, request):
     stop(proc)
 
 
+@functools.cache
 def lone_view(store, image: int) -> dict:
-    """What one session shows for `image`: its pattern info line and the two-axes title (from its attention)."""
+    """What one session shows for `image`: its pattern info line and the two-axes title (from its attention).
+    Computed once per store and image (an Explorer of its own each, ~0.3-1 s), for both servers and both checks."""
     from vitscope.app import Explorer
 
     ex = Explorer(store)
