@@ -323,6 +323,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=600, env={**os.environ, **OFFLINE})
 
 
+def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`vitscope ARGS` in this process: `vitscope.cli.main`, which `python -m vitscope.cli` runs (its return code,
+    stdout and stderr), without a fresh interpreter's ~10 s of imports and JIT. For `info` and `export` of a store
+    that a `run_cli` build (a fresh interpreter, offline) has just made."""
+    from vitscope.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
 def image_dir(root, n: int = 3):
     g = np.random.default_rng(0)
     for c in ("cat", "dog"):
@@ -370,7 +382,7 @@ BACKBONE_PROCESSORS = {
 
 
 @pytest.mark.parametrize("name", list(BACKBONE_PROCESSORS))
-def test_a_backbone_builds_a_probe_store_exact_against_transformers(name, tmp_path):
+def test_a_backbone_builds_a_probe_store_exact_against_transformers(name, tmp_path, capsys):
     """A backbone gets a linear probe (labelled folders): its prob/jsd, through the stored probe, equal one
     transformers forward per (layer, head, mode) on the pooled feature → the probe."""
     from vitscope.store import open_store
@@ -393,13 +405,13 @@ def test_a_backbone_builds_a_probe_store_exact_against_transformers(name, tmp_pa
     imp, top = reference_importance(model, x, labels, ad.num_prefix, probe)
     torch.testing.assert_close(torch.as_tensor(ds["importance"].values[:2]), imp, atol=2e-5, rtol=0)
     torch.testing.assert_close(torch.as_tensor(ds["topk_prob"].values[:2]), top, atol=2e-5, rtol=0)
-    info = run_cli("info", str(out))
+    info = run_here(capsys, "info", str(out))
     assert info.returncode == 0 and "prob basis: linear probe" in info.stdout, info.stderr
     # the service reads the same probe: P'[true] of a head pruned alone is the stored one
     got = run_cli("ablate", str(out), "--image", "1", "--prune", "2:1", "--json")
     assert got.returncode == 0, got.stderr
     assert abs(json.loads(got.stdout)["prob"] - float(ds["importance"].values[1, 2, 1, 1, 0])) < 1e-5
-    snap = run_cli("export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
+    snap = run_here(capsys, "export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
     assert snap.returncode == 0 and (tmp_path / "snap.html").stat().st_size > 0, snap.stderr
     served_attention_is_transformers(out, model, x[1], layer=2, head=1)
 
@@ -422,7 +434,7 @@ def served_attention_is_transformers(out, model, x: torch.Tensor, layer: int, he
     torch.testing.assert_close(torch.as_tensor(got), want.float(), atol=1e-5, rtol=0)
 
 
-def test_a_backbone_without_labels_builds_without_a_basis(tmp_path):
+def test_a_backbone_without_labels_builds_without_a_basis(tmp_path, capsys):
     """One image per class: no probe; prob/jsd NaN, the feature metrics kept; `info --model` says 0 classes."""
     from vitscope.store import open_store
 
@@ -437,9 +449,9 @@ def test_a_backbone_without_labels_builds_without_a_basis(tmp_path):
     got = run_cli("ablate", str(out), "--image", "0", "--prune", "0:0")  # P[true] is undefined: one line
     assert got.returncode == 2 and "unavailable" in got.stderr and "Traceback" not in got.stderr, got.stderr
     assert len([ln for ln in got.stderr.splitlines() if ln.strip()]) == 1, got.stderr
-    snap = run_cli("export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
+    snap = run_here(capsys, "export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
     assert snap.returncode == 0 and (tmp_path / "snap.html").stat().st_size > 0, snap.stderr
-    info = run_cli("info", "--model", f"hf:{folder}")
+    info = run_here(capsys, "info", "--model", f"hf:{folder}")
     assert info.returncode == 0 and "prefix_tokens: 5" in info.stdout and "classes: 0" in info.stdout, info.stderr
 
 
@@ -503,11 +515,14 @@ def test_timm_to_hf_gives_the_same_network_and_preprocessing(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_vit_converted_to_transformers_gives_the_timm_store(tmp_path):
+def test_real_vit_converted_to_transformers_gives_the_timm_store(tmp_path, request):
     """`timm_to_hf` of the real ViT-Ti: the transformers store over 8 photos equals the timm store within 1e-4
     in every metric. The processor reproduces timm's geometry except transformers' floored crop offset: over
     the 200 photos, the thumbnails are equal or (when the resized long side exceeds the crop by 3 mod 4
-    pixels) shifted by exactly one pixel; the photos compared are 8 with equal thumbnails."""
+    pixels) shifted by exactly one pixel; the photos compared are 8 with equal thumbnails. The timm store is
+    conftest's `real_vit_store` (the session's, built once for the real-model tests): the 8 are the first of its
+    photos with equal thumbnails, and the transformers store is built over those 8 alone (every compared
+    variable is per image)."""
     if not (REAL_VIT.is_file() and REAL_IMAGES.is_dir()):
         pytest.skip(f"real ViT-Ti or photos not found under {REAL_VIT.parents[1]}")
     from vitscope.data.images import read_rgb
@@ -518,29 +533,33 @@ def test_real_vit_converted_to_transformers_gives_the_timm_store(tmp_path):
     folder = timm_to_hf(timm_ad, tmp_path / "hf")
     hf_ad = load_model(f"hf:{folder}")
     pt, ph = Preprocessor(timm_ad.model), Preprocessor(hf_ad.model)
-    photos, shifted = [], 0
+    equal, shifted = set(), 0
     for path in sorted(REAL_IMAGES.glob("*/*.JPEG")):
         image = read_rgb(path)
         a, b = pt(image)[1], ph(image)[1]
         if np.array_equal(a, b):
-            photos.append(path) if len(photos) < 8 else None
+            equal.add(path.relative_to(REAL_IMAGES).as_posix())
         else:
             assert any(np.array_equal(s, t) for s, t in [(a[:, :-1], b[:, 1:]), (a[:-1], b[1:])]), path
             shifted += 1
     assert shifted < 40  # 23 of the 200
+    timm_store = request.getfixturevalue("real_vit_store")
+    ids = [str(i) for i in timm_store["image_id"].values]
+    photos = [i for i in ids if i in equal][:8]
+    assert len(photos) == 8, (len(photos), ids)
     sample = tmp_path / "photos"
-    for path in photos:
-        (sample / path.parent.name).mkdir(parents=True, exist_ok=True)
-        (sample / path.parent.name / path.name).symlink_to(path)
-    stores = {}
-    for kind, args in [("timm", ["--model", f"timm:{REAL_VIT_ARCH}", "--checkpoint", str(REAL_VIT)]),
-                       ("hf", ["--model", f"hf:{folder}"])]:
-        stores[kind] = tmp_path / f"{kind}.zarr"
-        res = run_cli("build", *args, "--images", str(sample), "--out", str(stores[kind]), "--ae-epochs", "1",
-                      "--quiet")
-        assert res.returncode == 0, res.stderr
-    a, b = open_store(stores["timm"]), open_store(stores["hf"])
+    for image_id in photos:
+        (sample / image_id).parent.mkdir(parents=True, exist_ok=True)
+        (sample / image_id).symlink_to(REAL_IMAGES / image_id)
+    out = tmp_path / "hf.zarr"
+    res = run_cli("build", "--model", f"hf:{folder}", "--images", str(sample), "--out", str(out), "--ae-epochs", "1",
+                  "--quiet")
+    assert res.returncode == 0, res.stderr
+    b = open_store(out)
+    assert [str(i) for i in b["image_id"].values] == photos
+    a = timm_store.isel(image=[ids.index(i) for i in photos])
     assert a.sizes["image"] == 8 and bool(a["valid"].all()) and bool(b["valid"].all())
+    assert timm_store.attrs["model_spec"] == f"timm:{REAL_VIT_ARCH}"
     np.testing.assert_array_equal(a["thumbnail"].values, b["thumbnail"].values)
     np.testing.assert_array_equal(a["label"].values, b["label"].values)
     for name in ("baseline_prob", "importance", "topk_prob", "grad_importance", "strength", "strength_entropy",

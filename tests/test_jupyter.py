@@ -37,13 +37,10 @@ WARM = ("app.warming.join(120)\nfrom vitscope.app.explorer import _dispatcher_or
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A small store of the demo model (its model loads in the kernel: the warm-up has work to do)."""
-    from vitscope.build import BuildConfig, build
-
-    out = tmp_path_factory.mktemp("store") / "demo16.zarr"
-    build(BuildConfig(model="demo", images="demo", out=out, limit=16, chunk=8, ae_epochs=1, progress=False))
-    return out
+def store(demo16):
+    """A small store of the demo model (its model loads in the kernel: the warm-up has work to do): conftest's
+    `demo16`, the same build (16 images, chunk 8, ae_epochs 1) shared with the session; the notebook only reads it."""
+    return demo16
 
 
 @pytest.fixture(scope="module")

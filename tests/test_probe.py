@@ -297,8 +297,10 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def test_cli_build_ablate_export_of_a_timm_checkpoint_without_head(tmp_path):
-    """`timm:NAME --checkpoint` without `head.*`: built as a backbone, probed; `ablate` and `export` read the probe."""
+def test_cli_build_ablate_export_of_a_timm_checkpoint_without_head(tmp_path, capsys):
+    """`timm:NAME --checkpoint` without `head.*`: built as a backbone, probed; `ablate` and `export` read the probe.
+    `build` and `ablate` in fresh interpreters; `export` through `vitscope.cli.main` in this process (the same code
+    and return code, without another interpreter's ~10 s of imports and JIT)."""
     import json
 
     import timm
@@ -320,8 +322,11 @@ def test_cli_build_ablate_export_of_a_timm_checkpoint_without_head(tmp_path):
     got = cli("ablate", str(out), "--image", "2", "--prune", "3:1", "--json")
     assert got.returncode == 0, got.stderr
     assert abs(json.loads(got.stdout)["prob"] - float(ds["importance"].values[2, 3, 1, 1, 0])) < 1e-5
-    snap = cli("export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html"))
-    assert snap.returncode == 0 and "linear probe" in (tmp_path / "snap.html").read_text(), snap.stderr
+    from vitscope.cli import main
+
+    capsys.readouterr()
+    code = main(["export", str(out), "--image", "0", "--out", str(tmp_path / "snap.html")])
+    assert code == 0 and "linear probe" in (tmp_path / "snap.html").read_text(), capsys.readouterr().err
 
 
 def test_dask_build_of_a_backbone_equals_the_threaded_build(tmp_path):

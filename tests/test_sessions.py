@@ -4,6 +4,7 @@ selection or a view)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -18,13 +19,10 @@ SESSIONS = 8
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("sessions")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VITSCOPE_CACHE": str(cache)}
-    out = subprocess.run([sys.executable, "-m", "vitscope.cli", "demo", "--no-serve", "--limit", "16"], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return cache / "demo-16.zarr"
+def store(demo16):
+    """16 demo images: conftest's `demo16`, built once a session (the servers and `lone_view` only read it; the
+    `vitscope demo` command that also makes such a store is test_build.py's and test_demo.py's)."""
+    return demo16
 
 
 @pytest.fixture(scope="module", params=["0", "4"], ids=["event-loop", "4-threads"])
@@ -40,8 +38,10 @@ def server(store, request):
     stop(proc)
 
 
+@functools.cache
 def lone_view(store, image: int) -> dict:
-    """What one session shows for `image`: its pattern info line and the two-axes title (from its attention)."""
+    """What one session shows for `image`: its pattern info line and the two-axes title (from its attention).
+    Computed once per store and image (an Explorer of its own each, ~0.3-1 s), for both servers and both checks."""
     from vitscope.app import Explorer
 
     ex = Explorer(store)
