@@ -102,7 +102,9 @@ class ImageOverview:
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("image", "@image  @id"), ("class", "@label"),
                                                             ("P[true]", "@p{0.000}"), ("top-1", "@pred")]))
         self.marker = ColumnDataSource({"x": [], "y": []}, name="vs-overview-marker")
-        fig.scatter("x", "y", source=self.marker, size=16, fill_alpha=0, line_color=SELECTED, line_width=3)
+        # "overlay": moving the marker repaints only the overlay canvas, not the 10,000 points under it
+        fig.scatter("x", "y", source=self.marker, size=16, fill_alpha=0, line_color=SELECTED, line_width=3,
+                    level="overlay")
         self.colour_bar = ColorBar(color_mapper=LinearColorMapper(palette=VALUE_CMAP, low=0, high=1), width=8,
                                    title="P[true]", visible=False)
         fig.add_layout(self.colour_bar, "right")

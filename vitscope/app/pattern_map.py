@@ -130,14 +130,18 @@ class PatternMap:
         self.all_contours = ColumnDataSource({"xs": [], "ys": []})
         fig.multi_line("xs", "ys", source=self.all_contours, color="#555555", line_width=1)
         self.instances = ColumnDataSource({"x": [], "y": []})
-        fig.scatter("x", "y", source=self.instances, size=2.5, color=SELECTED, alpha=0.3, line_color=None)
+        # what follows the selection is drawn on the overlay canvas: a change repaints it, not the map under it
+        fig.scatter("x", "y", source=self.instances, size=2.5, color=SELECTED, alpha=0.3, line_color=None,
+                    level="overlay")
         self.head_contours = ColumnDataSource({"xs": [], "ys": []})
-        fig.multi_line("xs", "ys", source=self.head_contours, color=SELECTED, line_width=1.5)
+        fig.multi_line("xs", "ys", source=self.head_contours, color=SELECTED, line_width=1.5, level="overlay")
         self.heads = ColumnDataSource(image_heads(data, self.kind, None))
-        dots = fig.scatter("x", "y", source=self.heads, color="colour", size=8, line_color="black", line_width=0.5)
+        dots = fig.scatter("x", "y", source=self.heads, color="colour", size=8, line_color="black", line_width=0.5,
+                           level="overlay")
         fig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head")]))
         self.ring = ColumnDataSource({"x": [], "y": []})
-        fig.scatter("x", "y", source=self.ring, size=16, fill_alpha=0, line_color=SELECTED, line_width=2.5)
+        fig.scatter("x", "y", source=self.ring, size=16, fill_alpha=0, line_color=SELECTED, line_width=2.5,
+                    level="overlay")
         fig.on_event(Tap, guarded(sel, "head tap", lambda e: self.pick(e.x, e.y)))
         fig.on_event(RangesUpdate, guarded(sel, "map zoom", lambda e: self.reaggregate((e.x0, e.x1), (e.y0, e.y1))))
         self.note = Label(x=size / 2, y=size / 2, x_units="screen", y_units="screen", text="", text_align="center",
