@@ -103,7 +103,8 @@ class Explorer(pn.viewable.Viewer):
         self.pattern = AttentionPatternView(d, s, self.attention, self.overview.thumb_source)
         self.ablation = AblationView(d, s, self.submit, self.schedule, self.overview.figure, self.pattern.map.figure)
         self.save = SaveFigure(d, s, self.all_attention, figure_bytes, SIDEBAR - 30) if figure_bytes else None
-        self.views = [self.overview, self.importance, self.strength, self.pattern, self.ablation]
+        self.views = [self.overview, self.importance, self.strength, self.pattern, self.ablation,
+                      *([self.save] if self.save else [])]
         watched = sorted({name for v in self.views for name in v.watches})
         s.param.watch(self._changed, watched)
         self._widgets()

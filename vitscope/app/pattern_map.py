@@ -130,11 +130,11 @@ class PatternMap:
         self.all_contours = ColumnDataSource({"xs": [], "ys": []})
         fig.multi_line("xs", "ys", source=self.all_contours, color="#555555", line_width=1)
         self.instances = ColumnDataSource({"x": [], "y": []})
-        # what follows the selection is drawn on the overlay canvas: a change repaints it, not the map under it
-        fig.scatter("x", "y", source=self.instances, size=2.5, color=SELECTED, alpha=0.3, line_color=None,
-                    level="overlay")
+        fig.scatter("x", "y", source=self.instances, size=2.5, color=SELECTED, alpha=0.3, line_color=None)
         self.head_contours = ColumnDataSource({"xs": [], "ys": []})
-        fig.multi_line("xs", "ys", source=self.head_contours, color=SELECTED, line_width=1.5, level="overlay")
+        fig.multi_line("xs", "ys", source=self.head_contours, color=SELECTED, line_width=1.5)
+        # what follows the image is drawn on the overlay canvas: an image change repaints it, not the map, the head's
+        # instances in every image (10,000 points at 10k) and its contours under it
         self.heads = ColumnDataSource(image_heads(data, self.kind, None))
         dots = fig.scatter("x", "y", source=self.heads, color="colour", size=8, line_color="black", line_width=0.5,
                            level="overlay")

@@ -42,7 +42,11 @@ class SaveFigure:
                                               width=width - 10, css_classes=["vs-save-figure"], **light())
         self.which.param.watch(self._follow, ["value"])
         self.format.param.watch(self._follow, ["value"])
-        selection.param.watch(self._follow, ["image", "layer", "head"])
+        self._follow()
+
+    watches = ("image", "layer", "head")  # followed as one of the Explorer's views: inside its one held change
+
+    def update(self, changed: set[str] | None = None) -> None:
         self._follow()
 
     def filename(self) -> str:
