@@ -118,8 +118,7 @@ class Service:
             for i in images:
                 self._bases.move_to_end(i)
                 parts.append(self._bases[i])
-            while len(self._bases) > BASELINE_CACHE:
-                self._bases.popitem(last=False)
+            _trim(self._bases, BASELINE_CACHE)
         if len(parts) == 1:
             return parts[0]
         return prune.Baseline([torch.cat(x) for x in zip(*(p.inputs for p in parts), strict=True)],
@@ -151,16 +150,14 @@ class Service:
         if run is None:
             run = self._passes[image] = prune.Pass(self.adapter, self.input(image))
         self._passes.move_to_end(image)
-        while len(self._passes) > PASS_CACHE:
-            self._passes.popitem(last=False)
+        _trim(self._passes, PASS_CACHE)
         return run
 
     def _keep(self, image: int, base: prune.Baseline) -> None:
         """Cache an image's unpruned pass for its prune requests; under `_lock`."""
         self._bases[image] = base
         self._bases.move_to_end(image)
-        while len(self._bases) > BASELINE_CACHE:
-            self._bases.popitem(last=False)
+        _trim(self._bases, BASELINE_CACHE)
 
     def ablate(self, image: int, layers=None, modes=ABLATION_MODES) -> engine.EngineResult:
         """The leave-one-out engine's metrics for one image (e.g. for modes or layers not in the store)."""
@@ -395,6 +392,12 @@ class Service:
             return {"kind": "attention", "image": int(r["image"]), "layer": r.get("layer"),
                     "attention": self.attention(r["image"], r.get("layer"))}
         raise AssertionError(kind)
+
+
+def _trim(cache: OrderedDict, size: int) -> None:
+    """Drop the least recently used entries beyond `size`."""
+    while len(cache) > size:
+        cache.popitem(last=False)
 
 
 def prunable_count(known: dict[int, int], m: int, tol: float, n_heads: int) -> tuple[int | None, int | None]:
