@@ -79,8 +79,9 @@ def inputs(path: str) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
     }
 
 
-def sampled(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """The build's layout above FIT_POINTS, with the sample size forced to n."""
+def sampled(x: np.ndarray, n: int, seed: int = 0, refined: bool = True) -> np.ndarray:
+    """The build's layout above FIT_POINTS, with the sample size forced to n (refined: as the build; without: the
+    transform's places as they were before `layout.refine`)."""
     sample = layout.fit_sample(len(x), seed, n)
     y_fit, record = layout.fit_layout(x[sample], len(x), seed=seed)
     y = np.empty((len(x), 2), np.float32)
@@ -89,7 +90,7 @@ def sampled(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     ref = layout.Reference(x[sample], y_fit, record, n_jobs=-1)
     for a in range(0, len(rest), layouts.BLOCK_POINTS):
         y[rest[a:a + layouts.BLOCK_POINTS]] = ref.place(x[rest[a:a + layouts.BLOCK_POINTS]])
-    return y
+    return layout.refine(x, y, sample, record, seed=seed)[0] if refined else y
 
 
 def transform_cost(n: int, dims: int, fit_points: int) -> None:
@@ -131,6 +132,7 @@ def main() -> None:
     ap.add_argument("--defaults", action="store_true", help="also openTSNE's default settings (issue 11's before)")
     ap.add_argument("--transform-cost", type=int, default=None, metavar="N", help="time placing N synthetic points")
     ap.add_argument("--dims", type=int, default=16)
+    ap.add_argument("--unrefined", action="store_true", help="also the sample's layout without `layout.refine`")
     args = ap.parse_args()
     if args.transform_cost:
         transform_cost(args.transform_cost, args.dims, layout.FIT_POINTS)
@@ -143,6 +145,8 @@ def main() -> None:
         n = args.sample or max(len(x) // 4, 10)
         versions = [("before", before)] if args.defaults else []
         versions += [("full", lambda v: layout.tsne_2d(v, seed=0)), (f"sample {n}", lambda v, n=n: sampled(v, n))]
+        if args.unrefined:
+            versions.append((f"sample {n}, unrefined", lambda v, n=n: sampled(v, n, refined=False)))
         times, first = {}, None
         for version, fn in versions:
             t = time.perf_counter()

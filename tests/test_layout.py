@@ -159,3 +159,56 @@ def test_the_transform_places_new_points_by_the_fitted_layout_in_any_chunks():
     # a fitted point placed again lands where it was fitted
     again = ref.place(x[sample])
     assert np.median(np.linalg.norm(again - y, axis=1)) < 0.05
+
+
+def _clusters(n: int, dim: int, k: int = 30, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, dim)) * 4
+    return (centres[rng.integers(0, k, n)] + rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def _keep(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
+    """Share of each point's k nearest in x that are among its k nearest in y (brute force)."""
+    def nearest(v: np.ndarray) -> np.ndarray:
+        d = ((v[:, None].astype(np.float64) - v[None]) ** 2).sum(-1)
+        np.fill_diagonal(d, np.inf)
+        return np.argsort(d, axis=1)[:, :k]
+
+    a, b = nearest(x), nearest(y)
+    return float(np.mean([len(set(p) & set(q)) / k for p, q in zip(a, b, strict=True)]))
+
+
+@pytest.mark.parametrize("dim", [10, 60], ids=["raw", "pca"])
+def test_neighbours_through_the_sample_are_the_exact_nearest(dim):
+    x = _clusters(1200, dim)
+    sample = layout.fit_sample(len(x), seed=0, fit_points=120)
+    basis = layout._Basis(x[sample].astype(np.float64), layout.PCA_DIMS if dim > layout.PCA_DIMS else 0)
+    near = layout._neighbours_by_sample(x, basis, sample, 10)
+    d = ((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1)  # the obvious way: every pair
+    np.fill_diagonal(d, np.inf)
+    exact = np.argsort(d, axis=1)[:, :10]
+    assert near.shape == (1200, 10) and not (near == np.arange(1200)[:, None]).any()
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(near, exact, strict=True)])
+    assert recall >= 0.97
+
+
+def test_refine_gives_the_placed_points_their_neighbours_back():
+    """Fit on a tenth, place the rest by the transform, refine: each point's 10 nearest in the input come back
+    into its 10 nearest in the layout (the transform alone loses a third of them), in a unit frame whose record
+    rebuilds a Reference that places a point where the refined layout has it."""
+    x = _clusters(1500, 10)
+    sample = layout.fit_sample(len(x), seed=0, fit_points=150)
+    y_fit, record = layout.fit_layout(x[sample], len(x))
+    rest = np.setdiff1d(np.arange(len(x)), sample)
+    y = np.empty((len(x), 2), np.float32)
+    y[sample], y[rest] = y_fit, layout.Reference(x[sample], y_fit, record).place(x[rest])
+    steps: list[int] = []
+    refined, frame = layout.refine(x, y, sample, record, progress=steps.append)
+    assert refined.shape == (1500, 2) and refined.dtype == np.float32 and sum(steps) == layout.REFINE_ITER
+    before, after = _keep(x, y), _keep(x, refined)
+    assert after >= before + 0.1 and after >= 0.5, (before, after)
+    np.testing.assert_allclose(refined.mean(0), 0.0, atol=1e-4)
+    assert refined.std() == pytest.approx(1.0, rel=1e-4) and frame["sample"] == 150
+    again = layout.Reference(x[sample], refined[sample], frame).place(x[rest[:50]])
+    spacing = np.median(np.sort(((refined[:, None] - refined[None]) ** 2).sum(-1), axis=1)[:, 1]) ** 0.5
+    assert np.median(np.linalg.norm(again - refined[rest[:50]], axis=1)) < 5 * spacing

@@ -5,7 +5,8 @@ Apart from `build.py` because it runs on its own: after the per-image stage, on 
 left, or in a background thread while `vitscope demo` serves the app (whose views ask `layouts_status` here).
 
 Each layout is fitted on a seeded sample (`layout.fit_sample`: every point of a small store) and the rest placed
-by the fitted layout's transform in blocks of whole store chunks; the autoencoder trains on a sample and encodes
+by the fitted layout's transform in blocks of whole store chunks, then refined together (`layout.refine`, in this
+process); the autoencoder trains on a sample and encodes
 in the same blocks. With `--workers` / `--scheduler` the blocks are Dask tasks, like the per-image work: a block's
 result does not depend on where it runs (`layout.Reference`), so the store is the same either way.
 """
@@ -127,8 +128,7 @@ def _finish(out: Path, cfg: BuildConfig, ds: xr.Dataset, pending: list[str], tim
         xy[sample] = y_fit
         fitted = np.zeros(len(x), bool)
         fitted[sample] = True
-        del x
-        if len(sample) < len(xy):  # the rest by the transform, block by block
+        if len(sample) < len(xy):  # the rest by the transform, block by block, then all together
             ref = (x_fit, y_fit, record)
             if client is not None:
                 ref = client.scatter(ref, broadcast=True)
@@ -137,6 +137,10 @@ def _finish(out: Path, cfg: BuildConfig, ds: xr.Dataset, pending: list[str], tim
             placed = _run_blocks(client, blocks, _place_block, (str(out), name, metric, ref, threads), cfg,
                                  f"placing the rest of {name}{where}", extra=rest)
             xy[~fitted] = placed
+            with tqdm(total=layout.REFINE_ITER, unit="it", disable=not cfg.progress,
+                      desc=f"tSNE layouts: refining {name} ({len(x)} points)") as bar:
+                xy, record = layout.refine(x, xy, sample, record, seed=cfg.seed, progress=bar.update)
+        del x
         timings["tsne"] += time.perf_counter() - t
         shape = (2,) if name == "image_xy" else (L, H, 2)
         arrays[name] = scatter(xy, shape)
