@@ -202,9 +202,10 @@ def test_refine_gives_the_placed_points_their_neighbours_back():
     rest = np.setdiff1d(np.arange(len(x)), sample)
     y = np.empty((len(x), 2), np.float32)
     y[sample], y[rest] = y_fit, layout.Reference(x[sample], y_fit, record).place(x[rest])
-    steps: list[int] = []
-    refined, frame = layout.refine(x, y, sample, record, progress=steps.append)
+    steps, searched = [], []
+    refined, frame = layout.refine(x, y, sample, record, progress=steps.append, searched=searched.append)
     assert refined.shape == (1500, 2) and refined.dtype == np.float32 and sum(steps) == layout.REFINE_ITER
+    assert sum(searched) == 2 * 1500 and len(searched) > 2  # the search's bar moves before the iterations
     before, after = _keep(x, y), _keep(x, refined)
     assert after >= before + 0.1 and after >= 0.5, (before, after)
     np.testing.assert_allclose(refined.mean(0), 0.0, atol=1e-4)

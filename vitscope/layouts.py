@@ -137,9 +137,13 @@ def _finish(out: Path, cfg: BuildConfig, ds: xr.Dataset, pending: list[str], tim
             placed = _run_blocks(client, blocks, _place_block, (str(out), name, metric, ref, threads), cfg,
                                  f"placing the rest of {name}{where}", extra=rest)
             xy[~fitted] = placed
-            with tqdm(total=layout.REFINE_ITER, unit="it", disable=not cfg.progress,
-                      desc=f"tSNE layouts: refining {name} ({len(x)} points)") as bar:
-                xy, record = layout.refine(x, xy, sample, record, seed=cfg.seed, progress=bar.update)
+            # one bar: the neighbour search (2 N points; minutes at 1.44 M) as its first half, the iterations its second
+            step = max(1, 2 * len(x) // layout.REFINE_ITER)  # an iteration's share, in points
+            with tqdm(total=2 * len(x) + step * layout.REFINE_ITER, disable=not cfg.progress,
+                      bar_format="{l_bar}{bar}| {elapsed}",
+                      desc=f"tSNE layouts: refining {name} ({len(x)} points: neighbours, then iterations)") as bar:
+                xy, record = layout.refine(x, xy, sample, record, seed=cfg.seed, searched=bar.update,
+                                           progress=lambda k, step=step, bar=bar: bar.update(k * step))
         del x
         timings["tsne"] += time.perf_counter() - t
         shape = (2,) if name == "image_xy" else (L, H, 2)

@@ -198,7 +198,7 @@ class Reference:
 
 
 def refine(x: np.ndarray, xy: np.ndarray, sample: np.ndarray, record: dict, *, seed: int = 0,
-           progress: Progress = None) -> tuple[np.ndarray, dict]:
+           progress: Progress = None, searched: Progress = None) -> tuple[np.ndarray, dict]:
     """A sampled layout (fit sample plus transformed rest, float32 [N, 2] in the frame of `fit_layout`'s record)
     optimised as a whole: `REFINE_ITER` tSNE iterations without exaggeration over every point's `REFINE_K` nearest
     neighbours in the features x [N, D]. → (float32 [N, 2] centred to unit std, the record of that frame).
@@ -210,7 +210,9 @@ def refine(x: np.ndarray, xy: np.ndarray, sample: np.ndarray, record: dict, *, s
     them back. Neighbours are found through the sample, not an index of all points (Annoy took 5 min for 1.44 M
     16-d points): each point joins the list of its nearest sample point (in the fit's PCA basis, where the
     transform looked too) and its neighbours are sought, exactly in x, among the points of the lists whose sample
-    points are nearest its own, about `REFINE_POOL` candidates. `progress(k)` is told of every k iterations.
+    points are nearest its own, about `REFINE_POOL` candidates. `progress(k)` is told of every k iterations,
+    `searched(k)` of every k points through the neighbour search (2 N in all: each point's list, then its
+    neighbours; minutes at 1.44 M points, before the first iteration).
     """
     from openTSNE import TSNEEmbedding, affinity
     from scipy import sparse
@@ -218,11 +220,12 @@ def refine(x: np.ndarray, xy: np.ndarray, sample: np.ndarray, record: dict, *, s
     x = np.asarray(x, np.float32)
     n = len(x)
     if n != len(xy) or n <= REFINE_K + 1:
-        if progress is not None:
-            progress(REFINE_ITER)
+        for tell, steps in ((searched, 2 * n), (progress, REFINE_ITER)):
+            if tell is not None:
+                tell(steps)
         return np.asarray(xy, np.float32), record
     basis = _Basis(_check(x[sample], "refine"), int(record.get("pca", 0)))
-    near = _neighbours_by_sample(x, basis, np.asarray(sample), REFINE_K)  # [N, K]
+    near = _neighbours_by_sample(x, basis, np.asarray(sample), REFINE_K, searched)  # [N, K]
     p = sparse.csr_matrix((np.full(near.size, 1.0 / REFINE_K), (np.repeat(np.arange(n), REFINE_K), near.ravel())),
                           shape=(n, n))
     shift, scale = np.asarray(record["shift"], np.float64), float(record["scale"])
@@ -240,11 +243,13 @@ def refine(x: np.ndarray, xy: np.ndarray, sample: np.ndarray, record: dict, *, s
     return ((y - shift) / scale).astype(np.float32), {**record, "shift": [float(v) for v in shift], "scale": scale}
 
 
-def _neighbours_by_sample(x: np.ndarray, basis: _Basis, sample: np.ndarray, k: int) -> np.ndarray:
+def _neighbours_by_sample(x: np.ndarray, basis: _Basis, sample: np.ndarray, k: int,
+                          searched: Progress = None) -> np.ndarray:
     """Each point's k nearest other points in x (int64 [N, k]), sought among the points whose nearest sample point
-    is one of the sample points nearest its own (see `refine`)."""
+    is one of the sample points nearest its own (see `refine`; `searched` as there)."""
+    tell = searched or (lambda _: None)
     anchors = basis.reduce(x[sample]).astype(np.float32)  # [S, d]
-    own = _nearest(basis, x, anchors, 1)[:, 0]  # [N]: each point's list
+    own = _nearest(basis, x, anchors, 1, progress=tell)[:, 0]  # [N]: each point's list
     lists = np.argsort(own, kind="stable")
     starts = np.searchsorted(own[lists], np.arange(len(sample) + 1))
     sizes = np.diff(starts)
@@ -267,11 +272,14 @@ def _neighbours_by_sample(x: np.ndarray, basis: _Basis, sample: np.ndarray, k: i
         kk = min(k, len(pool) - 1)
         got = pool[np.argpartition(d, kk - 1, axis=1)[:, :kk]] if kk > 0 else members[:, None]
         near[members] = got[:, np.arange(k) % got.shape[1]]  # fewer candidates than k (tiny layouts): repeated
+        tell(len(members))
     return near
 
 
-def _nearest(basis: _Basis, x: np.ndarray, anchors: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
-    """Indices [N, k] of the k anchors nearest each row of x (reduced by the basis), by blocks of rows."""
+def _nearest(basis: _Basis, x: np.ndarray, anchors: np.ndarray, k: int, block: int = 2048,
+             progress: Callable[[int], None] = lambda _: None) -> np.ndarray:
+    """Indices [N, k] of the k anchors nearest each row of x (reduced by the basis), by blocks of rows (each
+    reported to `progress`)."""
     sq = np.einsum("sd,sd->s", anchors, anchors)
     twice = np.ascontiguousarray(-2 * anchors.T)  # [d, S]
     out = np.empty((len(x), k), np.int64)
@@ -279,6 +287,7 @@ def _nearest(basis: _Basis, x: np.ndarray, anchors: np.ndarray, k: int, block: i
         q = basis.reduce(x[a:a + block]).astype(np.float32)
         d = q @ twice
         d += sq  # [b, S]: squared distances up to each row's own |q|², in place (the block's largest array)
+        progress(len(q))
         if k == 1:  # each point's own list (argmin: a tenth of argpartition's time over 30,000 anchors)
             out[a:a + block, 0] = d.argmin(axis=1)
             continue
