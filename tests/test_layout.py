@@ -167,14 +167,16 @@ def _clusters(n: int, dim: int, k: int = 30, seed: int = 0) -> np.ndarray:
     return (centres[rng.integers(0, k, n)] + rng.normal(size=(n, dim))).astype(np.float32)
 
 
-def _keep(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
-    """Share of each point's k nearest in x that are among its k nearest in y (brute force)."""
-    def nearest(v: np.ndarray) -> np.ndarray:
-        d = ((v[:, None].astype(np.float64) - v[None]) ** 2).sum(-1)
-        np.fill_diagonal(d, np.inf)
-        return np.argsort(d, axis=1)[:, :k]
+def _exact_neighbours(v: np.ndarray, k: int = 10) -> np.ndarray:
+    """Each row's k nearest other rows [N, k], the obvious way: every pair."""
+    d = ((v[:, None].astype(np.float64) - v[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    return np.argsort(d, axis=1)[:, :k]
 
-    a, b = nearest(x), nearest(y)
+
+def _keep(x: np.ndarray, y: np.ndarray, k: int = 10) -> float:
+    """Share of each point's k nearest in x that are among its k nearest in y."""
+    a, b = _exact_neighbours(x, k), _exact_neighbours(y, k)
     return float(np.mean([len(set(p) & set(q)) / k for p, q in zip(a, b, strict=True)]))
 
 
@@ -184,9 +186,7 @@ def test_neighbours_through_the_sample_are_the_exact_nearest(dim):
     sample = layout.fit_sample(len(x), seed=0, fit_points=120)
     basis = layout._Basis(x[sample].astype(np.float64), layout.PCA_DIMS if dim > layout.PCA_DIMS else 0)
     near = layout._neighbours_by_sample(x, basis, sample, 10)
-    d = ((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1)  # the obvious way: every pair
-    np.fill_diagonal(d, np.inf)
-    exact = np.argsort(d, axis=1)[:, :10]
+    exact = _exact_neighbours(x)
     assert near.shape == (1200, 10) and not (near == np.arange(1200)[:, None]).any()
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(near, exact, strict=True)])
     assert recall >= 0.97
@@ -206,6 +206,8 @@ def test_refine_gives_the_placed_points_their_neighbours_back():
     refined, frame = layout.refine(x, y, sample, record, progress=steps.append, searched=searched.append)
     assert refined.shape == (1500, 2) and refined.dtype == np.float32 and sum(steps) == layout.REFINE_ITER
     assert sum(searched) == 2 * 1500 and len(searched) > 2  # the search's bar moves before the iterations
+    with pytest.raises(ValueError, match="1500 feature rows for 1499 layout points"):
+        layout.refine(x, y[:-1], sample, record)
     before, after = _keep(x, y), _keep(x, refined)
     assert after >= before + 0.1 and after >= 0.5, (before, after)
     np.testing.assert_allclose(refined.mean(0), 0.0, atol=1e-4)

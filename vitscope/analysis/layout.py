@@ -219,7 +219,9 @@ def refine(x: np.ndarray, xy: np.ndarray, sample: np.ndarray, record: dict, *, s
 
     x = np.asarray(x, np.float32)
     n = len(x)
-    if n != len(xy) or n <= REFINE_K + 1:
+    if n != len(xy):
+        raise ValueError(f"refine: {n} feature rows for {len(xy)} layout points")
+    if n <= REFINE_K + 1:
         for tell, steps in ((searched, 2 * n), (progress, REFINE_ITER)):
             if tell is not None:
                 tell(steps)
@@ -249,7 +251,7 @@ def _neighbours_by_sample(x: np.ndarray, basis: _Basis, sample: np.ndarray, k: i
     is one of the sample points nearest its own (see `refine`; `searched` as there)."""
     tell = searched or (lambda _: None)
     anchors = basis.reduce(x[sample]).astype(np.float32)  # [S, d]
-    own = _nearest(basis, x, anchors, 1, progress=tell)[:, 0]  # [N]: each point's list
+    own = _nearest(x, anchors, 1, basis.reduce, progress=tell)[:, 0]  # [N]: each point's list
     lists = np.argsort(own, kind="stable")
     starts = np.searchsorted(own[lists], np.arange(len(sample) + 1))
     sizes = np.diff(starts)
@@ -257,7 +259,7 @@ def _neighbours_by_sample(x: np.ndarray, basis: _Basis, sample: np.ndarray, k: i
     # an average list would need: lists are uneven (in high-dimensional features some sample points are nearest
     # to thousands of points), and a fixed number of lists made the pools, and the work, 11x larger at 1.44 M.
     probe = int(min(len(sample), max(2, np.ceil(2 * REFINE_POOL * len(sample) / len(x)))))
-    probed = _nearest(basis, x[sample], anchors, probe)  # [S, probe]: the lists nearest each list, nearest first
+    probed = _nearest(anchors, anchors, probe)  # [S, probe]: the lists nearest each list, nearest first
     sq = np.einsum("nd,nd->n", x, x)
     near = np.empty((len(x), k), np.int64)
     for a in range(len(sample)):
@@ -276,15 +278,15 @@ def _neighbours_by_sample(x: np.ndarray, basis: _Basis, sample: np.ndarray, k: i
     return near
 
 
-def _nearest(basis: _Basis, x: np.ndarray, anchors: np.ndarray, k: int, block: int = 2048,
-             progress: Callable[[int], None] = lambda _: None) -> np.ndarray:
-    """Indices [N, k] of the k anchors nearest each row of x (reduced by the basis), by blocks of rows (each
-    reported to `progress`)."""
+def _nearest(x: np.ndarray, anchors: np.ndarray, k: int, reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+             block: int = 2048, progress: Callable[[int], None] = lambda _: None) -> np.ndarray:
+    """Indices [N, k] of the k anchors nearest each row of x (first `reduce`d to the anchors' space, block by
+    block: the full features of 1.44 M points are not copied), each block reported to `progress`."""
     sq = np.einsum("sd,sd->s", anchors, anchors)
     twice = np.ascontiguousarray(-2 * anchors.T)  # [d, S]
     out = np.empty((len(x), k), np.int64)
     for a in range(0, len(x), block):
-        q = basis.reduce(x[a:a + block]).astype(np.float32)
+        q = (x[a:a + block] if reduce is None else reduce(x[a:a + block])).astype(np.float32)
         d = q @ twice
         d += sq  # [b, S]: squared distances up to each row's own |q|², in place (the block's largest array)
         progress(len(q))
