@@ -18,7 +18,7 @@ from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper, PrintfT
 
 from vitscope.app.data import StoreData
 from vitscope.app.state import Selection, guarded
-from vitscope.app.style import SELECTED, bare, bokeh_pane, div, figure, light, rgba_image, shown, text_pane
+from vitscope.app.style import SELECTED, bokeh_pane, div, figure, light, rgba_image, shown, text_pane
 from vitscope.errors import VitscopeError, one_line
 from vitscope.heads import Head, top_heads
 from vitscope.text import esc
@@ -89,14 +89,12 @@ class AblationView:
         self.pair_source = ColumnDataSource({"x": [], "y": [], "value": [], "a": [], "b": []})
         self.pair_mapper = LinearColorMapper(palette=colorcet.coolwarm, low=-1e-3, high=1e-3)
         pairs = figure("pair interactions", WIDTH, WIDTH, tools="", x_range=(-0.5, PAIR_COUNT - 0.5),
-                       y_range=(PAIR_COUNT - 0.5, -0.5), name="vs-pairs")
+                       y_range=(PAIR_COUNT - 0.5, -0.5), name="vs-pairs", bare=True)
         pairs.toolbar_location = None
         cells = pairs.rect("x", "y", 1, 1, source=self.pair_source, line_color=None,
                            fill_color={"field": "value", "transform": self.pair_mapper})
         pairs.add_tools(HoverTool(renderers=[cells], tooltips=[("pair", "@a + @b"),
                                                                ("Δ(i,j) − Δ(i) − Δ(j)", "@value{+0.0000}")]))
-        pairs.axis.visible = False
-        pairs.grid.visible = False
         pairs.on_event(Tap, guarded(sel, "pair tap", lambda e: self.pick_pair(e.x, e.y)))
         self.pairs = pairs
         self._pair_heads: list[tuple[int, int]] = []
@@ -115,10 +113,11 @@ class AblationView:
         self.curve_text = div(WIDTH, 44)
 
         self.saliency_source = ColumnDataSource({"image": [np.zeros((1, 1), np.uint32)]})
-        sal = bare(figure("patch saliency", WIDTH, WIDTH, tools="", name="vs-saliency"))
+        sal = figure("patch saliency", WIDTH, WIDTH, tools="", name="vs-saliency", bare=True)
         sal.toolbar_location = None
         sal.image_rgba("image", x=0, y=0, dw=1, dh=1, source=self.saliency_source)
         self.saliency = sal
+        self.slots = {name: pn.Column(margin=0) for name in ("pairs", "curve", "saliency")}  # filled by _reveal
 
         self.status = pn.pane.HTML("", width=WIDTH, height=36, css_classes=["vs-ablation-status"])
         self.progress = pn.indicators.Progress(value=0, max=1, width=WIDTH, visible=False, bar_color="info")
@@ -280,6 +279,7 @@ class AblationView:
         self.pairs.y_range.update(start=k - 0.5, end=-0.5)
         self.pairs.title.text = f"pairs, image {r['image']} (±{m:.2g})"
         self._pair_heads = [(h.layer, h.head) for h in heads]
+        self._reveal("pairs")
 
     def pick_pair(self, x: float | None, y: float | None) -> list[int] | None:
         """Tap on a cell: that pair becomes the group (and is pruned together)."""
@@ -302,11 +302,13 @@ class AblationView:
         self.curve.yaxis.axis_label = "P'[true]" if r["y"] == "prob" else "top-1 accuracy"
         self.curve.title.text = f"pruning curve, {who}"
         self.curve_text.text = prunable_text(r)
+        self._reveal("curve")
 
     def show_saliency(self, r: dict) -> None:
         thumb = shown(self.data.thumbnail(r["image"]))
         self.saliency_source.data = {"image": [rgba_image(heat_rgba(thumb, np.asarray(r["drops"])))]}
         self.saliency.title.text = f"patch saliency, image {r['image']}"
+        self._reveal("saliency")
 
     def show_new_image(self, r: dict) -> None:
         self.new_image = r
@@ -332,12 +334,19 @@ class AblationView:
         if changed is None or changed & {"layer", "head", "layout"}:
             self._place_new()
 
+    def _reveal(self, name: str) -> None:
+        """Put the figure `name` in the page on its first answer: three empty figures would be ~130 of the page's
+        Bokeh models, and each costs the page load time (built, sent and drawn) although most sessions never ask."""
+        slot = self.slots[name]
+        if not slot.objects:
+            slot.append(bokeh_pane(getattr(self, name)))
+
     def panel(self) -> pn.Column:
         return pn.Column(
             bokeh_pane(self.joint), text_pane(self.joint_text), self.status, self.progress,
-            pn.Row(self.pairs_button, self.curve_button, margin=0), bokeh_pane(self.pairs), bokeh_pane(self.curve),
+            pn.Row(self.pairs_button, self.curve_button, margin=0), self.slots["pairs"], self.slots["curve"],
             text_pane(self.curve_text),
-            self.saliency_button, bokeh_pane(self.saliency),
+            self.saliency_button, self.slots["saliency"],
             pn.pane.HTML("<small>new image (not stored):</small>", width=WIDTH), self.upload,
             width=WIDTH + 10)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from bokeh.models import ColumnDataSource
 
-from vitscope.app.style import SELECTED, bare, figure, rgba_image
+from vitscope.app.style import SELECTED, figure, rgba_image
 
 GAP = 0.06  # between the three panels, in image widths
 DIM = 0.85  # opacity of the dimming over a patch the token does not attend at all
@@ -40,8 +40,8 @@ class MaskPlot:
     def __init__(self, thumb_source: ColumnDataSource, prefix: int, grid: int, height: int = 125) -> None:
         self.prefix, self.grid = prefix, grid
         width = int(round(height * (3 + 2 * GAP) * 0.9))
-        fig = bare(figure("image · source mask · target mask", width, height + 30, tools="", name="vs-masks-fig",
-                          x_range=(0, 3 + 2 * GAP), y_range=(0, 1)))
+        fig = figure("image · source mask · target mask", width, height + 30, tools="", name="vs-masks-fig",
+                     x_range=(0, 3 + 2 * GAP), y_range=(0, 1), bare=True)
         fig.toolbar_location = None
         for k in range(3):
             fig.image_rgba("image", x=k * (1 + GAP), y=0, dw=1, dh=1, source=thumb_source)

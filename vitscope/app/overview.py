@@ -20,7 +20,6 @@ from vitscope.app.style import (
     SELECTED,
     VALUE_CMAP,
     WRONG,
-    bare,
     class_colours,
     div,
     figure,
@@ -90,8 +89,8 @@ class ImageOverview:
     def __init__(self, data: StoreData, sel: Selection, width: int = 370, height: int = 275) -> None:
         self.data, self.sel = data, sel
         self.source = ColumnDataSource(name="vs-overview-points")
-        fig = bare(figure("Image Overview", width, height, name="vs-overview-fig",
-                          tools="pan,wheel_zoom,box_zoom,reset", x_range=(-1, 1), y_range=(-1, 1)))
+        fig = figure("Image Overview", width, height, name="vs-overview-fig",
+                     tools="pan,wheel_zoom,box_zoom,reset", x_range=(-1, 1), y_range=(-1, 1), bare=True)
         self.figure = fig
         self.note = Label(x=width / 2, y=height / 2, x_units="screen", y_units="screen", text="", text_align="center",
                           text_font_size="13px", text_color="#666666")  # "computing layout…" until it is in
@@ -117,7 +116,7 @@ class ImageOverview:
         # A blank of the real (shown) size: Bokeh keeps an image glyph's first resolution across updates.
         self.blank = np.zeros(shown(np.zeros(data.thumb_shape, np.uint8)).shape[:2], np.uint32)
         self.thumb_source = ColumnDataSource({"image": [self.blank]})
-        thumb = bare(figure("", 100, 100, tools="", x_range=(0, 1), y_range=(0, 1)))
+        thumb = figure("", 100, 100, tools="", x_range=(0, 1), y_range=(0, 1), bare=True)
         thumb.toolbar_location = None
         thumb.image_rgba("image", x=0, y=0, dw=1, dh=1, source=self.thumb_source)
         thumb.min_border = 0

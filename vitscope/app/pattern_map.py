@@ -23,7 +23,7 @@ from scipy.ndimage import gaussian_filter
 
 from vitscope.app.data import StoreData, poll_layouts
 from vitscope.app.state import Selection, guarded
-from vitscope.app.style import SELECTED, bare, figure, layer_colours
+from vitscope.app.style import SELECTED, figure, layer_colours
 
 DENSITY_BINS = 96
 HEAD_LEVELS = (0.2, 0.6)  # contour levels of one head's density (fraction of its peak)
@@ -119,9 +119,9 @@ class PatternMap:
         self.data, self.sel, self.size = data, sel, size
         self.kind = sel.layout
         x0, y0, x1, y1 = data.bounds(self.kind)
-        fig = bare(figure("Attention Pattern View — all heads", size, size, name="vs-map-fig",
-                          tools="pan,wheel_zoom,reset",
-                          x_range=(x0, x1), y_range=(y0, y1)))
+        fig = figure("Attention Pattern View — all heads", size, size, name="vs-map-fig",
+                     tools="pan,wheel_zoom,reset",
+                     x_range=(x0, x1), y_range=(y0, y1), bare=True)
         shared = raster is not None
         self.raster = raster if shared else ColumnDataSource({"image": [np.zeros((size, size), np.uint32)], "x": [x0],
                                                               "y": [y0], "dw": [x1 - x0], "dh": [y1 - y0]},

@@ -11,7 +11,7 @@ from bokeh.events import Tap
 from bokeh.models import ColumnDataSource, CustomJS, HoverTool, Span
 
 from vitscope.analysis.binary import top_count
-from vitscope.app.style import CLS_COLOUR, PATCH_COLOUR, SELECTED, bare, figure, rgb, rgba_image
+from vitscope.app.style import CLS_COLOUR, PATCH_COLOUR, SELECTED, figure, rgb, rgba_image
 
 MAX_LINES = 20_000  # a browser draws this many segments smoothly; above it only the strongest are drawn
 PREFIX_CELLS = 10  # heatmap cells a prefix row/column spans (the paper: 10 pixels instead of 1)
@@ -127,7 +127,8 @@ class MatrixPlots:
         self.axes = axes
 
         self.heat_source = ColumnDataSource({"image": [np.zeros((m, m), np.uint32)]})
-        heat = bare(figure("A: rows = source, cols = target", 200, 210, tools="tap", x_range=(0, m), y_range=(0, m)))
+        heat = figure("A: rows = source, cols = target", 200, 210, tools="tap", x_range=(0, m), y_range=(0, m),
+                      bare=True)
         heat.image_rgba("image", x=0, y=0, dw=m, dh=m, source=self.heat_source)
         self.heatmap = heat
 

@@ -7,7 +7,7 @@ from html import escape
 
 import colorcet
 import numpy as np
-from bokeh.models import Div, Range1d, WheelZoomTool
+from bokeh.models import Div, GlyphRenderer, Range1d, WheelZoomTool
 from bokeh.plotting import figure as bokeh_figure
 from PIL import Image
 
@@ -72,9 +72,13 @@ def div(width: int, height: int, **kw) -> Div:
 
 
 def figure(title: str, width: int, height: int, tools: str = "pan,wheel_zoom,reset", x_range=(0, 1),
-           y_range=(0, 1), **kw):
+           y_range=(0, 1), bare: bool = False, **kw):
     """A fixed-size Bokeh figure with explicit ranges: a DataRange1d sends range updates back to the server
-    on every change, and responsive plots with a fixed aspect kept Bokeh's layout from settling (texts: `div`)."""
+    on every change, and responsive plots with a fixed aspect kept Bokeh's layout from settling (texts: `div`).
+    `bare`: no axes and no grid (images, maps), not even hidden ones: their ~10 models a figure each cost the page
+    load time."""
+    if bare:
+        kw.update(x_axis_type=None, y_axis_type=None)
     fig = bokeh_figure(title=title, width=width, height=height, tools=tools, toolbar_location="above",
                        x_range=Range1d(*x_range), y_range=Range1d(*y_range), output_backend="canvas", **kw)
     fig.toolbar.logo = None
@@ -86,13 +90,6 @@ def figure(title: str, width: int, height: int, tools: str = "pan,wheel_zoom,res
         axis.axis_label_text_font_size = FONT
         axis.major_label_text_font_size = FONT
         axis.axis_label_text_font_style = "normal"
-    return fig
-
-
-def bare(fig):
-    """No axes and no grid (images, maps)."""
-    fig.axis.visible = False
-    fig.grid.visible = False
     return fig
 
 
@@ -118,6 +115,9 @@ def bokeh_pane(obj, css: str | None = None):
 
     if css:
         obj.css_classes = [*obj.css_classes, css]
+    for r in getattr(obj, "renderers", ()):
+        if isinstance(r, GlyphRenderer):  # nothing is ever muted: a glyph model per renderer less to build and send
+            r.muted_glyph = "auto"
     return pn.pane.Bokeh(obj, margin=(1, 3))
 
 
