@@ -79,13 +79,16 @@ def test_one_head_is_answered_from_the_store_as_the_service_computes_it(app, dem
 def test_pairs_curve_saliency_and_a_new_image(app, demo16):
     s, ab = app.selection, app.ablation
     s.image = 5
+    assert not any(slot.objects for slot in ab.slots.values())  # no empty figure in the page before its answer
     ab.ask_pairs()
-    wait_for(lambda: len(ab.pair_source.data["value"]) == 144)
+    wait_for(lambda: len(ab.pair_source.data["value"]) == 144 and ab.slots["pairs"].objects)
+    assert ab.slots["pairs"].objects[0].object is ab.pairs and not ab.slots["curve"].objects
     group = ab.pick_pair(3.0, 0.0)  # row 0 (the top head) × column 3
     assert len(group) == 2 and s.group == group
 
     ab.ask_curve()
-    wait_for(lambda: len(ab.curve_sources["exact-harmful-first"].data["y"]) == 25)
+    wait_for(lambda: len(ab.curve_sources["exact-harmful-first"].data["y"]) == 25 and ab.slots["curve"].objects)
+    assert ab.slots["curve"].objects[0].object is ab.curve
     assert ab.curve_sources["exact-harmful-first"].data["y"][0] == pytest.approx(float(app.data.baseline_prob[5]),
                                                                                  abs=1e-5)
     assert all(len(src.data["y"]) == 25 for src in ab.curve_sources.values()) and ab.curve_text.text == ""
@@ -106,7 +109,8 @@ def test_pairs_curve_saliency_and_a_new_image(app, demo16):
     s.image = 5
 
     ab.ask_saliency()
-    wait_for(lambda: ab.saliency_source.data["image"][0].shape[0] > 1)
+    wait_for(lambda: ab.saliency_source.data["image"][0].shape[0] > 1 and ab.slots["saliency"].objects)
+    assert [len(slot.objects) for slot in ab.slots.values()] == [1, 1, 1]  # each figure joined the page once
     assert not ab.progress.visible
 
     buf = io.BytesIO()

@@ -128,28 +128,32 @@ def test_new_image_is_the_builds_analysis(svc, tmp_path):
 
 
 def test_one_layers_attention_runs_the_pass_only_that_far_and_the_rest_continues_it(store):
-    """A layer's attention equals that layer of the whole pass's; asked deeper, the pass continues (it never
-    recomputes a block: counted), and the image's prune requests then start from it and still match timm."""
+    """A layer's attention equals that layer of the whole pass's; it costs the blocks before it and that block's
+    attention alone; asked deeper, the pass continues (it never recomputes a block or an attention: counted), and
+    the image's prune requests then start from it and still match timm."""
     svc = Service(store)
     full = Service(store).attention(3)  # [L, H, P, P] from a fresh service
-    blocks = []
-    real = svc.adapter.finish_block
-    svc.adapter.finish_block = lambda i, x, z: blocks.append(i) or real(i, x, z)
+    blocks, attended = [], []
+    ad = svc.adapter
+    finish, attend = ad.finish_block, ad.attention
+    ad.finish_block = lambda i, x, z: blocks.append(i) or finish(i, x, z)
+    ad.attention = lambda i, x: attended.append(i) or attend(i, x)
     try:
         a2 = svc.attention(3, 2)
-        assert a2.shape == full.shape[1:] and blocks == [0, 1, 2]
+        assert a2.shape == full.shape[1:] and blocks == [0, 1] and attended == [0, 1, 2]
         np.testing.assert_array_equal(a2, full[2])
-        np.testing.assert_array_equal(svc.attention(3, 0), full[0])  # already computed: no block runs
+        np.testing.assert_array_equal(svc.attention(3, 0), full[0])  # already computed: nothing runs
         np.testing.assert_array_equal(svc.compute({"kind": "attention", "image": 3, "layer": 4})["attention"],
                                       full[4])
-        assert blocks == [0, 1, 2, 3, 4]
+        assert blocks == [0, 1, 2, 3] and attended == [0, 1, 2, 3, 4]  # block 2 finished from its kept attention
         [r] = svc.compute_batch([{"kind": "prune", "image": 3, "heads": ["4:1:2", "1:3"]}])
         assert blocks[:6] == [0, 1, 2, 3, 4, 5] and blocks.count(0) == 1  # the pass finished, not run again
+        assert attended[:6] == [0, 1, 2, 3, 4, 5] and attended.count(0) == 1
         p = timm_forward(svc, 3, ["4:1:2", "1:3"])
         assert r["prob"] == pytest.approx(float(p[int(svc.labels[3])]), abs=1e-5)
         np.testing.assert_array_equal(svc.attention(3), full)
     finally:
-        svc.adapter.finish_block = real
+        ad.finish_block, ad.attention = finish, attend
 
 
 @pytest.mark.parametrize("request_, says", [

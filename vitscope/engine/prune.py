@@ -16,7 +16,7 @@ from torch import Tensor
 from vitscope.engine.metrics import importance_metrics, jsd, region_mask
 from vitscope.errors import VitscopeError
 from vitscope.heads import Head, Rect, Region, parse_head
-from vitscope.models.adapter import ViTAdapter, merge_heads
+from vitscope.models.adapter import AttentionParts, ViTAdapter, merge_heads
 from vitscope.vocab import MODES, WHOLE_HEAD, head_name
 
 # Heads are vitscope.heads values; HeadPrune and parse_prune are their names here from before that module.
@@ -102,8 +102,9 @@ class Baseline:
 
 class Pass:
     """The unpruned pass of a batch of images, run block by block only as far as asked: the app shows one head's
-    attention, so an image change computes the blocks up to that head's layer (a twelfth of ViT-B's forward for
-    layer 0), and a later ask or `baseline` continues from there instead of starting again."""
+    attention, so an image change computes the blocks before that head's layer and the layer's attention alone (a
+    twelfth of ViT-B's forward for layer 0), and a later ask or `baseline` continues from there instead of starting
+    again."""
 
     def __init__(self, adapter: ViTAdapter, images: Tensor, keep_attention: bool = True) -> None:
         self.adapter, self.keep_attention = adapter, keep_attention
@@ -111,25 +112,41 @@ class Pass:
             self.x = adapter.embed(images.to(adapter.device, adapter.dtype))  # the next block's input
         self.inputs: list[Tensor] = []
         self.outputs: list[Tensor] = []
-        self.attention: list[Tensor] = []  # per layer done [B, H, P, P] float32 on the CPU (when kept)
+        self.attention: list[Tensor] = []  # per layer attended [B, H, P, P] float32 on the CPU (when kept)
+        self._open: AttentionParts | None = None  # the attention of block `done`, the rest of that block not yet run
 
     @property
     def done(self) -> int:
         """Blocks computed so far."""
         return len(self.inputs)
 
+    def _attend(self) -> AttentionParts:
+        """The attention of block `done` (computed once)."""
+        if self._open is None:
+            self._open = self.adapter.attention(self.done, self.x)
+            if self.keep_attention:
+                self.attention.append(self._open.attn.float().cpu())
+        return self._open
+
     @torch.inference_mode()
     def to(self, layer: int) -> None:
         """Compute the blocks up to and including `layer`."""
         a = self.adapter
         for i in range(self.done, layer + 1):
-            parts = a.attention(i, self.x)
-            if self.keep_attention:
-                self.attention.append(parts.attn.float().cpu())
+            parts = self._attend()
+            self._open = None
             z = a.project(i, merge_heads(parts.attn @ parts.v), parts.gate)
             self.inputs.append(self.x)
             self.outputs.append(z)
             self.x = a.finish_block(i, self.x, z)
+
+    @torch.inference_mode()
+    def attend(self, layer: int) -> None:
+        """The attention of every layer up to `layer` (in `attention` when kept): the blocks before it, and of block
+        `layer` only its attention (its values, projection and MLP, ~3/4 of a ViT block, wait for `to`)."""
+        self.to(layer - 1)
+        if self.done == layer:
+            self._attend()
 
     @torch.inference_mode()
     def baseline(self, labels: Tensor | None = None) -> Baseline:

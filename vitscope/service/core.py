@@ -137,7 +137,10 @@ class Service:
             raise VitscopeError(f"layer {layer} out of range: this model has layers 0..{L - 1}")
         with self._lock:
             run = self._pass(image)
-            run.to(L - 1 if layer is None else int(layer))
+            if layer is None:
+                run.to(L - 1)
+            else:
+                run.attend(int(layer))
             if run.done == L and image not in self._bases:
                 self._keep(image, run.baseline(torch.as_tensor(self.labels[[image]])))
             if layer is None:
