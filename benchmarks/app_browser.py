@@ -634,6 +634,9 @@ def main() -> None:
                     help="time the compare view of two stores of the same images instead (vitscope serve A B)")
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.screenshot and args.screenshot.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        # found only at the end of a run otherwise, after its measurements are lost
+        ap.error(f"--screenshot {args.screenshot}: name a .png or .jpg file")
     if args.serve and args.serve_compare:
         serve_compare(args.serve, args.serve_compare, args.port)
         return
