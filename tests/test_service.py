@@ -156,6 +156,16 @@ def test_one_layers_attention_runs_the_pass_only_that_far_and_the_rest_continues
         ad.finish_block, ad.attention = finish, attend
 
 
+def test_a_cached_baseline_holds_its_own_image_not_its_batch(store):
+    """The baseline cache is bounded in images: an image computed in a batch must not keep the batch's tensors."""
+    svc = Service(store)
+    batch = svc.baseline([0, 1, 2, 3])
+    one = svc.baseline([2])
+    for x, b in zip(one.inputs + one.outputs, batch.inputs + batch.outputs, strict=True):
+        assert x.untyped_storage().nbytes() == x.nbytes == b.nbytes // 4
+        torch.testing.assert_close(x[0], b[2])
+
+
 @pytest.mark.parametrize("request_, says", [
     ({"kind": "attention", "image": 0, "layer": 6}, "layer 6 out of range: this model has layers 0..5"),
     ({"kind": "attention", "image": 0, "layer": "2"}, "'layer' must be an integer"),

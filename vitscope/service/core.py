@@ -110,10 +110,10 @@ class Service:
             missing = [i for i in dict.fromkeys(images) if i not in self._bases]
             if missing:
                 base = prune.baseline(self.adapter, self.inputs(missing), torch.as_tensor(self.labels[missing]))
-                for r, i in enumerate(missing):
-                    self._bases[i] = prune.Baseline([x[r:r + 1] for x in base.inputs],
-                                                    [z[r:r + 1] for z in base.outputs],
-                                                    base.probs[r:r + 1], base.labels[r:r + 1])
+                for r, i in enumerate(missing):  # copies: a view would keep the whole batch alive in the cache
+                    self._bases[i] = prune.Baseline([x[r:r + 1].clone() for x in base.inputs],
+                                                    [z[r:r + 1].clone() for z in base.outputs],
+                                                    base.probs[r:r + 1].clone(), base.labels[r:r + 1].clone())
             parts = []
             for i in images:
                 self._bases.move_to_end(i)
