@@ -251,10 +251,10 @@ def serve_compare(a: Path, b: Path, port: int) -> None:
 def figures() -> dict:
     """The "save figure" action, as `vitscope serve` gives it (a checkout from before it has none)."""
     try:
-        from vitscope.cli import _figure_bytes
+        from vitscope.cli.serve import figure_file
     except ImportError:
         return {}
-    return {"figure_bytes": _figure_bytes}
+    return {"figures": figure_file}
 
 
 def serve(store: Path, port: int, synthetic: bool) -> None:

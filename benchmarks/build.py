@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the baseline runs as the CLI does (vitscope/cli.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the baseline runs as the CLI does (vitscope/cli/__init__.py)
 
 import argparse  # noqa: E402
 import re  # noqa: E402
@@ -39,7 +39,7 @@ from vitscope import store  # noqa: E402
 from vitscope.analysis.binary import top_count  # noqa: E402
 
 
-def raw_bytes_per_image(lay: store.Layout, skip=("thumbnail", "attention")) -> int:
+def raw_bytes_per_image(lay: store.Shape, skip=("thumbnail", "attention")) -> int:
     sizes = lay.sizes()
     total = 0
     for name, (dims, dtype) in lay.variables().items():
@@ -61,7 +61,7 @@ def baseline(limit: int | None) -> float:
     """Seconds of the unpruned demo model over the demo images (batches of 16, forward only)."""
     import torch
 
-    from vitscope.data import demo
+    from vitscope.imagesets import demo
     from vitscope.models import load_model
 
     images, _ = demo.eval_set(limit or 1000)
@@ -179,13 +179,13 @@ def main() -> None:
                   f"(goal ≤ 180 s; {got['complete'] / base:.0f}× baseline)  ({uptime()})")
             print("  stages (from their progress bars, whole seconds): "
                   + ", ".join(f"{k} {v:.0f} s" if v is not None else f"{k} ?" for k, v in stages.items()))
-        lay = store.read_layout(out)
+        lay = store.read_shape(out)
         n = lay.images
         disk = disk_bytes(out)
         raw = raw_bytes_per_image(lay) * n
         print(f"  on disk without thumbnails: {disk / n / 1e3:.1f} kB per image "
               f"(uncompressed {raw / n / 1e3:.1f} kB; compression {raw / disk:.2f}x)")
-        vitb = store.Layout(images=1000, layers=12, heads=12, classes=1000, grid=14, tokens=197, topk=5,
+        vitb = store.Shape(images=1000, layers=12, heads=12, classes=1000, grid=14, tokens=197, topk=5,
                             latent=16, binary_size=196, binary_ones=top_count(0.01, 196), thumb=(224, 224), chunk=64)
         est = raw_bytes_per_image(vitb)
         print(f"ViT-B/16 estimate: {est / 1e6:.3f} MB per image uncompressed, "

@@ -48,7 +48,7 @@ def group_of(index: int, groups: dict[str, list[tuple[int, int]]] = GROUPS) -> s
 
 def coarse_rows(root: Path, files: list[str] | None = None, two: bool = False) -> list[tuple[str, str]]:
     """(file relative to `root`, group) for `files` (default: every image in `root`'s WordNet-id sub-folders)."""
-    from vitscope.data.images import EXTENSIONS, imagenet_wnids
+    from vitscope.imagesets.folders import EXTENSIONS, imagenet_wnids
 
     index = {w: i for i, w in enumerate(imagenet_wnids())}
     if files is None:

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vitscope import engine
 from vitscope.engine.reference import reference_importance
 from vitscope.models import load_model
-from vitscope.vocab import ABLATION_MODES
+from vitscope.vocab import ABLATION_MODES, PRECISIONS
 
 
 def sync(device: torch.device) -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--naive-images", type=int, default=None, help="images for the naive loop (default: same)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-batch", type=int, default=256, help="ablated sequences per engine forward")
-    ap.add_argument("--precision", default="float32", choices=engine.PRECISIONS)
+    ap.add_argument("--precision", default="float32", choices=PRECISIONS)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -44,7 +44,7 @@ def main() -> None:
     ad = load_model(args.model, device=args.device)
     dev = ad.device
     if args.model == "demo":
-        from vitscope.data import demo
+        from vitscope.imagesets import demo
 
         imgs, labels = demo.eval_set(args.images)
         x, y = demo.to_tensor(imgs), torch.from_numpy(labels)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI runs (vitscope/cli.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI runs (vitscope/cli/__init__.py)
 
 import argparse  # noqa: E402
 import time  # noqa: E402

@@ -24,14 +24,14 @@ import datashader as ds
 import numpy as np
 
 from vitscope.app import pattern_map
-from vitscope.app.data import StoreData
 from vitscope.app.pattern_map import aggregate
+from vitscope.readout.store_data import StoreData
 
 SIZE = 340  # PatternMap's default figure size
 GOAL_MS = 300.0
 
 
-class Layout:
+class FakeStore:
     """What `aggregate` reads of a StoreData: the head layout as a frame, the layer count."""
 
     head_frame = StoreData.head_frame
@@ -48,7 +48,7 @@ class Layout:
         self.extent = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
 
 
-def plain_count(data: Layout, kind: str, x_range, y_range, width: int, height: int) -> np.ndarray:
+def plain_count(data: FakeStore, kind: str, x_range, y_range, width: int, height: int) -> np.ndarray:
     frame = data.head_frame(kind)
     return ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range).points(
         frame, "x", "y", ds.count()).values
@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     args = ap.parse_args()
     t = time.perf_counter()
-    data = Layout(args.images, args.layers, args.heads)
+    data = FakeStore(args.images, args.layers, args.heads)
     data.head_frame("cls")
     points = len(data.head_frame("cls"))
     print(f"{points:,} head points ({args.images} images × {args.layers} × {args.heads} heads), frame built in "

@@ -25,11 +25,11 @@ import numpy as np
 from bokeh.document import Document
 
 import vitscope.plots as vp
-from vitscope.app.data import StoreData
 from vitscope.app.importance import HeadImportanceView
 from vitscope.app.overview import ImageOverview
-from vitscope.app.state import Selection
 from vitscope.app.strength import AttentionStrengthView
+from vitscope.readout.selection import Selection
+from vitscope.readout.store_data import StoreData
 
 
 def timed(apply: Callable[[int], None], n: int) -> list[float]:
@@ -78,10 +78,10 @@ def main() -> None:
                                                                 strict=True))), n)}
 
     dash = vp.linked(data)
-    hv.renderer("bokeh").get_plot(dash.layout)
+    hv.renderer("bokeh").get_plot(dash.figures)
     linked = {"image": timed(lambda k: dash.image_pick.event(index=[int(rows[k % len(rows)])]), n),
               "head": timed(lambda k: dash.head_tap.event(x=float(flat[k]), y=0.0), n)}
-    assert dash.choice.image == int(images[(n - 1) % len(images)]) and sel.image == dash.choice.image
+    assert dash.selection.image == int(images[(n - 1) % len(images)]) and sel.image == dash.selection.image
 
     print(f"{args.store}: {data.images} images, {data.layers} × {data.heads} heads; {n} changes each "
           f"(ms: median / max)\n")

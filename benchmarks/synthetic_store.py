@@ -29,7 +29,7 @@ from vitscope.analysis.binary import top_count
 from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, MODES, OFFSETS, PATTERNS, SINK_SHARE
 
 
-def chunk_arrays(lay: store.Layout, rng: np.random.Generator, n: int,
+def chunk_arrays(lay: store.Shape, rng: np.random.Generator, n: int,
                  sink_rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """`sink_rng` draws the sink variables (its own stream: the others stay what they were before sinks)."""
     L, H, p, C = lay.layers, lay.heads, lay.grid, lay.classes
@@ -137,7 +137,7 @@ def make(out: Path, images: int, layers: int, heads: int, grid: int, classes: in
     """The store at `out`. `servable`: with a random-init model of its shape and its images as files beside it
     (`side_folder`), so `vitscope serve` computes attention for any of its images; its stored numbers stay random,
     not that model's."""
-    lay = store.Layout(images=images, layers=layers, heads=heads, classes=classes, grid=grid, tokens=1 + grid * grid,
+    lay = store.Shape(images=images, layers=layers, heads=heads, classes=classes, grid=grid, tokens=1 + grid * grid,
                        topk=min(5, classes), latent=16, binary_size=min(256, grid * grid),
                        binary_ones=top_count(0.01, grid * grid),
                        thumb=(grid * 16, grid * 16), chunk=chunk)

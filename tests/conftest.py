@@ -104,7 +104,7 @@ def real_photos(tmp_path_factory) -> Path:
     """REAL_PHOTOS photos sampled from REAL_IMAGES (seed REAL_SEED), linked into a folder of their own with the same
     class sub-folders and image ids: one image set for both real stores, which `vitscope compare` needs (it refuses
     stores built over different folders)."""
-    from vitscope.data.images import image_folder
+    from vitscope.imagesets.folders import image_folder
 
     root = tmp_path_factory.mktemp("real_photos") / "imagenet-sample"
     for image_id in image_folder(REAL_IMAGES, 1000, limit=REAL_PHOTOS, seed=REAL_SEED).ids:

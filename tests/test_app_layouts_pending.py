@@ -9,10 +9,11 @@ from app_helpers import make_store
 from bokeh.events import Tap
 
 from vitscope import layouts
-from vitscope.app.data import StoreData, poll_layouts
 from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_map import PatternMap
-from vitscope.app.state import Selection
+from vitscope.app.session import poll_layouts
+from vitscope.readout.selection import Selection
+from vitscope.readout.store_data import StoreData
 
 LAYOUTS = ("image_xy", "head_xy_cls", "head_xy_patch")
 

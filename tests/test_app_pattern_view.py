@@ -21,24 +21,25 @@ from bokeh.model import Model
 from bokeh.models import ColumnDataSource
 
 from vitscope.analysis.binary import binarise
-from vitscope.app.data import StoreData
 from vitscope.app.masks import DIM, GAP, MaskPlot, dimming
-from vitscope.app.pattern_map import aggregate, head_instances
-from vitscope.app.pattern_matrix import (
+from vitscope.app.pattern_map import aggregate
+from vitscope.app.pattern_matrix import MatrixPlots
+from vitscope.app.pattern_view import AttentionPatternView
+from vitscope.errors import VitscopeError
+from vitscope.readout.attention import (
     HIST_BINS,
     MAX_LINES,
     PREFIX_CELLS,
-    MatrixPlots,
     heatmap_edges,
     heatmap_rgb,
     histogram,
     lines,
     token_at,
 )
-from vitscope.app.pattern_view import AttentionPatternView
-from vitscope.app.state import Selection
-from vitscope.app.style import CLS_COLOUR, PATCH_COLOUR, layer_colours, rgb
-from vitscope.errors import VitscopeError
+from vitscope.readout.palette import CLS, PATCH, layer_colours, rgb
+from vitscope.readout.pattern_map import head_instances
+from vitscope.readout.selection import Selection
+from vitscope.readout.store_data import StoreData
 from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, OFFSETS, PATTERNS
 
 N, L, H, GRID = 12, 2, 3, 4
@@ -217,7 +218,7 @@ def test_contours_lie_within_the_layout(data):
 
 def lines_reference(A: np.ndarray, threshold: float, prefix: int) -> list[tuple]:
     """(source, target, value, colour) of every value above the threshold, weakest first."""
-    out = [(s, t, float(A[s, t]), CLS_COLOUR if s < prefix or t < prefix else PATCH_COLOUR)
+    out = [(s, t, float(A[s, t]), CLS if s < prefix or t < prefix else PATCH)
            for s in range(len(A)) for t in range(len(A)) if A[s, t] > threshold]
     return sorted(out, key=lambda r: r[2])
 
@@ -299,7 +300,7 @@ def test_heatmap_enlarges_the_prefix_and_taps_map_to_tokens(data):
     assert pixels.shape == (m, m, 4)
     for s, t in ((0, 0), (0, 5), (3, 0), (7, 9), (P - 1, P - 1)):
         v = math.sqrt(min(max(float(A[s, t]) / float(A.max()), 0.0), 1.0)) * (1 if A[s, t] > thr else 0.2)
-        base = rgb(CLS_COLOUR if s == 0 or t == 0 else PATCH_COLOUR)
+        base = rgb(CLS if s == 0 or t == 0 else PATCH)
         colour = [round((1 - v * (1 - b)) * 255) for b in base]
         block = pixels[want[s]:want[s + 1], want[t]:want[t + 1], :3]
         assert (np.abs(block.astype(int) - colour) <= 1).all(), (s, t)

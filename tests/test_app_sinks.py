@@ -13,10 +13,10 @@ from app_helpers import fake_attention, make_store
 from bokeh.models import ColumnDataSource, HoverTool
 
 from vitscope import store
-from vitscope.app.data import StoreData
 from vitscope.app.importance import HeadImportanceView
 from vitscope.app.pattern_view import AttentionPatternView, head_kind_text
-from vitscope.app.state import Selection
+from vitscope.readout.selection import Selection
+from vitscope.readout.store_data import StoreData
 from vitscope.vocab import HEAD_KINDS
 
 N, L, H, GRID = 12, 2, 3, 4

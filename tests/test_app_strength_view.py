@@ -14,10 +14,11 @@ from app_helpers import make_store
 from bokeh.events import Tap
 from bokeh.model import Model
 
-from vitscope.app.data import ENTROPY_BINS, StoreData
-from vitscope.app.state import MAX_PINNED, Selection
-from vitscope.app.strength import AttentionStrengthView, entropy_steps
-from vitscope.app.style import PIN_COLOURS, SELECTED
+from vitscope.app.strength import AttentionStrengthView
+from vitscope.readout.palette import PIN_COLOURS, SELECTED
+from vitscope.readout.selection import MAX_PINNED, Selection
+from vitscope.readout.store_data import ENTROPY_BINS, StoreData
+from vitscope.readout.strength import entropy_steps
 
 N, L, H, GRID = 30, 3, 4, 4
 UNREADABLE = (2, 5)  # images the build could not read (NaN rows, valid False)

@@ -17,13 +17,14 @@ from app_helpers import fake_attention, make_store, rgba_bytes
 from bokeh.events import SelectionGeometry, Tap
 from bokeh.model import Model
 
-from vitscope.app.data import StoreData
 from vitscope.app.explorer import Explorer
 from vitscope.app.importance import HeadImportanceView
 from vitscope.app.overview import ImageOverview, top5_html
-from vitscope.app.state import Selection
-from vitscope.app.style import CORRECT, MAX_LEGEND, VALUE_CMAP, WRONG, class_colours
+from vitscope.app.style import MAX_LEGEND
 from vitscope.errors import VitscopeError
+from vitscope.readout.palette import CORRECT, VALUE_RAMP, WRONG, class_colours
+from vitscope.readout.selection import Selection
+from vitscope.readout.store_data import StoreData
 from vitscope.vocab import METRIC_LABELS, METRICS, MODES
 
 N, L, H, GRID, CLASSES = 30, 3, 4, 4, 6
@@ -135,7 +136,7 @@ def test_colour_by_class_correct_and_probability(data):
                 want, legend = (CORRECT, "top-1 right") if right else (WRONG, "top-1 wrong")
             else:
                 p = float(data.baseline_prob[i])
-                want, legend = VALUE_CMAP[int(round(p * (len(VALUE_CMAP) - 1)))], ""
+                want, legend = VALUE_RAMP[int(round(p * (len(VALUE_RAMP) - 1)))], ""
             assert (src["colour"][row], src["legend"][row]) == (want, legend), (colour_by, i)
         legend_on = view.figure.legend[0].visible
         assert legend_on == (colour_by != "P[true]") and view.colour_bar.visible == (colour_by == "P[true]")
@@ -517,7 +518,7 @@ def test_a_new_head_or_image_starts_from_the_stores_threshold(explorer):
 
 
 def test_a_model_that_cannot_be_loaded_is_tried_once(monkeypatch):
-    from vitscope.app import explorer as module
+    from vitscope.service import dispatch as module
 
     calls = []
 
@@ -530,7 +531,7 @@ def test_a_model_that_cannot_be_loaded_is_tried_once(monkeypatch):
     try:
         for _ in range(3):
             with pytest.raises(VitscopeError, match="no such model"):
-                module.dispatcher("/nowhere.zarr", "cpu")
+                module.shared_dispatcher("/nowhere.zarr", "cpu")
         assert calls == ["/nowhere.zarr"]
     finally:
         module._dispatcher_or_error.cache_clear()
@@ -540,8 +541,8 @@ def test_attention_comes_through_the_dispatcher_and_with_a_scheduler_no_model_lo
                                                                                          capsys):
     """One route to the model: the pattern view's attention is a request to the process's dispatcher, so with
     --scheduler (the model on a Dask worker) the web process loads none."""
-    from vitscope.app import explorer as module
     from vitscope.service import core
+    from vitscope.service import dispatch as module
 
     def no_model(*args, **kwargs):
         raise AssertionError("the web process loaded a model")
@@ -583,18 +584,18 @@ def test_attention_comes_through_the_dispatcher_and_with_a_scheduler_no_model_lo
 
 
 def test_images_are_sent_at_the_size_they_are_shown():
-    from vitscope.app.style import SHOWN_SIDE, shown
+    from vitscope.app.style import SHOWN_SIDE, downsized
 
     rng = np.random.default_rng(0)
     big = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
-    small = shown(big)
+    small = downsized(big)
     assert small.shape == (SHOWN_SIDE, SHOWN_SIDE, 3) and small.dtype == np.uint8
     # a box filter: each shown pixel is the mean of the pixels it covers (224 → 128: 1.75 × 1.75 each)
     assert abs(float(small.mean()) - float(big.mean())) < 1.0
-    wide = shown(rng.integers(0, 256, (100, 300, 3), dtype=np.uint8))
+    wide = downsized(rng.integers(0, 256, (100, 300, 3), dtype=np.uint8))
     assert wide.shape[1] == SHOWN_SIDE and wide.shape[0] == round(100 * SHOWN_SIDE / 300)
     tiny = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    assert shown(tiny) is tiny
+    assert downsized(tiny) is tiny
 
 
 def test_an_error_in_a_browser_event_is_a_page_message(explorer, monkeypatch):
@@ -616,7 +617,7 @@ def test_served_an_image_reaches_the_page_before_its_attention_and_ends_the_same
     from concurrent.futures import Future
     from types import SimpleNamespace
 
-    from vitscope.app import explorer as module
+    from vitscope.service import dispatch as module
 
     fake = fake_attention(L, H, 1 + GRID**2)
 

@@ -16,10 +16,10 @@ import zarr
 from PIL import Image
 from proc_helpers import wait_for_line
 
-from vitscope import engine, store
+from vitscope import engine, store, summary
 from vitscope.analysis import binary, cls, consistency, patterns, strength
-from vitscope.data import demo
 from vitscope.errors import VitscopeError
+from vitscope.imagesets import demo
 from vitscope.models import load_model
 from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, METRICS, MODES, PATTERNS
 
@@ -214,7 +214,7 @@ def test_service_recomputes_one_images_attention(reference):
     a = svc.attention(5)
     assert a.shape == (6, 4, 65, 65)
     np.testing.assert_allclose(a, ds["attention"].values[5].astype(np.float32), atol=1e-3)  # stored as float16
-    r = svc.ablate(5, layers=[2])
+    r = engine.run(svc.adapter, svc.input(5), torch.tensor([int(ds["label"][5])]), layers=[2])
     np.testing.assert_allclose(r.importance[0, 2].numpy(), ds["importance"].values[5, 2], atol=1e-5)
     with pytest.raises(VitscopeError, match="image 24 out of range.*0..23"):
         svc.attention(24)
@@ -238,7 +238,7 @@ def test_layouts_later_opens_the_store_first_and_ends_the_same(in_process, tmp_p
 
     from vitscope.analysis import layout
     from vitscope.build import BuildConfig, build
-    from vitscope.layouts import LAYOUTS, layouts_status, wait_layouts
+    from vitscope.layouts import LAYOUT_VARIABLES, layouts_status, wait_layouts
 
     gate, real = threading.Event(), layout.fit_layout
 
@@ -249,10 +249,10 @@ def test_layouts_later_opens_the_store_first_and_ends_the_same(in_process, tmp_p
     monkeypatch.setattr(layout, "fit_layout", gated)
     out = build(BuildConfig(out=tmp_path / "later.zarr", **SMALL), layouts_later=True)
     ds = store.open_store(out)  # opens while the layouts are computed
-    assert ds.attrs["layouts_pending"] == list(LAYOUTS) and layouts_status(out) == "running"
+    assert ds.attrs["layouts_pending"] == list(LAYOUT_VARIABLES) and layouts_status(out) == "running"
     assert np.isnan(ds["image_xy"].values).all() and np.isnan(ds["pattern_latent"].values).all()
     assert (ds["head_kind"].values >= 0).all() and ds["importance"].notnull().all()
-    assert "layouts pending: head_xy_cls, head_xy_patch, image_xy" in store.describe(out)
+    assert "layouts pending: head_xy_cls, head_xy_patch, image_xy" in summary.describe(out)
     gate.set()
     assert wait_layouts(out, 300) == "done"
     assert store.open_store(out).attrs["layouts_pending"] == []
@@ -298,7 +298,7 @@ def test_layouts_on_workers_in_small_blocks_equal_the_single_process(in_process,
     try:
         for name, workers in (("one.zarr", 0), ("workers.zarr", 2)):
             shutil.copytree(in_process, tmp_path / name)
-            zarr.open_group(str(tmp_path / name), mode="r+").attrs["layouts_pending"] = list(layouts.LAYOUTS)
+            zarr.open_group(str(tmp_path / name), mode="r+").attrs["layouts_pending"] = list(layouts.LAYOUT_VARIABLES)
             if workers:
                 monkeypatch.setattr(layouts, "BLOCK_POINTS", 100)  # the main process cuts the blocks
             layouts.finish_layouts(tmp_path / name, replace(BuildConfig(out=tmp_path / name, **SMALL),
@@ -314,11 +314,11 @@ def test_progress_moves_per_engine_batch():
     from pathlib import Path
 
     from vitscope.build import BuildConfig, compute_chunk, open_inputs
-    from vitscope.data.images import Preprocessor
+    from vitscope.imagesets.folders import Preprocessor
 
     cfg = BuildConfig(model="demo", images="demo", out=Path("unused"), limit=12, batch_size=5)
     adapter, images = open_inputs(cfg)
-    lay = store.Layout(images=12, layers=6, heads=4, classes=10, grid=8, tokens=65, topk=5, latent=16,
+    lay = store.Shape(images=12, layers=6, heads=4, classes=10, grid=8, tokens=65, topk=5, latent=16,
                        binary_size=64, binary_ones=binary.top_count(0.01, 64), thumb=(64, 64), chunk=12)
     seen: list[int] = []
     compute_chunk(adapter, images, Preprocessor(adapter.model), lay, cfg, 0, on_batch=seen.append)

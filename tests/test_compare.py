@@ -32,8 +32,8 @@ from vitscope.compare import (
     head_similarity,
     matched_images,
 )
-from vitscope.data import demo
 from vitscope.errors import VitscopeError
+from vitscope.imagesets import demo
 from vitscope.models import loading
 from vitscope.vocab import GOOD_PARTNER, PATTERNS, WHOLE_HEAD
 

@@ -15,10 +15,11 @@ from bokeh.events import Tap
 from test_compare import SWAPPED, build_store, demo_arch, demo_images, swap_heads
 
 from vitscope import store
-from vitscope.app.compare_view import SIDES, TRENDS, CompareView, comparison, trend_lines
-from vitscope.app.style import SELECTED
+from vitscope.app.compare_view import SIDES, TRENDS, CompareView
 from vitscope.cli import main
 from vitscope.compare import compare
+from vitscope.readout.comparison import comparison, trend_lines
+from vitscope.readout.palette import SELECTED
 
 HOSTILE = "<img src=x onerror=alert(1)>\u202etxt.exe"
 

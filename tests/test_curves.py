@@ -11,14 +11,15 @@ import pytest
 import torch
 from conftest import images_for, small_vit
 
+from vitscope.cli.ablate import readable
 from vitscope.engine import prune
 from vitscope.engine.prune import zero_masks
 from vitscope.engine.reference import pruned
 from vitscope.errors import VitscopeError
 from vitscope.heads import Head
 from vitscope.service import Service
-from vitscope.service.cli import readable
-from vitscope.service.core import NO_BASIS, prunable_count
+from vitscope.service.curves import order_heads, prunable_count
+from vitscope.service.requests import NO_BASIS_WHY
 from vitscope.vocab import CURVE_ALIASES, CURVE_ORDERS, METRICS, WHOLE_HEAD, curve_order
 
 
@@ -71,8 +72,8 @@ def test_orders_are_the_store_sorted_in_their_direction(svc):
     imp = svc.ds["importance"].values.copy()
     imp[..., WHOLE_HEAD, METRICS.index("prob")] = np.arange(6)[None, :, None] * 0.1  # one value per layer
     tied.ds = svc.ds.assign(importance=(svc.ds["importance"].dims, imp))
-    harmful = tied._order("exact-harmful-first", list(range(16)), 0)
-    harmless = tied._order("exact-harmless-first", list(range(16)), 0)
+    harmful = order_heads(tied, "exact-harmful-first", list(range(16)), 0)
+    harmless = order_heads(tied, "exact-harmless-first", list(range(16)), 0)
     assert harmful == [(layer, h) for layer in range(6) for h in range(4)]
     assert harmless == [(layer, h) for layer in reversed(range(6)) for h in range(4)]
 
@@ -163,7 +164,7 @@ def test_other_bad_curve_requests(svc):
     headless = copy.copy(svc)
     headless.prob_basis = "none"  # a backbone store without labels: no order has a curve
     for o in CURVE_ORDERS:
-        assert headless.compute({"kind": "curve", "orders": [o]})["error"] == NO_BASIS
+        assert headless.compute({"kind": "curve", "orders": [o]})["error"] == NO_BASIS_WHY
         with pytest.raises(VitscopeError, match="prob basis: none"):
             headless.curve(orders=[o])
 

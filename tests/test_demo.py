@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitscope.data import demo
+from vitscope.imagesets import demo
 from vitscope.models import load_model
 
 

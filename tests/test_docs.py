@@ -32,8 +32,8 @@ def schema_table(text: str) -> dict[str, tuple[tuple[str, ...], str]]:
     return table
 
 
-def small_layout(store_attention: bool = True) -> store.Layout:
-    return store.Layout(images=3, layers=2, heads=2, classes=4, grid=3, tokens=10, topk=3, latent=4, binary_size=9,
+def small_layout(store_attention: bool = True) -> store.Shape:
+    return store.Shape(images=3, layers=2, heads=2, classes=4, grid=3, tokens=10, topk=3, latent=4, binary_size=9,
                         binary_ones=1, thumb=(6, 6), chunk=2, store_attention=store_attention, features=5,
                         fits=True, ae_params=7)
 
@@ -44,7 +44,7 @@ def table() -> dict[str, tuple[tuple[str, ...], str]]:
 
 
 def test_schema_table_lists_every_variable_store_py_declares(table):
-    """Each data variable `store.Layout.variables()` declares is in the table with the same dims and dtype, and the
+    """Each data variable `store.Shape.variables()` declares is in the table with the same dims and dtype, and the
     table has no data variable the code lacks (the rest of its rows are coordinates and `chunk_done`)."""
     declared = small_layout().variables()
     missing = sorted(set(declared) - set(table))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from app_helpers import make_store
 
-from vitscope.app.data import StoreData
-from vitscope.app.export import export, most_important_heads
+from vitscope.app.export import export
 from vitscope.errors import VitscopeError
 from vitscope.heads import Head, parse_head
+from vitscope.readout.importance import most_important_heads
+from vitscope.readout.store_data import StoreData
 
 
 @pytest.fixture(scope="module")

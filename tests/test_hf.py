@@ -20,9 +20,9 @@ from conftest import REAL_IMAGES, REAL_VIT, REAL_VIT_ARCH
 from PIL import Image
 
 from vitscope import engine
-from vitscope.data.images import Preprocessor, normalise
 from vitscope.engine.metrics import importance_metrics, region_mask
 from vitscope.errors import UnsupportedModelError, VitscopeError
+from vitscope.imagesets.folders import Preprocessor, normalise
 from vitscope.models import load_model
 from vitscope.models.adapter import merge_heads
 from vitscope.models.hf import HFPreprocessing, HFViTAdapter
@@ -525,7 +525,7 @@ def test_real_vit_converted_to_transformers_gives_the_timm_store(tmp_path, reque
     variable is per image)."""
     if not (REAL_VIT.is_file() and REAL_IMAGES.is_dir()):
         pytest.skip(f"real ViT-Ti or photos not found under {REAL_VIT.parents[1]}")
-    from vitscope.data.images import read_rgb
+    from vitscope.imagesets.folders import read_rgb
     from vitscope.models.convert import timm_to_hf
     from vitscope.store import open_store
 

@@ -26,8 +26,8 @@ import pytest
 import xarray as xr
 from PIL import Image
 
-from vitscope.data.images import MAX_PIXELS, BadImage, image_folder, read_rgb
 from vitscope.errors import VitscopeError
+from vitscope.imagesets.folders import MAX_PIXELS, BadImage, image_folder, read_rgb
 from vitscope.text import esc, printable
 
 XSS_FILE = '0<img src=y onerror="window.__x2=1">.png'  # the repro of the issue

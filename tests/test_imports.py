@@ -74,7 +74,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycle_among_vitscope_modules():
     graph = imports(PACKAGE)
-    assert "vitscope.build" in graph["vitscope.cli"]  # imported inside cmd_demo: function-level imports count
+    assert "vitscope.build" in graph["vitscope.cli.build"]  # imported inside cmd_demo: function-level imports count
     found = cycles(graph)
     assert not found, "import circles: " + "; ".join(
         " ↔ ".join(c) + " (" + ", ".join(f"{a} → {b}" for a in c for b in sorted(graph[a] & set(c))) + ")"
@@ -143,5 +143,56 @@ def test_layer_rules_see_a_forbidden_import():
     text = ARCHITECTURE.read_text(encoding="utf-8")
     rules = dict((tuple(n), a) for n, a in layer_rules(text))
     assert "vitscope.store" in rules[("vitscope.service",)]
-    broken = text.replace("`data`, `store`, `classes` |", "`data`, `classes` |")
+    broken = text.replace("`imagesets`, `store` |", "`imagesets` |")
     assert "vitscope.store" not in dict((tuple(n), a) for n, a in layer_rules(broken))[("vitscope.service",)]
+
+
+def external_imports(path: Path) -> set[str]:
+    """The top-level names of every package a module imports from outside vitscope, anywhere in its code."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {"vitscope"}
+
+
+def test_readout_holds_no_drawing_library_and_no_picture_layer():
+    """`readout` is the numbers under the app, the figures and the report: no Bokeh, Panel or HoloViews (nor
+    datashader or matplotlib), and it imports none of the layers that draw."""
+    drawing = {"bokeh", "panel", "holoviews", "datashader", "matplotlib"}
+    modules = module_names(PACKAGE)
+    found = {name: external_imports(path) & drawing for name, path in modules.items()
+             if within(name, ["vitscope.readout"]) and external_imports(path) & drawing}
+    assert modules.keys() & {"vitscope.readout.store_data", "vitscope.readout.selection", "vitscope.readout.figures"}
+    assert not found, f"readout imports drawing libraries: {found}"
+    graph = imports(PACKAGE)
+    up = {m: sorted(t for t in ts if within(t, ["vitscope.app", "vitscope.plots", "vitscope.report"]))
+          for m, ts in graph.items() if within(m, ["vitscope.readout"])}
+    assert not any(up.values()), f"readout imports a layer above it: {up}"
+
+
+def test_plots_report_and_readout_never_import_the_app():
+    graph = imports(PACKAGE)
+    found = {m: sorted(t for t in ts if within(t, ["vitscope.app"])) for m, ts in graph.items()
+             if within(m, ["vitscope.plots", "vitscope.report", "vitscope.readout"])}
+    assert not any(found.values()), f"imports of the app from below it: {found}"
+
+
+def test_only_store_py_opens_a_store():
+    """The schema has one home: only `vitscope.store` imports zarr or opens or writes a zarr store."""
+    opens = {}
+    for name, path in module_names(PACKAGE).items():
+        text = path.read_text(encoding="utf-8")
+        hits = ("zarr" in external_imports(path)) or any(f in text for f in ("open_zarr(", "to_zarr(", "open_group("))
+        if hits and name != "vitscope.store":
+            opens[name] = path
+    assert not opens, f"modules besides vitscope/store.py that open a store themselves: {sorted(opens)}"
+
+
+def test_no_module_is_over_400_lines():
+    long = {name: n for name, path in module_names(PACKAGE).items()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, f"modules over 400 lines (split them by what they do): {long}"
+

@@ -32,7 +32,7 @@ COUNT = ("from bokeh.model import Model\nimport panel.viewable as _pv\n_vs = {'e
          "    return _patch(root, msg)\n"
          "Model.select_one, _pv.patch_cds_msg = _counted_search, _counted_patch\nprint('counting')")
 UNCOUNT = "Model.select_one, _pv.patch_cds_msg = _search, _patch\nprint('done')"
-WARM = ("app.warming.join(120)\nfrom vitscope.app.explorer import _dispatcher_or_error\n"
+WARM = ("app.warming.join(120)\nfrom vitscope.service.dispatch import _dispatcher_or_error\n"
         "print('loads', _dispatcher_or_error.cache_info().misses, 'image', app.selection.image)")
 
 

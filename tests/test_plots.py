@@ -19,8 +19,8 @@ from holoviews.plotting.bokeh.chart import BarPlot, CurvePlot
 
 import vitscope.plots as vp
 from vitscope.analysis.binary import top_count
-from vitscope.app.data import StoreData
 from vitscope.errors import VitscopeError
+from vitscope.readout.store_data import StoreData
 from vitscope.vocab import HEAD_KINDS, MODES, PATTERNS, WHOLE_HEAD
 
 N, L, H, GRID, CLASSES = 30, 3, 4, 4, 6
@@ -339,11 +339,11 @@ def test_every_registered_figure_builds_and_renders(data, attention, tmp_path):
 
 def test_linked_views_follow_stream_events(data, ds, readable):
     dash = vp.linked(data)
-    hv.renderer("bokeh").get_plot(dash.layout)  # as in a notebook: the streams are attached to plots
+    hv.renderer("bokeh").get_plot(dash.figures)  # as in a notebook: the streams are attached to plots
     row = 4
     image = int(dash.overview.dimension_values("image")[row])
     dash.image_pick.event(index=[row])
-    assert dash.choice.image == image
+    assert dash.selection.image == image
     line = dash.importance[()]
     ref = ds["importance"].sel(mode=WHOLE_HEAD, metric="prob").isel(image=image).values.ravel()
     np.testing.assert_allclose(values(line.Curve.I, "prob"), ref)
@@ -352,22 +352,22 @@ def test_linked_views_follow_stream_events(data, ds, readable):
     np.testing.assert_allclose(values(dash.marker[()], "x"), ds["image_xy"].values[image, :1])  # its ring
 
     dash.head_tap.event(x=6.2, y=0.0)  # the importance line: flat head 6
-    assert (dash.choice.layer, dash.choice.head) == divmod(6, H)
+    assert (dash.selection.layer, dash.selection.head) == divmod(6, H)
     np.testing.assert_allclose(values(dash.strength_vector[()], "strength"),
                                ds["strength"].isel(image=image, layer=1, head=2).values)
     assert dash.entropy[()].VLine.I.data == pytest.approx(float(ds["strength_entropy"][image, 1, 2]))
 
     dash.head_pick.event(index=[H * 2 + 3])  # a head in the strength scatter
-    assert (dash.choice.layer, dash.choice.head) == (2, 3)
+    assert (dash.selection.layer, dash.selection.head) == (2, 3)
     np.testing.assert_allclose(values(dash.modes[()], "prob"),
                                ds["importance"].sel(metric="prob").isel(image=image, layer=2, head=3).values)
     x, y = (float(v) for v in ds["head_xy_cls"].values[9, 0, 3])
     dash.map_tap.event(x=x, y=y)  # the pattern map: that head of that image (the nearest point)
-    assert (dash.choice.image, dash.choice.layer, dash.choice.head) == (9, 0, 3)
+    assert (dash.selection.image, dash.selection.layer, dash.selection.head) == (9, 0, 3)
     inst = ds["head_xy_cls"].isel(layer=0, head=3).values[ds["valid"].values]
     np.testing.assert_allclose(values(dash.instances[()], "x"), inst[:, 0])
     dash.image_pick.event(index=[])  # deselect: back to the mean over all images
-    assert dash.choice.image is None
+    assert dash.selection.image is None
     np.testing.assert_allclose(values(dash.strength_vector[()], "strength"),
                                readable["strength"].isel(layer=0, head=3).mean("image").values, rtol=1e-5)
 
@@ -375,11 +375,11 @@ def test_linked_views_follow_stream_events(data, ds, readable):
 def test_linked_choice_set_from_python_updates_the_plots(data):
     """No event sent by hand: the Params stream on the choice redraws the rendered bokeh figures themselves."""
     dash = vp.linked(data, metric="jsd")
-    plot = hv.renderer("bokeh").get_plot(dash.layout)
+    plot = hv.renderer("bokeh").get_plot(dash.figures)
     (curve,) = plot.traverse(lambda p: p, [CurvePlot])  # the importance line
     bars = [p for p in plot.traverse(lambda p: p, [BarPlot]) if "k-hop" in p.handles["plot"].title.text]
     np.testing.assert_allclose(curve.handles["source"].data["jsd"], data.band("jsd", WHOLE_HEAD)[0])
-    dash.choice.param.update(image=IMAGE, mode=3, layer=2, head=1)
+    dash.selection.param.update(image=IMAGE, mode=3, layer=2, head=1)
     np.testing.assert_allclose(curve.handles["source"].data["jsd"], data.metric_values("jsd", 3)[IMAGE])
     (vector,) = bars
     assert "L2H1" in vector.handles["plot"].title.text
@@ -425,16 +425,14 @@ def test_figure_writes_every_view_and_summary(demo16, tmp_path, capsys):
 
 
 def test_the_apps_save_figure_renders_the_selection(demo16):
-    """The app's "save figure" (Explorer given vitscope.plots' figure_bytes, as `vitscope serve` gives it): the
-    chosen figure of this session's selection, in the chosen format; the views of one image wait for an image."""
+    """The app's "save figure" (Explorer given vitscope.plots' renderer, as `vitscope serve` gives it): the chosen
+    figure of this session's selection, in the chosen format; the views of one image wait for an image."""
     from vitscope.app import Explorer
-    from vitscope.app.save_figure import FIGURE_NAMES, NEEDS_IMAGE
-    from vitscope.plots import FIGURES
-    from vitscope.plots.paper import figure_bytes
+    from vitscope.cli.serve import figure_file
+    from vitscope.readout import FIGURES
 
-    assert sorted(FIGURE_NAMES) == sorted(FIGURES)
-    assert sorted(NEEDS_IMAGE) == sorted(n for n, f in FIGURES.items() if f.needs_image)
-    ex = Explorer(demo16, figure_bytes=figure_bytes)
+    ex = Explorer(demo16, figures=figure_file)
+    assert ex.save.which.options == list(FIGURES)
     save = ex.save
     save.which.value = "heatmap"
     assert save.button.disabled and "pick an image" in save.button.label

@@ -16,11 +16,11 @@ import zarr
 from conftest import small_vit
 from PIL import Image
 
-from vitscope import store
+from vitscope import store, summary
 from vitscope.analysis import probe
 from vitscope.config import BuildConfig
-from vitscope.data.images import normalise
 from vitscope.engine import reference
+from vitscope.imagesets.folders import normalise
 from vitscope.models import ViTAdapter
 from vitscope.vocab import METRICS
 
@@ -177,11 +177,11 @@ def test_unlabelled_feature_metrics_are_exact(unlabelled):
 
 
 def test_info_summary_and_app_data_say_the_basis(probed, unlabelled):
-    from vitscope.app.data import StoreData
+    from vitscope.readout.store_data import StoreData
     from vitscope.summary import store_summary
 
-    assert "prob basis: linear probe on the class token" in store.describe(probed)
-    assert "prob basis: none: prob and jsd are NaN" in store.describe(unlabelled)
+    assert "prob basis: linear probe on the class token" in summary.describe(probed)
+    assert "prob basis: none: prob and jsd are NaN" in summary.describe(unlabelled)
     text = store_summary(store.open_store(probed))
     assert "accuracy of its linear probe" in text and "on the images it was fitted on" in text
     assert "cross-validated" in text
@@ -193,8 +193,8 @@ def test_info_summary_and_app_data_say_the_basis(probed, unlabelled):
 
 
 def test_app_views_on_backbone_stores(probed, unlabelled):
-    from vitscope.app.data import StoreData
     from vitscope.app.overview import p_true, top5_html
+    from vitscope.readout.store_data import StoreData
 
     for path in (probed, unlabelled):
         d = StoreData(path)
@@ -248,10 +248,10 @@ def test_too_few_labels_give_no_basis():
 def test_explorer_serves_backbone_stores(probed, unlabelled, monkeypatch):
     """The app on both kinds: the sidebar names the basis; without one only the feature metrics are offered and
     every view draws, without a warning; the Head Importance View asked for prob says why there is none."""
-    from vitscope.app.data import StoreData
     from vitscope.app.explorer import Explorer
     from vitscope.app.importance import HeadImportanceView
-    from vitscope.app.state import Selection
+    from vitscope.readout.selection import Selection
+    from vitscope.readout.store_data import StoreData
     from vitscope.service import core
 
     monkeypatch.setattr(core, "_model", lambda *a: backbone())
@@ -275,8 +275,8 @@ def test_explorer_serves_backbone_stores(probed, unlabelled, monkeypatch):
 def test_a_new_image_on_backbone_stores(probed, unlabelled, monkeypatch):
     """The service's new image: the probe's prediction and numbers; without a basis, NaN class outputs and one
     readable line."""
+    from vitscope.cli.ablate import readable
     from vitscope.service import core
-    from vitscope.service.cli import readable
 
     monkeypatch.setattr(core, "_model", lambda *a: backbone())
     image = Image.fromarray(np.random.default_rng(7).integers(0, 256, (40, 40, 3), dtype=np.uint8))

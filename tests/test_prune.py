@@ -17,12 +17,13 @@ from vitscope.engine.prune import (
     pair_interactions,
     parse_prune,
     patch_saliency,
-    progressive,
+    prefixes,
     run_pruned,
     zero_masks,
 )
 from vitscope.engine.reference import pruned
 from vitscope.errors import VitscopeError
+from vitscope.heads import Head
 
 LABELS = torch.tensor([1, 2, 3])
 
@@ -110,7 +111,7 @@ def test_pairs_and_progressive_are_the_joint_prunings():
     x = images_for(ad)
     base = baseline(ad, x, LABELS)
     heads = [(0, 1), (1, 3), (2, 0), (2, 2)]
-    single, pair = pair_interactions(ad, base, 1, heads)
+    single, pair = pair_interactions(ad, base, 1, [Head(*h) for h in heads])
     assert torch.equal(pair, pair.T) and torch.equal(pair.diagonal(), single)
     for i, j in [(0, 1), (1, 3), (2, 3)]:
         _, p_new, _ = reference(ad, x[1:2], LABELS[1:2], [HeadPrune(*heads[i]), HeadPrune(*heads[j])])
@@ -119,7 +120,7 @@ def test_pairs_and_progressive_are_the_joint_prunings():
     assert interaction.abs().max() > 1e-3  # heads do interact in this model: the test can see it
 
     order = [(2, 1), (0, 0), (1, 1), (1, 2), (0, 3)]
-    prob, correct = progressive(ad, base, order, steps=[0, 2, 5])
+    [(prob, correct)] = prefixes(ad, base, [order], [[0, 2, 5]])
     assert torch.allclose(prob[:, 0], base.probs.gather(1, LABELS[:, None])[:, 0], atol=1e-6)
     for b in range(3):
         _, p_new, _ = reference(ad, x[b:b + 1], LABELS[b:b + 1], [HeadPrune(*h) for h in order])

@@ -97,7 +97,7 @@ def test_preprocessing_follows_timm_data_config(deit_store):
     equals timm's eval transform to 1e-4, and the store's unpruned predictions equal a timm forward."""
     from timm.data import resolve_data_config
 
-    from vitscope.data.images import normalise
+    from vitscope.imagesets.folders import normalise
 
     ds = deit_store
     model = timm_model(REAL_DEIT)

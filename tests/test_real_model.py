@@ -58,7 +58,7 @@ def test_preprocessing_follows_timm_data_config(real_store):
     from safetensors.torch import load_file
     from timm.data import create_transform, resolve_data_config
 
-    from vitscope.data.images import normalise
+    from vitscope.imagesets.folders import normalise
 
     ds = real_store
     model = timm.create_model(REAL_VIT_ARCH, pretrained=False)
@@ -216,8 +216,8 @@ def test_info_and_the_app_show_the_sink_heads(real_store):
     import subprocess
     import sys
 
-    from vitscope.app.data import StoreData
     from vitscope.app.pattern_view import head_kind_text
+    from vitscope.readout.store_data import StoreData
 
     path = real_store.attrs["store_path"]
     res = subprocess.run([sys.executable, "-m", "vitscope.cli", "info", path], capture_output=True, text=True,

@@ -12,7 +12,7 @@ from scipy.stats import spearmanr
 from test_compare_view import stores  # noqa: F401 - tiny stores a, swap (two heads swapped), small (2 × 2)
 
 from vitscope import store
-from vitscope.app.data import StoreData
+from vitscope.readout.store_data import StoreData
 from vitscope.report import findings, html, sections
 from vitscope.vocab import HEAD_KINDS, PATTERNS, WHOLE_HEAD, head_name
 

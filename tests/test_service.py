@@ -81,7 +81,7 @@ def test_single_drops_come_from_the_store(svc):
 def test_pairs_curve_and_saliency(svc):
     pairs = svc.compute({"kind": "pairs", "image": 1, "k": 4})
     assert "error" not in pairs
-    top = svc.top_heads(1, 4)
+    top = [(h.layer, h.head) for h in svc.top_heads(1, 4)]
     assert pairs["heads"] == [f"L{a}H{b}" for a, b in top]
     # the 4 heads are those whose pruning lowers P[true] most, in order
     prob = svc.ds["importance"].isel(image=1).values[:, :, 1, 0].reshape(-1)

@@ -16,11 +16,11 @@ import zarr
 from conftest import images_for, small_vit
 
 from vitscope import store
-from vitscope.analyse import analyse_batch
 from vitscope.analysis import binary, consistency, sinks
 from vitscope.build import finish_heads, registers
 from vitscope.config import BuildConfig
 from vitscope.errors import StoreMismatch
+from vitscope.per_image import analyse_batch
 from vitscope.summary import store_summary
 from vitscope.vocab import HEAD_KINDS, SINK_RANKS
 
@@ -31,7 +31,7 @@ def small_store(path, variant: str):
     """A store of IMAGES random images through the build's own per-image analysis and its head step."""
     adapter = small_vit(variant)
     grid = adapter.grid
-    lay = store.Layout(images=IMAGES, layers=adapter.num_layers, heads=adapter.num_heads, classes=adapter.num_classes,
+    lay = store.Shape(images=IMAGES, layers=adapter.num_layers, heads=adapter.num_heads, classes=adapter.num_classes,
                        grid=grid, tokens=adapter.num_tokens, topk=5, latent=4, binary_size=grid**2,
                        binary_ones=binary.top_count(0.05, grid**2), thumb=(8, 8), chunk=IMAGES,
                        registers=registers(adapter))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vitscope import store
+from vitscope import store, summary
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import synthetic_store  # noqa: E402
@@ -23,7 +23,7 @@ def test_synthetic_store_round_trip(tmp_path):
     np.testing.assert_allclose(ds["cls_attention"].values.astype(np.float32).sum(-1), 1, atol=2e-2)
     assert ds["topk_idx"].values.max() < 5 and ds["importance"].sel(mode=0, metric="jsd").values.max() == 0
     assert list(ds["class_name"].values) == [f"class {c}" for c in range(5)]
-    assert "10 listed, 10 analysed" in store.describe(out)
+    assert "10 listed, 10 analysed" in summary.describe(out)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4), (12, 3, 14)])  # a transformers ViT folder; timm's ViT-Ti/16

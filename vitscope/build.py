@@ -1,6 +1,6 @@
 """`vitscope build`: the orchestration of the analysis of an image set into one store; chunked and resumable.
 
-Per image chunk: preprocess, the per-image analysis of `vitscope.analyse` batch by batch, write the chunk's
+Per image chunk: preprocess, the per-image analysis of `vitscope.per_image` batch by batch, write the chunk's
 region, mark it done. Then, over the whole set: head consistency and kinds (the store opens from here on, with
 `layouts_pending` naming the layouts still to come), then the tSNE layouts (`vitscope.layouts`): `vitscope
 demo` serves the app at that point and computes them in a background thread (`layouts_later`); the views fill
@@ -22,14 +22,15 @@ import torch
 from tqdm import tqdm
 
 from vitscope import store
-from vitscope.analyse import analyse_batch
 from vitscope.analysis import autoencoder, binary, consistency, probe, sinks
 from vitscope.config import BuildConfig, cache_root
-from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.errors import VitscopeError
-from vitscope.layouts import LAYOUTS, compute_layouts, dask_client, pending_layouts
+from vitscope.imagesets.folders import BadImage, ImageSet, Preprocessor, image_folder
+from vitscope.layouts import LAYOUT_VARIABLES, compute_layouts, dask_client
 from vitscope.models import ViTAdapter, load_model, weights_hash
+from vitscope.per_image import analyse_batch
 from vitscope.text import printable
+from vitscope.vocab import CLASSIFIER, LINEAR_PROBE, NO_BASIS
 
 
 def demo_store(device: str = "cpu", limit: int | None = None, *, layouts_later: bool = False,
@@ -55,7 +56,7 @@ def demo_store(device: str = "cpu", limit: int | None = None, *, layouts_later: 
 def open_inputs(cfg: BuildConfig) -> tuple[ViTAdapter, ImageSet]:
     adapter = load_model(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, device=cfg.device)
     if cfg.images == "demo":
-        from vitscope.data import demo
+        from vitscope.imagesets import demo
 
         images = demo.image_set(cfg.limit)
     else:
@@ -80,20 +81,22 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
         store.remove(out)
     if out.exists():
         attrs = store.check(out, fingerprint)
-        adapter = probe.from_store(adapter, out)  # a backbone: the probe it was built with, never refitted
-        if attrs.get("complete") and not pending_layouts(attrs):
+        # a backbone: the probe it was built with, never refitted
+        adapter = probe.with_stored_head(adapter, *store.read_probe(out))
+        pending = store.pending_layouts(out)
+        if attrs.get("complete") and not pending:
             _say(cfg, f"{out} is already built (same model, images and parameters); nothing to do")
             return out
         if attrs.get("complete"):
-            _say(cfg, f"resuming {out}: computing its layouts ({', '.join(pending_layouts(attrs))})")
+            _say(cfg, f"resuming {out}: computing its layouts ({', '.join(pending)})")
             compute_layouts(out, cfg, layouts_later, timings)
             return out
-        _say(cfg, f"resuming {out}: {int(store.done_chunks(out).sum())} of {store.read_layout(out).chunks} "
+        _say(cfg, f"resuming {out}: {int(store.done_chunks(out).sum())} of {store.read_shape(out).chunks} "
                   "chunks already done")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         adapter, fitted, basis_attrs = backbone_head(adapter, images, pre, cfg)
-        lay = store.Layout(
+        lay = store.Shape(
             images=len(images), layers=adapter.num_layers, heads=adapter.num_heads, classes=adapter.num_classes,
             grid=adapter.grid, tokens=adapter.num_tokens, topk=min(5, adapter.num_classes), latent=cfg.latent,
             binary_size=min(cfg.binary_size, adapter.grid**2), binary_ones=binary.top_count(cfg.top, adapter.grid**2),
@@ -111,7 +114,7 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
         store.create(out, lay, fingerprint, images.ids, images.class_names, attrs)
         if fitted is not None:  # before the first chunk: a resumed build reads it back
             store.write_fixed(out, {"probe_coef": fitted.coef, "probe_bias": fitted.bias})
-    lay = store.read_layout(out)
+    lay = store.read_shape(out)
     todo = [int(i) for i in np.flatnonzero(~store.done_chunks(out))]
     t = time.perf_counter()
     try:
@@ -143,11 +146,11 @@ def _say(cfg: BuildConfig, text: str) -> None:
         print(text, file=sys.stderr)
 
 
-def _chunk_len(lay: store.Layout, index: int) -> int:
+def _chunk_len(lay: store.Shape, index: int) -> int:
     return min(lay.chunk, lay.images - index * lay.chunk)
 
 
-def compute_and_write(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay: store.Layout,
+def compute_and_write(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay: store.Shape,
                       cfg: BuildConfig, index: int, on_batch: Callable[[int], object] | None = None) -> list[str]:
     """Compute chunk `index` and write it; returns one line per skipped image."""
     arrays, skipped = compute_chunk(adapter, images, pre, lay, cfg, index, on_batch)
@@ -155,7 +158,7 @@ def compute_and_write(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, 
     return skipped
 
 
-def compute_chunk(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay: store.Layout,
+def compute_chunk(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, lay: store.Shape,
                   cfg: BuildConfig, index: int, on_batch: Callable[[int], object] | None = None,
                   ) -> tuple[dict[str, np.ndarray], list[str]]:
     """All per-image variables of one chunk, as numpy arrays (invalid images keep fill values).
@@ -199,13 +202,13 @@ def backbone_head(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, cfg:
     """A classifier as it is; a backbone (no classifier) with a linear probe fitted on its unpruned features of
     the labelled images, or with no basis (the placeholder head): (adapter for the build, the probe, store attrs)."""
     if adapter.num_classes:
-        return adapter, None, {"prob_basis": "classifier"}
+        return adapter, None, {"prob_basis": CLASSIFIER}
     classes = len(images.class_names)
     why = probe.why_no_probe(images.labels, classes)
     if why is not None:
         _say(cfg, f"{adapter.spec} has no classifier and {why}: prob and jsd will be NaN; cls_dist and patch_dist "
                   "are computed")
-        return probe.placeholder(adapter, classes), None, probe.attrs_of(None, "none", "", why)
+        return probe.placeholder(adapter, classes), None, probe.attrs_of(None, NO_BASIS, "", why)
 
     def load(i: int) -> torch.Tensor | None:
         try:
@@ -218,13 +221,13 @@ def backbone_head(adapter: ViTAdapter, images: ImageSet, pre: Preprocessor, cfg:
     why = probe.why_no_probe(labels, classes)  # unreadable images may leave too few
     if why is not None:
         _say(cfg, f"{adapter.spec} has no classifier and {why} among the readable images: prob and jsd will be NaN")
-        return probe.placeholder(adapter, classes), None, probe.attrs_of(None, "none", "", why)
+        return probe.placeholder(adapter, classes), None, probe.attrs_of(None, NO_BASIS, "", why)
     fitted = probe.fit_probe(feats, labels, classes, cfg.seed)
     feature = probe.feature_name(adapter)
     _say(cfg, f"{adapter.spec} has no classifier: linear probe on the {feature}, cross-validated accuracy "
               f"{fitted.cv_accuracy:.1%} ({fitted.folds} folds, C={fitted.C:g}); prob and jsd are the probe's")
-    headed = probe.HeadedAdapter(adapter, fitted.coef, fitted.bias, "linear probe")
-    return headed, fitted, probe.attrs_of(fitted, "linear probe", feature, None)
+    headed = probe.HeadedAdapter(adapter, fitted.coef, fitted.bias, LINEAR_PROBE)
+    return headed, fitted, probe.attrs_of(fitted, LINEAR_PROBE, feature, None)
 
 
 def registers(adapter: ViTAdapter) -> int:
@@ -239,10 +242,8 @@ def registers(adapter: ViTAdapter) -> int:
 def finish_heads(out: Path, cfg: BuildConfig) -> None:
     """Head consistency, sink heads and kinds, the layers' frequent sinks and high-norm tokens, over every readable
     image; from here on the store opens, its layouts pending."""
-    import xarray as xr
-
-    ds = xr.open_zarr(str(out), consolidated=True)
-    lay = store.read_layout(out)
+    ds = store.open_dataset(out)
+    lay = store.read_shape(out)
     valid = ds["valid"].values
     nv = int(valid.sum())
     if nv == 0:
@@ -260,7 +261,7 @@ def finish_heads(out: Path, cfg: BuildConfig) -> None:
             ds[f"{name}_token"].values[valid], patches, ranks)
     store.write_global(out, arrays,
                        {"valid_images": nv, "layout_metric": probe.layout_metric(ds.attrs, cfg.layout_metric),
-                        "layouts_pending": list(LAYOUTS)})
+                        "layouts_pending": list(LAYOUT_VARIABLES)})
 
 
 # -- Dask scale-out ----------------------------------------------------------------------------
@@ -275,13 +276,13 @@ def _worker_chunk(cfg_dict: dict, index: int) -> list[str]:
     if key not in _WORKER_CACHE:
         _WORKER_CACHE.clear()
         adapter, images = open_inputs(cfg)
-        adapter = probe.from_store(adapter, cfg.out)  # a backbone: the probe the build stored
+        adapter = probe.with_stored_head(adapter, *store.read_probe(cfg.out))  # a backbone: the probe it stored
         _WORKER_CACHE[key] = (adapter, images, Preprocessor(adapter.model))
     adapter, images, pre = _WORKER_CACHE[key]
-    return compute_and_write(adapter, images, pre, store.read_layout(Path(cfg.out)), cfg, index)
+    return compute_and_write(adapter, images, pre, store.read_shape(Path(cfg.out)), cfg, index)
 
 
-def _run_dask(cfg: BuildConfig, todo: list[int], lay: store.Layout) -> None:
+def _run_dask(cfg: BuildConfig, todo: list[int], lay: store.Shape) -> None:
     from dask.distributed import as_completed
 
     cfg_dict = asdict(cfg)

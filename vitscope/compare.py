@@ -37,7 +37,7 @@ from vitscope.matching import (
     per_head,
 )
 from vitscope.text import printable
-from vitscope.vocab import GOOD_PARTNER, HEAD_KINDS, PATTERNS, WHOLE_HEAD, head_name
+from vitscope.vocab import CLASSIFIER, GOOD_PARTNER, HEAD_KINDS, NO_BASIS, PATTERNS, WHOLE_HEAD, head_name
 
 # A paired head's importance changed when its rank among its own model's heads (0 least, 1 most important) moved
 # by at least this much: a third of the ranking, e.g. from the top third to the middle of it.
@@ -97,7 +97,7 @@ def _mean(x: np.ndarray) -> float | None:
 
 
 def _has_basis(ds: xr.Dataset) -> bool:
-    return ds.attrs.get("prob_basis", "classifier") != "none"
+    return ds.attrs.get("prob_basis", CLASSIFIER) != NO_BASIS
 
 
 @dataclass(frozen=True)
@@ -172,9 +172,9 @@ def compare(a: xr.Dataset, b: xr.Dataset, *, good: float | None = None) -> dict[
     sa, sb = _Side.of(a, ia), _Side.of(b, ib)
     (la, ha), (lb, hb) = sa.features.shape, sb.features.shape
     both_basis = _has_basis(a) and _has_basis(b)
-    same_basis = a.attrs.get("prob_basis", "classifier") == b.attrs.get("prob_basis", "classifier")
+    same_basis = a.attrs.get("prob_basis", CLASSIFIER) == b.attrs.get("prob_basis", CLASSIFIER)
     comparable = both_basis and same_basis and (
-        a.attrs.get("prob_basis", "classifier") == "classifier"
+        a.attrs.get("prob_basis", CLASSIFIER) == CLASSIFIER
         or list(a["class_name"].values) == list(b["class_name"].values))
     t1a, t1b = sa.top1(), sb.top1()
     out: dict[str, Any] = {

@@ -126,3 +126,15 @@ def top_heads(pruned_prob: np.ndarray, k: int) -> list[Head]:
     """The k heads whose whole-head pruning lowers P[true] most: `pruned_prob` [L, H] is P'[true] per head."""
     H = pruned_prob.shape[1]
     return [Head(*divmod(int(j), H)) for j in np.argsort(pruned_prob.reshape(-1), kind="stable")[:k]]
+
+
+def prune_answer(image: int, heads: Sequence[Head], prob: float, baseline_prob: float, jsd: float,
+                 cls_dist: float | None, patch_dist: float | None, top5: list[list], single_drops: list[float] | None,
+                 **extra) -> dict:
+    """The answer to a prune request, plain data: the service's after a forward, or the store's own numbers for one
+    head in a stored mode (`extra`: `stored=True`). `top5` is [[class name, probability], …]; `single_drops` each
+    head's own drop of P[true] in its mode (None when a head has a custom region)."""
+    return {"kind": "prune", "image": int(image), "heads": [h.label for h in heads], "prob": prob,
+            "baseline_prob": baseline_prob, "drop": baseline_prob - prob, "jsd": jsd, "cls_dist": cls_dist,
+            "patch_dist": patch_dist, "top5": top5, "single_drops": single_drops,
+            "sum_of_single_drops": None if single_drops is None else float(sum(single_drops)), **extra}

@@ -32,13 +32,8 @@ from vitscope.config import BuildConfig
 from vitscope.errors import VitscopeError
 from vitscope.vocab import WHOLE_HEAD
 
-LAYOUTS = ("image_xy", "head_xy_cls", "head_xy_patch")  # in the order they are computed
+LAYOUT_VARIABLES = ("image_xy", "head_xy_cls", "head_xy_patch")  # in the order they are computed
 BLOCK_POINTS = 50_000  # points per transform or encoding task (whole store chunks, at least one)
-
-
-def pending_layouts(attrs: dict) -> list[str]:
-    """The layouts a store opens without yet (none for stores built before layouts could come later)."""
-    return list(attrs.get("layouts_pending", []))
 
 
 def features(ds: xr.Dataset, name: str, metric: str, images: slice = slice(None)) -> np.ndarray:
@@ -71,8 +66,8 @@ class _Blocks:
 def finish_layouts(out: Path, cfg: BuildConfig, timings: dict[str, float] | None = None) -> None:
     """The tSNE layouts still pending, each written as soon as it is done (the app shows it then), with the
     pattern autoencoder and its latents before the patch layout; the blocks on Dask with --workers/--scheduler."""
-    ds = xr.open_zarr(str(out), consolidated=True)
-    pending = pending_layouts(ds.attrs)
+    ds = store.open_dataset(out)
+    pending = store.pending_layouts(out)
     timings = {} if timings is None else timings
     timings.setdefault("tsne", 0.0)
     if not pending:
@@ -83,7 +78,7 @@ def finish_layouts(out: Path, cfg: BuildConfig, timings: dict[str, float] | None
 
 def _finish(out: Path, cfg: BuildConfig, ds: xr.Dataset, pending: list[str], timings: dict[str, float],
             client) -> None:
-    lay = store.read_layout(out)
+    lay = store.read_shape(out)
     valid = ds["valid"].values
     nv, L, H = int(valid.sum()), lay.layers, lay.heads
     metric = probe.layout_metric(ds.attrs, cfg.layout_metric)  # no class basis: a feature metric
@@ -95,7 +90,7 @@ def _finish(out: Path, cfg: BuildConfig, ds: xr.Dataset, pending: list[str], tim
         full[valid] = values.reshape(nv, *shape)
         return full
 
-    for name in [n for n in LAYOUTS if n in pending]:
+    for name in [n for n in LAYOUT_VARIABLES if n in pending]:
         arrays, attrs = {}, {}
         per_image = 1 if name == "image_xy" else L * H
         blocks = _Blocks.of(valid, lay.chunk, per_image)
@@ -115,7 +110,7 @@ def _finish(out: Path, cfg: BuildConfig, ds: xr.Dataset, pending: list[str], tim
             if lay.ae_params:  # a new image's maps are encoded by the same model (stores built before: not kept)
                 kept["ae_weights"] = autoencoder.to_flat(model)
             store.write_global(out, kept, {**attrs, "layouts_pending": pending})
-            ds = xr.open_zarr(str(out), consolidated=True)
+            ds = store.open_dataset(out)
             timings["autoencoder"] = time.perf_counter() - t
         t = time.perf_counter()
         x = features(ds, name, metric)
@@ -204,7 +199,7 @@ def _place_block(out: str, name: str, metric: str, ref: tuple, threads: int, sta
     x_fit, y_fit, record = ref
     reference = _cached(("layout", out, name, json.dumps(record), threads),
                         lambda: layout.Reference(x_fit, y_fit, record, n_jobs=threads))
-    ds = xr.open_zarr(out, consolidated=True)
+    ds = store.open_dataset(out)
     return reference.place(features(ds, name, metric, slice(start, stop))[rest])
 
 
@@ -215,7 +210,7 @@ def _encode_block(out: str, state: tuple[int, int, dict], device: str, start: in
     size, latent, weights = state
     model = autoencoder.PatternAutoencoder(size, latent)  # small: rebuilt per block
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-    ds = xr.open_zarr(out, consolidated=True)
+    ds = store.open_dataset(out)
     valid = ds["valid"].values[start:stop]
     index = ds["binary_index"][start:stop].values[valid]
     maps = autoencoder.PackedMaps(index.reshape(-1, index.shape[-1]), size)

@@ -130,9 +130,9 @@ def head_similarity(fa: HeadFeatures, fb: HeadFeatures) -> dict[str, np.ndarray]
     out = {"distance": np.clip(1 - np.abs(da[:, None] - db[None]), 0, 1)}
     if fa.grid == fb.grid:
         qa, qb = fa.strength.reshape(ha, -1), fb.strength.reshape(hb, -1)
-        out["strength"] = np.minimum(qa[:, None], qb[None]).sum(-1)
+        out["strength"] = _share(np.minimum(qa[:, None], qb[None]).sum(-1))
     pa, pb = fa.patterns.reshape(ha, -1), fb.patterns.reshape(hb, -1)
-    out["patterns"] = np.minimum(pa[:, None], pb[None]).sum(-1)
+    out["patterns"] = _share(np.minimum(pa[:, None], pb[None]).sum(-1))
     if fa.grid == fb.grid:
         out["cls"] = cls_correlation(fa.cls.reshape(fa.cls.shape[0], ha, -1), fb.cls.reshape(fb.cls.shape[0], hb, -1))
     terms = np.stack([out[c] for c in COMPONENTS if c in out])
@@ -140,6 +140,11 @@ def head_similarity(fa: HeadFeatures, fb: HeadFeatures) -> dict[str, np.ndarray]
         warnings.simplefilter("ignore", RuntimeWarning)  # a pair whose every term is NaN: NaN, said as n/a
         out["similarity"] = np.clip(np.nanmean(terms, axis=0), 0, 1)
     return out
+
+
+def _share(overlap: np.ndarray) -> np.ndarray:
+    """A histogram intersection of two normalised vectors, in [0, 1]: their sums' rounding can exceed 1 by an ulp."""
+    return np.clip(overlap, 0, 1)
 
 
 def match_heads(similarity: np.ndarray) -> list[tuple[int, int]]:

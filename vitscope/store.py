@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,18 @@ import zarr
 
 from vitscope import __version__
 from vitscope.errors import StoreMismatch, VitscopeError
-from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, METRICS, MODES, OFFSETS, PATTERNS, SINK_RANKS, prefix_names
+from vitscope.vocab import (
+    BASE_PATTERNS,
+    HEAD_KINDS,
+    LINEAR_PROBE,
+    METRICS,
+    MODES,
+    NO_BASIS,
+    OFFSETS,
+    PATTERNS,
+    SINK_RANKS,
+    prefix_names,
+)
 
 SCHEMA_VERSION = 3  # v3: attention sinks, high-norm tokens, prefix shares, the head kind `sink`
 # Stores this vitscope opens: a v2 store lacks only v3's sink variables (the app and `info` say so); a build never
@@ -30,8 +43,9 @@ FORMAT = dict(zarr_format=2)  # v2 metadata: readable by every zarr/xarray, no s
 
 
 @dataclass(frozen=True)
-class Layout:
-    """Sizes of one store: images N, layers L, heads H, classes C, patch grid p, tokens P, …"""
+class Shape:
+    """Sizes of one store: images N, layers L, heads H, classes C, patch grid p, tokens P, … (kept in the store's
+    attribute `layout`)."""
 
     images: int
     layers: int
@@ -139,17 +153,17 @@ def fill_value(dtype: str):
     return {"f": np.nan, "b": False, "i": -1}.get(kind, 0)
 
 
-def create(path: Path, layout: Layout, fingerprint: dict, ids: list[str], class_names: list[str],
+def create(path: Path, shape: Shape, fingerprint: dict, ids: list[str], class_names: list[str],
            attrs: dict) -> None:
     """Write the store's metadata at full size (no data yet): every chunk can then be written alone."""
     import dask.array as da
 
-    sizes = layout.sizes()
+    sizes = shape.sizes()
     data = {}
-    for name, (dims, dtype) in layout.variables().items():
-        shape = tuple(sizes[d] for d in dims)
-        chunks = tuple(layout.chunk if d == "image" else sizes[d] for d in dims)
-        data[name] = xr.DataArray(da.full(shape, fill_value(dtype), dtype=dtype, chunks=chunks), dims=dims)
+    for name, (dims, dtype) in shape.variables().items():
+        size = tuple(sizes[d] for d in dims)
+        chunks = tuple(shape.chunk if d == "image" else sizes[d] for d in dims)
+        data[name] = xr.DataArray(da.full(size, fill_value(dtype), dtype=dtype, chunks=chunks), dims=dims)
         if name in CODES:
             key, names = CODES[name]
             data[name].attrs[key] = list(names)
@@ -161,23 +175,23 @@ def create(path: Path, layout: Layout, fingerprint: dict, ids: list[str], class_
         "pattern": list(BASE_PATTERNS),
         "offset": list(OFFSETS),
         "xy": ["x", "y"],
-        "prefix": prefix_names(layout.prefix, layout.registers),
+        "prefix": prefix_names(shape.prefix, shape.registers),
     }
     ds = xr.Dataset(data, coords=coords)
     ds.attrs.update(attrs, vitscope_schema=SCHEMA_VERSION, vitscope_version=__version__,
                     fingerprint=json.dumps(fingerprint, sort_keys=True), complete=False,
-                    chunk_size=layout.chunk, layout=json.dumps(layout.__dict__))
+                    chunk_size=shape.chunk, layout=json.dumps(shape.__dict__))
     ds.to_zarr(path, mode="w", compute=False, **FORMAT)
     # progress markers: one zarr chunk per build chunk, so concurrent writers never collide
-    done = zarr.create_array(store=str(path / "chunk_done"), shape=(layout.chunks,), chunks=(1,), dtype="bool",
+    done = zarr.create_array(store=str(path / "chunk_done"), shape=(shape.chunks,), chunks=(1,), dtype="bool",
                              fill_value=False, zarr_format=2)
     done.attrs["_ARRAY_DIMENSIONS"] = ["chunk"]  # an ordinary variable to xarray
 
 
-def read_layout(path: Path) -> Layout:
+def read_shape(path: Path) -> Shape:
     raw = json.loads(zarr.open_group(str(path), mode="r").attrs["layout"])
     raw["thumb"] = tuple(raw["thumb"])
-    return Layout(**raw)  # a v2 store's layout has no `registers`: the default
+    return Shape(**raw)  # a v2 store's record has no `registers`: the default
 
 
 def has_sinks(ds: xr.Dataset) -> bool:
@@ -219,6 +233,18 @@ def check(path: Path, fingerprint: dict | None = None) -> dict:
     return attrs
 
 
+def check_image(path: str | Path, image: int, valid: np.ndarray, image_ids) -> int:
+    """`image` as an int if it is in the store at `path` and was readable at build; else one line saying why not and
+    what to do (`valid` and `image_ids`: the store's, as the caller holds them)."""
+    n = len(valid)
+    if not 0 <= int(image) < n:
+        raise VitscopeError(f"image {image} out of range: {path} has {n} images (0..{n - 1})")
+    if not bool(valid[int(image)]):
+        raise VitscopeError(f"image {image} ({image_ids[int(image)]}) of {path} could not be read at build: pick "
+                            "another (vitscope info lists the store's images)")
+    return int(image)
+
+
 def remove(path: Path) -> None:
     if Path(path).exists():
         shutil.rmtree(path)
@@ -228,12 +254,12 @@ def done_chunks(path: Path) -> np.ndarray:
     return zarr.open_array(str(Path(path) / "chunk_done"), mode="r")[:]
 
 
-def write_chunk(path: Path, index: int, layout: Layout, arrays: dict[str, np.ndarray]) -> None:
+def write_chunk(path: Path, index: int, shape: Shape, arrays: dict[str, np.ndarray]) -> None:
     """Write chunk `index` of the per-image variables, then mark it done (in that order: a kill
     between the two only means the chunk is computed again)."""
-    start = index * layout.chunk
-    stop = min(start + layout.chunk, layout.images)
-    variables = layout.variables()
+    start = index * shape.chunk
+    stop = min(start + shape.chunk, shape.images)
+    variables = shape.variables()
     ds = xr.Dataset({k: (variables[k][0], np.asarray(v, dtype=variables[k][1])) for k, v in arrays.items()})
     ds.to_zarr(path, region={"image": slice(start, stop)}, **FORMAT)
     zarr.open_array(str(Path(path) / "chunk_done"), mode="r+")[index] = True
@@ -242,33 +268,20 @@ def write_chunk(path: Path, index: int, layout: Layout, arrays: dict[str, np.nda
 def write_fixed(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write variables without an image dimension (the linear probe) whole, before any chunk: a resumed build
     reads them back."""
-    variables = read_layout(path).variables()
+    variables = read_shape(path).variables()
     for k, v in arrays.items():
         zarr.open_array(str(Path(path) / k), mode="r+")[...] = np.asarray(v, dtype=variables[k][1])
-
-
-def prob_basis_row(attrs: dict) -> tuple[str, str]:
-    """`vitscope info`'s line on what `prob` and `jsd` are computed from."""
-    basis = attrs.get("prob_basis", "classifier")
-    if basis == "linear probe":
-        return ("prob basis", f"linear probe on the {attrs.get('probe_feature', 'feature')} (cross-validated "
-                              f"accuracy {attrs.get('probe_cv_accuracy', float('nan')):.1%}); the model has no "
-                              "classifier")
-    if basis == "none":
-        return ("prob basis", f"none: prob and jsd are NaN ({attrs.get('prob_basis_why', 'no labels')}); "
-                              "cls_dist and patch_dist hold")
-    return ("prob basis", "the model's classifier")
 
 
 def write_global(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     """Write whole-set results (latents, layouts, head kinds; any subset) and mark the store complete, i.e.
     readable (`layouts_pending` in `attrs` says which layouts are still to come)."""
-    layout = read_layout(path)
-    variables = layout.variables()
+    shape = read_shape(path)
+    variables = shape.variables()
     per_image = {k: v for k, v in arrays.items() if "image" in variables[k][0]}
     if per_image:
         ds = xr.Dataset({k: (variables[k][0], np.asarray(v, dtype=variables[k][1])) for k, v in per_image.items()})
-        ds.to_zarr(path, region={"image": slice(0, layout.images)}, **FORMAT)
+        ds.to_zarr(path, region={"image": slice(0, shape.images)}, **FORMAT)
     for k in arrays.keys() - per_image.keys():  # [layer, head]: small, written whole (a region needs `image`)
         zarr.open_array(str(Path(path) / k), mode="r+")[...] = np.asarray(arrays[k], dtype=variables[k][1])
     group = zarr.open_group(str(path), mode="r+")
@@ -276,58 +289,67 @@ def write_global(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None
     zarr.consolidate_metadata(str(path))
 
 
-def open_store(path: str | Path) -> xr.Dataset:
-    """Open a finished store for reading (one clear line if it is missing, foreign, old or unfinished)."""
-    attrs = check(Path(path))
-    if not attrs.get("complete"):
+_opened: OrderedDict[tuple, xr.Dataset] = OrderedDict()  # finished stores, by path and when their metadata changed
+_opened_lock = threading.Lock()
+
+
+def _written(path: Path) -> tuple | None:
+    """(path, when its consolidated metadata and its attributes were last written), None if it has neither."""
+    try:
+        return (str(path.resolve()), *((path / f).stat().st_mtime_ns for f in (".zmetadata", ".zattrs")))
+    except OSError:
+        return None
+
+
+def open_store(path: str | Path, *, unfinished: bool = False) -> xr.Dataset:
+    """Open a store for reading (one clear line if it is missing, foreign, old, or unfinished unless `unfinished`:
+    then the chunks not yet written read as fill values). A finished store is opened once per process: every reader
+    (the app's data, the service, a comparison) shares it until the store is written again."""
+    path = Path(path)
+    key = None if unfinished else _written(path)
+    with _opened_lock:
+        if key in _opened:
+            _opened.move_to_end(key)
+            return _opened[key]
+    attrs = check(path)
+    if not (unfinished or attrs.get("complete")):
         raise VitscopeError(f"{path} is an unfinished build: run the same `vitscope build` again to resume it")
-    ds = xr.open_zarr(str(path), consolidated=True)
+    ds = open_dataset(path)
     ds.attrs["class_names"] = list(ds["class_name"].values)
+    if key is not None and attrs.get("complete"):
+        with _opened_lock:
+            _opened[key] = ds
+            while len(_opened) > 8:
+                _opened.popitem(last=False)
     return ds
 
 
-def head_kind_rows(kind: np.ndarray, agree: np.ndarray) -> list[tuple[str, str]]:
-    """`vitscope info` rows on positional / content / mixed heads: counts, then one letter per head by layer."""
-    counts = ", ".join(f"{name} {int((kind == k).sum())}" for k, name in enumerate(HEAD_KINDS))
-    letters = "  ".join("".join(HEAD_KINDS[k][0].upper() if k >= 0 else "?" for k in layer) for layer in kind)
-    return [("head kinds", f"{counts} (agreement of each head's maps across images, mean {np.nanmean(agree):.2f})"),
-            ("by layer", letters)]
+def open_dataset(path: str | Path, *, fresh: bool = False) -> xr.Dataset:
+    """The store as written so far, unchecked (the build's own later stages, Dask workers); `fresh` reads each
+    array's own metadata instead of the consolidated copy, so variables written since the last consolidation
+    are seen."""
+    return xr.open_zarr(str(path), consolidated=not fresh)
 
 
-def describe(path: str | Path) -> str:
-    """What `vitscope info STORE` prints: model, images, classes, size, schema, analyses present."""
-    path = Path(path)
-    attrs = check(path)
-    lay = read_layout(path)
-    done = int(done_chunks(path).sum())
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    ds = xr.open_zarr(str(path), consolidated=True)
-    names = [str(c) for c in ds["class_name"].values]
-    valid = int(ds["valid"].values.sum())
-    fp = json.loads(attrs["fingerprint"])
-    state = "complete" if attrs.get("complete") else f"unfinished: {done}/{lay.chunks} chunks (run build again)"
-    pending = set(attrs.get("layouts_pending", []))  # a store opens before its layouts are all computed
-    if pending:
-        state = (f"layouts pending: {', '.join(sorted(pending))} (a running `vitscope demo` fills them in; "
-                 "else run the same build again)")
-        pending |= {"pattern_latent"} if "head_xy_patch" in pending else set()
-    present = ([k for k in lay.variables() if (k not in GLOBAL or attrs.get("complete")) and k not in pending
-                and k in ds] if done else ["none yet"])
-    rows = [
-        ("store", f"{path}  ({state})"),
-        ("model", f"{attrs['model_spec']} ({attrs['model_class']}), weights {fp['weights']}"),
-        ("shape", f"{lay.layers} layers × {lay.heads} heads, {lay.grid}×{lay.grid} patches, "
-                  f"{attrs['num_prefix_tokens']} prefix token(s)"),
-        ("images", f"{lay.images} listed, {valid} analysed, from {attrs['image_source']}"),
-        ("classes", f"{lay.classes}: {', '.join(names[:5])}{', …' if len(names) > 5 else ''}"),
-        ("size on disk", f"{size / 1e6:.1f} MB ({size / max(lay.images, 1) / 1e3:.1f} kB per image)"),
-        prob_basis_row(attrs),
-        ("schema", f"v{attrs['vitscope_schema']} (vitscope {attrs['vitscope_version']})"),
-        ("analyses", ", ".join(present)),
-    ]
-    if attrs.get("complete"):
-        rows += head_kind_rows(ds["head_kind"].values, ds["head_consistency"].values)
-    if "ae_loss" in attrs:
-        rows.append(("autoencoder", f"reconstruction loss {attrs['ae_loss'][-1]:.4f} after {len(attrs['ae_loss'])} "
-                                    "epochs"))
-    return "\n".join(f"{k:>13}: {v}" for k, v in rows)
+def pending_layouts(path: str | Path) -> list[str]:
+    """The layouts a store is still waiting for, as written now (a background build may be writing them); none
+    for stores built before layouts could come later."""
+    return list(zarr.open_group(str(path), mode="r").attrs.get("layouts_pending", []))
+
+
+def read_arrays(path: str | Path, names: list[str] | set[str]) -> dict[str, np.ndarray]:
+    """Variables as written now (not as the consolidated metadata last said), whole."""
+    ds = open_dataset(path, fresh=True)
+    return {name: ds[name].values for name in names}
+
+
+def read_probe(path: str | Path) -> tuple[str, int, np.ndarray | None, np.ndarray | None]:
+    """What a backbone store's `prob` was computed with: (prob basis, classes, probe coef, probe bias); the probe
+    is None unless the basis is the linear probe."""
+    ds = open_dataset(path, fresh=True)
+    basis = ds.attrs.get("prob_basis", NO_BASIS)
+    if basis == LINEAR_PROBE:
+        return basis, int(ds.sizes["class"]), ds["probe_coef"].values, ds["probe_bias"].values
+    return basis, int(ds.sizes.get("class", 1)), None, None
+
+

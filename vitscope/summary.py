@@ -1,17 +1,25 @@
-"""Text summary of a store's head importance (what `vitscope demo` prints before it serves the app)."""
+"""Text about a store: the summary `vitscope demo` prints before it serves the app, and what `vitscope info` says
+of a store (`describe`)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from vitscope import store
 from vitscope.analysis.probe import basis_text
 from vitscope.text import printable
 from vitscope.vocab import (
     ABLATION_MODES,
+    CLASSIFIER,
     HEAD_KINDS,
+    LINEAR_PROBE,
     METRICS,
     MODE_NAMES,
+    NO_BASIS,
     OFFSETS,
     PATTERNS,
     SINK_SHARE,
@@ -38,23 +46,23 @@ def store_summary(ds: xr.Dataset) -> str:
     drop = (base - pruned(WHOLE_HEAD, "prob")).mean(0)  # [L, H] mean drop of P[true] with the head pruned
     jsd = pruned(WHOLE_HEAD, "jsd").mean(0)
     grid = int(ds.attrs["patch_grid"])
-    basis = ds.attrs.get("prob_basis", "classifier")
-    probed = " of its linear probe" if basis == "linear probe" else ""
+    basis = ds.attrs.get("prob_basis", CLASSIFIER)
+    probed = " of its linear probe" if basis == LINEAR_PROBE else ""
     lines = [
         f"{printable(ds.attrs['model_spec'])}: {L} layers × {H} heads, {grid}×{grid} patches, {N} images",
-        basis_text(ds.attrs) if basis == "none" else f"accuracy{probed} of the unpruned model: {acc:.1%}"
+        basis_text(ds.attrs) if basis == NO_BASIS else f"accuracy{probed} of the unpruned model: {acc:.1%}"
         + (" on the images it was fitted on (optimistic; cross-validated below)" if probed else ""),
     ]
-    if basis == "linear probe":
+    if basis == LINEAR_PROBE:
         lines.append(basis_text(ds.attrs))
-    if basis != "none":  # a backbone without labels has no P[true]: its heads by the feature metric below
+    if basis != NO_BASIS:  # a backbone without labels has no P[true]: its heads by the feature metric below
         lines += ["", f"Head importance: mean drop of P[true label]{probed} when the head is pruned (mode 1)",
                   "         " + "".join(f"  head {h:<3}" for h in range(H))]
         top = max(float(drop.max()), 1e-12)
         for i in range(L):
             cells = "".join(f" {BARS[int(np.clip(d / top, 0, 1) * (len(BARS) - 1))]} {d:+.4f}" for d in drop[i])
             lines.append(f"layer {i:<2}{cells}")
-    rank, what = (jsd, "JSD of the output") if basis != "none" else (
+    rank, what = (jsd, "JSD of the output") if basis != NO_BASIS else (
         pruned(WHOLE_HEAD, "cls_dist").mean(0), "CLS distance of the attention output")
     order = np.argsort(-rank.ravel())[:5]
     lines += ["", f"Most important heads by mean {what} (mode 1): "
@@ -154,3 +162,63 @@ def _pairs(first: np.ndarray, second: np.ndarray) -> list[tuple[tuple[int, int],
     keys, counts = np.unique(first[has] * len(PATTERNS) + second[has], return_counts=True)
     order = np.argsort(-counts)
     return [(divmod(int(keys[i]), len(PATTERNS)), counts[i] / first.size) for i in order]
+
+
+def prob_basis_row(attrs: dict) -> tuple[str, str]:
+    """`vitscope info`'s line on what `prob` and `jsd` are computed from."""
+    basis = attrs.get("prob_basis", CLASSIFIER)
+    if basis == LINEAR_PROBE:
+        return ("prob basis", f"linear probe on the {attrs.get('probe_feature', 'feature')} (cross-validated "
+                              f"accuracy {attrs.get('probe_cv_accuracy', float('nan')):.1%}); the model has no "
+                              "classifier")
+    if basis == NO_BASIS:
+        return ("prob basis", f"none: prob and jsd are NaN ({attrs.get('prob_basis_why', 'no labels')}); "
+                              "cls_dist and patch_dist hold")
+    return ("prob basis", "the model's classifier")
+
+
+def head_kind_rows(kind: np.ndarray, agree: np.ndarray) -> list[tuple[str, str]]:
+    """`vitscope info` rows on positional / content / mixed heads: counts, then one letter per head by layer."""
+    counts = ", ".join(f"{name} {int((kind == k).sum())}" for k, name in enumerate(HEAD_KINDS))
+    letters = "  ".join("".join(HEAD_KINDS[k][0].upper() if k >= 0 else "?" for k in layer) for layer in kind)
+    return [("head kinds", f"{counts} (agreement of each head's maps across images, mean {np.nanmean(agree):.2f})"),
+            ("by layer", letters)]
+
+
+def describe(path: str | Path) -> str:
+    """What `vitscope info STORE` prints: model, images, classes, size, schema, analyses present."""
+    path = Path(path)
+    attrs = store.check(path)
+    lay = store.read_shape(path)
+    done = int(store.done_chunks(path).sum())
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    ds = store.open_dataset(path)
+    names = [str(c) for c in ds["class_name"].values]
+    valid = int(ds["valid"].values.sum())
+    fp = json.loads(attrs["fingerprint"])
+    state = "complete" if attrs.get("complete") else f"unfinished: {done}/{lay.chunks} chunks (run build again)"
+    pending = set(attrs.get("layouts_pending", []))  # a store opens before its layouts are all computed
+    if pending:
+        state = (f"layouts pending: {', '.join(sorted(pending))} (a running `vitscope demo` fills them in; "
+                 "else run the same build again)")
+        pending |= {"pattern_latent"} if "head_xy_patch" in pending else set()
+    present = ([k for k in lay.variables() if (k not in store.GLOBAL or attrs.get("complete")) and k not in pending
+                and k in ds] if done else ["none yet"])
+    rows = [
+        ("store", f"{path}  ({state})"),
+        ("model", f"{attrs['model_spec']} ({attrs['model_class']}), weights {fp['weights']}"),
+        ("shape", f"{lay.layers} layers × {lay.heads} heads, {lay.grid}×{lay.grid} patches, "
+                  f"{attrs['num_prefix_tokens']} prefix token(s)"),
+        ("images", f"{lay.images} listed, {valid} analysed, from {attrs['image_source']}"),
+        ("classes", f"{lay.classes}: {', '.join(names[:5])}{', …' if len(names) > 5 else ''}"),
+        ("size on disk", f"{size / 1e6:.1f} MB ({size / max(lay.images, 1) / 1e3:.1f} kB per image)"),
+        prob_basis_row(attrs),
+        ("schema", f"v{attrs['vitscope_schema']} (vitscope {attrs['vitscope_version']})"),
+        ("analyses", ", ".join(present)),
+    ]
+    if attrs.get("complete"):
+        rows += head_kind_rows(ds["head_kind"].values, ds["head_consistency"].values)
+    if "ae_loss" in attrs:
+        rows.append(("autoencoder", f"reconstruction loss {attrs['ae_loss'][-1]:.4f} after {len(attrs['ae_loss'])} "
+                                    "epochs"))
+    return "\n".join(f"{k:>13}: {v}" for k, v in rows)

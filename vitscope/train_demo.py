@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vitscope.data import demo as demo_data
-from vitscope.data.demo import to_tensor
+from vitscope.imagesets import demo as demo_data
+from vitscope.imagesets.demo import to_tensor
 from vitscope.models.loading import DEMO_WEIGHTS, build_demo_model
 
 
@@ -29,7 +29,7 @@ def accuracy(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, bat
 
 # Weight per layer of the locality penalty (see `locality_penalty`), with RADIUS: it makes layer 1 attend to
 # itself and layer 0 positional, as early layers of a real ViT are, while later layers stay global.
-# Measured (issue 9.7, held-out accuracy on the 1000 evaluation images): no penalty, 270 rounds: 92.0 %, heads
+# Measured (held-out accuracy on the 1000 evaluation images): no penalty, 270 rounds: 92.0 %, heads
 # global in every layer; (0.3, 0.3, 0.1, 0, 0, 0), radius 0, 270 rounds: 89.0 %; (0.2, 0.2, 0, …) or
 # (0.1, 0.1, 0, …): early heads stay global; (0.3, 0.3, 0, …), radius 1: 89.3 % at 270 rounds, 91.7 % at 330
 # (layer 1 local, 1.2 patches, but not diagonal); radius 0.5, 330 rounds (these): 92.2 %, layer 1 self-diagonal.

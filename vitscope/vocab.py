@@ -53,6 +53,11 @@ SINK_SHARE = 0.9
 # 0.79–0.95 (median 0.87, 20 of 24 below 0.9).
 GOOD_PARTNER = 0.9
 
+# What `prob` and `jsd` are computed from (the store's `prob_basis`): the model's classifier, a backbone's linear
+# probe, or nothing (a backbone without labels: NaN).
+CLASSIFIER, LINEAR_PROBE, NO_BASIS = "classifier", "linear probe", "none"
+PROB_BASES = (CLASSIFIER, LINEAR_PROBE, NO_BASIS)
+
 PRECISIONS = ("float32", "tf32", "bfloat16")  # what the engine computes in (tf32: float32 with TF32 matmuls)
 
 PAIR_COUNT = 12  # head pairs: the image's top heads whose interactions are computed unless told otherwise
@@ -76,13 +81,14 @@ def curve_order(name: object) -> str:
 
 FIGURE_FORMATS = ("svg", "pdf", "png")  # what `vitscope figure`, the app's "save figure" and plots.render write
 
+
 def curve_parts(order: str) -> tuple[str, str]:
     """A canonical order's (criterion, direction): ('exact', 'harmless-first'), …; ('random', '')."""
     criterion, _, direction = order.partition("-")
     return criterion, direction
 
 
-LAYOUTS = ("cls", "patch")  # the Attention Pattern View's two head layouts (head_xy_cls, head_xy_patch)
+HEAD_LAYOUTS = ("cls", "patch")  # the Attention Pattern View's two head layouts (head_xy_cls, head_xy_patch)
 
 
 def prefix_names(num_prefix: int, registers: int = 0) -> list[str]:

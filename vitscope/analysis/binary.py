@@ -17,7 +17,7 @@ _POOL_CHUNK = 2048  # maps pooled at once: bounds the float copy of a [..., 196,
 
 def top_count(top: float, n: int) -> int:
     """Entries `binarise` sets in an N × N map: k = ceil(top·N²), at least one. One place, so that the store's
-    index width (`Layout.binary_ones`) is always the k the maps have."""
+    index width (`store.Shape.binary_ones`) is always the k the maps have."""
     return max(1, math.ceil(top * n * n))
 
 

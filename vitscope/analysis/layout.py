@@ -1,11 +1,10 @@
 """2-D tSNE layouts for the Image Overview and the Attention Pattern View (paper Sec. 5.2, 5.4).
 
-scikit-learn's Barnes-Hut tSNE is quick up to ~2k points (4 s for the demo's 1000 images); the Attention
-Pattern View lays out images × layers × heads points (24k for the demo, 144k for 1000 images of a ViT-B),
-where openTSNE's FFT-accelerated gradients are an order of magnitude faster. openTSNE runs 125 + 250
-iterations (early exaggeration, then the rest) instead of its 250 + 500 and finds neighbours exactly up to
-30k points: 3× faster on the demo and the real ViT-Ti, with the same kNN class, layer, offset and pattern
-purity (docs/performance.md; `python benchmarks/layouts.py`).
+scikit-learn's Barnes-Hut tSNE is quick up to ~2k points (the demo's 1000 images); the Attention Pattern View
+lays out images × layers × heads points (24k for the demo, 144k for 1000 images of a ViT-B), where openTSNE's
+FFT-accelerated gradients scale. openTSNE runs 125 + 250 iterations (early exaggeration, then the rest) instead
+of its 250 + 500 and finds neighbours exactly up to 30k points: quicker on the demo and the real ViT-Ti, with the
+same kNN class, layer, offset and pattern purity (docs/performance.md; `python benchmarks/layouts.py`).
 
 Large sets (a ViT-B's 1.44 M head points at 10k images) are fitted on a seeded sample of `FIT_POINTS` and the
 rest placed by the fitted embedding's own `transform` (openTSNE), chunk by chunk: each new point is optimised
@@ -35,7 +34,7 @@ _TICK = 25  # openTSNE reports progress every this many iterations
 # linearly (docs/performance.md: the sample's quality loss and the transform's cost per point).
 FIT_POINTS = 30_000
 PCA_DIMS = 50  # a sampled layout's features above this many dimensions are reduced to their top principal components
-# (a ViT-B's 393-d CLS vectors: the transform's exact neighbour search of 1.4 M points costs 8× less at 50-d)
+# (a ViT-B's 393-d CLS vectors: the transform's exact neighbour search over 1.4 M points costs far less at 50-d)
 # openTSNE's transform: iterations, neighbours for the initial place, perplexity, exaggeration (see Reference)
 TRANSFORM_ITER, TRANSFORM_K, TRANSFORM_PERPLEXITY, TRANSFORM_EXAGGERATION = 100, 25, 5.0, 1.5
 TRANSFORM_INIT = "median"
@@ -331,7 +330,7 @@ def _tsne_sklearn(x: np.ndarray, *, seed: int, perplexity: float, progress: Prog
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)  # SKLEARN_ITER, its default
     # (the keyword is max_iter only from 1.5, n_iter before; pyproject allows 1.3)
     # Below ~1000 points each of the 1000 Barnes-Hut iterations is microseconds of work, so a second OpenMP
-    # thread gains nothing, and on a busy machine its barriers stall (seen: 7 s for 4 points). The limit
+    # thread gains nothing, and on a busy machine its barriers stall (seen: seconds for 4 points). The limit
     # applies to this thread only.
     with threadpool_limits(1 if len(x) < _SMALL_N else None, user_api="openmp"):
         y = tsne.fit_transform(x)
@@ -344,7 +343,7 @@ def _tsne_opentsne(x: np.ndarray, *, seed: int, perplexity: float, progress: Pro
     from openTSNE import TSNE, affinity
 
     n_jobs = 1 if len(x) < _SMALL_N else -1  # see _tsne_sklearn: more threads only stall on tiny inputs
-    # Exact neighbours: 4 s for the demo's 24k 16-d latents where Annoy takes 17 s; Annoy beyond (a ViT-B's 144k).
+    # Exact neighbours: quicker than Annoy for the demo's 24k 16-d latents; Annoy beyond (a ViT-B's 144k).
     method = "exact" if len(x) <= _EXACT_NEIGHBOURS else "annoy"
     aff = affinity.PerplexityBasedNN(x, perplexity=perplexity, method=method, n_jobs=n_jobs, random_state=seed)
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from vitscope.vocab import CLASSIFIER, LINEAR_PROBE, METRICS, NO_BASIS
 
 if TYPE_CHECKING:
     from vitscope.models.adapter import ViTAdapter
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
     Backbone = ViTAdapter | HFViTAdapter
 
-BASES = ("classifier", "linear probe", "none")
 CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse regularisation strengths cross-validated
 MIN_CLASSES = 2
 MIN_PER_CLASS = 2
@@ -117,19 +117,18 @@ def placeholder(base: Backbone, classes: int) -> HeadedAdapter:
     """The head of a store without a basis: zero logits (uniform probabilities) over `classes` ≥ 1."""
     d = _feature_size(base)
     return HeadedAdapter(base, np.zeros((max(classes, 1), d), np.float32), np.zeros(max(classes, 1), np.float32),
-                         "none")
+                         NO_BASIS)
 
 
 def basis_of(adapter: object) -> str:
     """`classifier`, `linear probe` or `none`: what the adapter's class probabilities come from."""
-    return getattr(adapter, "prob_basis", "classifier")
+    return getattr(adapter, "prob_basis", CLASSIFIER)
 
 
 def blank(adapter: object, out: dict) -> dict:
     """Per-image analysis arrays with every class output NaN (topk_idx -1) when the adapter has no basis."""
-    if basis_of(adapter) != "none":
+    if basis_of(adapter) != NO_BASIS:
         return out
-    from vitscope.vocab import METRICS
 
     for name in ("baseline_prob", "topk_prob", "grad_importance"):
         out[name] = torch.full_like(torch.as_tensor(out[name], dtype=torch.float32), float("nan"))
@@ -197,18 +196,15 @@ def feature_name(base: Backbone) -> str:
     return "class token after the final norm (CLIP: post_layernorm)"
 
 
-def from_store(base: Backbone, path: str | Path) -> Backbone | HeadedAdapter:
-    """The adapter a backbone store was built with: its stored probe as head, or the placeholder; a classifier's
-    adapter (or a store of one) is returned as it is."""
-    import xarray as xr
-
+def with_stored_head(base: Backbone, basis: str, classes: int, coef: np.ndarray | None,
+                     bias: np.ndarray | None) -> Backbone | HeadedAdapter:
+    """The adapter a backbone store was built with (`store.read_probe`'s basis, classes and probe): the probe as
+    head, or the placeholder; a classifier's adapter is returned as it is."""
     if base.num_classes:
         return base
-    ds = xr.open_zarr(str(path), consolidated=False)
-    basis = ds.attrs.get("prob_basis", "none")
-    if basis == "linear probe":
-        return HeadedAdapter(base, ds["probe_coef"].values, ds["probe_bias"].values, basis)
-    return placeholder(base, int(ds.sizes.get("class", 1)))
+    if basis == LINEAR_PROBE:
+        return HeadedAdapter(base, coef, bias, basis)
+    return placeholder(base, classes)
 
 
 CLASS_METRICS = ("prob", "jsd")  # the metrics that need class probabilities
@@ -217,22 +213,22 @@ FEATURE_METRIC = "cls_dist"  # what stands in for them in a store without a basi
 
 def metrics_of(attrs: dict, metrics) -> list[str]:
     """The metrics a store holds values of: all, or only the feature metrics when it has no class basis."""
-    none = attrs.get("prob_basis") == "none"
+    none = attrs.get("prob_basis") == NO_BASIS
     return [str(m) for m in metrics if not (none and str(m) in CLASS_METRICS)]
 
 
 def layout_metric(attrs: dict, wanted: str) -> str:
     """The Image Overview's layout metric: `wanted`, or `cls_dist` when the store has no class basis."""
-    return FEATURE_METRIC if attrs.get("prob_basis") == "none" and wanted in CLASS_METRICS else wanted
+    return FEATURE_METRIC if attrs.get("prob_basis") == NO_BASIS and wanted in CLASS_METRICS else wanted
 
 
 def basis_text(attrs: dict) -> str:
     """One line on what `prob` and `jsd` mean in this store (the app's sidebar, the summary)."""
-    basis = attrs.get("prob_basis", "classifier")
-    if basis == "linear probe":
+    basis = attrs.get("prob_basis", CLASSIFIER)
+    if basis == LINEAR_PROBE:
         return (f"prob/jsd: linear probe on the {attrs.get('probe_feature', 'feature')} (backbone; cross-validated "
                 f"accuracy {float(attrs.get('probe_cv_accuracy', float('nan'))):.1%})")
-    if basis == "none":
+    if basis == NO_BASIS:
         return (f"prob/jsd: unavailable, backbone without labels ({attrs.get('prob_basis_why', 'no labels')}); "
                 "cls_dist and patch_dist only")
     return "prob/jsd: the model's classifier"

@@ -10,22 +10,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 
-import colorcet
 import numpy as np
 import panel as pn
 from bokeh.events import Tap
 from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper, PrintfTickFormatter
 
-from vitscope.app.data import StoreData
-from vitscope.app.state import Selection, guarded
-from vitscope.app.style import SELECTED, bokeh_pane, div, figure, light, rgba_image, shown, text_pane
+from vitscope.app.session import guarded
+from vitscope.app.style import bokeh_pane, div, downsized, figure, light_button, rgba_image, text_pane
 from vitscope.errors import VitscopeError, one_line
 from vitscope.heads import Head, top_heads
+from vitscope.readout.palette import BLACK, BLUE, DIVERGING, PROXY, SELECTED, VERMILLION, YELLOW, rgb
+from vitscope.readout.selection import Selection
+from vitscope.readout.store_data import StoreData
 from vitscope.text import esc
 from vitscope.vocab import CURVE_ORDERS, PAIR_COUNT, WHOLE_HEAD, curve_parts
 
 WIDTH = 225
-CRITERION_COLOURS = {"exact": "#222222", "proxy": "#d62728", "random": "#999999"}
+CRITERION_COLOURS = {"exact": BLACK, "proxy": PROXY, "random": "#999999"}
 
 
 def order_style(order: str) -> dict:
@@ -51,15 +52,15 @@ Submit = Callable[[dict, str, Callable[[int, int], None] | None], Future]
 
 
 def heat_rgba(thumb: np.ndarray, drops: np.ndarray) -> np.ndarray:
-    """The image under its saliency: red where occluding a square lowers P[true], blue where it raises it."""
+    """The image under its saliency: vermillion where occluding a square lowers P[true], blue where it raises it."""
     h, w = thumb.shape[:2]
     s = drops.shape[0]
     scale = max(float(np.abs(drops).max()), 1e-9)
     cell = np.kron(drops / scale, np.ones((-(-h // s), -(-w // s))))[:h, :w]  # [h, w] in [-1, 1]
     out = thumb.astype(np.float64) * 0.55 + 255 * 0.45
-    red, blue = np.array([214, 39, 40]), np.array([31, 119, 180])
+    lower, raise_ = rgb(VERMILLION) * 255, rgb(BLUE) * 255
     a = np.abs(cell)[..., None] * 0.85
-    out = out * (1 - a) + np.where(cell[..., None] > 0, red, blue) * a
+    out = out * (1 - a) + np.where(cell[..., None] > 0, lower, raise_) * a
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -87,7 +88,7 @@ class AblationView:
         self.joint_text = div(WIDTH, 96)
 
         self.pair_source = ColumnDataSource({"x": [], "y": [], "value": [], "a": [], "b": []})
-        self.pair_mapper = LinearColorMapper(palette=colorcet.coolwarm, low=-1e-3, high=1e-3)
+        self.pair_mapper = LinearColorMapper(palette=list(DIVERGING), low=-1e-3, high=1e-3)
         pairs = figure("pair interactions", WIDTH, WIDTH, tools="", x_range=(-0.5, PAIR_COUNT - 0.5),
                        y_range=(PAIR_COUNT - 0.5, -0.5), name="vs-pairs", bare=True)
         pairs.toolbar_location = None
@@ -122,11 +123,11 @@ class AblationView:
         self.status = pn.pane.HTML("", width=WIDTH, height=36, css_classes=["vs-ablation-status"])
         self.progress = pn.indicators.Progress(value=0, max=1, width=WIDTH, visible=False, bar_color="info")
         self.pairs_button = pn.widgets.Button(label=f"pairs of top {PAIR_COUNT}", width=WIDTH // 2 - 5,
-                                              **light())
+                                              **light_button())
         self.pairs_button.on_click(guarded(sel, "pairs", lambda _: self.ask_pairs()))
-        self.curve_button = pn.widgets.Button(label="pruning curve", width=WIDTH // 2 - 5, **light())
+        self.curve_button = pn.widgets.Button(label="pruning curve", width=WIDTH // 2 - 5, **light_button())
         self.curve_button.on_click(guarded(sel, "curve", lambda _: self.ask_curve()))
-        self.saliency_button = pn.widgets.Button(label="patch saliency", width=WIDTH // 2 - 5, **light())
+        self.saliency_button = pn.widgets.Button(label="patch saliency", width=WIDTH // 2 - 5, **light_button())
         self.saliency_button.on_click(guarded(sel, "saliency", lambda _: self.ask_saliency()))
         self.upload = pn.widgets.FileInput(accept="image/*", width=WIDTH, css_classes=["vs-upload"])
         self.upload.param.watch(guarded(sel, "upload", lambda e: self.ask_new_image(e.new, self.upload.filename)),
@@ -137,7 +138,7 @@ class AblationView:
         self.temp_head = ColumnDataSource({"x": [], "y": [], "name": []})
         for fig, src in ((overview_fig, self.temp_image), (map_fig, self.temp_head)):
             if fig is not None:
-                fig.scatter("x", "y", source=src, marker="star", size=20, fill_color="#ffd700",
+                fig.scatter("x", "y", source=src, marker="star", size=20, fill_color=YELLOW,
                             line_color="#222222", line_width=1.5)
         self.update()
 
@@ -305,7 +306,7 @@ class AblationView:
         self._reveal("curve")
 
     def show_saliency(self, r: dict) -> None:
-        thumb = shown(self.data.thumbnail(r["image"]))
+        thumb = downsized(self.data.thumbnail(r["image"]))
         self.saliency_source.data = {"image": [rgba_image(heat_rgba(thumb, np.asarray(r["drops"])))]}
         self.saliency.title.text = f"patch saliency, image {r['image']}"
         self._reveal("saliency")

@@ -18,10 +18,11 @@ from bokeh.models import CustomJS, Div
 from bokeh.resources import INLINE
 
 from vitscope.app.compare_view import SIDES, TRENDS, CompareView
-from vitscope.app.export import most_important_heads, strip_panel_scripts
+from vitscope.app.export import strip_panel_scripts
 from vitscope.app.overview import p_true
-from vitscope.app.style import figure, rgba_image, shown
+from vitscope.app.style import downsized, figure, rgba_image
 from vitscope.errors import VitscopeError
+from vitscope.readout.importance import most_important_heads
 from vitscope.text import esc, printable
 from vitscope.vocab import WHOLE_HEAD
 
@@ -90,7 +91,7 @@ def export_compare(a: str | Path, b: str | Path, image: int, out: str | Path) ->
                   "rings": [view.ring[s] for s in SIDES], "strength": [view.strength_ring[s] for s in SIDES]},
             code=TAP_JS))
 
-    thumb = rgba_image(shown(view.data[0].thumbnail(image)))
+    thumb = rgba_image(downsized(view.data[0].thumbnail(image)))
     picture = figure("", 110, 110, tools="")
     picture.toolbar_location, picture.axis.visible, picture.grid.visible = None, False, False
     picture.image_rgba([thumb], x=0, y=0, dw=1, dh=1)

@@ -1,7 +1,7 @@
-"""The compare view (issue 20 item 3): two stores of the same images side by side, over one shared selection.
+"""The compare view: two stores of the same images side by side, over one shared selection.
 
-`vitscope serve A B` or `vitscope compare A B --serve`. Pure over store data (no model): `vitscope.compare.compare`
-is computed once per pair of stores and process; the per-image numbers come from each store's `StoreData`.
+`vitscope serve A B` or `vitscope compare A B --serve`. Pure over store data (no model): its numbers are
+`vitscope.readout.comparison`'s.
 
 - a typed image number shared by both sides (k of the matched images, `compare.matched_images`; empty: their
   mean), its image id beside it: a dropdown of every matched image sent 10,000 options to each page;
@@ -13,15 +13,12 @@ is computed once per pair of stores and process; the per-image numbers come from
 - the images where the two unpruned models' top-1 differ; a tap on a row selects that image.
 
 Like the single-store app: plain Bokeh figures built once per session, new data pushed into their sources inside one
-held document change (/work/shared/notes/app-speed.md, docs/performance.md).
+held document change (docs/performance.md).
 """
 
 from __future__ import annotations
 
-import warnings
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import panel as pn
@@ -29,92 +26,34 @@ import param
 from bokeh.events import Tap
 from bokeh.models import ColumnDataSource, DataTable, HoverTool, Legend, LegendItem, TableColumn
 
-from vitscope.app.data import StoreData, cached_store
-from vitscope.app.importance import KIND_KEY, kind_columns
-from vitscope.app.state import guarded
-from vitscope.app.strength import ENTROPY_LABEL, head_x
-from vitscope.app.style import SELECTED, alert, bokeh_pane, div, figure, layer_colours, offline, value_colours
-from vitscope.compare import compare, matched_images
+from vitscope.app.importance import KIND_KEY, kind_columns_marked
+from vitscope.app.session import guarded
+from vitscope.app.style import alert, bokeh_pane, div, figure, offline
+from vitscope.compare import matched_images
 from vitscope.errors import one_line
+from vitscope.readout.comparison import (
+    comparison,
+    disagreements,
+    kind_counts,
+    over_matched,
+    pattern_counts,
+    shared_metric,
+    top1,
+    trend_lines,
+)
+from vitscope.readout.palette import MODELS, NO_VALUE, PURPLE, SELECTED, layer_colours, value_colours
+from vitscope.readout.store_data import StoreData, store_data
+from vitscope.readout.strength import ENTROPY_LABEL, head_x
 from vitscope.text import esc, printable
-from vitscope.vocab import DEFAULT_METRIC, HEAD_KINDS, METRIC_LABELS, PATTERNS, WHOLE_HEAD, harm, head_name
+from vitscope.vocab import HEAD_KINDS, METRIC_LABELS, WHOLE_HEAD, harm, head_name
 
 SIDES = ("a", "b")
-MODEL_COLOURS = ("#1f77b4", "#ff7f0e")  # A, B in every overlaid plot
-PARTNER = "#9467bd"  # the ring on the matched head of the other model
+PARTNER = PURPLE  # the ring on the matched head of the other model
 TRENDS = (("distance", "mean attention distance (patches)"), ("entropy", ENTROPY_LABEL),
           ("drop", "drop of P[true], one head pruned"))
 NAME_LIMIT = 24  # characters of a store's name in titles and legends (300 px wide; the header has the whole path)
 TEXT_LIMIT = 60  # characters of an image id or class name in the table and beside the typed image number
 
-
-store_data = cached_store  # one copy of a store's arrays per process (the compare view needs no model)
-
-
-@lru_cache(maxsize=4)
-def comparison(a: str, b: str) -> dict[str, Any]:
-    """`compare()` of two stores, once per process (every session shares it)."""
-    return compare(store_data(a).ds, store_data(b).ds)
-
-
-def shared_metric(da: StoreData, db: StoreData) -> str:
-    """The importance metric both stores offer: P[true] where both have class probabilities, else the first
-    feature metric they share."""
-    both = [m for m in da.metrics_shown if m in db.metrics_shown]
-    return DEFAULT_METRIC if DEFAULT_METRIC in both else both[0]
-
-
-def top1(data: StoreData, images: np.ndarray) -> np.ndarray:
-    """[images] the unpruned model's top-1 class of the images at these positions."""
-    return data.topk_idx[images, 0, 0, 0, 0]
-
-
-def disagreements(da: StoreData, db: StoreData, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
-    """Indices into the matched images where the two unpruned models' top-1 differ."""
-    return np.flatnonzero(top1(da, ia) != top1(db, ib))
-
-
-def trend_lines(result: dict[str, Any], metric: str) -> tuple[dict[str, list], dict[str, list]]:
-    """(A's, B's) points of one per-layer number of `compare()` against relative depth (layer / (L − 1)); B's
-    layers in the order they are aligned, each once (relative depth may show one of B's layers twice)."""
-    la, lb = result["layer_alignment"]["layers"]
-    nan = lambda v: np.nan if v is None else float(v)  # noqa: E731 - JSON's null: a gap in the line
-    rows = result["layers"]
-    a = {"x": [r["layer"] / max(la - 1, 1) for r in rows], "y": [nan(r[metric][0]) for r in rows],
-         "layer": [r["layer"] for r in rows]}
-    seen: dict[int, float] = {}
-    for r in rows:
-        seen.setdefault(r["layer_b"], nan(r[metric][1]))
-    b = {"x": [j / max(lb - 1, 1) for j in seen], "y": list(seen.values()), "layer": list(seen)}
-    return a, b
-
-
-def kind_counts(data: StoreData) -> list[dict[str, int]]:
-    """Per layer, how many heads of each kind (HEAD_KINDS; another code as 'unknown')."""
-    out = []
-    for layer in range(data.layers):
-        codes = data.head_kind[layer]
-        row = {k: int((codes == n).sum()) for n, k in enumerate(HEAD_KINDS)}
-        row["unknown"] = int(len(codes) - sum(row.values()))
-        out.append(row)
-    return out
-
-
-def pattern_counts(data: StoreData, images: np.ndarray) -> list[dict[str, float]]:
-    """Per layer, the heads with each pattern label on the images at these positions (mean count over them)."""
-    labels = data.pattern_label[images]
-    out = []
-    for layer in range(data.layers):
-        row = {p: float((labels[:, layer] == n).sum(1).mean()) if len(labels) else 0.0 for n, p in enumerate(PATTERNS)}
-        out.append(row)
-    return out
-
-
-def over_matched(data: StoreData, name: str, images: np.ndarray) -> np.ndarray:
-    """A per-image variable's mean over the matched images (the images `compare()` reads), NaN left out."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a head without a value on any image: NaN
-        return np.nanmean(getattr(data, name)[images].astype(np.float64), axis=0)
 
 
 def summary_html(data: StoreData, images: np.ndarray) -> str:
@@ -179,7 +118,7 @@ class CompareView(pn.viewable.Viewer):
             L, H = data.layers, data.heads
             layer, head = np.divmod(np.arange(L * H), H)
             src = ColumnDataSource({"x": head, "y": layer, "layer": layer, "head": head, "value": np.zeros(L * H),
-                                    "colour": np.full(L * H, "#cccccc"), **kind_columns(data)},
+                                    "colour": np.full(L * H, NO_VALUE), **kind_columns_marked(data)},
                                    name=f"vs-compare-grid-source-{side}")
             fig = figure(f"{self.label(side)} — head importance", 300, 40 + 26 * L + 40, tools="tap",
                          x_range=(-0.5, H - 0.5), y_range=(L - 0.5, -0.5), name=f"vs-compare-grid-{side}")
@@ -222,7 +161,7 @@ class CompareView(pn.viewable.Viewer):
             fig.xaxis.axis_label = "relative depth (layer / (L − 1))"
             items = []
             self.trend_source[key] = {}
-            for side, colour, (xs) in zip(SIDES, MODEL_COLOURS, trend_lines(self.result, key), strict=True):
+            for side, colour, (xs) in zip(SIDES, MODELS, trend_lines(self.result, key), strict=True):
                 src = ColumnDataSource(xs)
                 line = fig.line("x", "y", source=src, color=colour, line_width=2)
                 dots = fig.scatter("x", "y", source=src, color=colour, size=6)

@@ -7,10 +7,8 @@ what makes a change settle in the browser in well under a second (docs/performan
 
 from __future__ import annotations
 
-import sys
 import threading
 from concurrent.futures import Future
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -18,69 +16,22 @@ import panel as pn
 import param
 
 from vitscope.app.ablation import AblationView
-from vitscope.app.data import cached_store
 from vitscope.app.importance import HeadImportanceView
 from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
-from vitscope.app.save_figure import FigureBytes, SaveFigure
-from vitscope.app.state import COLOUR_BY, Selection
+from vitscope.app.save_figure import SaveFigure
 from vitscope.app.strength import AttentionStrengthView
-from vitscope.app.style import alert, bokeh_pane, light, offline, text_pane
+from vitscope.app.style import alert, bokeh_pane, light_button, offline, text_pane
 from vitscope.config import TOP_PERCENT
 from vitscope.errors import VitscopeError, one_line
-from vitscope.service import Dispatcher, make_dispatcher
+from vitscope.readout.figures import Renderer
+from vitscope.readout.selection import COLOUR_BY, Selection
+from vitscope.readout.store_data import store_data
+from vitscope.service.dispatch import Dispatcher, ask_attention, shared_dispatcher, warm
 from vitscope.text import esc
 from vitscope.vocab import MODE_NAMES
 
 SIDEBAR = 250  # px; the template's sidebar collapses with its ☰ button
-
-
-store_data = cached_store  # one copy of a store's arrays per process, shared by every session
-
-
-_loading = threading.Lock()  # one model load per store, whether a warm-up thread or a tap asks first
-
-
-@lru_cache(maxsize=4)
-def _dispatcher_or_error(path: str, device: str, scheduler: str | None) -> Dispatcher | VitscopeError:
-    try:
-        return make_dispatcher(path, device, scheduler)
-    except VitscopeError as e:
-        return e
-
-
-def dispatcher(path: str, device: str, scheduler: str | None = None) -> Dispatcher:
-    """The one route to the model for a store in this process: every session's requests, attention included,
-    share its queue. The model loads once, here or (with `scheduler`) on a Dask worker, and then this process
-    loads none; a model that cannot be loaded fails once, then at once with the same line."""
-    with _loading:
-        got = _dispatcher_or_error(path, device, scheduler)
-    if isinstance(got, VitscopeError):
-        raise got
-    return got
-
-
-def warm(path: str, device: str, scheduler: str | None = None) -> None:
-    """Load the model now (`vitscope serve`), so the first tap is quick. An unreachable scheduler is one line
-    now; a model that cannot be loaded here turns on-demand work off (the views still show the store)."""
-    try:
-        dispatcher(path, device, scheduler)
-    except VitscopeError as e:
-        if scheduler:
-            raise
-        print(f"vitscope: warning: on-demand attention is unavailable: {e}", file=sys.stderr)
-
-
-def attention(d: Dispatcher, session: str, image: int, layer: int | None = None) -> np.ndarray:
-    """[L, H, P, P] attention of a stored image ([H, P, P] of one `layer`), asked of the dispatcher; its error line
-    raised as one."""
-    request = {"kind": "attention", "image": int(image)}
-    if layer is not None:
-        request["layer"] = int(layer)
-    r = d.ask(session, request)
-    if "error" in r:
-        raise VitscopeError(r["error"])
-    return r["attention"]
 
 
 class Explorer(pn.viewable.Viewer):
@@ -89,7 +40,7 @@ class Explorer(pn.viewable.Viewer):
     selection = param.ClassSelector(class_=Selection, doc="this session's selection")
 
     def __init__(self, store: str | Path, device: str = "cpu", scheduler: str | None = None,
-                 figure_bytes: FigureBytes | None = None, **params) -> None:
+                 figures: Renderer | None = None, **params) -> None:
         super().__init__(selection=Selection(), **params)
         self._doc = pn.state.curdoc
         self.path = str(Path(store).resolve())
@@ -102,12 +53,16 @@ class Explorer(pn.viewable.Viewer):
         self.strength = AttentionStrengthView(d, s)
         self.pattern = AttentionPatternView(d, s, self.attention, self.overview.thumb_source)
         self.ablation = AblationView(d, s, self.submit, self.schedule, self.overview.figure, self.pattern.map.figure)
-        self.save = SaveFigure(d, s, self.all_attention, figure_bytes, SIDEBAR - 30) if figure_bytes else None
+        self.save = SaveFigure(d, s, self.all_attention, figures, SIDEBAR - 30) if figures else None
         self.views = [self.overview, self.importance, self.strength, self.pattern, self.ablation,
                       *([self.save] if self.save else [])]
         watched = sorted({name for v in self.views for name in v.watches})
         s.param.watch(self._changed, watched)
         self._widgets()
+
+    def service(self) -> Dispatcher:
+        """The process's one route to this store's model (loaded on first use)."""
+        return shared_dispatcher(self.path, self.device, self.scheduler)
 
     def attention(self, image: int, layer: int) -> np.ndarray:
         """[H, P, P] attention of one image in one layer, computed by the store's model through the dispatcher
@@ -118,23 +73,23 @@ class Explorer(pn.viewable.Viewer):
             if "error" in r:
                 raise VitscopeError(r["error"])
             return r["attention"]
-        return attention(dispatcher(self.path, self.device, self.scheduler), str(id(self)), image, layer)
+        return ask_attention(self.service(), str(id(self)), image, layer)
 
     def all_attention(self, image: int) -> np.ndarray:
         """[L, H, P, P] of one image (figures that show every head)."""
-        return attention(dispatcher(self.path, self.device, self.scheduler), str(id(self)), image)
+        return ask_attention(self.service(), str(id(self)), image)
 
     def _ask_attention(self) -> tuple[int, int] | None:
         """Served: ask the model for the selected image's attention in the selected layer without waiting for it,
         and draw the plots of A when it answers (`_attention_arrived`, on this session's event loop), so the views
         that need only the store reach the page first. The (image, layer) asked for, or None: nothing to ask (no
-        image, or the pattern view has it) or no server loop (Jupyter, tests: the views ask and wait, as before)."""
+        image, or the pattern view has it) or no server loop (Jupyter, tests: the views ask and wait)."""
         doc, image, layer = self._doc, self.data.readable(self.selection.image), self.selection.layer
         if (doc is None or doc.session_context is None or image is None or not 0 <= layer < self.data.layers
                 or self.pattern.has_attention_of(image, layer)):
             return None
         try:
-            future = dispatcher(self.path, self.device, self.scheduler).submit(
+            future = self.service().submit(
                 str(id(self)), {"kind": "attention", "image": int(image), "layer": int(layer)})
         except VitscopeError:  # no model here: the pattern view asks, and says why in the page
             return None
@@ -157,7 +112,7 @@ class Explorer(pn.viewable.Viewer):
 
     def submit(self, request: dict, channel: str, progress=None):
         """Ask the process's service on behalf of this session (its latest request per channel wins)."""
-        return dispatcher(self.path, self.device, self.scheduler).submit(str(id(self)), request, channel, progress)
+        return self.service().submit(str(id(self)), request, channel, progress)
 
     def schedule(self, callback) -> None:
         """Run `callback` on this session's event loop (answers arrive on the service's thread)."""
@@ -206,22 +161,22 @@ class Explorer(pn.viewable.Viewer):
             s.metric = d.metrics_shown[0]
         self.metric = pn.widgets.Select.from_param(s.param.metric, label="metric", css_classes=["vs-metric"],
                                                    width=SIDEBAR - 40)
-        self.mode = pn.widgets.RadioButtonGroup.from_param(s.param.mode, css_classes=["vs-mode"], **light(),
+        self.mode = pn.widgets.RadioButtonGroup.from_param(s.param.mode, css_classes=["vs-mode"], **light_button(),
                                                            width=SIDEBAR - 40)
         self.colour_by = pn.widgets.Select.from_param(s.param.colour_by, label="colour images by",
                                                       options=list(COLOUR_BY), css_classes=["vs-colour-by"],
                                                       width=SIDEBAR - 40)
-        self.layout = pn.widgets.RadioButtonGroup.from_param(s.param.layout, css_classes=["vs-layout"],
-                                                             **light(), width=SIDEBAR - 40)
+        self.head_layout = pn.widgets.RadioButtonGroup.from_param(s.param.layout, css_classes=["vs-layout"],
+                                                                  **light_button(), width=SIDEBAR - 40)
         self.threshold = pn.widgets.FloatSlider(label="threshold (or tap the histogram)", start=0.0, end=1.0,
                                                 step=0.001, format="0.[0000]", css_classes=["vs-threshold"], width=170)
         self.threshold.param.watch(self._slider_moved, "value_throttled")
         self.top_button = pn.widgets.Button(label=f"top {self.data.top * TOP_PERCENT:g} %", width=60,
-                                            **light())
+                                            **light_button())
         self.top_button.on_click(lambda _: setattr(s, "threshold", None))
-        self.pin = pn.widgets.Button(label="pin L0H0", width=110, **light(), css_classes=["vs-pin"])
+        self.pin = pn.widgets.Button(label="pin L0H0", width=110, **light_button(), css_classes=["vs-pin"])
         self.pin.on_click(lambda _: s.toggle_pin(d.head_index(s.layer, s.head)))
-        self.unpin = pn.widgets.Button(label="clear pins", width=90, **light())
+        self.unpin = pn.widgets.Button(label="clear pins", width=90, **light_button())
         self.unpin.on_click(lambda _: setattr(s, "pinned", []))
         self._syncing = False
         self._sync_widgets(None)
@@ -271,13 +226,13 @@ class Explorer(pn.viewable.Viewer):
                          f"{d.grid}×{d.grid} patches, {int(d.valid.sum())} images<br>"
                          f"<small class='vs-basis'>{esc(d.basis_text)}</small>", width=SIDEBAR - 30),
             self.image_id,
-            pn.widgets.Button(label="show all images", **light(), width=SIDEBAR - 40,
+            pn.widgets.Button(label="show all images", **light_button(), width=SIDEBAR - 40,
                               on_click=lambda e: self.selection.param.update(image=None)),
             self.class_search,
             pn.widgets.Checkbox.from_param(self.selection.param.only_class, label="show only this class"),
             self.colour_by, self.metric, "pruning mode", self.mode,
             pn.pane.HTML(f"<small>{modes}</small>", width=SIDEBAR - 30),
-            "pattern map layout", self.layout,
+            "pattern map layout", self.head_layout,
             pn.widgets.Checkbox.from_param(self.selection.param.density, label="density contours of all heads"),
             pn.pane.HTML("<b>on-demand ablation</b>", width=SIDEBAR - 30), self.ablation.panel(),
             *([pn.pane.HTML("<b>save figure</b> (for print: a view or summary of this selection)",

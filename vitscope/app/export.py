@@ -10,23 +10,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 from bokeh.embed import file_html
 from bokeh.layouts import column, row
 from bokeh.models import Div, TabPanel, Tabs
 from bokeh.resources import INLINE
 
-from vitscope.app.data import StoreData
-from vitscope.app.explorer import attention, dispatcher, store_data
 from vitscope.app.importance import HeadImportanceView
 from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
-from vitscope.app.state import Selection
 from vitscope.app.strength import AttentionStrengthView
 from vitscope.errors import VitscopeError
 from vitscope.heads import Head, parse_head
+from vitscope.readout.importance import most_important_heads
+from vitscope.readout.selection import Selection
+from vitscope.readout.store_data import store_data
+from vitscope.service.dispatch import ask_attention, shared_dispatcher
 from vitscope.text import esc, printable
-from vitscope.vocab import DEFAULT_METRIC, WHOLE_HEAD, harm
+from vitscope.vocab import DEFAULT_METRIC, WHOLE_HEAD
 
 DEFAULT_HEADS = 6
 
@@ -35,14 +35,6 @@ def strip_panel_scripts(html: str) -> str:
     """A file page without the `<script src="static/...">` that importing Panel adds to Bokeh's inline resources
     (ES-module shims for Panel's own components): the page has none, and from disk the relative path cannot load."""
     return re.sub(r'<script src="static/[^"]*"></script>\s*', "", html)
-
-
-def most_important_heads(data: StoreData, image: int, metric: str, mode: int, k: int) -> list[tuple[int, int]]:
-    """The k heads whose pruning changes the image's prediction most (lowest P'[true], else largest distance)."""
-    v = data.metric_values(metric, mode)[image]  # [L·H]
-    score = harm(metric, v)
-    order = np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")[:k]
-    return [divmod(int(i), data.heads) for i in order]
 
 
 def export(store: str | Path, image: int, out: str | Path, heads: list[Head | tuple[int, int]] | None = None,
@@ -59,7 +51,7 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[Head | tu
         if not (0 <= h.layer < data.layers and 0 <= h.head < data.heads):
             raise VitscopeError(f"head {h.layer}:{h.head} is not in this model ({data.layers} layers × {data.heads} "
                                 "heads)")
-    att = attention(dispatcher(path, device), "export", image)  # [L, H, P, P], once
+    att = ask_attention(shared_dispatcher(path, device), "export", image)  # [L, H, P, P], once
 
     overview = ImageOverview(data, Selection(image=image))
     name = esc(data.image_ids[image])

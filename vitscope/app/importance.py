@@ -25,78 +25,33 @@ from bokeh.models import (
     Span,
 )
 
-from vitscope.app.data import StoreData
 from vitscope.app.overview import top5_html
-from vitscope.app.state import Selection, guarded
-from vitscope.app.style import FONT, SELECTED, div, figure, layer_colours
-from vitscope.vocab import HEAD_KINDS, METRIC_LABELS, MODES, SINK_RANKS, SINK_SHARE, harm, head_name
+from vitscope.app.session import guarded
+from vitscope.app.style import FONT, div, figure
+from vitscope.readout.importance import (
+    agreement_values,
+    head_at,
+    importance_values,
+    kind_columns,
+    mode_values,
+    proxy_range,
+    proxy_values,
+    value_range,
+)
+from vitscope.readout.palette import PROXY, SELECTED, layer_colours
+from vitscope.readout.selection import Selection
+from vitscope.readout.store_data import StoreData
+from vitscope.vocab import METRIC_LABELS, MODES, NO_BASIS, SINK_RANKS, SINK_SHARE, harm, head_name
 
-PROXY = "#d55e00"  # the gradient proxy's line and axis
 # a head's dot, by head_kind
 KIND_MARKERS = {"positional": "square", "content": "circle", "mixed": "triangle", "sink": "diamond"}
 KIND_KEY = "■ positional  ● content  ▲ mixed  ◆ sink"
 
 
-def kind_columns(data: StoreData) -> dict[str, list]:
-    """Per head (flat order): its kind's name and marker, its maps' agreement across images and the share of their
-    1s on its SINK_RANKS most-hit target patches (NaN without the sink analysis); fixed per store."""
-    kinds = [HEAD_KINDS[k] if 0 <= k < len(HEAD_KINDS) else "unknown" for k in data.head_kind.reshape(-1)]
-    sink = data.head_sink_share if data.has_sinks else np.full(data.head_kind.shape, np.nan)
-    return {"kind": kinds, "marker": [KIND_MARKERS.get(k, "x") for k in kinds],
-            "agree": data.head_consistency.reshape(-1).astype(float), "sink": sink.reshape(-1).astype(float)}
-
-
-def importance_values(data: StoreData, metric: str, mode: int, image: int | None, cls: int | None = None
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(values [L·H], std [L·H] or None): the image's, or the mean and std over all images (of one class)."""
-    if data.readable(image) is not None:
-        return data.metric_values(metric, mode)[image], None
-    return data.band(metric, mode, cls)
-
-
-def head_at(data: StoreData, x: float) -> tuple[int, int]:
-    """(layer, head) at x on the line of all heads (the nearest head; clipped to the first and last)."""
-    return divmod(int(np.clip(round(x), 0, data.layers * data.heads - 1)), data.heads)
-
-
-def mode_values(data: StoreData, metric: str, layer: int, head: int, image: int | None,
-                cls: int | None = None) -> np.ndarray:
-    """[modes] the head's metric in every pruning mode (image, or mean over images / one class)."""
-    return data.image_or_mean("importance", image, cls)[layer, head, :, data.metrics.index(metric)]
-
-
-def proxy_values(data: StoreData, image: int | None, cls: int | None = None) -> np.ndarray:
-    """[L·H] the gradient proxy |∂CE/∂gate| of the image, or its mean over all images (of one class)."""
-    return data.image_or_mean("grad_importance", image, cls).reshape(-1)
-
-
-def proxy_range(proxy: np.ndarray, y: np.ndarray, start: float, end: float, metric: str) -> tuple[float, float]:
-    """The proxy axis's (start, end) that lays the proxy's min..max over the metric line's min..max on a y axis
-    from `start` to `end`; flipped for `prob` (a large proxy means important, as a low P'[true])."""
-    if not (np.isfinite(proxy).any() and np.isfinite(y).any()):  # no proxy (no labels) or no metric: any axis
-        return 0.0, 1.0
-    pmin, pmax, ymin, ymax = (float(f(v)) for v in (proxy, y) for f in (np.nanmin, np.nanmax))
-    if not np.isfinite([pmin, pmax, ymin, ymax]).all():
-        return 0.0, 1.0
-    pspan, yspan = max(pmax - pmin, 1e-12), max(ymax - ymin, 1e-12)
-    at = lambda v: pmin + (v - ymin) / yspan * pspan  # noqa: E731 - proxy value drawn at height v
-    if metric == "prob":
-        at = lambda v: pmax - (v - ymin) / yspan * pspan  # noqa: E731
-    return at(start), at(end)
-
-
-def agreement_values(data: StoreData, image: int | None, cls: int | None = None) -> dict[str, object]:
-    """Spearman ρ of the proxy with exact whole-head ΔCE and |ΔCE|: per layer (the image's heads, or the
-    layer's heads pooled over all images / one class) and overall (the image's, or the median per image and
-    the ρ of the means)."""
-    signed, absolute = data.proxy_agreement(True, cls), data.proxy_agreement(False, cls)
-    image = data.readable(image)
-    if image is not None:
-        return {"signed": data.proxy_layers(True)[image], "abs": data.proxy_layers(False)[image],
-                "overall": (float(data.proxy_agreement(True).per_image[image]),
-                            float(data.proxy_agreement(False).per_image[image])), "means": None}
-    return {"signed": signed.per_layer, "abs": absolute.per_layer, "overall": (signed.median, absolute.median),
-            "means": (signed.of_means, absolute.of_means)}
+def kind_columns_marked(data: StoreData) -> dict[str, list]:
+    """`kind_columns` with each head's marker (by its kind), for a scatter of heads."""
+    cols = kind_columns(data)
+    return {**cols, "marker": [KIND_MARKERS.get(k, "x") for k in cols["kind"]]}
 
 
 def agreement_title(data: StoreData, image: int | None, values: dict) -> str:
@@ -130,18 +85,8 @@ def no_values_note(data: StoreData, metric: str) -> str:
     """What the view says instead of an empty line when the metric has no value in the store: a backbone store
     without labels has no class probabilities (prob, jsd are NaN), and which metrics it does offer."""
     why = ("this store has no class probabilities (a backbone without labels: prob and jsd are undefined)"
-           if data.prob_basis == "none" else "this store holds no value of it")
+           if data.prob_basis == NO_BASIS else "this store holds no value of it")
     return f"<i>{METRIC_LABELS[metric]}: {why}; it offers {', '.join(data.metrics_shown)}.</i>"
-
-
-def value_range(values: np.ndarray, *, floor: float | None = None) -> tuple[float, float] | None:
-    """(min, max) of the finite values (with `floor` in the range too), None when there are none: nanmin/nanmax
-    without their all-NaN warning."""
-    finite = values[np.isfinite(values)]
-    if not finite.size:
-        return None
-    low, high = float(finite.min()), float(finite.max())
-    return (low, high) if floor is None else (min(floor, low), max(floor, high))
 
 
 class HeadImportanceView:
@@ -161,7 +106,7 @@ class HeadImportanceView:
         colours = np.array(layer_colours(data.layers))[x // data.heads]
         self.source = ColumnDataSource({"x": x, "y": np.zeros(n), "lo": np.zeros(n), "hi": np.zeros(n),
                                         "proxy": np.zeros(n), "layer": x // data.heads, "head": x % data.heads,
-                                        "colour": colours, **kind_columns(data)})
+                                        "colour": colours, **kind_columns_marked(data)})
         fig = figure("Head Importance View", width, height, name="vs-importance-fig",
                      tools="xpan,xwheel_zoom,reset", x_range=(-0.5, n - 0.5))
         fig.varea("x", "lo", "hi", source=self.source, fill_color="#888888", fill_alpha=0.25)

@@ -1,4 +1,4 @@
-"""Panel's basic-auth login with failed logins slowed per client address and logged (issue 17.4).
+"""Panel's basic-auth login with failed logins slowed per client address and logged.
 
 Panel's `BasicLoginHandler` checks every posted password at once and logs nothing, so a guesser may try as fast as
 the server answers. `ThrottledBasicAuthProvider` is Panel's `BasicAuthProvider` whose login handler first asks a

@@ -10,15 +10,12 @@ from __future__ import annotations
 import numpy as np
 from bokeh.models import ColumnDataSource
 
-from vitscope.app.style import SELECTED, figure, rgba_image
+from vitscope.app.style import figure, rgba_image
+from vitscope.readout.attention import token_masks, token_name
+from vitscope.readout.palette import SELECTED
 
 GAP = 0.06  # between the three panels, in image widths
 DIM = 0.85  # opacity of the dimming over a patch the token does not attend at all
-
-
-def token_masks(A: np.ndarray, source: int, target: int, prefix: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source mask A[source, patches] and target mask A[patches, target], each [grid, grid]."""
-    return A[source, prefix:].reshape(grid, grid), A[prefix:, target].reshape(grid, grid)
 
 
 def dimming(mask: np.ndarray) -> np.ndarray:
@@ -28,10 +25,6 @@ def dimming(mask: np.ndarray) -> np.ndarray:
     pixels = np.zeros((*mask.shape, 4), np.uint8)
     pixels[..., 3] = alpha
     return rgba_image(pixels)
-
-
-def token_name(token: int, prefix: int) -> str:
-    return "CLS" if token < prefix else f"patch {token - prefix}"
 
 
 class MaskPlot:

@@ -1,7 +1,7 @@
 """What the app needs in Jupyter beyond Panel's defaults: offline stylesheets, cell output in its own cell, and
 taps that do not wait on the page's echo.
 
-Each works around Panel 1.9 / pyviz_comms 3 behaviour measured in JupyterLab 4.6 (issue 21, tests/test_jupyter.py):
+Each works around Panel 1.9 / pyviz_comms 3 behaviour seen in JupyterLab 4.6 (tests/test_jupyter.py):
 
 - Offline: `pn.extension(inline=True)` inlines BokehJS, Panel's JS and the stylesheets of the first render, but a
   pane updated later (the ablation status line, the message line) gets `ImportedStyleSheet`s of cdn.holoviz.org
@@ -9,18 +9,18 @@ Each works around Panel 1.9 / pyviz_comms 3 behaviour measured in JupyterLab 4.6
   machine. `inline_stylesheets()` makes Panel's per-document stylesheet cache answer those urls with the files
   Panel ships, inline; `share_inline_stylesheets()` makes the first render use those same sheets (Panel's render
   gives every model its own inline copy, so a pane's first update replaced them with the cache's: new models, and
-  a walk of the document's ~900 models, 0.4-0.6 s, on the first tap).
+  a walk of the document's ~900 models on the first tap).
 - Output: pyviz_comms handles every browser event with `sys.stdout` swapped for a StringIO (the output of the
   event's Python callbacks goes to the app's cell). ipykernel 7 can run a cell's code while that swap is in force
-  (measured: the cell's `sys.stdout` was pyviz_comms' StringIO), so the cell's prints vanished or went to the app's
+  (the cell's `sys.stdout` was seen to be pyviz_comms' StringIO), so the cell's prints vanished or went to the app's
   cell. `capture_callback_output_per_context()` captures per context instead: what the event's handler prints still
   goes to the app's cell, what anything else prints goes where it would have gone.
 - Echo: Panel's page-side CommManager sends every change the page applies back to the kernel, the kernel's own
   changes included (Bokeh's server client skips those, `event.sync`), and sends nothing more until the kernel
   acknowledges. For each column data change in a message from the page, Panel's `patch_cds_msg` searches the
-  whole model graph for the data source (`root.select_one`, ~900 models here): ~0.2 s per source, ~3-5 s per tap
-  (19 sources), during which the next tap waits in the page. `index_comm_data_lookups()` finds the source by id in
-  the document's index instead (measured: the echo of a tap handled in ~0.03 s).
+  whole model graph for the data source (`root.select_one`, ~900 models here), once per changed source (19 per
+  tap), during which the next tap waits in the page. `index_comm_data_lookups()` finds the source by id in the
+  document's index instead (docs/performance.md has the times).
 """
 
 from __future__ import annotations

@@ -12,29 +12,19 @@ from bokeh.layouts import column, row
 from bokeh.models import ColorBar, ColumnDataSource, HoverTool, Label, LinearColorMapper
 from scipy.spatial import cKDTree
 
-from vitscope.app.data import StoreData, padded_bounds, poll_layouts
-from vitscope.app.state import Selection, guarded
-from vitscope.app.style import (
-    CORRECT,
-    MAX_LEGEND,
-    SELECTED,
-    VALUE_CMAP,
-    WRONG,
-    class_colours,
-    div,
-    figure,
-    rgba_image,
-    shown,
-    value_colours,
-)
+from vitscope.app.session import guarded, poll_layouts
+from vitscope.app.style import MAX_LEGEND, div, downsized, figure, rgba_image
 from vitscope.errors import VitscopeError
+from vitscope.readout.palette import CORRECT, NO_VALUE, SELECTED, VALUE_RAMP, WRONG, class_colours, value_colours
+from vitscope.readout.selection import Selection
+from vitscope.readout.store_data import StoreData, padded_bounds
 from vitscope.text import esc
-from vitscope.vocab import MODE_NAMES, head_name
+from vitscope.vocab import LINEAR_PROBE, MODE_NAMES, NO_BASIS, head_name
 
 
 def top5_html(data: StoreData, image: int, layer: int, head: int, mode: int) -> str:
     """Top-5 predictions under the given pruning, the true label in bold (a backbone's: its linear probe's)."""
-    if data.prob_basis == "none":
+    if data.prob_basis == NO_BASIS:
         return "<div style='font-size:12px'><i>top-5: no class probabilities (a backbone without labels)</i></div>"
     idx = data.topk_idx[image, layer, head, mode]
     prob = data.topk_prob[image, layer, head, mode]
@@ -51,9 +41,9 @@ def top5_html(data: StoreData, image: int, layer: int, head: int, mode: int) -> 
 
 def p_true(data: StoreData, image: int) -> str:
     """The detail line's P[true]: the classifier's or the probe's, or why there is none."""
-    if data.prob_basis == "none":
+    if data.prob_basis == NO_BASIS:
         return "P[true] unavailable (no class basis)"
-    what = "P[true] (linear probe)" if data.prob_basis == "linear probe" else "P[true]"
+    what = "P[true] (linear probe)" if data.prob_basis == LINEAR_PROBE else "P[true]"
     return f"{what} {data.baseline_prob[image]:.3f}"
 
 
@@ -61,7 +51,7 @@ def point_colours(data: StoreData, colour_by: str) -> tuple[np.ndarray, np.ndarr
     """(colour, legend text) of every image for one colouring ('class', 'correct' or 'P[true]')."""
     if colour_by == "class":
         present = data.classes_present
-        lut = np.full(len(data.class_names), "#cccccc", dtype=object)  # class index → colour
+        lut = np.full(len(data.class_names), NO_VALUE, dtype=object)  # class index → colour
         lut[present] = class_colours(len(present))
         label = np.clip(data.label, 0, len(data.class_names) - 1)  # unreadable images hold -1
         return lut[label], np.asarray(data.class_names, dtype=object)[label]
@@ -104,7 +94,7 @@ class ImageOverview:
         # "overlay": moving the marker repaints only the overlay canvas, not the 10,000 points under it
         fig.scatter("x", "y", source=self.marker, size=16, fill_alpha=0, line_color=SELECTED, line_width=3,
                     level="overlay")
-        self.colour_bar = ColorBar(color_mapper=LinearColorMapper(palette=VALUE_CMAP, low=0, high=1), width=8,
+        self.colour_bar = ColorBar(color_mapper=LinearColorMapper(palette=VALUE_RAMP, low=0, high=1), width=8,
                                    title="P[true]", visible=False)
         fig.add_layout(self.colour_bar, "right")
         legend = fig.legend[0]
@@ -114,7 +104,7 @@ class ImageOverview:
         fig.on_event(Tap, guarded(sel, "image tap", lambda e: self.pick(e.x, e.y)))
 
         # A blank of the real (shown) size: Bokeh keeps an image glyph's first resolution across updates.
-        self.blank = np.zeros(shown(np.zeros(data.thumb_shape, np.uint8)).shape[:2], np.uint32)
+        self.blank = np.zeros(downsized(np.zeros(data.thumb_shape, np.uint8)).shape[:2], np.uint32)
         self.thumb_source = ColumnDataSource({"image": [self.blank]})
         thumb = figure("", 100, 100, tools="", x_range=(0, 1), y_range=(0, 1), bare=True)
         thumb.toolbar_location = None
@@ -181,7 +171,7 @@ class ImageOverview:
             self.colour_bar.visible = s.colour_by == "P[true]"
             chosen = "" if s.cls is None else f", class {d.class_names[s.cls]!r}"
             self.figure.title.text = f"Image Overview — {int(d.valid.sum())} images by {s.colour_by}{chosen}"
-            if d.prob_basis == "none":  # laid out by a feature metric: the store has no class probabilities
+            if d.prob_basis == NO_BASIS:  # laid out by a feature metric: the store has no class probabilities
                 self.figure.title.text += f" (layout by {d.layout_metric}: no class basis)"
         if changed is None or "image" in changed:
             i = d.readable(s.image)
@@ -192,7 +182,7 @@ class ImageOverview:
                 self.detail.text = "<i>Tap a point or type an image id to select an image.</i>"
                 self.thumb_source.data = {"image": [self.blank]}  # the masks show it too
                 return
-            self.thumb_source.data = {"image": [rgba_image(shown(d.thumbnail(i)))]}
+            self.thumb_source.data = {"image": [rgba_image(downsized(d.thumbnail(i)))]}
             true = esc(d.class_names[int(d.label[i])])
             name = esc(d.image_ids[i].rsplit("/", 1)[-1])  # the file name: a full path wraps
             self.detail.text = (f"<div style='font-size:12px'><b>image {i}</b> <code>{name}"

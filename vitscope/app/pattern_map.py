@@ -12,23 +12,19 @@ import threading
 from collections import OrderedDict
 from functools import cache
 
-import contourpy
 import datashader as ds
 import datashader.transfer_functions as tf
 import numpy as np
 import pandas as pd
 from bokeh.events import RangesUpdate, Tap
 from bokeh.models import ColumnDataSource, HoverTool, Label
-from scipy.ndimage import gaussian_filter
 
-from vitscope.app.data import StoreData, poll_layouts
-from vitscope.app.state import Selection, guarded
-from vitscope.app.style import SELECTED, figure, layer_colours
-
-DENSITY_BINS = 96
-HEAD_LEVELS = (0.2, 0.6)  # contour levels of one head's density (fraction of its peak)
-ALL_LEVELS = (0.05, 0.15, 0.3, 0.5, 0.7, 0.9)
-
+from vitscope.app.session import guarded, poll_layouts
+from vitscope.app.style import figure
+from vitscope.readout.palette import SELECTED, layer_colours
+from vitscope.readout.pattern_map import ALL_LEVELS, HEAD_LEVELS, contour_lines, head_instances, image_heads
+from vitscope.readout.selection import Selection
+from vitscope.readout.store_data import StoreData
 
 _recent: OrderedDict[tuple, tuple[pd.DataFrame, np.ndarray]] = OrderedDict()  # the last aggregations, all stores
 _recent_lock = threading.Lock()  # sessions may run on Panel's thread pool (--threads)
@@ -37,8 +33,8 @@ _recent_lock = threading.Lock()  # sessions may run on Panel's thread pool (--th
 @cache
 def _spread_compiled() -> None:
     """datashader compiles its spreading kernel (numba) the first time an image is spread, which a map needs only
-    when zoomed in far enough for its points to be sparse: 3-8 s inside that zoom's callback, on the server's event
-    loop (1.44 M heads, 2 cores). Compiled here instead, with the first aggregation (the page's first draw)."""
+    when zoomed in far enough for its points to be sparse: seconds inside that zoom's callback, on the server's event
+    loop. Compiled here instead, with the first aggregation (the page's first draw)."""
     one = pd.DataFrame({"x": [0.5], "y": [0.5], "layer": pd.Categorical([0], categories=[0])})
     agg = ds.Canvas(plot_width=4, plot_height=4, x_range=(0, 1), y_range=(0, 1)).points(one, "x", "y",
                                                                                       ds.count_cat("layer"))
@@ -67,44 +63,6 @@ def aggregate(data: StoreData, kind: str, x_range: tuple[float, float], y_range:
         while len(_recent) > 16:
             _recent.popitem(last=False)
     return out
-
-
-def contour_lines(x: np.ndarray, y: np.ndarray, bounds: tuple[float, float, float, float],
-                  levels: tuple[float, ...], sigma: float = 1.5) -> dict[str, list]:
-    """{xs, ys}: contour lines of the smoothed density of the points (levels as fractions of its peak)."""
-    x0, y0, x1, y1 = bounds
-    if len(x) < 3:
-        return {"xs": [], "ys": []}
-    h, _, _ = np.histogram2d(y, x, bins=DENSITY_BINS, range=[[y0, y1], [x0, x1]])  # [y, x]
-    h = gaussian_filter(h, sigma)
-    if h.max() <= 0:
-        return {"xs": [], "ys": []}
-    centre = (np.arange(DENSITY_BINS) + 0.5) / DENSITY_BINS
-    gx, gy = x0 + centre * (x1 - x0), y0 + centre * (y1 - y0)
-    gen = contourpy.contour_generator(gx, gy, h / h.max())
-    xs, ys = [], []
-    for level in levels:
-        for line in gen.lines(level):
-            xs.append(line[:, 0].tolist())
-            ys.append(line[:, 1].tolist())
-    return {"xs": xs, "ys": ys}
-
-
-def image_heads(data: StoreData, kind: str, image: int | None) -> dict[str, list]:
-    """The selected image's heads in a layout: x, y, layer, head, colour."""
-    if image is None:
-        return {"x": [], "y": [], "layer": [], "head": [], "colour": []}
-    xy = getattr(data, f"head_xy_{kind}")[image].reshape(-1, 2)  # [L·H, 2]
-    layer, head = np.divmod(np.arange(len(xy)), data.heads)
-    return {"x": xy[:, 0], "y": xy[:, 1], "layer": layer, "head": head,
-            "colour": np.array(layer_colours(data.layers))[layer]}
-
-
-def head_instances(data: StoreData, kind: str, layer: int, head: int) -> tuple[np.ndarray, np.ndarray]:
-    """x, y of one (layer, head) in every readable image of a layout."""
-    xy = getattr(data, f"head_xy_{kind}")[:, layer, head]  # [N, 2]
-    ok = data.valid & np.isfinite(xy).all(1)
-    return xy[ok, 0], xy[ok, 1]
 
 
 class PatternMap:

@@ -14,13 +14,15 @@ import numpy as np
 from bokeh.layouts import column, row
 from bokeh.models import ColumnDataSource
 
-from vitscope.app.data import StoreData
 from vitscope.app.masks import MaskPlot
 from vitscope.app.pattern_map import PatternMap
-from vitscope.app.pattern_matrix import MatrixPlots, top_threshold
-from vitscope.app.state import Selection, guarded
+from vitscope.app.pattern_matrix import MatrixPlots
+from vitscope.app.session import guarded
 from vitscope.app.style import div
 from vitscope.errors import one_line
+from vitscope.readout.attention import top_threshold
+from vitscope.readout.selection import Selection
+from vitscope.readout.store_data import StoreData
 from vitscope.text import esc
 from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, OFFSETS, PATTERNS
 

@@ -19,7 +19,7 @@ from vitscope.errors import VitscopeError
 from vitscope.text import printable
 
 if TYPE_CHECKING:
-    from vitscope.app.save_figure import FigureBytes
+    from vitscope.readout.figures import Renderer
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # An uploaded image reaches the service base64-encoded in one websocket message: room for the 50 MB the service
@@ -150,13 +150,13 @@ def check_address(address: str, port: int, login: Login) -> None:
 def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", device: str = "cpu",
           show: bool = False, login: Login | None = None, threads: int | None = None,
           scheduler: str | None = None, compare_with: str | Path | None = None,
-          figure_bytes: FigureBytes | None = None) -> None:
+          figures: Renderer | None = None) -> None:
     """Serve the app; every browser session gets its own Explorer (selection) over shared data and model.
 
     `compare_with` (a second store of the same images) serves the compare view instead (`vitscope serve A B`,
     `vitscope compare A B --serve`): both stores side by side, from store data alone (no model is loaded).
 
-    `figure_bytes` (vitscope.plots.paper's, passed in by `vitscope serve`) gives each session a "save figure" action.
+    `figures` (`vitscope.plots.figure_file`, passed in by `vitscope serve`) gives each session a "save figure" action.
 
     `scheduler` (a Dask scheduler's address) puts the on-demand ablation service's model on a Dask worker.
 
@@ -169,28 +169,30 @@ def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", devic
     check_address(address, port, login)
     path = Path(store)
     key = str(path.resolve())
-    from vitscope.store import open_store
+    from vitscope.readout.store_data import store_data
 
-    first = open_store(key)  # a missing, foreign or old store: one line before the app's heavy imports
+    data = store_data(key)  # a missing, foreign or old store: one line before the app's heavy imports
     other = Path(compare_with) if compare_with is not None else None
     if other is not None:
         from vitscope.compare import matched_images
 
-        matched_images(first, open_store(other.resolve()))  # other images, or none in common: one line, now
+        matched_images(data.ds, store_data(other).ds)  # other images, or none in common: one line, now
     import gc
 
     import panel as pn
 
     if other is None:
-        from vitscope.app.explorer import Explorer, store_data, warm
+        from vitscope.app.explorer import Explorer
+        from vitscope.service.dispatch import warm
 
-        store_data(key).prepare()
+        data.prepare()
         warm(key, device, scheduler)  # the model once now, here or on the scheduler's worker (then none here)
-        app, what = (lambda: Explorer(path, device, scheduler, figure_bytes).template()), f"vitscope app for {path}"
+        app, what = (lambda: Explorer(path, device, scheduler, figures).template()), f"vitscope app for {path}"
         app()  # one page built now, unseen: the first visitor does not pay the views' first-use costs (datashader's
-        # kernels, the layouts' frames and bounds): 10 s → 4 s for the first page of a 10,000-image ViT-B store
+        # kernels, the layouts' frames and bounds)
     else:
-        from vitscope.app.compare_view import CompareView, comparison
+        from vitscope.app.compare_view import CompareView
+        from vitscope.readout.comparison import comparison
 
         comparison(key, str(other.resolve()))  # the comparison once now; every session shares it
         app, what = (lambda: CompareView(path, other).template()), f"vitscope compare view of {path} and {other}"

@@ -1,51 +1,18 @@
-"""Colours, sizes and the one figure factory shared by all views, so a layer has the same colour everywhere."""
+"""Sizes, Bokeh images and the one figure factory shared by all views (the colours: `vitscope.readout.palette`)."""
 
 from __future__ import annotations
 
 from functools import cache
 from html import escape
 
-import colorcet
 import numpy as np
 from bokeh.models import Div, GlyphRenderer, Range1d, WheelZoomTool
 from bokeh.plotting import figure as bokeh_figure
 from PIL import Image
 
-CLS_COLOUR = "#1f77b4"  # CLS-related attention (blue, as in the paper)
-PATCH_COLOUR = "#ff7f0e"  # patch-to-patch attention (orange)
-SELECTED = "#d62728"
-CORRECT, WRONG = "#2ca02c", "#d62728"
-PIN_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf")  # pinned heads, in pin order
 MAX_LEGEND = 20  # the Image Overview shows a class legend only up to this many classes
 FONT = "11px"
 SHOWN_SIDE = 128  # pixels a side of the images sent to the page
-VALUE_CMAP = colorcet.bmy  # values in [0, 1] (P[true]): one map for the points and their colour bar
-
-
-def layer_colours(layers: int) -> list[str]:
-    """One colour per layer along blue → green → yellow → red (early → late), readable on white."""
-    cmap = colorcet.b_rainbow_bgyr_35_85_c72
-    step = (len(cmap) - 1) / max(layers - 1, 1)
-    return [cmap[int(round(i * step))] for i in range(layers)]
-
-
-def class_colours(classes: int) -> list[str]:
-    palette = colorcet.b_glasbey_category10
-    return [palette[i % len(palette)] for i in range(classes)]
-
-
-def value_colours(values: np.ndarray, cmap: list[str] | None = None) -> np.ndarray:
-    """Hex colours of values in [0, 1] along a perceptual colour map (NaN → light grey)."""
-    cmap = cmap or VALUE_CMAP
-    idx = np.clip(np.nan_to_num(values, nan=0.0), 0, 1) * (len(cmap) - 1)
-    out = np.asarray(cmap)[idx.round().astype(int)]
-    return np.where(np.isfinite(values), out, "#cccccc")
-
-
-def rgb(colour: str) -> np.ndarray:
-    """'#rrggbb' → float [3] in [0, 1]."""
-    c = colour.lstrip("#")
-    return np.array([int(c[i : i + 2], 16) for i in (0, 2, 4)], dtype=np.float64) / 255.0
 
 
 def rgba_image(pixels: np.ndarray) -> np.ndarray:
@@ -55,9 +22,9 @@ def rgba_image(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.flipud(pixels)).view(np.uint32)[..., 0]
 
 
-def shown(pixels: np.ndarray, side: int = SHOWN_SIDE) -> np.ndarray:
+def downsized(pixels: np.ndarray, side: int = SHOWN_SIDE) -> np.ndarray:
     """[h, w, 3] uint8 scaled down to at most `side` pixels a side: the page draws images at ~100–130 px, and a
-    224 × 224 thumbnail would send 200 kB per image change where 64 kB look the same."""
+    224 × 224 thumbnail would send three times the bytes of one that looks the same there."""
     h, w = pixels.shape[:2]
     if max(h, w) <= side:
         return pixels
@@ -126,8 +93,8 @@ def text_pane(div: Div):
 
     The Div stays the view's model (the views write it, exports and tests read it); the page shows a copy that
     a new text updates in place. A Bokeh Div re-renders on every new text and lays the whole page out again
-    (every figure measured and repainted, ~40 ms each in headless Chromium on 2 cores, several per selection
-    change); Panel's HTML replaces its inner HTML only (same size: fixed width and height)."""
+    (every figure measured and repainted, several times per selection change); Panel's HTML replaces its inner HTML
+    only (same size: fixed width and height)."""
     import panel as pn
     from panel.models.markup import HTML
 
@@ -138,7 +105,7 @@ def text_pane(div: Div):
 
 
 @cache
-def light() -> dict[str, str]:
+def light_button() -> dict[str, str]:
     """The keyword for a light button: `color` where Panel has it (1.9.4 deprecates `button_type` with a warning on
     every button), `button_type` on the Panels before it."""
     import panel as pn

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vitscope.vocab import METRICS, MODE_NAMES, MODES
+from vitscope.vocab import MODES
 
-__all__ = ["METRICS", "MODE_NAMES", "MODES", "cosine_distance", "importance_metrics", "jsd", "region_mask"]
+__all__ = ["cosine_distance", "importance_metrics", "jsd", "region_mask"]
 
 
 def region_mask(mode: int, num_tokens: int, num_prefix: int, device=None) -> Tensor:

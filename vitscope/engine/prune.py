@@ -250,14 +250,14 @@ def _forward(adapter: ViTAdapter, base: Baseline, rows: list[int], masks: list[d
     return out
 
 
-def pair_interactions(adapter: ViTAdapter, base: Baseline, row: int, heads: Sequence[tuple[int, int]],
+def pair_interactions(adapter: ViTAdapter, base: Baseline, row: int, heads: Sequence[Head],
                       progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor]:
-    """(single drops [k], pair drops [k,k]) of P[true] for the listed heads (whole-head pruning).
+    """(single drops [k], pair drops [k,k]) of P[true] for the listed heads, each in its mode.
 
     interaction(i, j) = pair[i, j] − single[i] − single[j]; the diagonal of `pair` is the single drop.
     """
     k = len(heads)
-    hp = [Head(layer, head) for layer, head in heads]
+    hp = list(heads)
     pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
     reqs = [(row, [h]) for h in hp] + [(row, [hp[i], hp[j]]) for i, j in pairs]
     res = run_pruned(adapter, base, reqs, progress=progress)
@@ -268,20 +268,12 @@ def pair_interactions(adapter: ViTAdapter, base: Baseline, row: int, heads: Sequ
     return single, pair
 
 
-def progressive(adapter: ViTAdapter, base: Baseline, order: Sequence[tuple[int, int]], steps: Sequence[int],
-                progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor]:
-    """Prune the first n heads of `order` together, for each n in `steps`, on every image of `base`.
-
-    Returns (P'[true] [B, S], top-1 correct [B, S] bool).
-    """
-    return prefixes(adapter, base, [order], [steps], progress)[0]
-
-
 def prefixes(adapter: ViTAdapter, base: Baseline, orders: Sequence[Sequence[tuple[int, int]]],
              steps: Sequence[Sequence[int]], progress: Callable[[int, int], None] | None = None
              ) -> list[tuple[Tensor, Tensor]]:
-    """`progressive` for several orders at once, order k at the steps `steps[k]`, in one batched run: a head set
-    that several orders prune at some step (none, all, a shared prefix) is computed once per image.
+    """Progressive pruning in several orders at once: the first n heads of order k pruned together, for each n in
+    `steps[k]`, on every image of `base`, in one batched run; a head set that several orders prune at some step
+    (none, all, a shared prefix) is computed once per image.
 
     Returns per order (P'[true] [B, S_k], top-1 correct [B, S_k] bool).
     """

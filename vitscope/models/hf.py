@@ -121,7 +121,7 @@ class HFViTAdapter(AdapterFacts):
         self.head_rows: int | None = None if self.kind == "cls+mean" else self.num_prefix
         self.blocks = [_Block(self, i) for i in range(self.num_layers)]
         self.preprocessing = preprocessing
-        # vitscope.data.images.Preprocessor finds the model's preprocessing here (it is handed `adapter.model`).
+        # vitscope.imagesets.folders.Preprocessor finds the model's preprocessing here (it is handed `adapter.model`).
         model.vitscope_preprocessing = preprocessing
 
     def model_class(self) -> str:

@@ -8,8 +8,8 @@ compose (`+`, `*`), carry labelled dimensions and render with either backend. `r
 
 from __future__ import annotations
 
-from vitscope.plots.figures import FIGURES, Figure, Target, build
-from vitscope.plots.linked import Choice, Linked, linked
+from vitscope.plots.figures import build, figure_file
+from vitscope.plots.linked import Linked, linked
 from vitscope.plots.render import FORMATS, render
 from vitscope.plots.summaries import (
     compare_trends,
@@ -30,11 +30,12 @@ from vitscope.plots.views import (
     masks,
     mode_bars,
     pattern_map,
-    store_data,
     strength_scatter,
     strength_vector,
     two_axes,
 )
+from vitscope.readout.figures import FIGURES
+from vitscope.readout.store_data import store_data
 
 __all__ = [
     # the views (views.py)
@@ -42,6 +43,6 @@ __all__ = [
     "head_points_all", "pattern_map", "instance_points", "attention_heatmap", "two_axes", "masks", "binary_map",
     # the store summaries (summaries.py)
     "importance_matrix", "layer_trends", "pattern_kind_matrix", "proxy_vs_exact", "pruning_curves", "compare_trends",
-    # print (render.py), the registry (figures.py), the linked dashboard (linked.py)
-    "render", "FORMATS", "FIGURES", "Figure", "Target", "build", "linked", "Linked", "Choice", "store_data",
+    # print (render.py), the registry (vitscope.readout.figures) and its drawing (figures.py), the dashboard (linked.py)
+    "render", "FORMATS", "FIGURES", "build", "figure_file", "linked", "Linked", "store_data",
 ]

@@ -1,11 +1,11 @@
 """`linked(store)`: the figures as one notebook dashboard, linked by HoloViews streams instead of the app's Bokeh
 callbacks.
 
-One `Choice` (image, head, metric, mode, class) holds what is selected. Taps write it: an image in the overview
-(Selection1D), a head on the importance line (Tap) or in the strength scatter (Selection1D), a head of an image on
-the pattern map (Tap); each dependent figure is a DynamicMap redrawn from `Params` of the choice. Slower than the
-served app, which pushes new arrays into figures built once (docs/performance.md has the ratio), but every panel
-is the same pure function a paper figure is.
+One `Selection` (the app's: image, head, metric, mode, class, …) holds what is selected. Taps write it: an image in
+the overview (Selection1D), a head on the importance line (Tap) or in the strength scatter (Selection1D), a head of an
+image on the pattern map (Tap); each dependent figure is a DynamicMap redrawn from `Params` of the selection. Slower
+than the served app, which pushes new arrays into figures built once (docs/performance.md has the ratio), but every
+panel is the same pure function a paper figure is.
 """
 
 from __future__ import annotations
@@ -13,45 +13,33 @@ from __future__ import annotations
 import holoviews as hv
 import numpy as np
 import panel as pn
-import param
 
-from vitscope.app.importance import head_at
-from vitscope.plots.palette import SELECTED, styled
+from vitscope.plots.palette import styled
 from vitscope.plots.views import (
-    Store,
     entropy_distribution,
     head_importance,
     image_overview,
     instance_points,
     mode_bars,
     pattern_map,
-    store_data,
     strength_scatter,
     strength_vector,
 )
-from vitscope.vocab import DEFAULT_METRIC, METRICS, MODES, WHOLE_HEAD
-
-
-class Choice(param.Parameterized):
-    """What the dashboard shows: every figure's inputs, written by the taps and readable (and settable) from Python."""
-
-    image = param.Integer(default=None, allow_None=True, doc="selected image; None = mean over all images")
-    layer = param.Integer(default=0, bounds=(0, None))
-    head = param.Integer(default=0, bounds=(0, None))
-    metric = param.Selector(objects=list(METRICS), default=DEFAULT_METRIC)
-    mode = param.Selector(objects=list(MODES), default=WHOLE_HEAD)
-    cls = param.Integer(default=None, allow_None=True, doc="class to average over when no image is chosen")
+from vitscope.readout.importance import head_at
+from vitscope.readout.palette import SELECTED
+from vitscope.readout.selection import Selection
+from vitscope.readout.store_data import Store, store_data
 
 
 class Linked(pn.viewable.Viewer):
-    """The linked figures of one store: `.layout` (HoloViews), `.choice`, and the streams the taps send into
-    (`image_pick`, `head_tap`, `head_pick`, `map_tap`), so a test or a script can send the events a click does. Shown in
-    a notebook (a Panel Viewer, as the app's `Explorer`): the metric and mode widgets above the figures."""
+    """The linked figures of one store: `.figures` (a HoloViews layout), `.selection`, and the streams the taps send
+    into (`image_pick`, `head_tap`, `head_pick`, `map_tap`), so a test or a script can send the events a click does.
+    Shown in a notebook (a Panel Viewer, as the app's `Explorer`): the metric and mode widgets above the figures."""
 
-    def __init__(self, store: Store, choice: Choice | None = None) -> None:
+    def __init__(self, store: Store, selection: Selection | None = None) -> None:
         super().__init__()
         self.data = data = store_data(store)
-        self.choice = c = choice or Choice()
+        self.selection = c = selection or Selection()
         self.overview = image_overview(data)
         self._placed = np.asarray(self.overview.dimension_values("image"), dtype=int)
         self.image_pick = hv.streams.Selection1D(source=self.overview)
@@ -90,39 +78,39 @@ class Linked(pn.viewable.Viewer):
                                        streams=[params("layer", "head")])
         self.map_tap = hv.streams.Tap(source=self.map, x=None, y=None)
         self.map_tap.add_subscriber(self._on_map_tap)
-        self.layout = (self.overview_view + self.importance + self.modes + self.strength + self.strength_vector
+        self.figures = (self.overview_view + self.importance + self.modes + self.strength + self.strength_vector
                        + self.entropy + self.map * self.instances).opts(shared_axes=False).cols(3)
 
     # -- what a tap does ----------------------------------------------------------------------------------------
 
     def _on_image(self, index: list[int]) -> None:
         """A tapped overview point (its row) selects that image; an empty selection goes back to all images."""
-        self.choice.image = int(self._placed[index[0]]) if index else None
+        self.selection.image = int(self._placed[index[0]]) if index else None
 
     def _on_head_tap(self, x: float | None, y: float | None) -> None:
         """A tap on the importance line selects the head under it."""
         if x is not None:
             layer, head = head_at(self.data, x)
-            self.choice.param.update(layer=layer, head=head)
+            self.selection.param.update(layer=layer, head=head)
 
     def _on_head_pick(self, index: list[int]) -> None:
         """A tapped head in the strength scatter (its row: layer × heads + head) selects it."""
         if index:
-            self.choice.param.update(**dict(zip(("layer", "head"), divmod(int(index[0]), self.data.heads),
+            self.selection.param.update(**dict(zip(("layer", "head"), divmod(int(index[0]), self.data.heads),
                                                 strict=True)))
 
     def _on_map_tap(self, x: float | None, y: float | None) -> None:
         """A tap on the pattern map selects the nearest head of any image, and that image (as the app's map)."""
         got = None if x is None or y is None else self.data.nearest_head("cls", float(x), float(y))
         if got is not None:
-            self.choice.param.update(**dict(zip(("image", "layer", "head"), got, strict=True)))
+            self.selection.param.update(**dict(zip(("image", "layer", "head"), got, strict=True)))
 
     def __panel__(self) -> pn.Column:
-        widgets = pn.Param(self.choice, parameters=["metric", "mode"], show_name=False, default_layout=pn.Row)
-        return pn.Column(widgets, pn.pane.HoloViews(self.layout, backend="bokeh"))
+        widgets = pn.Param(self.selection, parameters=["metric", "mode"], show_name=False, default_layout=pn.Row)
+        return pn.Column(widgets, pn.pane.HoloViews(self.figures, backend="bokeh"))
 
 
-def linked(store: Store, **choice) -> Linked:
+def linked(store: Store, **selection) -> Linked:
     """The notebook dashboard of a store: overview, head importance and modes, strength scatter, a head's strength
-    vector and entropy distribution, linked by taps (`choice`: the initial image, layer, head, metric, …)."""
-    return Linked(store, Choice(**choice))
+    vector and entropy distribution, linked by taps (`selection`: the initial image, layer, head, metric, …)."""
+    return Linked(store, Selection(**selection))

@@ -9,18 +9,10 @@ import holoviews as hv
 import numpy as np
 
 from vitscope.analysis.proxy import exact_delta_ce
-from vitscope.plots.palette import (
-    CONTINUOUS,
-    DISTANCE,
-    ENTROPY,
-    HEAD,
-    LAYER,
-    OKABE_ITO,
-    layer_colours,
-    metric_dim,
-    styled,
-)
-from vitscope.plots.views import Store, scope_text, store_data
+from vitscope.plots.palette import CONTINUOUS, DISTANCE, ENTROPY, HEAD, LAYER, metric_dim, styled
+from vitscope.plots.views import scope_text
+from vitscope.readout.palette import OKABE_ITO, layer_colours
+from vitscope.readout.store_data import Store, store_data
 from vitscope.vocab import DEFAULT_METRIC, HEAD_KINDS, MODE_NAMES, PATTERNS, WHOLE_HEAD, curve_parts
 
 COUNT = hv.Dimension("count", label="heads")

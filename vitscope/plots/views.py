@@ -1,57 +1,41 @@
 """The app's views as HoloViews elements: one pure function per view, from store data (plus options) to an element.
 
-Each reads its numbers through the same functions the served app's Bokeh views use (`StoreData` and the view
-modules' helpers), so a figure in a paper shows what the app shows. Image ids and class names are data: they
+Each reads its numbers through the same functions the served app's Bokeh views use (`vitscope.readout`), so a
+figure in a paper shows what the app shows. Image ids and class names are data: they
 appear only as text (titles, hover values), never as markup.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import holoviews as hv
 import numpy as np
 from holoviews.operation.datashader import datashade
 
 from vitscope.analysis.binary import unpack_binary
-from vitscope.app.data import ENTROPY_BINS, StoreData, cached_store
-from vitscope.app.importance import importance_values, mode_values
-from vitscope.app.masks import token_masks
-from vitscope.app.pattern_map import head_instances
-from vitscope.app.pattern_matrix import lines, top_threshold
-from vitscope.app.state import COLOUR_BY
-from vitscope.app.strength import head_points, head_x
 from vitscope.plots.palette import (
     ATTENTION,
-    CLS,
     CONTINUOUS,
-    CORRECT,
     DISTANCE,
     ENTROPY,
     FLAT_HEAD,
     HEAD,
     HOP,
     LAYER,
-    PATCH,
-    SELECTED,
     SHARE,
     SOURCE,
     STRENGTH,
     TARGET,
-    WRONG,
-    class_colours,
-    layer_colours,
     metric_dim,
     styled,
 )
+from vitscope.readout.attention import lines, token_masks, top_threshold
+from vitscope.readout.importance import importance_values, mode_values
+from vitscope.readout.palette import CLS, CORRECT, PATCH, SELECTED, WRONG, class_colours, layer_colours
+from vitscope.readout.pattern_map import head_instances
+from vitscope.readout.selection import COLOUR_BY
+from vitscope.readout.store_data import ENTROPY_BINS, Store, StoreData, store_data
+from vitscope.readout.strength import head_points, head_x
 from vitscope.vocab import DEFAULT_METRIC, MODE_NAMES, MODES, WHOLE_HEAD, head_name
-
-Store = StoreData | str | Path
-
-
-def store_data(store: Store) -> StoreData:
-    """A StoreData as given, or the (cached) one of a store path: every figure function takes either."""
-    return store if isinstance(store, StoreData) else cached_store(str(Path(store).resolve()))
 
 
 def scope_text(data: StoreData, image: int | None, cls: int | None) -> str:
@@ -225,7 +209,7 @@ def _head_matrix(attention: np.ndarray, layer: int, head: int) -> np.ndarray:
 
 def attention_heatmap(attention: np.ndarray, layer: int, head: int, prefix: int = 1) -> hv.Image:
     """One head's attention matrix on one image (paper Fig. 1 D4): rows are source tokens, columns targets, the
-    `prefix` tokens (CLS, …) first. `attention` is [L, H, P, P], e.g. the app's `explorer.attention(…)`."""
+    `prefix` tokens (CLS, …) first. `attention` is [L, H, P, P], e.g. `Service.attention(image)`."""
     A = _head_matrix(attention, layer, head)
     P = A.shape[0]
     return styled(hv.Image((np.arange(P), np.arange(P), A), [TARGET, SOURCE], ATTENTION), cmap=CONTINUOUS,

@@ -17,7 +17,7 @@ import numpy as np
 from vitscope.report import prose
 from vitscope.report.findings import findings
 from vitscope.text import esc
-from vitscope.vocab import CURVE_IMAGES
+from vitscope.vocab import CURVE_IMAGES, NO_BASIS
 
 __all__ = ["compare_sections", "curves", "findings", "html", "sections", "write"]
 
@@ -117,7 +117,7 @@ def curves(store: str | Path, device: str = "cpu", images: int = CURVE_IMAGES,
 def write(stores: list[str | Path], out: str | Path, with_curves: bool = True, device: str = "cpu",
           curve_images: int = CURVE_IMAGES, progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the report of one store, or of two stores compared, to `out` (.html, or .pdf); returns the path."""
-    from vitscope.app.data import StoreData
+    from vitscope.readout.store_data import StoreData
 
     if len(stores) == 2:
         from vitscope import plots
@@ -130,7 +130,7 @@ def write(stores: list[str | Path], out: str | Path, with_curves: bool = True, d
                                 f"{stores[0]} (A) and {stores[1]} (B)", compare_sections(r))
     else:
         data = StoreData(Path(stores[0]))
-        found = curves(stores[0], device, curve_images, progress) if with_curves and data.prob_basis != "none" \
+        found = curves(stores[0], device, curve_images, progress) if with_curves and data.prob_basis != NO_BASIS \
             else None
         f = findings(data, found)
         title, source, parts, figures = (f"What {f['model']} does with attention", str(stores[0]), sections(f),

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from vitscope.app.data import StoreData
+from vitscope.readout.store_data import StoreData
 from vitscope.text import printable
-from vitscope.vocab import HEAD_KINDS, PATTERNS, WHOLE_HEAD, head_name
+from vitscope.vocab import HEAD_KINDS, NO_BASIS, PATTERNS, WHOLE_HEAD, head_name
 
 TOP_HEADS = 5  # heads named as the most important overall
 CLASS_ROWS = 20  # classes listed one by one (the most frequent); the rest are counted
@@ -30,7 +30,7 @@ def _rho(x: np.ndarray, y: np.ndarray) -> float:
 def head_drop(data: StoreData, images: np.ndarray) -> tuple[np.ndarray, str]:
     """([L, H] mean importance of each whole head over the images, what it is): the drop of P[true] when the head
     is pruned; a store without class probabilities by the CLS distance of the attention output instead."""
-    if data.prob_basis == "none":
+    if data.prob_basis == NO_BASIS:
         m = data.metrics.index("cls_dist")
         return np.nanmean(data.importance[images, :, :, WHOLE_HEAD, m], 0), "CLS distance when pruned"
     m = data.metrics.index("prob")
@@ -94,7 +94,7 @@ def kinds_and_patterns(data: StoreData, images: np.ndarray) -> dict[str, Any]:
 def proxy(data: StoreData) -> dict[str, Any] | None:
     """How the gradient proxy ranks heads against exact whole-head pruning (|ΔCE|) over the readable images, as
     the app's proxy view says; None without P[true]."""
-    if data.prob_basis == "none" or not np.isfinite(data.grad_importance).any():
+    if data.prob_basis == NO_BASIS or not np.isfinite(data.grad_importance).any():
         return None
     a = data.proxy_agreement(signed=False)
     return {"images": a.images, "of_means": a.of_means, "median": a.median, "per_layer": a.per_layer.tolist()}
@@ -103,7 +103,7 @@ def proxy(data: StoreData) -> dict[str, Any] | None:
 def findings(data: StoreData, curves: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the report states about the store's model (plain numbers and names, JSON-able)."""
     images = np.flatnonzero(data.valid)
-    accuracy = float(data.correct[images].mean()) if data.prob_basis != "none" and len(images) else None
+    accuracy = float(data.correct[images].mean()) if data.prob_basis != NO_BASIS and len(images) else None
     return {"model": printable(data.model_spec), "layers": data.layers, "heads": data.heads, "grid": data.grid,
             "images": int(len(images)), "of": int(data.images), "basis": data.prob_basis,
             "basis_text": data.basis_text, "accuracy": accuracy,

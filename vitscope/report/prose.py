@@ -10,7 +10,7 @@ from typing import Any
 
 from vitscope.compare import pair_text
 from vitscope.report.findings import CLASS_ROWS
-from vitscope.vocab import HEAD_KINDS, PATTERNS, curve_parts
+from vitscope.vocab import HEAD_KINDS, LINEAR_PROBE, PATTERNS, curve_parts
 
 Section = tuple[str, list[str], list[list[str]]]
 
@@ -41,7 +41,7 @@ def model(f: dict[str, Any]) -> Section:
         s.append(f"{f['basis_text']}: there is no top-1 accuracy, and head importance is measured by how far the "
                  "attention output moves when a head is pruned.")
     else:
-        probe = " of its linear probe (on the images it was fitted on)" if f["basis"] == "linear probe" else ""
+        probe = " of its linear probe (on the images it was fitted on)" if f["basis"] == LINEAR_PROBE else ""
         s.append(f"The unpruned model's top-1 accuracy{probe} is {f['accuracy']:.1%}.")
     return "The model", s, []
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 
-_WHERE = {"CURVE_ORDERS": "core", "Service": "core", "DaskBackend": "dispatch", "Dispatcher": "dispatch",
-          "LocalBackend": "dispatch", "make_dispatcher": "dispatch"}
+_WHERE = {"Service": "core", "DaskBackend": "dispatch", "Dispatcher": "dispatch", "LocalBackend": "dispatch",
+          "make_dispatcher": "dispatch", "shared_dispatcher": "dispatch", "warm": "dispatch",
+          "ask_attention": "dispatch"}
 __all__ = sorted(_WHERE)
 
 

@@ -18,36 +18,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitscope import engine
 from vitscope.analysis import probe
-from vitscope.data.images import normalise
 from vitscope.engine import prune
 from vitscope.errors import StoreMismatch, VitscopeError, one_line
-from vitscope.heads import Head, parse_heads, top_heads
+from vitscope.heads import Head, parse_heads, prune_answer, top_heads
+from vitscope.imagesets.folders import normalise
 from vitscope.models import ViTAdapter, load_model, weights_hash
-from vitscope.service import newimage
+from vitscope.service import curves, newimage
 from vitscope.service import requests as rq
-from vitscope.store import open_store, read_layout
+from vitscope.store import check_image, open_store, read_probe, read_shape
 from vitscope.vocab import (
-    ABLATION_MODES,
     CURVE_IMAGES,
     CURVE_ORDERS,
+    NO_BASIS,
     PAIR_COUNT,
     PRUNABLE_TOL,
     WHOLE_HEAD,
-    curve_order,
-    curve_parts,
-    head_name,
 )
 
 Progress = Callable[[int, int], None] | None
 BASELINE_CACHE = 64  # images whose unpruned pass is kept (ViT-Ti: 3.6 MB each)
 PASS_CACHE = 8  # images whose attention pass is kept, maps included (ViT-B: ~36 MB each)
-GROUP = 32  # images per baseline pass of a pruning curve (bounds memory)
-PRUNABLE_CHUNK = 8  # steps a set curve's prunable count computes per round beyond the curve's own
-NEEDS_CLASSES = ("prune", "pairs", "curve", "saliency")  # requests answered in P[true]
-NO_BASIS = ("unavailable: this store's model has no classifier and its images no usable labels, so P[true] and JSD "
-            "are undefined (prob basis: none); its cls_dist and patch_dist are in the store")
 
 
 @lru_cache(maxsize=4)
@@ -69,13 +60,15 @@ class Service:
                 f"{self.path} was built with other weights of {a['model_spec']} than the ones loaded now: "
                 "rebuild the store (vitscope build ... --overwrite)"
             )
-        self.adapter = probe.from_store(self.adapter, self.path)  # a backbone: the head its store was built with
+        # a backbone: the head its store was built with
+        self.adapter = probe.with_stored_head(self.adapter, *read_probe(self.path))
         self.prob_basis = probe.basis_of(self.adapter)
         self.data_config = json.loads(a["data_config"])
         self.images = self.ds.sizes["image"]
         self.class_names = [str(c) for c in self.ds["class_name"].values]
         self.labels = self.ds["label"].values
         self.valid = self.ds["valid"].values.astype(bool)
+        self.image_ids = self.ds["image_id"].values
         self._bases: OrderedDict[int, prune.Baseline] = OrderedDict()
         self._passes: OrderedDict[int, prune.Pass] = OrderedDict()
         self._lock = threading.Lock()
@@ -83,13 +76,8 @@ class Service:
     # -- images ---------------------------------------------------------------------------------------------
 
     def check_image(self, image: int) -> int:
-        if not 0 <= int(image) < self.images:
-            raise VitscopeError(
-                f"image {image} out of range: {self.path} has {self.images} images (0..{self.images - 1})"
-            )
-        if not bool(self.valid[int(image)]):
-            raise VitscopeError(f"image {image} ({self.ds['image_id'].values[int(image)]}) could not be read at build")
-        return int(image)
+        """`image` if it is in the store and was readable at build; else one line saying which it is not."""
+        return check_image(self.path, image, self.valid, self.image_ids)
 
     def input(self, image: int) -> torch.Tensor:
         """The model input [1,3,H,W] of a stored image, from its thumbnail."""
@@ -162,14 +150,12 @@ class Service:
         self._bases.move_to_end(image)
         _trim(self._bases, BASELINE_CACHE)
 
-    def ablate(self, image: int, layers=None, modes=ABLATION_MODES) -> engine.EngineResult:
-        """The leave-one-out engine's metrics for one image (e.g. for modes or layers not in the store)."""
-        label = torch.tensor([int(self.labels[self.check_image(image)])])
-        return engine.run(self.adapter, self.input(image), label, layers=layers, modes=modes)
-
     def prune(self, requests: Sequence[dict]) -> list[dict]:
         """Prune requests ({"image", "heads"}) answered in as few forwards as their shapes allow."""
-        parsed = [(self.check_image(r["image"]), parse_heads(r["heads"])) for r in requests]
+        return self._prune([(self.check_image(r["image"]), parse_heads(r["heads"])) for r in requests])
+
+    def _prune(self, parsed: Sequence[tuple[int, list[Head]]]) -> list[dict]:
+        """Prune requests as (checked image, its heads), answered together."""
         images = list(dict.fromkeys(i for i, _ in parsed))
         base = self.baseline(images)
         row = {i: r for r, i in enumerate(images)}
@@ -177,14 +163,9 @@ class Service:
         return [self._prune_result(i, heads, res) for (i, heads), res in zip(parsed, results, strict=True)]
 
     def _prune_result(self, image: int, heads: list[Head], r: prune.PruneResult) -> dict:
-        singles = self._stored_singles(image, heads)
-        return {
-            "kind": "prune", "image": image, "heads": [h.label for h in heads],
-            "prob": r.prob, "baseline_prob": r.baseline_prob, "drop": r.drop, "jsd": r.jsd,
-            "cls_dist": _finite(r.cls_dist), "patch_dist": _finite(r.patch_dist),
-            "top5": [[self.class_names[c], p] for c, p in zip(r.top_idx, r.top_prob, strict=True)],
-            "single_drops": singles, "sum_of_single_drops": None if singles is None else float(sum(singles)),
-        }
+        top5 = [[self.class_names[c], p] for c, p in zip(r.top_idx, r.top_prob, strict=True)]
+        return prune_answer(image, heads, r.prob, r.baseline_prob, r.jsd, _finite(r.cls_dist), _finite(r.patch_dist),
+                            top5, self._stored_singles(image, heads))
 
     def _stored_singles(self, image: int, heads: list[Head]) -> list[float] | None:
         """Each head's own drop of P[true] in its mode, from the store (None when a head has a custom region)."""
@@ -194,10 +175,10 @@ class Service:
         base = float(self.ds["baseline_prob"][image])
         return [base - float(imp.isel(layer=h.layer, head=h.head).sel(mode=h.mode)) for h in heads]
 
-    def top_heads(self, image: int, k: int) -> list[tuple[int, int]]:
-        """The image's k heads (layer, head) whose whole-head pruning lowers P[true] most (from the store)."""
+    def top_heads(self, image: int, k: int) -> list[Head]:
+        """The image's k heads whose whole-head pruning lowers P[true] most (from the store)."""
         prob = self.ds["importance"].isel(image=self.check_image(image)).sel(mode=WHOLE_HEAD, metric="prob")
-        return [(h.layer, h.head) for h in top_heads(prob.values, k)]
+        return top_heads(prob.values, k)
 
     def pairs(self, image: int, k: int = PAIR_COUNT, heads: Sequence[object] | None = None,
               progress: Progress = None) -> dict:
@@ -207,13 +188,14 @@ class Service:
         if heads is None:
             if not 2 <= k <= self.adapter.num_layers * self.adapter.num_heads:
                 raise VitscopeError(f"pairs need k in 2..{self.adapter.num_layers * self.adapter.num_heads}, got {k}")
-            heads = self.top_heads(image, k)
-        heads = [(h.layer, h.head) for h in parse_heads(heads)]
-        prune.zero_masks(self.adapter, [Head(*h) for h in heads])  # one line for an unknown head
-        single, pair = prune.pair_interactions(self.adapter, self.baseline([image]), 0, heads, progress)
+            chosen = self.top_heads(image, k)
+        else:
+            chosen = [Head(h.layer, h.head) for h in parse_heads(heads)]
+        prune.zero_masks(self.adapter, chosen)  # one line for an unknown head
+        single, pair = prune.pair_interactions(self.adapter, self.baseline([image]), 0, chosen, progress)
         inter = pair - single[:, None] - single[None, :]
         inter.fill_diagonal_(0.0)
-        return {"kind": "pairs", "image": image, "heads": [head_name(*h) for h in heads],
+        return {"kind": "pairs", "image": image, "heads": [h.name for h in chosen],
                 "single": single.tolist(), "pair": pair.tolist(), "interaction": inter.tolist()}
 
     def curve(self, image: int | None = None, cls: int | None = None, orders: Sequence[str] = CURVE_ORDERS,
@@ -226,111 +208,7 @@ class Service:
         ("prunable": the first step whose accuracy is below the unpruned accuracy − tol, minus one; every head if
         none is), computed from every step up to that one whatever `steps` shows.
         """
-        if self.prob_basis == "none":  # neither P'[true] nor top-1 is defined, whatever the order
-            raise VitscopeError(NO_BASIS)
-        ad = self.adapter
-        n_heads = ad.num_layers * ad.num_heads
-        names = list(dict.fromkeys(curve_order(o) for o in ([orders] if isinstance(orders, str) else orders)))
-        if not names:
-            raise VitscopeError(f"a pruning curve needs at least one order: {', '.join(CURVE_ORDERS)}")
-        if not isinstance(tol, int | float) or not 0 <= tol < 1:
-            raise VitscopeError(f"the prunable tolerance must be a number in [0, 1) (top-1 accuracy), got {tol!r}")
-        if image is not None and cls is not None:
-            raise VitscopeError("a pruning curve is for one image or one class, not both")
-        if image is not None:
-            scope = [self.check_image(image)]
-        else:
-            if cls is not None and not 0 <= int(cls) < len(self.class_names):
-                raise VitscopeError(f"class {cls} out of range: 0..{len(self.class_names) - 1}")
-            scope = np.flatnonzero(self.valid & (True if cls is None else self.labels == int(cls))).tolist()
-            if not scope:
-                raise VitscopeError(f"class {self.class_names[int(cls)]!r} has no readable image in {self.path}")
-        total_images = len(scope)
-        if len(scope) > max_images:  # a seeded sample keeps a curve over thousands of images interactive
-            scope = sorted(np.random.default_rng(seed).choice(scope, max_images, replace=False).tolist())
-        if steps is None:  # every step for one image of a small model; 25 steps for a set (one forward each)
-            every = n_heads <= (150 if image is not None else 48)
-            steps = list(range(n_heads + 1)) if every else sorted({round(v) for v in np.linspace(0, n_heads, 25)})
-        steps = [int(s) for s in steps]
-        if any(not 0 <= s <= n_heads for s in steps):
-            raise VitscopeError(f"curve steps must be in 0..{n_heads} heads")
-        ranked = {o: self._order(o, scope, seed) for o in names}
-        tally = _Tally(progress, len(scope) * len(steps) * len(names))
-        sums = self._prefix_sums(scope, ranked, {o: steps for o in names}, tally, image is not None)
-        out = {"kind": "curve", "image": image, "cls": cls, "images": len(scope), "of": total_images, "steps": steps,
-               "y": "prob" if image is not None else "top1",
-               "curves": {o: (sums[o] / len(scope)).tolist() for o in names},
-               "orders": {o: [head_name(*h) for h in r] for o, r in ranked.items()}}
-        if image is None:
-            known = {o: dict(zip(steps, sums[o].round().astype(int).tolist(), strict=True)) for o in names}
-            out["prunable"] = self._prunable(scope, ranked, known, tol, tally)
-            out["tol"] = float(tol)
-            out["baseline"] = known[names[0]][0] / len(scope)
-        return out
-
-    def _prefix_sums(self, scope: list[int], ranked: dict[str, list[tuple[int, int]]], need: dict[str, list[int]],
-                     tally: _Tally, image_curve: bool) -> dict[str, np.ndarray]:
-        """Per order, the sum over `scope` of P'[true] (one image) or of top-1 correct at each of its needed steps;
-        one baseline pass per group of images, shared by the orders (as are head sets two orders share)."""
-        names = [o for o in need if need[o]]
-        parts: dict[str, list[np.ndarray]] = {o: [] for o in names}
-        units = sum(len(need[o]) for o in names)
-        for g in range(0, len(scope), GROUP):
-            group = scope[g:g + GROUP]
-            base = prune.baseline(self.adapter, self.inputs(group), torch.as_tensor(self.labels[group]))
-            at, size = tally.done, len(group) * units
-            res = prune.prefixes(self.adapter, base, [ranked[o] for o in names], [need[o] for o in names],
-                                 lambda d, t, at=at, size=size: tally.report(at + size * d / max(t, 1)))
-            for o, (prob, correct) in zip(names, res, strict=True):
-                parts[o].append((prob if image_curve else correct).sum(0).double().numpy())
-            tally.report(at + size)
-        return {o: np.sum(parts[o], axis=0) if o in parts else np.zeros(0) for o in need}
-
-    def _prunable(self, scope: list[int], ranked: dict[str, list[tuple[int, int]]], known: dict[str, dict[int, int]],
-                  tol: float, tally: _Tally) -> dict[str, int]:
-        """Per order, heads pruned before top-1 falls below the unpruned top-1 − tol: the steps the curve lacks
-        are computed PRUNABLE_CHUNK in the first round, twice as many in each next, in order, until the first such
-        step (accuracy is not monotone)."""
-        n_heads, m = self.adapter.num_layers * self.adapter.num_heads, len(scope)
-        found: dict[str, int] = {}
-        chunk = PRUNABLE_CHUNK  # doubled each round: a late drop costs log₂(heads) passes, not heads / 8
-        while True:
-            need = {}
-            for o in ranked:
-                if o in found:
-                    continue
-                count, first = prunable_count(known[o], m, tol, n_heads)
-                if count is not None:
-                    found[o] = count
-                else:
-                    need[o] = [s for s in range(first, min(first + chunk, n_heads + 1)) if s not in known[o]]
-            if not need:
-                return {o: found[o] for o in ranked}
-            tally.grow(m * sum(len(v) for v in need.values()))
-            chunk *= 2
-            for o, c in self._prefix_sums(scope, ranked, need, tally, False).items():
-                known[o] |= dict(zip(need[o], c.round().astype(int).tolist(), strict=True))
-
-    def _order(self, order: str, scope: list[int], seed: int) -> list[tuple[int, int]]:
-        """The heads in `order` (a canonical name): a stable sort of the store's per-head means over `scope`, so
-        ties keep head order (layer, then head) in both directions."""
-        L, H = self.adapter.num_layers, self.adapter.num_heads
-        if order == "random":
-            flat = np.random.default_rng(seed).permutation(L * H)
-        else:
-            criterion, direction = curve_parts(order)
-            if criterion == "exact":  # P'[true] when pruned alone: low = harmful
-                harm = -self.ds["importance"].isel(image=scope).sel(mode=WHOLE_HEAD, metric="prob").values
-            else:  # the gradient proxy: large = harmful
-                if "grad_importance" not in self.ds:
-                    raise VitscopeError(f"{self.path} has no grad_importance: rebuild it for the proxy orders")
-                harm = self.ds["grad_importance"].isel(image=scope).values
-            harm = harm.astype(np.float64).mean(0).reshape(-1)
-            if not np.isfinite(harm).all():
-                raise VitscopeError(f"{self.path} has no finite {criterion} score for every head over these "
-                                    "images: choose another order")
-            flat = np.argsort(-harm if direction == "harmful-first" else harm, kind="stable")
-        return [(int(j) // H, int(j) % H) for j in flat]
+        return curves.curve(self, image, cls, orders, steps, seed, progress, max_images, tol)
 
     def saliency(self, image: int, block: int = 1, progress: Progress = None) -> dict:
         """Patch-ablation saliency: the drop of P[true] when each block × block square is occluded."""
@@ -346,7 +224,7 @@ class Service:
         store's layouts."""
         name = name or (Path(path).name if path is not None else "upload")
         image = newimage.read_upload(path, data, name)
-        return newimage.analyse(self.adapter, self.ds, read_layout(self.path), image, name, label)
+        return newimage.analyse(self.adapter, self.ds, read_shape(self.path), image, name, label)
 
     # -- plain-data entry points (both backends) ------------------------------------------------------------
 
@@ -357,23 +235,23 @@ class Service:
     def compute_batch(self, requests: Sequence[dict], progress: Progress = None) -> list[dict]:
         """Several requests; every prune request among them shares the forwards. Errors stay per request."""
         out: list[dict | None] = [None] * len(requests)
-        prunes = []
+        prunes: dict[int, tuple[int, list[Head]]] = {}  # request → (image, heads), parsed and checked once
         for n, r in enumerate(requests):
             try:
                 kind = rq.check(r)
-                if self.prob_basis == "none" and kind in NEEDS_CLASSES:
-                    raise VitscopeError(NO_BASIS)
+                if self.prob_basis == NO_BASIS and kind in rq.NEEDS_CLASSES:
+                    raise VitscopeError(rq.NO_BASIS_WHY)
                 if kind == "prune":
-                    prune.zero_masks(self.adapter, parse_heads(r["heads"]))  # a bad head fails its request only
-                    self.check_image(r["image"])
-                    prunes.append(n)
+                    heads = parse_heads(r["heads"])
+                    prune.zero_masks(self.adapter, heads)  # a bad head fails its request only
+                    prunes[n] = (self.check_image(r["image"]), heads)
                 else:
                     out[n] = self._one(kind, r, progress)
             except (VitscopeError, torch.cuda.OutOfMemoryError, MemoryError) as e:
                 out[n] = {"kind": r.get("kind") if isinstance(r, dict) else None, "error": _why(e)}
         if prunes:
             try:
-                for n, res in zip(prunes, self.prune([requests[n] for n in prunes]), strict=True):
+                for n, res in zip(prunes, self._prune(list(prunes.values())), strict=True):
                     out[n] = res
             except (VitscopeError, torch.cuda.OutOfMemoryError, MemoryError) as e:
                 for n in prunes:
@@ -401,35 +279,6 @@ def _trim(cache: OrderedDict, size: int) -> None:
     """Drop the least recently used entries beyond `size`."""
     while len(cache) > size:
         cache.popitem(last=False)
-
-
-def prunable_count(known: dict[int, int], m: int, tol: float, n_heads: int) -> tuple[int | None, int | None]:
-    """From top-1 correct counts of m images at some steps ({n heads pruned: count}): (the prunable count, None) once
-    they decide it, else (None, the first step still needed). The count is the first step n ≥ 1 whose accuracy is
-    below the unpruned accuracy − tol, minus one; n_heads if no step is. Losing exactly tol stays within."""
-    if 0 not in known:
-        return None, 0
-    for n in range(1, n_heads + 1):
-        if n not in known:
-            return None, n
-        if (known[0] - known[n]) / m > tol + 1e-12:
-            return n - 1, None
-    return n_heads, None
-
-
-class _Tally:
-    """A curve's progress in image × step units; the total grows when the prunable count needs more steps."""
-
-    def __init__(self, progress: Progress, total: int) -> None:
-        self.progress, self.total, self.done = progress, total, 0
-
-    def grow(self, units: int) -> None:
-        self.total += units
-
-    def report(self, done: float) -> None:
-        self.done = int(done)
-        if self.progress is not None:
-            self.progress(self.done, self.total)
 
 
 def _finite(v: float) -> float | None:

@@ -8,12 +8,16 @@ request wins: a pending request that a newer one replaces is cancelled, never co
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+
+import numpy as np
 
 from vitscope.errors import VitscopeError, one_line
 
@@ -193,3 +197,48 @@ def make_dispatcher(store: str | Path, device: str = "cpu", scheduler: str | Non
     """The service for one store: in this process, or on a Dask worker when `scheduler` is given."""
     backend = DaskBackend(scheduler, store, device) if scheduler else LocalBackend(store, device)
     return Dispatcher(backend)
+
+
+_loading = threading.Lock()  # one model load per store, whether a warm-up thread or a tap asks first
+
+
+@lru_cache(maxsize=4)
+def _dispatcher_or_error(path: str, device: str, scheduler: str | None) -> Dispatcher | VitscopeError:
+    try:
+        return make_dispatcher(path, device, scheduler)
+    except VitscopeError as e:
+        return e
+
+
+def shared_dispatcher(path: str, device: str, scheduler: str | None = None) -> Dispatcher:
+    """The one route to the model for a store in this process: every session's requests, attention included,
+    share its queue. The model loads once, here or (with `scheduler`) on a Dask worker, and then this process
+    loads none; a model that cannot be loaded fails once, then at once with the same line."""
+    with _loading:
+        got = _dispatcher_or_error(path, device, scheduler)
+    if isinstance(got, VitscopeError):
+        raise got
+    return got
+
+
+def warm(path: str, device: str, scheduler: str | None = None) -> None:
+    """Load the model now (`vitscope serve`, Jupyter), so the first tap is quick. An unreachable scheduler is one
+    line now; a model that cannot be loaded here turns on-demand work off (the views still show the store)."""
+    try:
+        shared_dispatcher(path, device, scheduler)
+    except VitscopeError as e:
+        if scheduler:
+            raise
+        print(f"vitscope: warning: on-demand attention is unavailable: {e}", file=sys.stderr)
+
+
+def ask_attention(d: Dispatcher, session: str, image: int, layer: int | None = None) -> np.ndarray:
+    """[L, H, P, P] attention of a stored image ([H, P, P] of one `layer`), asked of the dispatcher; its error line
+    raised as one."""
+    request = {"kind": "attention", "image": int(image)}
+    if layer is not None:
+        request["layer"] = int(layer)
+    r = d.ask(session, request)
+    if "error" in r:
+        raise VitscopeError(r["error"])
+    return r["attention"]

@@ -22,13 +22,13 @@ import xarray as xr
 from PIL import Image
 
 from vitscope import store
-from vitscope.analyse import analyse_batch
 from vitscope.analysis import autoencoder, layout, probe
 from vitscope.config import BuildConfig
-from vitscope.data.images import BadImage, Preprocessor, read_rgb
 from vitscope.errors import VitscopeError
+from vitscope.imagesets.folders import BadImage, Preprocessor, read_rgb
 from vitscope.layouts import features
 from vitscope.models import ViTAdapter
+from vitscope.per_image import analyse_batch
 from vitscope.vocab import DEFAULT_METRIC, METRICS, WHOLE_HEAD
 
 MAX_BYTES = 50 * 1024 * 1024
@@ -52,7 +52,7 @@ def read_upload(path: str | Path | None = None, data: bytes | None = None, name:
         raise VitscopeError(f"cannot use {name} as an image: {e}") from None
 
 
-def analyse(adapter: ViTAdapter, ds: xr.Dataset, lay: store.Layout, image: Image.Image, name: str,
+def analyse(adapter: ViTAdapter, ds: xr.Dataset, lay: store.Shape, image: Image.Image, name: str,
             label: int | None = None) -> dict:
     """The per-image store variables of one new image (no image dimension), its prediction and layout places,
     for the store `ds` (sizes `lay`) and the model it was built with."""
@@ -103,7 +103,7 @@ def reference(ds: xr.Dataset, name: str, layout_metric: str) -> layout.Reference
         return _REFERENCES[key]
 
 
-def _autoencoder(ds: xr.Dataset, lay: store.Layout) -> autoencoder.PatternAutoencoder:
+def _autoencoder(ds: xr.Dataset, lay: store.Shape) -> autoencoder.PatternAutoencoder:
     """The store's pattern autoencoder, from its weights (`ae_weights`), once per process and store."""
     key = ("autoencoder", ds.attrs.get("fingerprint"), json.dumps(ds.attrs.get("ae_loss")))
     with _LOCK:
@@ -112,7 +112,7 @@ def _autoencoder(ds: xr.Dataset, lay: store.Layout) -> autoencoder.PatternAutoen
         return _REFERENCES[key]
 
 
-def place(ds: xr.Dataset, lay: store.Layout, arrays: dict[str, np.ndarray], layout_metric: str) -> dict:
+def place(ds: xr.Dataset, lay: store.Shape, arrays: dict[str, np.ndarray], layout_metric: str) -> dict:
     """image_xy [2], head_xy_cls and head_xy_patch [L, H, 2] of a new image, and `placed_by` (each layout:
     "transform", the fitted layout's, or "neighbours", the mean of the nearest stored points)."""
     valid = ds["valid"].values.astype(bool)

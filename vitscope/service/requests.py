@@ -19,6 +19,9 @@ from vitscope.heads import head_dict, parse_head, parse_heads
 __all__ = ["KINDS", "NEEDS_IMAGE", "check", "head_dict", "parse_head", "parse_heads"]  # heads: vitscope.heads
 KINDS = ("prune", "pairs", "curve", "saliency", "new_image", "attention")
 NEEDS_IMAGE = ("prune", "pairs", "saliency", "attention")
+NEEDS_CLASSES = ("prune", "pairs", "curve", "saliency")  # requests answered in P[true]
+NO_BASIS_WHY = ("unavailable: this store's model has no classifier and its images no usable labels, so P[true] and "
+                "JSD are undefined (prob basis: none); its cls_dist and patch_dist are in the store")
 
 
 def check(request: object) -> str:

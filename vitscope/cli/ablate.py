@@ -23,7 +23,7 @@ from vitscope.vocab import (
 )
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     p = sub.add_parser("ablate", help="on-demand ablation: prune heads together, head pairs, pruning curves, "
                        "patch saliency, or a new image")
     p.add_argument("store", type=Path)

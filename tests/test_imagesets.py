@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vitscope.data import demo
-from vitscope.data.images import BadImage, Preprocessor, image_folder, read_rgb
 from vitscope.errors import VitscopeError
+from vitscope.imagesets import demo
+from vitscope.imagesets.folders import BadImage, Preprocessor, image_folder, read_rgb
 from vitscope.models import load_model
 
 

@@ -1,4 +1,4 @@
-"""What the views read from a store, loaded once per process and shared by all sessions.
+"""What the app, the figures and the report read from a store, loaded once per process and shared.
 
 Besides the store's small per-head arrays (numpy), the per-store aggregates the views need (means over
 images or a class, histograms, layout frames and bounds) are computed here once, on first use, and kept:
@@ -21,9 +21,9 @@ from vitscope.analysis.proxy import Agreement, agreement, exact_delta_ce, spearm
 from vitscope.classes import match_class
 from vitscope.config import BuildConfig
 from vitscope.errors import VitscopeError
-from vitscope.heads import Head
-from vitscope.store import has_sinks, open_store
-from vitscope.vocab import DEFAULT_METRIC, LAYOUTS, MODES
+from vitscope.heads import Head, prune_answer
+from vitscope.store import check_image, has_sinks, open_store, pending_layouts, read_arrays, read_shape
+from vitscope.vocab import CLASSIFIER, DEFAULT_METRIC, HEAD_LAYOUTS, METRICS, MODES, NO_BASIS
 
 ENTROPY_BINS = np.linspace(0.0, 1.0, 41)  # strength entropy is normalised to [0, 1]
 
@@ -31,9 +31,10 @@ ENTROPY_BINS = np.linspace(0.0, 1.0, 41)  # strength entropy is normalised to [0
 class StoreData:
     """Small per-head arrays in memory (numpy); thumbnails read on demand."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, unfinished: bool = False) -> None:
+        """`unfinished`: a build still running or killed (`vitscope info`): the chunks not yet written are not valid."""
         self.path = Path(path)
-        self.ds = ds = open_store(self.path)
+        self.ds = ds = open_store(self.path, unfinished=unfinished)
         self.images, self.layers, self.heads = ds.sizes["image"], ds.sizes["layer"], ds.sizes["head"]
         self.grid = int(ds.attrs["patch_grid"])
         self.num_prefix = int(ds.attrs["num_prefix_tokens"])
@@ -44,19 +45,22 @@ class StoreData:
                 "attention_distance", "pattern_label", "pattern_second", "pattern_offset", "pattern_score",
                 "head_consistency", "head_kind", "baseline_prob",
                 "grad_importance", "image_xy", "head_xy_cls", "head_xy_patch")
-        # The views index the mode axis of these arrays by mode (`importance[..., mode, m]`): select it by label, so a
-        # store whose modes are stored in another order still gives each view the mode it asks for.
-        by_mode = ds if [int(m) for m in ds["mode"].values] == list(MODES) else ds.sel(mode=list(MODES))
+        # The readers index the mode and metric axes by position (`importance[..., mode, METRICS.index(m)]`): select
+        # them by label, so a store whose axes are stored in another order still gives each the mode it asks for.
+        stored = set(ds["metric"].values.tolist())
+        order = {"mode": list(MODES), "metric": [m for m in METRICS if m in stored]}
+        moved = {k: v for k, v in order.items() if ds[k].values.tolist() != v}
+        by_label = ds.sel(**moved) if moved else ds
         for name in load:
-            setattr(self, name, by_mode[name].values)
+            setattr(self, name, by_label[name].values)
         # The sink analysis (schema v3): a v2 store opens without it, and the views say so.
         self.has_sinks = has_sinks(ds)
         self.head_sink_share = ds["head_sink_share"].values if self.has_sinks else None  # [L, H]
         self.head_sink_tokens = ds["head_sink_tokens"].values if self.has_sinks else None  # [L, H, rank]
-        self.binary_size = int(json.loads(ds.attrs.get("layout", "{}")).get("binary_size", self.grid**2))
-        self.metrics: list[str] = [str(m) for m in ds["metric"].values]
+        self.binary_size = read_shape(self.path).binary_size  # the side of the binarised maps kept
+        self.metrics: list[str] = order["metric"]
         # What prob/jsd are computed from: a classifier, a backbone's linear probe, or nothing (NaN).
-        self.prob_basis: str = str(ds.attrs.get("prob_basis", "classifier"))
+        self.prob_basis: str = str(ds.attrs.get("prob_basis", CLASSIFIER))
         self.basis_text = probe.basis_text(ds.attrs)
         self.metrics_shown = probe.metrics_of(ds.attrs, self.metrics)  # what the metric selector offers
         self.layout_metric = probe.layout_metric(ds.attrs, str(ds.attrs.get("layout_metric", DEFAULT_METRIC)))
@@ -98,19 +102,14 @@ class StoreData:
         if not self.layouts_pending:
             return set()
         with self._layout_lock:
-            import zarr
-
             try:
-                now = set(zarr.open_group(str(self.path), mode="r").attrs.get("layouts_pending", []))
+                now = set(pending_layouts(self.path))
             except Exception:  # noqa: BLE001 - attributes being rewritten this instant: look again next time
                 return set()
             arrived = self.layouts_pending - now
             if arrived:
-                import xarray as xr
-
-                ds = xr.open_zarr(str(self.path), consolidated=False)  # the data just written, not old metadata
-                for name in arrived:
-                    setattr(self, name, ds[name].values)
+                for name, values in read_arrays(self.path, arrived).items():
+                    setattr(self, name, values)
                 for name in ("placed", "_trees", "_bounds"):  # derived from the layouts: computed again on use
                     self.__dict__.pop(name, None)
                 self._frames.clear()
@@ -129,11 +128,7 @@ class StoreData:
 
     def check_image(self, image: int) -> int:
         """`image` if it is in the store and was readable at build; else one line saying which it is not."""
-        if not 0 <= image < self.images:
-            raise VitscopeError(f"image {image} out of range: this store has images 0..{self.images - 1}")
-        if not self.valid[image]:
-            raise VitscopeError(f"image {image} ({self.image_ids[image]}) could not be read at build: pick another")
-        return int(image)
+        return check_image(self.path, image, self.valid, self.image_ids)
 
     def readable(self, image: int | None) -> int | None:
         """The image if it is in the store and readable, else None (views then show all images)."""
@@ -158,7 +153,7 @@ class StoreData:
         (the build ran this very ablation: the same engine, the same numbers): no forward, so a tap that changes the
         image or the head does not wait for the model. None when the store does not hold it (a region, mode 0, no
         basis for P)."""
-        if not (isinstance(head.mode, int) and head.mode in MODES[1:] and self.prob_basis != "none"
+        if not (isinstance(head.mode, int) and head.mode in MODES[1:] and self.prob_basis != NO_BASIS
                 and self.readable(image) is not None):
             return None
         m = self.metrics.index
@@ -166,13 +161,12 @@ class StoreData:
         base, prob = float(self.baseline_prob[image]), float(v[m("prob")])
         if not (np.isfinite(base) and np.isfinite(prob)):
             return None
-        top = [[self.class_names[int(c)], float(p)] for c, p in zip(
-            self.topk_idx[image, head.layer, head.head, head.mode], self.topk_prob[image, head.layer, head.head,
-                                                                                   head.mode], strict=True) if c >= 0]
-        dist = {k: float(v[m(k)]) if np.isfinite(v[m(k)]) else None for k in ("cls_dist", "patch_dist")}
-        return {"kind": "prune", "image": int(image), "heads": [head.label], "prob": prob, "baseline_prob": base,
-                "drop": base - prob, "jsd": float(v[m("jsd")]), **dist, "top5": top, "single_drops": [base - prob],
-                "sum_of_single_drops": base - prob, "stored": True}
+        where = image, head.layer, head.head, head.mode
+        top = [[self.class_names[int(c)], float(p)] for c, p in zip(self.topk_idx[where], self.topk_prob[where],
+                                                                    strict=True) if c >= 0]
+        cls_dist, patch_dist = (float(v[m(k)]) if np.isfinite(v[m(k)]) else None for k in ("cls_dist", "patch_dist"))
+        return prune_answer(image, [head], prob, base, float(v[m("jsd")]), cls_dist, patch_dist, top, [base - prob],
+                            stored=True)
 
     def find_class(self, text: str) -> int | None:
         """Class index by exact name, else by the first name containing `text` (case-insensitive); only classes
@@ -252,9 +246,9 @@ class StoreData:
         return self._frames[kind]
 
     def prepare(self) -> None:
-        """Build now what the first pick on the map of all heads would otherwise wait for: its KD-trees (1.4 s at
-        1.44 M head points), and the proxy's agreement per image and layer that the first chosen image shows
-        (1.1 s at 10,000 images). `vitscope serve` calls it at start, Jupyter in its warm-up thread."""
+        """Build now what the first pick on the map of all heads would otherwise wait for: its KD-trees, and the
+        proxy's agreement per image and layer that the first chosen image shows (both grow with the store).
+        `vitscope serve` calls it at start, Jupyter in its warm-up thread."""
         self._trees  # noqa: B018 - a cached property, built here
         for signed in (True, False):
             self.proxy_layers(signed)
@@ -263,7 +257,7 @@ class StoreData:
     @cached_property
     def _trees(self) -> dict:
         trees = {}
-        for kind in LAYOUTS:
+        for kind in HEAD_LAYOUTS:
             xy = getattr(self, f"head_xy_{kind}").reshape(-1, 2)  # [N·L·H, 2]
             ok = np.isfinite(xy).all(1)
             trees[kind] = (cKDTree(xy[ok]), np.flatnonzero(ok))
@@ -281,7 +275,7 @@ class StoreData:
 
     @cached_property
     def _bounds(self) -> dict[str, tuple[float, float, float, float]]:
-        return {kind: padded_bounds(self.head_frame(kind)[["x", "y"]].to_numpy()) for kind in LAYOUTS}
+        return {kind: padded_bounds(self.head_frame(kind)[["x", "y"]].to_numpy()) for kind in HEAD_LAYOUTS}
 
     def bounds(self, kind: str) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1) of a head layout with a 5 % margin."""
@@ -298,44 +292,15 @@ def padded_bounds(xy: np.ndarray) -> tuple[float, float, float, float]:
 
 
 
-def poll_layouts(data: StoreData, names: set[str], on_arrival) -> bool:
-    """While any of `names` is pending, look for it every second in this browser session and call
-    `on_arrival(arrived)` (in the session's document, so it can update its figures); stops when all arrived.
+Store = StoreData | str | Path  # what every reader takes: the data, or a store's path
 
-    Only in a served session (Jupyter and exports draw what the store has), and only once the page has loaded:
-    changes made before its websocket is connected did not reach the browser (seen: a layout that landed while
-    the page loaded stayed "computing layout…"). Returns whether it polls."""
-    waiting = set(names) & data.layouts_pending
-    if not waiting:
-        return False
-    import panel as pn
 
-    doc = pn.state.curdoc
-    if doc is None or doc.session_context is None:
-        return False
-    periodic: list = []
-
-    def look() -> None:
-        data.refresh_layouts()  # loads what landed (once, for all sessions)
-        arrived = waiting - data.layouts_pending
-        if arrived:
-            waiting.difference_update(arrived)
-            with pn.io.hold():
-                on_arrival(arrived)
-        if not waiting and periodic:
-            periodic[0].stop()
-
-    def loaded() -> None:
-        look()  # what landed while the page loaded
-        if waiting:
-            periodic.append(pn.state.add_periodic_callback(look, period=1000))
-
-    pn.state.onload(loaded)
-    return True
+def store_data(store: Store) -> StoreData:
+    """A StoreData as given, else the one copy of a store's arrays in this process (by resolved path), shared by
+    the app's sessions, the compare view, exports, figures and the report."""
+    return store if isinstance(store, StoreData) else _cached(str(Path(store).resolve()))
 
 
 @lru_cache(maxsize=8)
-def cached_store(path: str) -> StoreData:
-    """One copy of a store's arrays per process (by resolved path), shared by the app's sessions, the compare view,
-    exports and vitscope.plots."""
+def _cached(path: str) -> StoreData:
     return StoreData(path)

@@ -16,7 +16,7 @@ from vitscope.analysis import binary, cls, patterns, probe, sinks, strength
 from vitscope.models import ViTAdapter
 
 
-def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, lay: store.Layout, top: float,
+def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, lay: store.Shape, top: float,
             precision: str) -> dict[str, np.ndarray]:
     """The per-image store variables of a batch: preprocessed images `x` [B, 3, h, w] with true `labels` [B] →
     {name: array [B, ...]} in the store's dtypes (not thumbnail, label, valid: the caller has those).

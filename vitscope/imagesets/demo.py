@@ -99,14 +99,14 @@ def train_batch(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 [N,h,w,3] → float [N,3,h,w] normalised as the demo model's data config says."""
-    from vitscope.data.images import normalise
+    from vitscope.imagesets.folders import normalise
 
     return normalise(images, DEMO_DATA_CFG["mean"], DEMO_DATA_CFG["std"])
 
 
 def image_set(limit: int | None = None):
     """The demo evaluation images as an ImageSet (in memory; ids `demo/0000`…)."""
-    from vitscope.data.images import ImageSet
+    from vitscope.imagesets.folders import ImageSet
     from vitscope.models.loading import DEMO_CLASSES
 
     images, labels = eval_set(limit)

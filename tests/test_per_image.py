@@ -1,4 +1,4 @@
-"""The per-image analysis (`vitscope.analyse`): the build's chunks and the service's new image are the same call."""
+"""The per-image analysis (`vitscope.per_image`): the build's chunks and the service's new image are the same call."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from vitscope.service import newimage
 
 def test_a_new_image_has_every_stored_variable_in_the_stores_dtype(demo16):
     ds = store.open_store(demo16)
-    lay = store.read_layout(demo16)
+    lay = store.read_shape(demo16)
     image = Image.fromarray(ds["thumbnail"][3].values)
     r = newimage.analyse(load_model("demo"), ds, lay, image, "three.png", int(ds["label"][3]))
     arrays = r["arrays"]
@@ -29,7 +29,7 @@ def test_a_new_image_is_placed_by_the_fitted_layouts_transform(demo16):
     """A stored image analysed again as new lands where the build put it: by the transform of the fitted layout
     rebuilt from the store's fit record (the patch layout: of the latents by the store's own autoencoder)."""
     ds = store.open_store(demo16)
-    lay = store.read_layout(demo16)
+    lay = store.read_shape(demo16)
     assert lay.fits and ds.attrs["layout_fits"]["head_xy_cls"]["sample"] == 16 * 6 * 4  # a small store: all fitted
     r = newimage.analyse(load_model("demo"), ds, lay, Image.fromarray(ds["thumbnail"][3].values), "three.png",
                          int(ds["label"][3]))
@@ -57,7 +57,7 @@ def test_a_store_without_the_fit_record_places_new_images_by_neighbours(demo16, 
         shutil.rmtree(old / name)
     zarr.consolidate_metadata(str(old))
     ds = store.open_store(old)
-    r = newimage.analyse(load_model("demo"), ds, store.read_layout(old), Image.fromarray(ds["thumbnail"][3].values),
+    r = newimage.analyse(load_model("demo"), ds, store.read_shape(old), Image.fromarray(ds["thumbnail"][3].values),
                          "three.png", int(ds["label"][3]))
     assert set(r["placed_by"].values()) == {"neighbours"}
     assert np.isfinite(r["image_xy"]).all() and np.asarray(r["head_xy_cls"]).shape == (6, 4, 2)

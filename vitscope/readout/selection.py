@@ -1,13 +1,11 @@
-"""The one selection every view reads and writes (one instance per browser session)."""
+"""The one selection every view reads and writes: one per browser session of the app, one per notebook dashboard
+(`vitscope.plots.linked`). Parameters only; the views that draw it watch it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import param
 
-from vitscope.errors import one_line
-from vitscope.vocab import DEFAULT_METRIC, LAYOUTS, METRICS, MODES, WHOLE_HEAD
+from vitscope.vocab import DEFAULT_METRIC, HEAD_LAYOUTS, METRICS, MODES, WHOLE_HEAD
 
 COLOUR_BY = ("class", "correct", "P[true]")  # how the Image Overview colours its points
 MAX_PINNED = 4  # heads compared side by side in the Attention Strength View (the paper's Fig. 9 D–E)
@@ -22,7 +20,7 @@ class Selection(param.Parameterized):
     mode = param.Selector(objects=list(MODES), default=WHOLE_HEAD, doc="pruning mode of the importance views")
     metric = param.Selector(objects=list(METRICS), default=DEFAULT_METRIC)
     threshold = param.Number(default=None, allow_None=True, doc="attention threshold; None = the store's top %")
-    layout = param.Selector(objects=list(LAYOUTS), default="cls", doc="Attention Pattern View layout")
+    layout = param.Selector(objects=list(HEAD_LAYOUTS), default="cls", doc="Attention Pattern View layout")
     density = param.Boolean(default=False, doc="contours of all heads' density over the map")
     colour_by = param.Selector(objects=list(COLOUR_BY), default="class", doc="Image Overview colouring")
     cls = param.Integer(default=None, allow_None=True, doc="class chosen in the class search; None = all")
@@ -40,13 +38,3 @@ class Selection(param.Parameterized):
             pins = (pins + [flat])[-MAX_PINNED:]
         self.pinned = pins
 
-
-def guarded(sel: Selection, what: str, callback: Callable) -> Callable:
-    """A browser-event callback whose errors become one line in the page ("`what`: …"), never a traceback in
-    the terminal."""
-    def run(*args) -> None:
-        try:
-            callback(*args)
-        except Exception as e:  # noqa: BLE001 - whatever broke, the page says so in one line and goes on
-            sel.message = f"{what}: {one_line(e)}"
-    return run

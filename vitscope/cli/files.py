@@ -1,0 +1,102 @@
+"""`vitscope export`, `vitscope figure` and `vitscope report`: a store's views, figures and findings as files that
+open offline."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vitscope.cli.serve import one_or_two
+from vitscope.errors import VitscopeError
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    if len(one_or_two(args.store)) == 2:
+        if args.heads:
+            raise VitscopeError("--heads is for one store's snapshot: the comparison shows every head of both models")
+        from vitscope.app.compare_export import export_compare
+
+        out = export_compare(*args.store, args.image, args.out)
+        print(f"comparison written: {out} ({out.stat().st_size / 1e6:.1f} MB; opens from disk, no server needed)")
+        return
+    from vitscope.app.export import export
+    from vitscope.heads import parse_head
+
+    heads = [parse_head(h, modes=False) for h in args.heads] if args.heads else None
+    out = export(args.store[0], args.image, args.out, heads=heads, device=args.device, metric=args.metric,
+                 mode=args.mode)
+    print(f"snapshot written: {out} ({out.stat().st_size / 1e6:.1f} MB; opens from disk, no server needed)")
+
+
+def cmd_figure(args: argparse.Namespace) -> None:
+    from vitscope.plots.paper import write_figures
+
+    written, skipped = write_figures(args.store, args.out, args.format, image=args.image, head=args.head,
+                                     device=args.device, names=args.only,
+                                     progress=None if args.quiet else lambda n: print(f"  {n}", flush=True))
+    line = f"{len(written)} figures written to {args.out} ({args.format})"
+    if skipped:
+        line += f"; {', '.join(skipped)} show one image: give --image for them"
+    print(line)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from vitscope.report import write
+
+    one_or_two(args.store)
+    if args.out.suffix.lower() not in (".html", ".htm", ".pdf"):
+        raise VitscopeError(f"--out {args.out}: give a .html or a .pdf file")
+    if args.curve_images < 1:
+        raise VitscopeError(f"--curve-images {args.curve_images}: give at least 1")
+    from tqdm import tqdm
+
+    quiet = args.quiet or args.no_curves or len(args.store) == 2  # a comparison has no curves
+    with tqdm(desc="pruning curves", unit="image·step", disable=quiet) as bar:
+        def progress(done: int, total: int) -> None:  # thousands of pruned forwards
+            bar.total = max(total, done)  # the prunable counts may need steps beyond those the curves show
+            bar.update(done - bar.n)
+
+        out = write(args.store, args.out, with_curves=not args.no_curves, device=args.device,
+                    curve_images=args.curve_images, progress=progress)
+    print(f"report written: {out} ({out.stat().st_size / 1e3:.0f} kB; one file, opens offline)")
+
+
+def add_parsers(sub) -> None:
+    from vitscope.vocab import DEFAULT_METRIC, FIGURE_FORMATS, METRICS, MODES, WHOLE_HEAD
+
+    p = sub.add_parser("export", help="one image's views as a self-contained HTML file (no server needed); with two "
+                       "stores, their comparison on that image")
+    p.add_argument("store", type=Path, nargs="+", help="a store; or two stores of the same images (as `vitscope "
+                   "compare A B`)")
+    p.add_argument("--image", type=int, required=True, help="image index in the (first) store (vitscope info STORE)")
+    p.add_argument("--heads", nargs="+", metavar="L:H", help="heads to embed (default: the 6 most important)")
+    p.add_argument("--metric", default=DEFAULT_METRIC, choices=list(METRICS))
+    p.add_argument("--mode", type=int, default=WHOLE_HEAD, choices=MODES, help="pruning mode of the importance views")
+    p.add_argument("--out", type=Path, required=True, help="the .html file to write")
+    p.add_argument("--device", default="cpu", help="where the image's attention is computed")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("figure", help="every view and summary as a separate print file (svg, pdf or png), offline")
+    p.add_argument("store", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="the folder to write <figure>.<format> into")
+    p.add_argument("--format", default="svg", choices=FIGURE_FORMATS)
+    p.add_argument("--image", type=int, help="image index in the store (vitscope info STORE); the views of one "
+                   "image and of its attention need it (the attention is recomputed by the store's model)")
+    p.add_argument("--head", metavar="L:H", help="the head of the per-head views (default: the one whose pruning "
+                   "hurts the image, or all images, most)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these figures (names: vitscope.plots.FIGURES)")
+    p.add_argument("--device", default="cpu", help="where the image's attention is computed")
+    p.add_argument("--quiet", action="store_true", help="no line per figure")
+    p.set_defaults(func=cmd_figure)
+
+    p = sub.add_parser("report", help="what a store says about its model, as one offline HTML file; with two "
+                       "stores, what changed between their models")
+    p.add_argument("store", type=Path, nargs="+", help="a store; or two stores of the same images")
+    p.add_argument("--out", type=Path, required=True, help="the file to write: .html (figures inline), or .pdf")
+    p.add_argument("--no-curves", action="store_true", help="leave out the pruning curves (they need the store's "
+                   "model: minutes on a CPU)")
+    p.add_argument("--curve-images", type=int, default=64, help="the pruning curves' seeded sample of images "
+                   "(default 64)")
+    p.add_argument("--device", default="cpu", help="where the pruning curves are computed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_report)

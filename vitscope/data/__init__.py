@@ -1,1 +1,0 @@
-"""Image sets: the embedded demo set (folders and CSV labels come with `vitscope build`)."""
