@@ -12,21 +12,21 @@ import xarray as xr
 from PIL import Image
 
 from vitscope.cli import main
-from vitscope.data import demo
 from vitscope.service import Service
 from vitscope.store import open_store
 
 
 def test_labels_csv_over_a_flat_folder(tmp_path, capsys):
-    """A flat folder of demo images (PNG and JPEG) with class names in a CSV listed out of file order: the store has
-    the CSV's images in its order, each with its CSV class, and P[true] is the model's probability of that class."""
-    pics, _ = demo.eval_set(6)
+    """A flat folder of small RGB images (PNG and JPEG, of other sizes than the model's input) with class names in a
+    CSV listed out of file order: the store has the CSV's images in its order, each with its CSV class, and P[true]
+    is the model's probability of that class."""
+    rng = np.random.default_rng(0)
     folder = tmp_path / "flat"
     folder.mkdir()
     files = []
-    for i, pic in enumerate(pics):
+    for i in range(6):
         name = f"pic{i}.{'jpg' if i % 3 == 0 else 'png'}"
-        Image.fromarray(pic).save(folder / name)
+        Image.fromarray(rng.integers(0, 256, (40 + 4 * i, 52, 3), dtype=np.uint8)).save(folder / name)
         files.append(name)
     rows = [(files[i], name) for i, name in zip([4, 0, 5, 2, 1, 3], ["zebra", "cat", "cat", "ant", "zebra", "cat"],
                                                   strict=True)]
