@@ -1,5 +1,5 @@
 """`vitscope ARGS` in the test's own process, for the tests that check what a command prints or writes (its wiring),
-not the process boundary: a fresh interpreter spends seconds importing torch and loading the model every time."""
+not the process boundary: a fresh interpreter would import torch and load the model again for every command."""
 
 from __future__ import annotations
 

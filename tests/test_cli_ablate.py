@@ -92,7 +92,7 @@ def test_a_class_curve_with_a_tolerance(demo16, svc, capsys):
     name = str(ds["class_name"].values[cls])
     scope = np.flatnonzero(valid & (labels == cls)).tolist()
     assert len(scope) >= 2
-    tol = 0.4  # one wrong image of this class is within it, not within the default 0.01
+    tol = 0.4  # a class of three: one wrong image is within it, and not within the default 0.01
     orders = ["exact-harmless-first", "random"]
     code, out, err = ablate(capsys, demo16, "--curve", *orders, "--class", name, "--tol", tol, "--json")
     assert code == 0, err
