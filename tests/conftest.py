@@ -142,3 +142,20 @@ def demo16(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo16") / "demo16.zarr"
     build(BuildConfig(model="demo", images="demo", out=out, limit=16, chunk=8, ae_epochs=1, progress=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def compare_stores(tmp_path_factory) -> dict:
+    """test_compare's tiny stores of random-init demo-architecture models over six demo images and one unreadable
+    file (listed last, so images 0..5 are the readable ones): `a` (4 layers × 4 heads), `swap` (the same model with
+    two heads of a layer swapped: SWAPPED) and `small` (2 × 2). Built once a session: test_compare, test_compare_view,
+    test_compare_export, test_browser_compare, test_report and test_cli_options all read them, none writes them."""
+    from test_compare import SWAPPED, build_store, demo_arch, demo_images, swap_heads
+
+    tmp = tmp_path_factory.mktemp("compare_stores")
+    _, labels = demo_images(tmp / "imgs")
+    (tmp / "imgs" / str(max(labels)) / "broken.png").write_bytes(b"\x89PNG garbage")  # sorts after "<digit>.png"
+    base = demo_arch(4, 4, seed=0)
+    return {"a": build_store(tmp, "a", base, tmp / "imgs", 4, 4),
+            "swap": build_store(tmp, "swap", swap_heads(base, *SWAPPED, heads=4), tmp / "imgs", 4, 4),
+            "small": build_store(tmp, "small", demo_arch(2, 2, seed=1), tmp / "imgs", 2, 2)}

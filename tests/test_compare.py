@@ -87,21 +87,15 @@ def demo_images(root: Path, n: int = 6) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory) -> dict:
+def stores(compare_stores, tmp_path_factory) -> dict:
+    """conftest's a, swap and small (six images and one unreadable file), and `other`: small's model over another
+    image folder."""
     tmp = tmp_path_factory.mktemp("compare")
-    pics, labels = demo_images(tmp / "imgs")
-    (tmp / "imgs" / str(labels[0]) / "broken.png").write_bytes(b"\x89PNG garbage")  # listed, not valid
+    pics, _ = demo.eval_set(1)
     (tmp / "other" / "0").mkdir(parents=True)
     Image.fromarray(pics[0]).save(tmp / "other" / "0" / "0.png")
-    base = demo_arch(4, 4, seed=0)
-    small = demo_arch(2, 2, seed=1)
-    return {
-        "a": build_store(tmp, "a", base, tmp / "imgs", 4, 4),
-        "swap": build_store(tmp, "swap", swap_heads(base, *SWAPPED, heads=4), tmp / "imgs", 4, 4),
-        "small": build_store(tmp, "small", small, tmp / "imgs", 2, 2),
-        "other": build_store(tmp, "other", small, tmp / "other", 2, 2),
-        "tmp": tmp,
-    }
+    return {**compare_stores, "other": build_store(tmp, "other", demo_arch(2, 2, seed=1), tmp / "other", 2, 2),
+            "tmp": tmp}
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from app_helpers import make_store
 from bokeh.events import Tap
-from test_compare import SWAPPED, build_store, demo_arch, demo_images, swap_heads
+from test_compare import SWAPPED
 
 from vitscope import store
 from vitscope.app.compare_view import SIDES, TRENDS, CompareView
@@ -25,13 +25,8 @@ HOSTILE = "<img src=x onerror=alert(1)>\u202etxt.exe"
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("compare_view")
-    demo_images(tmp / "imgs")
-    base = demo_arch(4, 4, seed=0)
-    return {"a": build_store(tmp, "a", base, tmp / "imgs", 4, 4),
-            "swap": build_store(tmp, "swap", swap_heads(base, *SWAPPED, heads=4), tmp / "imgs", 4, 4),
-            "small": build_store(tmp, "small", demo_arch(2, 2, seed=1), tmp / "imgs", 2, 2)}
+def stores(compare_stores) -> dict:
+    return compare_stores
 
 
 def free_port() -> int:

@@ -4,15 +4,14 @@ the probe's numbers exact against one timm forward per (layer, head, mode) throu
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
 import zarr
+from cli_helpers import vitscope_here
 from conftest import small_vit
 from PIL import Image
 
@@ -23,8 +22,6 @@ from vitscope.engine import reference
 from vitscope.imagesets.folders import normalise
 from vitscope.models import ViTAdapter
 from vitscope.vocab import METRICS
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def backbone() -> ViTAdapter:
@@ -221,8 +218,7 @@ def test_service_uses_the_stored_probe(probed, unlabelled, monkeypatch):
 
 def test_cli_info_of_backbone_stores(probed, unlabelled):
     for path, words in ((probed, "linear probe"), (unlabelled, "none")):
-        res = subprocess.run([sys.executable, "-m", "vitscope.cli", "info", str(path)], capture_output=True,
-                             text=True, timeout=300, env=ENV)
+        res = vitscope_here("info", path)
         assert res.returncode == 0 and f"prob basis: {words}" in res.stdout, res.stderr
 
 
@@ -311,8 +307,7 @@ def test_cli_build_ablate_export_of_a_timm_checkpoint_without_head(tmp_path, cap
     out = tmp_path / "s.zarr"
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "vitscope.cli", *args], capture_output=True, text=True,
-                              timeout=600, env=ENV)
+        return vitscope_here(*args)
 
     res = cli("build", "--model", "timm:test_vit", "--checkpoint", str(tmp_path / "bb.safetensors"), "--images",
               str(folders(tmp_path / "imgs", ("a", "b"), 3)), "--out", str(out), "--ae-epochs", "1", "--quiet")

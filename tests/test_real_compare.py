@@ -9,11 +9,10 @@ Skips when ../shared is absent.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_helpers import vitscope_here
 from conftest import REAL_DEIT, REAL_DEIT_ARCH, REAL_IMAGES, REAL_VIT, REAL_VIT_ARCH
 
 from vitscope.vocab import HEAD_KINDS, head_name
@@ -112,8 +111,7 @@ def test_early_heads_pair_among_early_layers(result):
 def test_cli_json_is_the_comparison(stores, result):
     """`vitscope compare A B --json` prints the same result as the Python API."""
     a, b = stores
-    res = subprocess.run([sys.executable, "-m", "vitscope.cli", "compare", a.attrs["store_path"],
-                          b.attrs["store_path"], "--json"], capture_output=True, text=True, timeout=300)
+    res = vitscope_here("compare", a.attrs["store_path"], b.attrs["store_path"], "--json")
     assert res.returncode == 0, res.stderr
     printed = json.loads(res.stdout)
     assert printed.pop("stores") == [a.attrs["store_path"], b.attrs["store_path"]]
@@ -129,8 +127,7 @@ def test_the_export_of_the_pair_pairs_the_vit_sinks_as_the_comparison_does(store
 
     a, b = (s.attrs["store_path"] for s in stores)
     out = tmp_path / "pair.html"
-    res = subprocess.run([sys.executable, "-m", "vitscope.cli", "export", a, b, "--image", "0", "--out", str(out)],
-                         capture_output=True, text=True, timeout=300)
+    res = vitscope_here("export", a, b, "--image", "0", "--out", out)
     assert res.returncode == 0, res.stderr
     html = out.read_text(encoding="utf-8")
     assert f"timm:{REAL_VIT_ARCH}" in html and f"timm:{REAL_DEIT_ARCH}" in html

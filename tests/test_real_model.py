@@ -213,15 +213,13 @@ def test_late_heads_are_sinks_on_the_corner_patches(real_store):
 def test_info_and_the_app_show_the_sink_heads(real_store):
     """`vitscope info` lists the nine sink heads and each layer's sinks as (row,col); the Attention Pattern View's
     info line calls L11H0 a sink head on the four corners."""
-    import subprocess
-    import sys
+    from cli_helpers import vitscope_here
 
     from vitscope.app.pattern_view import head_kind_text
     from vitscope.readout.store_data import StoreData
 
     path = real_store.attrs["store_path"]
-    res = subprocess.run([sys.executable, "-m", "vitscope.cli", "info", path], capture_output=True, text=True,
-                         timeout=300)
+    res = vitscope_here("info", path)
     assert res.returncode == 0, res.stderr
     heads = next(line for line in res.stdout.splitlines() if "sinks: Sink heads" in line)
     assert [f"L{i}H{h}" in heads for i in range(12) for h in range(3)] == [i >= 9 for i in range(12) for h in range(3)]

@@ -5,14 +5,13 @@ section (with the registers' share); a v2 store (without them) still opens and s
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
 import zarr
+from cli_helpers import vitscope_here
 from conftest import images_for, small_vit
 
 from vitscope import store
@@ -96,8 +95,7 @@ def test_store_holds_the_sink_variables_with_sane_ranges(built):
 
 def test_info_and_summary_print_the_sinks_section(built):
     variant, path, adapter, _ = built
-    res = subprocess.run([sys.executable, "-m", "vitscope.cli", "info", str(path)], capture_output=True, text=True,
-                         timeout=300)
+    res = vitscope_here("info", path)
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "sinks: Sink heads" in out and "most attended patches" in out and "high-norm patches" in out
@@ -146,8 +144,7 @@ def test_a_v2_store_opens_and_says_the_sinks_are_missing(built, tmp_path):
     ds = store.open_store(old)
     assert not store.has_sinks(ds)
     assert "Attention sinks: not in this store" in store_summary(ds)
-    res = subprocess.run([sys.executable, "-m", "vitscope.cli", "info", str(old)], capture_output=True, text=True,
-                         timeout=300)
+    res = vitscope_here("info", old)
     assert res.returncode == 0, res.stderr
     assert f"sinks: {store.SINKS_MISSING}" in res.stdout and "sink_share" not in res.stdout
     assert isinstance(xr.open_zarr(str(old)), xr.Dataset)
