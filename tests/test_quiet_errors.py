@@ -78,7 +78,7 @@ def test_early_errors_never_load_the_heavy_stack(store, taken):
 
 
 def test_the_cli_knows_the_shipped_weights_without_torch():
-    from vitscope import cli
+    from vitscope.cli import build
     from vitscope.models.loading import DEMO_WEIGHTS
 
-    assert cli.DEMO_WEIGHTS == DEMO_WEIGHTS and DEMO_WEIGHTS.is_file()
+    assert build.DEMO_WEIGHTS == DEMO_WEIGHTS and DEMO_WEIGHTS.is_file()

@@ -46,3 +46,22 @@ def test_servable_synthetic_store_computes_attention_of_its_images(tmp_path, sha
         np.testing.assert_allclose(A.sum(-1), 1, atol=1e-4)
         path = Path(ds.attrs["image_source"]) / str(ds["image_id"].values[image])
         np.testing.assert_array_equal(np.asarray(Image.open(path)), ds["thumbnail"].values[image])
+
+
+def test_a_finished_store_is_opened_once_until_it_is_written_again(demo16, tmp_path):
+    """Every reader of a store in a process (the app's data, the service, a comparison) shares one opened dataset;
+    a write that finishes a stage gives the next reader the store as written."""
+    import shutil
+
+    from vitscope.readout.store_data import StoreData
+    from vitscope.service import Service
+
+    path = tmp_path / "s.zarr"
+    shutil.copytree(demo16, path)
+    first = store.open_store(path)
+    assert store.open_store(path) is first and store.open_store(str(path)) is first
+    assert StoreData(path).ds is first and Service(path).ds is first
+    store.write_global(path, {}, {"note": "written again"})
+    again = store.open_store(path)
+    assert again is not first and again.attrs["note"] == "written again"
+    assert store.open_store(path, unfinished=True) is not again  # an unfinished build's reader always reads afresh

@@ -169,23 +169,26 @@ def serve(store: str | Path, port: int = 5006, address: str = "127.0.0.1", devic
     check_address(address, port, login)
     path = Path(store)
     key = str(path.resolve())
-    from vitscope.readout.store_data import store_data
+    from vitscope.store import open_store
 
-    data = store_data(key)  # a missing, foreign or old store: one line before the app's heavy imports
+    # A missing, foreign or old store, or two stores of other images: one line before the app's heavy imports. The
+    # store is opened once: the app's data and the service read it as opened here.
+    first = open_store(key)
     other = Path(compare_with) if compare_with is not None else None
     if other is not None:
         from vitscope.compare import matched_images
 
-        matched_images(data.ds, store_data(other).ds)  # other images, or none in common: one line, now
+        matched_images(first, open_store(other.resolve()))
     import gc
 
     import panel as pn
 
     if other is None:
         from vitscope.app.explorer import Explorer
+        from vitscope.readout.store_data import store_data
         from vitscope.service.dispatch import warm
 
-        data.prepare()
+        store_data(key).prepare()
         warm(key, device, scheduler)  # the model once now, here or on the scheduler's worker (then none here)
         app, what = (lambda: Explorer(path, device, scheduler, figures).template()), f"vitscope app for {path}"
         app()  # one page built now, unseen: the first visitor does not pay the views' first-use costs (datashader's
