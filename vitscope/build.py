@@ -26,7 +26,7 @@ from vitscope.analyse import analyse_batch
 from vitscope.analysis import autoencoder, binary, consistency, probe, sinks
 from vitscope.config import BuildConfig, cache_root
 from vitscope.data.images import BadImage, ImageSet, Preprocessor, image_folder
-from vitscope.errors import VitscopeError
+from vitscope.errors import VitscopeError, check_writable
 from vitscope.layouts import LAYOUTS, compute_layouts, dask_client, pending_layouts
 from vitscope.models import ViTAdapter, load_model, weights_hash
 from vitscope.text import printable
@@ -72,6 +72,8 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
     """
     out = Path(cfg.out)
     timings = {} if timings is None else timings
+    if not out.exists():
+        check_writable(out, elsewhere=store.ELSEWHERE)  # before the model loads (and a backbone's probe is fitted)
     adapter, images = open_inputs(cfg)
     pre = Preprocessor(adapter.model)
     fingerprint = {"model": adapter.spec, "weights": weights_hash(adapter.model), "images": images.fingerprint(),

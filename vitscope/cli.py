@@ -6,11 +6,12 @@ User errors (VitscopeError) print one line and exit 2; they never show a traceba
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
 
-from vitscope.errors import VitscopeError
+from vitscope.errors import FULL, VitscopeError, write_failure
 from vitscope.text import printable
 
 # Before torch or any OpenMP library loads: threads that spin while they wait made a build on 2 cores 2-4x
@@ -441,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
+    except OSError as e:  # a full or read-only disk that no write point turned into its line: still one line
+        if e.errno not in FULL | {errno.EROFS}:
+            raise
+        print(f"vitscope {args.command}: error: {printable(write_failure(e, None), limit=1000)}", file=sys.stderr)
+        return 2
     return 0
 
 

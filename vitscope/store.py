@@ -7,6 +7,7 @@ and concurrent workers never write the same zarr chunk.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import xarray as xr
 import zarr
 
 from vitscope import __version__
-from vitscope.errors import StoreMismatch, VitscopeError
+from vitscope.errors import StoreMismatch, VitscopeError, writing
 from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, METRICS, MODES, OFFSETS, PATTERNS, SINK_RANKS, prefix_names
 
 SCHEMA_VERSION = 3  # v3: attention sinks, high-norm tokens, prefix shares, the head kind `sink`
@@ -133,12 +134,41 @@ CODES = {"pattern_label": ("patterns", PATTERNS), "pattern_second": ("patterns",
          "pattern_offset": ("offsets", OFFSETS), "head_kind": ("kinds", HEAD_KINDS)}
 
 
+# A store write that fails for a reason the user can fix is one line; a rerun resumes from the chunks marked done.
+KEPT = ": finished chunks are kept"
+ELSEWHERE = "build it where you can write (--out; $VITSCOPE_CACHE for `vitscope demo`)"
+
+
+def _writes(fn):
+    """A store write (its first argument: the store's path) whose fixable failure is one line (`errors.writing`)."""
+    @functools.wraps(fn)
+    def write(path, *args, **kwargs):
+        with writing(path, kept=KEPT, elsewhere=ELSEWHERE):
+            return fn(path, *args, **kwargs)
+    return write
+
+
+def _whole_or_none(fn):
+    """A write that makes a store what a resumed build expects (its metadata, then what precedes the first chunk):
+    if it fails, the half-made store goes, so that the same command starts it afresh (it held no finished work)."""
+    @functools.wraps(fn)
+    def write(path, *args, **kwargs):
+        try:
+            return fn(path, *args, **kwargs)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+    return write
+
+
 def fill_value(dtype: str):
     """What a not-yet-computed (or unreadable image's) entry holds: NaN, False, -1, or 0 for uint8."""
     kind = np.dtype(dtype).kind
     return {"f": np.nan, "b": False, "i": -1}.get(kind, 0)
 
 
+@_writes
+@_whole_or_none
 def create(path: Path, layout: Layout, fingerprint: dict, ids: list[str], class_names: list[str],
            attrs: dict) -> None:
     """Write the store's metadata at full size (no data yet): every chunk can then be written alone."""
@@ -219,6 +249,7 @@ def check(path: Path, fingerprint: dict | None = None) -> dict:
     return attrs
 
 
+@_writes
 def remove(path: Path) -> None:
     if Path(path).exists():
         shutil.rmtree(path)
@@ -228,6 +259,7 @@ def done_chunks(path: Path) -> np.ndarray:
     return zarr.open_array(str(Path(path) / "chunk_done"), mode="r")[:]
 
 
+@_writes
 def write_chunk(path: Path, index: int, layout: Layout, arrays: dict[str, np.ndarray]) -> None:
     """Write chunk `index` of the per-image variables, then mark it done (in that order: a kill
     between the two only means the chunk is computed again)."""
@@ -239,6 +271,8 @@ def write_chunk(path: Path, index: int, layout: Layout, arrays: dict[str, np.nda
     zarr.open_array(str(Path(path) / "chunk_done"), mode="r+")[index] = True
 
 
+@_writes
+@_whole_or_none
 def write_fixed(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write variables without an image dimension (the linear probe) whole, before any chunk: a resumed build
     reads them back."""
@@ -260,6 +294,7 @@ def prob_basis_row(attrs: dict) -> tuple[str, str]:
     return ("prob basis", "the model's classifier")
 
 
+@_writes
 def write_global(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     """Write whole-set results (latents, layouts, head kinds; any subset) and mark the store complete, i.e.
     readable (`layouts_pending` in `attrs` says which layouts are still to come)."""
