@@ -198,3 +198,50 @@ def test_only_failures_the_user_can_fix_become_a_line(tmp_path):
     assert write_failure(FileNotFoundError(errno.ENOENT, "No such file", font), out) is None
     assert write_failure(PermissionError(errno.EACCES, "Permission denied", font), out) is None
     assert write_failure(OSError(errno.EIO, "Input/output error"), out) is None
+
+
+@pytest.mark.parametrize("unwritable", WAYS, indirect=True)
+@pytest.mark.parametrize("command, out", [
+    (["export", "--image", "1"], "snapshot.html"),
+    (["figure", "--only", "importance-matrix"], "figs"),
+    (["report", "--no-curves"], "report.html"),
+])
+def test_export_figure_and_report_into_an_unwritable_folder_are_one_line(demo16, unwritable, command, out, capsys):
+    from vitscope.cli import main
+
+    folder, why = unwritable
+    assert main([command[0], str(demo16), *command[1:], "--out", str(folder / out)]) == 2
+    one_line(capsys.readouterr().err, command[0], f"cannot write {folder / out}: {why}: give an --out where you can "
+                                                  "write")
+
+
+def test_a_report_into_an_unwritable_folder_says_so_before_its_curves(demo16, tmp_path, monkeypatch, capsys):
+    import vitscope.report
+    from vitscope.cli import main
+
+    monkeypatch.setattr(vitscope.report, "curves", lambda *a, **k: pytest.fail("curves computed before the check"))
+    (tmp_path / "a-file").write_text("x")
+    assert main(["report", str(demo16), "--out", str(tmp_path / "a-file" / "r.html"), "--quiet"]) == 2
+    one_line(capsys.readouterr().err, "report", "is a file, not a folder")
+
+
+@pytest.mark.parametrize("command, out, kept", [
+    (["export", "--image", "1"], "snapshot.html", "snapshot.html"),
+    (["figure", "--only", "importance-matrix"], "figs", "figs/importance-matrix.svg"),
+    (["report", "--no-curves"], "report.html", "report.html"),
+    (["report", "--no-curves"], "report.pdf", "report.pdf"),
+])
+def test_export_figure_and_report_on_a_full_disk_are_one_line_and_keep_the_older_file(demo16, tmp_path, command, out,
+                                                                                        kept, capsys):
+    from vitscope.cli import main
+
+    with disk(tmp_path / "disk", "1m") as mount:
+        (mount / kept).parent.mkdir(parents=True, exist_ok=True)
+        (mount / kept).write_text("the file of an earlier run")
+        fill(mount / "filler")
+        assert main([command[0], str(demo16), *command[1:], "--out", str(mount / out)]) == 2
+        one_line(capsys.readouterr().err, command[0], f"no space left on the disk mounted at {mount} (writing "
+                                                      f"{mount / kept}): free space there and run the same command "
+                                                      "again")
+        assert (mount / kept).read_text() == "the file of an earlier run"
+        assert sorted(p.name for p in mount.rglob("*") if p.is_file()) == sorted([Path(kept).name, "filler"])

@@ -1,7 +1,7 @@
 """Errors a user can cause; the CLI prints them as one line, never a traceback.
 
 Also the one place where a failed write that the user can fix (a full disk, a folder they cannot write, a folder
-removed meanwhile) becomes such a line, naming the path and what to do: `writing`, `check_writable`.
+removed meanwhile) becomes such a line, naming the path and what to do: `writing`, `replacing`, `check_writable`.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,6 +73,22 @@ def writing(path: str | Path, *, kept: str = "", elsewhere: str = ELSEWHERE) -> 
         if failure is None:
             raise
         raise failure from None
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside `path` to write to, which then replaces `path` whole: a failed write (a full disk)
+    leaves neither half a file nor a damaged older one. Folders are made; failures the user can fix are one line."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield partial
+            os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
 
 
 def check_writable(path: str | Path, *, elsewhere: str = ELSEWHERE) -> None:

@@ -15,7 +15,7 @@ import holoviews as hv
 import numpy as np
 
 from vitscope.app.data import StoreData
-from vitscope.errors import VitscopeError
+from vitscope.errors import VitscopeError, replacing, writing
 from vitscope.heads import Head, parse_head
 from vitscope.plots.figures import FIGURES, build
 from vitscope.plots.render import FORMATS, render
@@ -62,7 +62,8 @@ def write_figures(store: str | Path, out: str | Path, fmt: str = "svg", image: i
 
         attention = explorer.attention(explorer.dispatcher(path, device), "figure", image)  # [L, H, P, P], once
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in todo:
         element = build(name, data, image=image, layer=h.layer, head=h.head, attention=attention)
@@ -70,7 +71,9 @@ def write_figures(store: str | Path, out: str | Path, fmt: str = "svg", image: i
         size = (3.3 * len(element), 3.0) if isinstance(element, hv.Layout) else None
         with warnings.catch_warnings():  # matplotlib's legend of more classes than it shows: said in the title
             warnings.filterwarnings("ignore", "Mismatched number of handles and labels")
-            written.append(render(element, out / f"{name}.{fmt}", fmt, size=size))
+            with replacing(out / f"{name}.{fmt}") as partial:  # the figures written before it stay
+                render(element, partial, fmt, size=size)
+            written.append(out / f"{name}.{fmt}")
         if progress:
             progress(name)
     return written, skipped
