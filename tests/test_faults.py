@@ -9,15 +9,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import xarray as xr
 from test_build import ENV, assert_same_store
 
 from vitscope import store
-from vitscope.errors import write_failure
+from vitscope.errors import VitscopeError, write_failure
 
 # The demo model on 16 images in two chunks, as the `demo16` fixture builds them.
 ARGS = ["--model", "demo", "--images", "demo", "--limit", "16", "--chunk-size", "8", "--ae-epochs", "1"]
@@ -245,3 +248,86 @@ def test_export_figure_and_report_on_a_full_disk_are_one_line_and_keep_the_older
                                                       "again")
         assert (mount / kept).read_text() == "the file of an earlier run"
         assert sorted(p.name for p in mount.rglob("*") if p.is_file()) == sorted([Path(kept).name, "filler"])
+
+
+REMOVED = "was removed or moved while in use: restart `vitscope serve` (or run the command again) on its new path"
+
+
+@pytest.fixture
+def served(demo16, tmp_path):
+    """A copy of the demo16 store, to remove while it is in use."""
+    return Path(shutil.copytree(demo16, tmp_path / "served.zarr"))
+
+
+def test_a_store_removed_while_served_is_one_line_from_the_data_and_the_service(served):
+    from vitscope.app.data import StoreData
+    from vitscope.service import Service
+
+    data, service = StoreData(served), Service(served)
+    assert data.thumbnail(0).any() and "error" not in service.compute({"kind": "attention", "image": 0})
+    shutil.rmtree(served)
+    with pytest.raises(VitscopeError) as e:
+        data.thumbnail(3)  # zarr reads a missing chunk as its fill value: a black image, without this check
+    assert str(e.value) == f"the store {served} {REMOVED}"
+    for request in ({"kind": "attention", "image": 4}, {"kind": "prune", "image": 5, "heads": ["1:2"]},
+                    {"kind": "curve", "image": 6, "orders": ["exact-harmful-first"], "steps": [0, 1]}):
+        r = service.compute(request)
+        assert r.get("error") == f"the store {served} {REMOVED}", (request, r)
+
+
+def test_a_store_removed_while_served_is_one_line_in_the_page(served):
+    from vitscope.app import Explorer
+    from vitscope.app.explorer import warm
+
+    app = Explorer(served)
+    warm(app.path, "cpu")  # as `vitscope serve` does: the model and its service are up before the removal
+    app.selection.image = 1
+    assert app.selection.message == ""
+    shutil.rmtree(served)
+    app.selection.image = 2
+    assert app.selection.message.endswith(f"the store {app.path} {REMOVED}")
+    assert "\n" not in app.selection.message
+
+
+def test_a_store_removed_while_its_layouts_are_awaited_stops_the_poll_with_one_line(tmp_path, monkeypatch):
+    import panel as pn
+    import zarr
+    from app_helpers import make_store
+
+    from vitscope.app.data import StoreData, poll_layouts
+
+    path = make_store(tmp_path / "p.zarr", 16, 2, 2, 4, 3)
+    zarr.open_group(str(path), mode="r+").attrs["layouts_pending"] = ["image_xy"]
+    zarr.consolidate_metadata(str(path))
+    data = StoreData(path)
+
+    class Session:  # what pn.state.curdoc is in a served page
+        session_context = object()
+
+    class Periodic:
+        stopped = False
+
+        def stop(self) -> None:
+            self.stopped = True
+
+    made: list = []
+    loaded: list = []
+    monkeypatch.setattr(type(pn.state), "curdoc", property(lambda self: Session()))
+    monkeypatch.setattr(pn.state, "onload", loaded.append)
+    monkeypatch.setattr(pn.state, "add_periodic_callback", lambda callback, period: made.append(
+        (callback, Periodic())) or made[-1][1])
+    said: list[str] = []
+    assert poll_layouts(data, {"image_xy"}, lambda names: pytest.fail(f"{names} arrived"), said.append)
+    loaded[0]()
+    look, periodic = made[0]
+    shutil.rmtree(path)
+    look()  # a second later
+    assert periodic.stopped and said == [f"the store {path} {REMOVED}"]
+
+
+def test_the_same_store_still_reads_while_it_is_there(served):
+    """The check costs nothing while the store is there: the data read through it are the store's."""
+    ds = store.open_store(served)
+    plain = xr.open_zarr(str(served), consolidated=True)
+    for name in ("thumbnail", "importance", "image_xy"):
+        np.testing.assert_array_equal(ds[name].values, plain[name].values)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.storage import LocalStore
 
 from vitscope import __version__
 from vitscope.errors import StoreMismatch, VitscopeError, writing
@@ -311,12 +312,28 @@ def write_global(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None
     zarr.consolidate_metadata(str(path))
 
 
+REMOVED = ("the store {path} was removed or moved while in use: restart `vitscope serve` (or run the command again) "
+           "on its new path")
+
+
+class _Watched(LocalStore):
+    """A store folder whose removal is noticed: zarr reads a chunk it cannot find as the fill value, so the lazy
+    reads of a removed store (thumbnails, the service's importances) would give black images and NaN, silently."""
+
+    async def get(self, key, *args, **kwargs):
+        got = await super().get(key, *args, **kwargs)
+        if got is None and not self.root.is_dir():
+            raise VitscopeError(REMOVED.format(path=self.root))
+        return got
+
+
 def open_store(path: str | Path) -> xr.Dataset:
-    """Open a finished store for reading (one clear line if it is missing, foreign, old or unfinished)."""
+    """Open a finished store for reading (one clear line if it is missing, foreign, old or unfinished, or if it is
+    removed while its data are read)."""
     attrs = check(Path(path))
     if not attrs.get("complete"):
         raise VitscopeError(f"{path} is an unfinished build: run the same `vitscope build` again to resume it")
-    ds = xr.open_zarr(str(path), consolidated=True)
+    ds = xr.open_zarr(_Watched(Path(path), read_only=True), consolidated=True)
     ds.attrs["class_names"] = list(ds["class_name"].values)
     return ds
 

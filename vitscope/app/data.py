@@ -22,7 +22,7 @@ from vitscope.classes import match_class
 from vitscope.config import BuildConfig
 from vitscope.errors import VitscopeError
 from vitscope.heads import Head
-from vitscope.store import has_sinks, open_store
+from vitscope.store import REMOVED, has_sinks, open_store
 from vitscope.vocab import DEFAULT_METRIC, LAYOUTS, MODES
 
 ENTROPY_BINS = np.linspace(0.0, 1.0, 41)  # strength entropy is normalised to [0, 1]
@@ -103,6 +103,8 @@ class StoreData:
             try:
                 now = set(zarr.open_group(str(self.path), mode="r").attrs.get("layouts_pending", []))
             except Exception:  # noqa: BLE001 - attributes being rewritten this instant: look again next time
+                if not self.path.is_dir():  # or no more: nothing will land
+                    raise VitscopeError(REMOVED.format(path=self.path)) from None
                 return set()
             arrived = self.layouts_pending - now
             if arrived:
@@ -298,9 +300,10 @@ def padded_bounds(xy: np.ndarray) -> tuple[float, float, float, float]:
 
 
 
-def poll_layouts(data: StoreData, names: set[str], on_arrival) -> bool:
+def poll_layouts(data: StoreData, names: set[str], on_arrival, on_error=None) -> bool:
     """While any of `names` is pending, look for it every second in this browser session and call
-    `on_arrival(arrived)` (in the session's document, so it can update its figures); stops when all arrived.
+    `on_arrival(arrived)` (in the session's document, so it can update its figures); stops when all arrived, or when
+    the store is removed (`on_error(line)` then says so: a periodic callback's error would be a traceback a second).
 
     Only in a served session (Jupyter and exports draw what the store has), and only once the page has loaded:
     changes made before its websocket is connected did not reach the browser (seen: a layout that landed while
@@ -316,7 +319,15 @@ def poll_layouts(data: StoreData, names: set[str], on_arrival) -> bool:
     periodic: list = []
 
     def look() -> None:
-        data.refresh_layouts()  # loads what landed (once, for all sessions)
+        try:
+            data.refresh_layouts()  # loads what landed (once, for all sessions)
+        except VitscopeError as e:
+            waiting.clear()
+            if periodic:
+                periodic[0].stop()
+            if on_error is not None:
+                on_error(str(e))
+            return
         arrived = waiting - data.layouts_pending
         if arrived:
             waiting.difference_update(arrived)
