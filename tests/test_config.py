@@ -56,3 +56,17 @@ def test_bad_build_flags_exit_2_before_anything_is_written(tmp_path, flags, says
     assert res.returncode == 2 and res.stdout.strip() == ""  # nothing heavy was even imported
     assert res.stderr.count("\n") == 1 and says in res.stderr and "Traceback" not in res.stderr
     assert not out.parent.exists()
+
+
+def test_the_model_help_names_every_spec_form_the_loader_takes():
+    """`--model`'s help (build, and `info --model`) lists the forms `load_model` names when it refuses a spec."""
+    import re
+
+    from vitscope.config import help_of
+    from vitscope.models import load_model
+
+    with pytest.raises(VitscopeError) as refused:
+        load_model("nothing-like-a-spec")
+    forms = re.findall(r"'([^']+)'", str(refused.value).split(":", 1)[1])
+    assert forms == ["demo", "timm:<name>", "hf:<folder or hub id>"]
+    assert all(f"'{form}'" in help_of("model") for form in forms)

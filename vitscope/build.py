@@ -24,7 +24,7 @@ from tqdm import tqdm
 from vitscope import store
 from vitscope.analysis import autoencoder, binary, consistency, probe, sinks
 from vitscope.config import BuildConfig, cache_root
-from vitscope.errors import VitscopeError
+from vitscope.errors import VitscopeError, check_writable
 from vitscope.imagesets.folders import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.layouts import LAYOUT_VARIABLES, compute_layouts, dask_client
 from vitscope.models import ViTAdapter, load_model, weights_hash
@@ -73,6 +73,8 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
     """
     out = Path(cfg.out)
     timings = {} if timings is None else timings
+    if not out.exists():
+        check_writable(out, elsewhere=store.ELSEWHERE)  # before the model loads (and a backbone's probe is fitted)
     adapter, images = open_inputs(cfg)
     pre = Preprocessor(adapter.model)
     fingerprint = {"model": adapter.spec, "weights": weights_hash(adapter.model), "images": images.fingerprint(),

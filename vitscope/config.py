@@ -32,7 +32,8 @@ def _option(default: Any = MISSING, help: str | None = None, *, flag: str | None
 class BuildConfig:
     """Everything a build depends on (what goes into the store's fingerprint: `params`)."""
 
-    model: str = _option(help="'demo' or 'timm:<name>' (e.g. timm:vit_base_patch16_224)")
+    model: str = _option(help="'demo', 'timm:<name>' (e.g. timm:vit_base_patch16_224) or 'hf:<folder or hub id>' "
+                         "(a transformers model)")
     images: str = _option(help="folder with one sub-folder per class, a flat folder with --labels, or 'demo'")
     out: Path = _option(help="store to write (a .zarr folder)")
     pretrained: bool = _option(False, "download the model's weights through timm", group="weights")

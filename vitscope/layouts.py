@@ -261,8 +261,8 @@ def compute_layouts(out: Path, cfg: BuildConfig, later: bool, timings: dict[str,
             finish_layouts(out, cfg, timings)
         except Exception as e:  # noqa: BLE001 - a thread's error: one line, the store keeps what it has
             status[0] = f"failed: {e}"
-            print(f"vitscope: computing the layouts of {out} failed: {e}; run the same command again to retry",
-                  file=sys.stderr)
+            again = "" if isinstance(e, VitscopeError) else "; run the same command again to retry"  # its own says
+            print(f"vitscope: computing the layouts of {out} failed: {e}{again}", file=sys.stderr)
             return
         status[0] = "done"
         times = ", ".join(f"{k} {timings[k]:.1f} s" for k in ("autoencoder", "tsne") if k in timings)

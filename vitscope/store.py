@@ -7,6 +7,7 @@ and concurrent workers never write the same zarr chunk.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import threading
@@ -17,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.storage import LocalStore
 
 from vitscope import __version__
-from vitscope.errors import StoreMismatch, VitscopeError
+from vitscope.errors import StoreMismatch, VitscopeError, writes
 from vitscope.vocab import (
     BASE_PATTERNS,
     HEAD_KINDS,
@@ -147,12 +149,35 @@ CODES = {"pattern_label": ("patterns", PATTERNS), "pattern_second": ("patterns",
          "pattern_offset": ("offsets", OFFSETS), "head_kind": ("kinds", HEAD_KINDS)}
 
 
+# A store write that fails for a reason the user can fix is one line; a rerun resumes from the chunks marked done.
+KEPT = ": finished chunks are kept"
+ELSEWHERE = "build it where you can write (--out; $VITSCOPE_CACHE for `vitscope demo`)"
+
+
+_writes = writes(kept=KEPT, elsewhere=ELSEWHERE)  # a store write: its fixable failure is one line
+
+
+def _whole_or_none(fn):
+    """A write that makes a store what a resumed build expects (its metadata, then what precedes the first chunk):
+    if it fails, the half-made store goes, so that the same command starts it afresh (it held no finished work)."""
+    @functools.wraps(fn)
+    def write(path, *args, **kwargs):
+        try:
+            return fn(path, *args, **kwargs)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+    return write
+
+
 def fill_value(dtype: str):
     """What a not-yet-computed (or unreadable image's) entry holds: NaN, False, -1, or 0 for uint8."""
     kind = np.dtype(dtype).kind
     return {"f": np.nan, "b": False, "i": -1}.get(kind, 0)
 
 
+@_writes
+@_whole_or_none
 def create(path: Path, shape: Shape, fingerprint: dict, ids: list[str], class_names: list[str],
            attrs: dict) -> None:
     """Write the store's metadata at full size (no data yet): every chunk can then be written alone."""
@@ -245,6 +270,7 @@ def check_image(path: str | Path, image: int, valid: np.ndarray, image_ids) -> i
     return int(image)
 
 
+@_writes
 def remove(path: Path) -> None:
     if Path(path).exists():
         shutil.rmtree(path)
@@ -254,6 +280,7 @@ def done_chunks(path: Path) -> np.ndarray:
     return zarr.open_array(str(Path(path) / "chunk_done"), mode="r")[:]
 
 
+@_writes
 def write_chunk(path: Path, index: int, shape: Shape, arrays: dict[str, np.ndarray]) -> None:
     """Write chunk `index` of the per-image variables, then mark it done (in that order: a kill
     between the two only means the chunk is computed again)."""
@@ -265,6 +292,8 @@ def write_chunk(path: Path, index: int, shape: Shape, arrays: dict[str, np.ndarr
     zarr.open_array(str(Path(path) / "chunk_done"), mode="r+")[index] = True
 
 
+@_writes
+@_whole_or_none
 def write_fixed(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write variables without an image dimension (the linear probe) whole, before any chunk: a resumed build
     reads them back."""
@@ -273,6 +302,7 @@ def write_fixed(path: Path, arrays: dict[str, np.ndarray]) -> None:
         zarr.open_array(str(Path(path) / k), mode="r+")[...] = np.asarray(v, dtype=variables[k][1])
 
 
+@_writes
 def write_global(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     """Write whole-set results (latents, layouts, head kinds; any subset) and mark the store complete, i.e.
     readable (`layouts_pending` in `attrs` says which layouts are still to come)."""
@@ -287,6 +317,21 @@ def write_global(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None
     group = zarr.open_group(str(path), mode="r+")
     group.attrs.update({**attrs, "complete": True})
     zarr.consolidate_metadata(str(path))
+
+
+REMOVED = ("the store {path} was removed or moved while in use: restart `vitscope serve` (or run the command again) "
+           "on its new path")
+
+
+class _Watched(LocalStore):
+    """A store folder whose removal is noticed: zarr reads a chunk it cannot find as the fill value, so the lazy
+    reads of a removed store (thumbnails, the service's importances) would give black images and NaN, silently."""
+
+    async def get(self, key, *args, **kwargs):
+        got = await super().get(key, *args, **kwargs)
+        if got is None and not self.root.is_dir():
+            raise VitscopeError(REMOVED.format(path=self.root))
+        return got
 
 
 _opened: OrderedDict[tuple, xr.Dataset] = OrderedDict()  # finished stores, by path and when their metadata changed
@@ -327,8 +372,8 @@ def open_store(path: str | Path, *, unfinished: bool = False) -> xr.Dataset:
 def open_dataset(path: str | Path, *, fresh: bool = False) -> xr.Dataset:
     """The store as written so far, unchecked (the build's own later stages, Dask workers); `fresh` reads each
     array's own metadata instead of the consolidated copy, so variables written since the last consolidation
-    are seen."""
-    return xr.open_zarr(str(path), consolidated=not fresh)
+    are seen. Reading it after its folder is removed is one line (`REMOVED`)."""
+    return xr.open_zarr(_Watched(Path(path), read_only=True), consolidated=not fresh)
 
 
 def pending_layouts(path: str | Path) -> list[str]:

@@ -21,7 +21,7 @@ from vitscope.app.compare_view import SIDES, TRENDS, CompareView
 from vitscope.app.export import strip_panel_scripts
 from vitscope.app.overview import p_true
 from vitscope.app.style import downsized, figure, rgba_image
-from vitscope.errors import VitscopeError
+from vitscope.errors import VitscopeError, replacing
 from vitscope.readout.importance import most_important_heads
 from vitscope.text import esc, printable
 from vitscope.vocab import WHOLE_HEAD
@@ -105,8 +105,8 @@ def export_compare(a: str | Path, b: str | Path, image: int, out: str | Path) ->
                   row(side("a"), side("b"), column(table_title, view.table)),
                   row(*(view.trend[key] for key, _ in TRENDS)))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = file_html(page, resources=INLINE, suppress_callback_warning=True,  # the app's Python callbacks: none run
                      title=f"vitscope — {printable(view.names[0])} vs {printable(view.names[1])}, image {image}")
-    out.write_text(strip_panel_scripts(text), encoding="utf-8")
+    with replacing(out) as partial:
+        partial.write_text(strip_panel_scripts(text), encoding="utf-8")
     return out

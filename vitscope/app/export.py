@@ -19,7 +19,7 @@ from vitscope.app.importance import HeadImportanceView
 from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.strength import AttentionStrengthView
-from vitscope.errors import VitscopeError
+from vitscope.errors import VitscopeError, check_writable, replacing
 from vitscope.heads import Head, parse_head
 from vitscope.readout.importance import most_important_heads
 from vitscope.readout.selection import Selection
@@ -51,6 +51,7 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[Head | tu
         if not (0 <= h.layer < data.layers and 0 <= h.head < data.heads):
             raise VitscopeError(f"head {h.layer}:{h.head} is not in this model ({data.layers} layers × {data.heads} "
                                 "heads)")
+    check_writable(out)  # before the model's work
     att = ask_attention(shared_dispatcher(path, device), "export", image)  # [L, H, P, P], once
 
     overview = ImageOverview(data, Selection(image=image))
@@ -71,8 +72,8 @@ def export(store: str | Path, image: int, out: str | Path, heads: list[Head | tu
         tabs.append(TabPanel(child=tab, title=h.name))
     page = column(header, overview.bokeh(), Tabs(tabs=tabs))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = file_html(page, resources=INLINE, title=f"vitscope — image {image} ({printable(data.image_ids[image])})",
                      suppress_callback_warning=True)  # the live app's Python callbacks: none run in a file
-    out.write_text(strip_panel_scripts(text), encoding="utf-8")
+    with replacing(out) as partial:
+        partial.write_text(strip_panel_scripts(text), encoding="utf-8")
     return out

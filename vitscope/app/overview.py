@@ -112,7 +112,7 @@ class ImageOverview:
         thumb.min_border = 0
         self.thumb, self.detail = thumb, div(width - 110, 150)
         self.update()
-        self._poll = poll_layouts(data, {"image_xy"}, self.layouts_arrived)
+        self._poll = poll_layouts(data, {"image_xy"}, self.layouts_arrived, lambda line: setattr(sel, "message", line))
 
     def _place(self) -> None:
         """The points, their KD-tree and the ranges from the store's layout (none while it is computed)."""

@@ -109,7 +109,8 @@ class PatternMap:
         if not shared:
             self.reaggregate((x0, x1), (y0, y1))
         self.update()
-        self._poll = poll_layouts(data, {"head_xy_cls", "head_xy_patch"}, self.layouts_arrived)
+        self._poll = poll_layouts(data, {"head_xy_cls", "head_xy_patch"}, self.layouts_arrived,
+                                  lambda line: setattr(sel, "message", line))
 
     def layouts_arrived(self, names: set[str]) -> None:
         """A head layout was computed after this page opened: the shown one is drawn afresh at its extent."""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import panel as pn
 
-from vitscope.errors import one_line
+from vitscope.errors import VitscopeError, one_line
 from vitscope.readout import Selection, StoreData
 
 
@@ -22,9 +22,10 @@ def guarded(sel: Selection, what: str, callback: Callable) -> Callable:
     return run
 
 
-def poll_layouts(data: StoreData, names: set[str], on_arrival) -> bool:
+def poll_layouts(data: StoreData, names: set[str], on_arrival, on_error=None) -> bool:
     """While any of `names` is pending, look for it every second in this browser session and call
-    `on_arrival(arrived)` (in the session's document, so it can update its figures); stops when all arrived.
+    `on_arrival(arrived)` (in the session's document, so it can update its figures); stops when all arrived, or when
+    the store is removed (`on_error(line)` then says so: a periodic callback's error would be a traceback a second).
 
     Only in a served session (Jupyter and exports draw what the store has), and only once the page has loaded:
     changes made before its websocket is connected did not reach the browser (seen: a layout that landed while
@@ -38,7 +39,15 @@ def poll_layouts(data: StoreData, names: set[str], on_arrival) -> bool:
     periodic: list = []
 
     def look() -> None:
-        data.refresh_layouts()  # loads what landed (once, for all sessions)
+        try:
+            data.refresh_layouts()  # loads what landed (once, for all sessions)
+        except VitscopeError as e:
+            waiting.clear()
+            if periodic:
+                periodic[0].stop()
+            if on_error is not None:
+                on_error(str(e))
+            return
         arrived = waiting - data.layouts_pending
         if arrived:
             waiting.difference_update(arrived)

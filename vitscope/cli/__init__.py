@@ -8,10 +8,11 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
-from vitscope.errors import VitscopeError
+from vitscope.errors import FULL, VitscopeError, write_failure
 from vitscope.text import printable
 
 # Before torch or any OpenMP library loads: threads that spin while they wait slow a build down several times over
@@ -46,4 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like, which stopped reading: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
+    except OSError as e:  # a full or read-only disk that no write point turned into its line: still one line
+        if e.errno not in FULL | {errno.EROFS}:
+            raise
+        print(f"vitscope {args.command}: error: {printable(write_failure(e, None), limit=1000)}", file=sys.stderr)
+        return 2
     return 0

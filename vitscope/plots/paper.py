@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from vitscope.errors import VitscopeError
+from vitscope.errors import VitscopeError, replacing, writing
 from vitscope.heads import Head, parse_head
 from vitscope.plots.figures import build, print_file
 from vitscope.readout.figures import FIGURES
@@ -41,11 +41,14 @@ def write_figures(store: str | Path, out: str | Path, fmt: str = "svg", image: i
     if image is not None and any(FIGURES[n].needs_attention for n in todo):
         attention = ask_attention(shared_dispatcher(path, device), "figure", image)  # [L, H, P, P], once
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in todo:
         element = build(name, data, image=image, layer=h.layer, head=h.head, attention=attention)
-        written.append(print_file(element, out / f"{name}.{fmt}", fmt))
+        with replacing(out / f"{name}.{fmt}") as partial:  # the figures written before it stay
+            print_file(element, partial, fmt)
+        written.append(out / f"{name}.{fmt}")
         if progress:
             progress(name)
     return written, skipped

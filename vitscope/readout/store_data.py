@@ -22,7 +22,7 @@ from vitscope.classes import match_class
 from vitscope.config import BuildConfig
 from vitscope.errors import VitscopeError
 from vitscope.heads import Head, prune_answer
-from vitscope.store import check_image, has_sinks, open_store, pending_layouts, read_arrays, read_shape
+from vitscope.store import REMOVED, check_image, has_sinks, open_store, pending_layouts, read_arrays, read_shape
 from vitscope.vocab import CLASSIFIER, DEFAULT_METRIC, HEAD_LAYOUTS, METRICS, MODES, NO_BASIS
 
 ENTROPY_BINS = np.linspace(0.0, 1.0, 41)  # strength entropy is normalised to [0, 1]
@@ -105,6 +105,8 @@ class StoreData:
             try:
                 now = set(pending_layouts(self.path))
             except Exception:  # noqa: BLE001 - attributes being rewritten this instant: look again next time
+                if not self.path.is_dir():  # or no more: nothing will land
+                    raise VitscopeError(REMOVED.format(path=self.path)) from None
                 return set()
             arrived = self.layouts_pending - now
             if arrived:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vitscope.errors import check_writable, replacing
 from vitscope.report import prose
 from vitscope.report.findings import findings
 from vitscope.text import esc
@@ -119,6 +120,7 @@ def write(stores: list[str | Path], out: str | Path, with_curves: bool = True, d
     """Write the report of one store, or of two stores compared, to `out` (.html, or .pdf); returns the path."""
     from vitscope.readout.store_data import StoreData
 
+    check_writable(out)  # before the pruning curves run the model
     if len(stores) == 2:
         from vitscope import plots
         from vitscope.compare import compare
@@ -136,10 +138,15 @@ def write(stores: list[str | Path], out: str | Path, with_curves: bool = True, d
         title, source, parts, figures = (f"What {f['model']} does with attention", str(stores[0]), sections(f),
                                          store_figures(data, f))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".pdf":
         from vitscope.report.pdf import write_pdf
 
-        return write_pdf(title, source, parts, figures, out)
-    out.write_text(html(title, source, parts, figures), encoding="utf-8")
+        pdf = io.BytesIO()  # made whole first: a PDF writer that hits a full disk fails again as it closes
+        write_pdf(title, source, parts, figures, pdf)
+        with replacing(out) as partial:
+            partial.write_bytes(pdf.getvalue())
+        return out
+    page = html(title, source, parts, figures)
+    with replacing(out) as partial:
+        partial.write_text(page, encoding="utf-8")
     return out

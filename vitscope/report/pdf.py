@@ -7,6 +7,7 @@ import io
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import holoviews as hv
 import matplotlib
@@ -79,7 +80,8 @@ class Pages:
             self.fig = None
 
 
-def write_pdf(title: str, source: str, parts, elements: Callable[[str], list], out: Path) -> Path:
+def write_pdf(title: str, source: str, parts, elements: Callable[[str], list], out: Path | BinaryIO,
+              ) -> Path | BinaryIO:
     """`parts` as `html()` takes them; `elements(key)` → the section's HoloViews elements (drawn at 200 dpi)."""
     with matplotlib.rc_context(PRINT_RC), PdfPages(out) as pdf:
         pages = Pages(pdf)
