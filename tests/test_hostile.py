@@ -245,15 +245,13 @@ def test_ablate_file_refuses_a_bomb_and_shows_a_hostile_name_literally(built, co
 
 # -- the page, the snapshot and the notebook in Chromium --------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium")  # on PATH, as test_browser.py finds it
 INJECTED = "() => [window.__x2, window.__x3, window.__x4, window.__x5].filter(v => v !== undefined).length"
 
 
 def browser():
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI") == "true":
-            raise AssertionError("CI must install Debian's chromium")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    if CHROMIUM is None:  # under CI=true this skip fails the test (tests/ci_skips.py)
+        pytest.skip("Debian's chromium is not on PATH (apt-get install chromium)")
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     return sync_playwright
 

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 
 import pytest
-from test_browser import CHROMIUM, MODEL_JS, SCREEN_JS, until
+from test_browser import CHROMIUM, MODEL_JS, SCREEN_JS, until  # skips this module too without chromium
 
 if importlib.util.find_spec("jupyterlab") is None or importlib.util.find_spec("jupyter_bokeh") is None:
     pytest.skip("JupyterLab is not installed (pip install -e '.[test]' installs jupyterlab and jupyter_bokeh)",
                 allow_module_level=True)
-if not shutil.which(CHROMIUM):
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
 sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
 from jupyter_helpers import ARGS, Lab, cell_result, external, notebook_copy, open_notebook, output, run_cell  # noqa: E402
