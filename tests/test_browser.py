@@ -272,27 +272,6 @@ def test_exported_snapshot_opens_from_disk_without_network(demo, browser, tmp_pa
     page.close()
 
 
-def test_notebook_cells_run_on_a_store(demo, tmp_path, monkeypatch):
-    """apps/explore.ipynb as written (its STORE pointed at the test's store): no Jupyter is needed to check it."""
-    import json
-    from pathlib import Path
-
-    import panel as pn
-
-    _, store = demo
-    monkeypatch.chdir(tmp_path)
-    nb = json.loads((Path(__file__).parents[1] / "apps" / "explore.ipynb").read_text())
-    scope: dict = {}
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            src = "".join(cell["source"]).replace('cache_root() / "demo.zarr"', repr(str(store)))
-            exec(compile(src, "explore.ipynb", "exec"), scope)
-    app = scope["app"]
-    assert (app.selection.image, app.selection.layer, app.selection.head) == (3, 2, 1)
-    pn.panel(app).get_root()
-    assert (tmp_path / "snapshot.html").stat().st_size > 100_000
-
-
 def test_no_page_error_without_attention_on_a_many_class_store(browser, tmp_path):
     """A store whose attention cannot be computed (its model is unknown here) and that has 300 classes: choosing
     images draws the blank two-axes view without a Bokeh error (its empty line colours were sent as a float array:
