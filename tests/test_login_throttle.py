@@ -72,6 +72,16 @@ def test_the_table_forgets_idle_addresses_and_stays_bounded():
     assert len(t) == 1
 
 
+def test_the_provider_keeps_the_throttle_it_is_given():
+    from vitscope.app.login import ThrottledBasicAuthProvider
+
+    clock = Clock()
+    throttle = LoginThrottle(clock=clock)  # empty, as every throttle starts
+    provider = ThrottledBasicAuthProvider(password="pw", throttle=throttle)
+    assert provider.throttle is throttle and provider.login_handler._provider.throttle.clock is clock
+    assert ThrottledBasicAuthProvider(password="pw").throttle.clock is time.monotonic  # the default: the real clock
+
+
 def test_passwords_and_users_file(tmp_path):
     users = tmp_path / "users.json"
     users.write_text(json.dumps({"ada": "correct horse"}))
