@@ -134,6 +134,7 @@ def check_raster(data: StoreData, raster: dict, kind: str, x_range, y_range, siz
             pixels.append((min(int((y - y0) / (y1 - y0) * size), size - 1),
                            min(int((x - x0) / (x1 - x0) * size), size - 1), layer))
     assert pixels
+    coloured = set()  # the layers whose colour was checked on a pixel of theirs alone
     for r, c, layer in pixels:
         assert alpha[r, c] > 0
         alone = all(max(abs(r - r2), abs(c - c2)) > 4 for r2, c2, la in pixels if la != layer)
@@ -141,6 +142,8 @@ def check_raster(data: StoreData, raster: dict, kind: str, x_range, y_range, siz
             v = int(img[r, c])
             got = np.array([v & 255, (v >> 8) & 255, (v >> 16) & 255])
             assert np.abs(got - np.round(rgb(layer_colours(L)[layer]) * 255)).max() <= 1
+            coloured.add(layer)
+    assert coloured == {layer for _, _, layer in pixels}, coloured  # each layer shown had a pixel to itself
     lit = np.argwhere(alpha > 0)
     heads = np.array([(r, c) for r, c, _ in pixels])
     far = np.abs(lit[:, None, :] - heads[None, :, :]).max(-1).min(1)  # Chebyshev distance to the nearest head

@@ -592,6 +592,17 @@ def test_images_are_sent_at_the_size_they_are_shown():
     assert small.shape == (SHOWN_SIDE, SHOWN_SIDE, 3) and small.dtype == np.uint8
     # a box filter: each shown pixel is the mean of the pixels it covers (224 → 128: 1.75 × 1.75 each)
     assert abs(float(small.mean()) - float(big.mean())) < 1.0
+    s = 224 / SHOWN_SIDE
+    for j in range(SHOWN_SIDE):  # within the range of the pixels it covers, rows and columns
+        rows = slice(int(np.floor(j * s)), int(np.ceil((j + 1) * s)))
+        for k in range(SHOWN_SIDE):
+            block = big[rows, int(np.floor(k * s)):int(np.ceil((k + 1) * s))].reshape(-1, 3)
+            assert (block.min(0) <= small[j, k]).all() and (small[j, k] <= block.max(0)).all(), (j, k)
+    # twice the side: every shown pixel is the mean of its 2 × 2 block (to rounding, once a pass), not one pixel of it
+    # (nearest) or a weighting that reaches past it (bilinear, Lanczos)
+    double = rng.integers(0, 256, (2 * SHOWN_SIDE, 2 * SHOWN_SIDE, 3), dtype=np.uint8)
+    means = double.reshape(SHOWN_SIDE, 2, SHOWN_SIDE, 2, 3).astype(float).mean((1, 3))
+    assert np.abs(downsized(double).astype(float) - means).max() <= 1.0
     wide = downsized(rng.integers(0, 256, (100, 300, 3), dtype=np.uint8))
     assert wide.shape[1] == SHOWN_SIDE and wide.shape[0] == round(100 * SHOWN_SIDE / 300)
     tiny = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)

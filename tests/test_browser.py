@@ -17,9 +17,10 @@ import urllib.request
 import pytest
 from proc_helpers import stop, wait_for_line
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true":
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+# On PATH, as a user's shell finds it. Under CI=true the skip below fails the run (tests/ci_skips.py).
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is None:
+    pytest.skip("Debian's chromium is not on PATH (apt-get install chromium)", allow_module_level=True)
 sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
 VIEWS = {"Image Overview": "vs-overview-fig", "Head Importance View": "vs-importance-fig",
@@ -269,27 +270,6 @@ def test_exported_snapshot_opens_from_disk_without_network(demo, browser, tmp_pa
     assert page.locator("canvas").count() > 10
     assert not errors and not requests, (errors, requests)
     page.close()
-
-
-def test_notebook_cells_run_on_a_store(demo, tmp_path, monkeypatch):
-    """apps/explore.ipynb as written (its STORE pointed at the test's store): no Jupyter is needed to check it."""
-    import json
-    from pathlib import Path
-
-    import panel as pn
-
-    _, store = demo
-    monkeypatch.chdir(tmp_path)
-    nb = json.loads((Path(__file__).parents[1] / "apps" / "explore.ipynb").read_text())
-    scope: dict = {}
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            src = "".join(cell["source"]).replace('cache_root() / "demo.zarr"', repr(str(store)))
-            exec(compile(src, "explore.ipynb", "exec"), scope)
-    app = scope["app"]
-    assert (app.selection.image, app.selection.layer, app.selection.head) == (3, 2, 1)
-    pn.panel(app).get_root()
-    assert (tmp_path / "snapshot.html").stat().st_size > 100_000
 
 
 def test_no_page_error_without_attention_on_a_many_class_store(browser, tmp_path):

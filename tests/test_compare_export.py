@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_browser import ARGS, CHROMIUM, MODEL_JS, SCREEN_JS, until
 from test_compare import SWAPPED
 from test_compare_view import stores  # noqa: F401 - the module's fixture: tiny stores a, swap, small
 from test_hostile import page_text
@@ -14,10 +13,13 @@ from test_hostile import page_text
 from vitscope import store
 from vitscope.cli import main
 
-sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-
 
 def test_the_exported_comparison_rings_partners_offline(stores, tmp_path, capsys):  # noqa: F811
+    # Imported here: test_browser skips where chromium is missing, and the one-line error checks below need no
+    # browser.
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    from test_browser import ARGS, CHROMIUM, MODEL_JS, SCREEN_JS, until
+
     out = tmp_path / "cmp.html"
     assert main(["export", str(stores["a"]), str(stores["swap"]), "--image", "2", "--out", str(out)]) == 0
     assert "comparison written" in capsys.readouterr().out

@@ -128,12 +128,13 @@ def test_serve_with_two_stores_and_compare_serve_reach_the_compare_view(stores, 
 
     calls = []
     monkeypatch.setattr(vitscope.app, "serve", lambda store, **kw: calls.append((str(store), kw)))
-    assert main(["serve", str(stores["a"]), str(stores["swap"]), "--port", "5991"]) == 0
-    assert main(["compare", str(stores["a"]), str(stores["swap"]), "--serve", "--port", "5992"]) == 0
-    assert main(["serve", str(stores["a"]), "--port", "5993"]) == 0
+    ports = [free_port() for _ in range(3)]  # the CLI binds each to check it is free: ports nobody else holds
+    assert main(["serve", str(stores["a"]), str(stores["swap"]), "--port", str(ports[0])]) == 0
+    assert main(["compare", str(stores["a"]), str(stores["swap"]), "--serve", "--port", str(ports[1])]) == 0
+    assert main(["serve", str(stores["a"]), "--port", str(ports[2])]) == 0
     assert [(s, str(kw["compare_with"]), kw["port"]) for s, kw in calls] == [
-        (str(stores["a"]), str(stores["swap"]), 5991), (str(stores["a"]), str(stores["swap"]), 5992),
-        (str(stores["a"]), "None", 5993)]
+        (str(stores["a"]), str(stores["swap"]), ports[0]), (str(stores["a"]), str(stores["swap"]), ports[1]),
+        (str(stores["a"]), "None", ports[2])]
     assert main(["serve", *(str(stores[k]) for k in ("a", "swap", "small"))]) == 2
     assert main(["compare", str(stores["a"]), str(stores["swap"]), "--serve", "--json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,10 +1,15 @@
 """The documentation against the code: the store schema table of docs/architecture.md against vitscope/store.py,
-the commands in README.md and docs/*.md against the CLI's parser, README's set-up commands and its links."""
+the commands in README.md and docs/*.md against the CLI's parser and the benchmark scripts' parsers, README's set-up
+commands and its links."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
+import runpy
 import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,28 +80,114 @@ def test_schema_parser_sees_a_missing_row(table):
     assert "strength_entropy" in table and "strength_entropy" not in schema_table(broken)
 
 
-def vitscope_commands(text: str) -> list[str]:
-    """Every `vitscope …` command line in the ```bash blocks of a Markdown text (continuations joined)."""
+def bash_lines(text: str) -> list[str]:
+    """The lines of the ```bash blocks of a Markdown text, continuations joined, indentation dropped (a block may sit
+    in a list item)."""
     out = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            if line.startswith("vitscope "):
-                out.append(line)
+    for block in re.findall(r"^[ \t]*```bash\n(.*?)^[ \t]*```", text, flags=re.S | re.M):
+        out += [line.strip() for line in block.replace("\\\n", " ").splitlines()]
     return out
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def vitscope_commands(text: str) -> list[str]:
+    """Every `vitscope …` command line in the ```bash blocks of a Markdown text (continuations joined)."""
+    return [line for line in bash_lines(text) if line.startswith("vitscope ")]
+
+
+BENCHMARK = re.compile(r"^(?:nice -n \d+ )?python benchmarks/(\w+)\.py\b")
+
+
+def benchmark_commands(text: str) -> list[str]:
+    """Every `python benchmarks/NAME.py …` command of a Markdown text: the lines of its ```bash blocks and its inline
+    code (which may wrap across lines), `nice -n N` before it allowed."""
+    prose = re.sub(r"^[ \t]*```.*?^[ \t]*```", "", text, flags=re.S | re.M)  # the fences' backticks pair up wrongly
+    inline = (" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose))
+    return [c for c in (*bash_lines(text), *inline) if BENCHMARK.match(c)]
+
+
+# What each document shows: every listed kind must be found in it (an extraction that finds nothing fails instead of
+# checking nothing), and a kind not listed must not be there.
+SHOWS = {"README.md": {"vitscope", "benchmark"}, "docs/architecture.md": set(), "docs/demo-model.md": {"vitscope"},
+         "docs/guide.md": {"vitscope", "benchmark"}, "docs/models.md": {"vitscope", "benchmark"},
+         "docs/performance.md": {"benchmark"}, "docs/security.md": set()}
+
+
+def doc_id(doc: Path) -> str:
+    return doc.relative_to(ROOT).as_posix()
+
+
+def test_every_document_says_what_commands_it_shows():
+    assert sorted(SHOWS) == sorted(doc_id(d) for d in DOCS)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=doc_id)
 def test_documented_commands_parse(doc):
     """Each documented `vitscope` command is accepted by the CLI's own parser (flags and argument types)."""
     from vitscope.cli import build_parser
 
+    commands = vitscope_commands(doc.read_text())
+    assert bool(commands) == ("vitscope" in SHOWS[doc_id(doc)]), commands
     parser = build_parser()
-    for line in vitscope_commands(doc.read_text()):
+    for line in commands:
         args = shlex.split(line, comments=True)[1:]
         try:
             parser.parse_args(args)
         except SystemExit:
             pytest.fail(f"{doc.name}: `{line}` is not accepted by `vitscope` (see vitscope {args[0]} --help)")
+
+
+class Parsed(Exception):
+    """Raised by a benchmark's parser once it has parsed its arguments: the benchmark itself never runs."""
+
+
+def parse_benchmark_args(monkeypatch, script: Path, args: list[str]) -> None:
+    """`args` through `script`'s own argument parser: its `main()` runs until the parser has parsed them (the parsers
+    are built inside `main`), then stops. An argument it refuses is SystemExit, as on the command line."""
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise Parsed(real(self, args, namespace))
+
+    with monkeypatch.context() as m:
+        environ, modules = dict(os.environ), set(sys.modules)
+        m.syspath_prepend(str(script.parent))  # as `python benchmarks/x.py` runs it: its neighbours importable
+        m.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+        m.setattr(sys, "argv", [str(script), *args])
+        try:
+            main = runpy.run_path(str(script), run_name=f"benchmark_{script.stem}")["main"]
+            with pytest.raises(Parsed):
+                main()
+        finally:
+            for name in set(sys.modules) - modules:  # the benchmarks' own modules (app, …) do not outlive the check
+                if str(script.parent) in str(getattr(sys.modules[name], "__file__", "") or ""):
+                    del sys.modules[name]
+            os.environ.clear()  # a benchmark sets OMP_WAIT_POLICY as it is imported
+            os.environ.update(environ)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=doc_id)
+def test_documented_benchmark_commands_parse(doc, monkeypatch):
+    """Each documented `python benchmarks/NAME.py …` names a script that exists and is accepted by that script's own
+    argument parser, as the `vitscope` commands are by the CLI's."""
+    commands = benchmark_commands(doc.read_text())
+    assert bool(commands) == ("benchmark" in SHOWS[doc_id(doc)]), commands
+    unchecked = []
+    for line in commands:
+        words = shlex.split(line, comments=True)
+        words = words[words.index("python") + 1:]
+        script, args = ROOT / words[0], words[1:]
+        assert script.is_file(), f"{doc.name}: `{line}`: no {words[0]}"
+        if "ArgumentParser" not in script.read_text():  # takes store paths only (benchmarks/service.py)
+            assert not [a for a in args if a.startswith("-")], f"{doc.name}: `{line}`: {words[0]} takes no options"
+            continue
+        try:
+            parse_benchmark_args(monkeypatch, script, args)
+        except SystemExit:
+            pytest.fail(f"{doc.name}: `{line}` is not accepted by {words[0]} (see python {words[0]} --help)")
+        except pytest.skip.Exception as e:  # a script that imports test_browser, without chromium: the rest go on
+            unchecked.append(f"`{line}` ({e})")
+    if unchecked:
+        pytest.skip(f"not checked: {'; '.join(unchecked)}")
 
 
 def test_readme_opens_with_the_two_setup_commands():

@@ -1,15 +1,24 @@
-"""`vitscope export` argument checks and head choice (the rendered file is checked in test_browser.py)."""
+"""`vitscope export` argument checks, head choice, and the notebook's export cell's file (the rendered page is checked
+in test_browser.py)."""
 
 from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
 
 import pytest
 from app_helpers import make_store
 
-from vitscope.app.export import export
+from vitscope.app.export import DEFAULT_HEADS, export
 from vitscope.errors import VitscopeError
 from vitscope.heads import Head, parse_head
 from vitscope.readout.importance import most_important_heads
 from vitscope.readout.store_data import StoreData
+from vitscope.vocab import WHOLE_HEAD
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +54,57 @@ def test_bad_requests_are_one_clear_line(store, tmp_path, kwargs, message):
         export(store, out=tmp_path / "x.html", **kwargs)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "x.html").exists()
+
+
+def snapshot_models(text: str) -> list[dict]:
+    """Every Bokeh model of a snapshot file, from the JSON document Bokeh embeds in it."""
+    [block] = re.findall(r'<script type="application/json" id="[^"]*">\s*(.*?)\s*</script>', text, flags=re.S)
+    found = []
+
+    def walk(o) -> None:
+        if isinstance(o, dict):
+            if o.get("type") == "object":
+                found.append(o)
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+
+    walk(json.loads(html.unescape(block)))
+    return found
+
+
+def check_snapshot(path: Path, store: Path, image: int) -> None:
+    """`path` is `export(store, image)`'s file: one offline page with that image's header and a tab for each of its
+    DEFAULT_HEADS most important heads, in order."""
+    data = StoreData(store)
+    text = path.read_text(encoding="utf-8")
+    name, true = data.image_ids[image], data.class_names[int(data.label[image])]
+    assert f"<title>vitscope — image {image} ({name})</title>" in text
+    assert "<script src=" not in text and "cdn.bokeh.org" not in text  # inline resources only: opens offline
+    models = snapshot_models(text)
+    header = [m["attributes"]["text"] for m in models if m["name"] == "Div"
+              and "vitscope snapshot" in m["attributes"].get("text", "")]
+    assert len(header) == 1 and f"image {image} <code>{name}</code>, true label <b>{true}</b>" in header[0], header
+    tabs = [m["attributes"]["title"] for m in models if m["name"] == "TabPanel"]
+    heads = most_important_heads(data, image, "prob", WHOLE_HEAD, DEFAULT_HEADS)
+    assert tabs == [Head(layer, head).name for layer, head in heads]
+
+
+def test_the_notebooks_cells_run_and_its_export_cell_writes_the_snapshot(demo16, tmp_path, monkeypatch):
+    """apps/explore.ipynb as written (its STORE pointed at a test store), without Jupyter or a browser: every cell
+    runs, Python's selection reaches the app, and the export cell writes image 3's snapshot where it says."""
+    import panel as pn
+
+    monkeypatch.chdir(tmp_path)
+    nb = json.loads((ROOT / "apps" / "explore.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    assert 'out="snapshot.html"' in cells[-1] and "image=3" in cells[-1]
+    scope: dict = {}
+    for src in cells:
+        exec(compile(src.replace('cache_root() / "demo.zarr"', repr(str(demo16))), "explore.ipynb", "exec"), scope)
+    app = scope["app"]
+    assert (app.selection.image, app.selection.layer, app.selection.head) == (3, 2, 1)
+    pn.panel(app).get_root()
+    check_snapshot(tmp_path / "snapshot.html", demo16, 3)

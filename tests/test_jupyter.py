@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 
 import pytest
-from test_browser import CHROMIUM, MODEL_JS, SCREEN_JS, until
+from test_browser import CHROMIUM, MODEL_JS, SCREEN_JS, until  # skips this module too without chromium
 
 if importlib.util.find_spec("jupyterlab") is None or importlib.util.find_spec("jupyter_bokeh") is None:
     pytest.skip("JupyterLab is not installed (pip install -e '.[test]' installs jupyterlab and jupyter_bokeh)",
                 allow_module_level=True)
-if not shutil.which(CHROMIUM):
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
 sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
 from jupyter_helpers import ARGS, Lab, cell_result, external, notebook_copy, open_notebook, output, run_cell  # noqa: E402
+from test_export import check_snapshot  # noqa: E402
 
 # Counts, in the kernel, messages from the page that carry data changes (the page echoes every change the kernel
 # sends) and searches of the model graph (Panel's lookup of each echoed data source; vitscope.app.notebook).
@@ -33,7 +31,8 @@ COUNT = ("from bokeh.model import Model\nimport panel.viewable as _pv\n_vs = {'e
          "Model.select_one, _pv.patch_cds_msg = _counted_search, _counted_patch\nprint('counting')")
 UNCOUNT = "Model.select_one, _pv.patch_cds_msg = _search, _patch\nprint('done')"
 WARM = ("app.warming.join(120)\nfrom vitscope.service.dispatch import _dispatcher_or_error\n"
-        "print('loads', _dispatcher_or_error.cache_info().misses, 'image', app.selection.image)")
+        "print('warming' if app.warming.is_alive() else 'warm', 'loads', _dispatcher_or_error.cache_info().misses, "
+        "'image', app.selection.image)")
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +43,16 @@ def store(demo16):
 
 
 @pytest.fixture(scope="module")
-def nb(store, tmp_path_factory):
+def lab_root(tmp_path_factory):
+    """JupyterLab's folder: the notebook, and what its cells write (the kernel runs there)."""
+    return tmp_path_factory.mktemp("lab")
+
+
+@pytest.fixture(scope="module")
+def nb(store, lab_root, tmp_path_factory):
     """JupyterLab on the notebook; the page has run the app's cell only (the other cells are the tests' to run).
     Yields (page, code cell indices, every URL the page requested, console messages)."""
-    root = tmp_path_factory.mktemp("lab")
+    root = lab_root
     _, code = notebook_copy(store, root)
     lab = Lab(root, tmp_path_factory.mktemp("home"))
     try:
@@ -91,9 +96,9 @@ def test_model_is_loaded_before_the_first_tap(nb):
     times it): by the time the views are in the page it has loaded once, and the first tap loads nothing."""
     page, code, _, _ = nb
     scratch = code[-1] + 1
-    assert cell_result(page, scratch, WARM).split() == ["loads", "1", "image", "None"]
+    assert cell_result(page, scratch, WARM).split() == ["warm", "loads", "1", "image", "None"]
     image = tap_image(page, 3)
-    until(lambda: cell_result(page, scratch, WARM).split() == ["loads", "1", "image", str(image)], 60,
+    until(lambda: cell_result(page, scratch, WARM).split() == ["warm", "loads", "1", "image", str(image)], 60,
           "the first tap to reach the Python selection without loading a model")
 
 
@@ -101,8 +106,8 @@ def test_typed_id_and_tap_reach_python_and_python_reaches_the_page(nb):
     page, code, _, _ = nb
     scratch = code[-1] + 1
     box = page.locator(".vs-image-id input").first
-    # A tap's last push (the id box among it) can still be on its way: applied after the typed id, the page would
-    # echo the old id back to the kernel after the new one. A user sees the box settle first.
+    # A tap's last push (the id box among it) can still be on its way: applied between the typing and the Enter, it
+    # replaces the typed id, which then never reaches the kernel. A user sees the box settle first.
     shown = cell_result(page, scratch, "print(app.selection.image)").strip().replace("None", "")
     until(lambda: box.input_value() == shown, 60, "the id box to show the selected image")
     box.fill("5")
@@ -151,8 +156,12 @@ def test_the_pages_echo_of_a_tap_costs_the_kernel_no_search(nb):
         assert cell_result(page, scratch, UNCOUNT).strip() == "done"
 
 
-def test_export_cell_and_still_nothing_fetched_from_outside(nb):
+def test_export_cell_writes_the_snapshot_and_still_nothing_fetched_from_outside(nb, store, lab_root):
     page, code, requests, _ = nb
+    snapshot = lab_root / "snapshot.html"
+    assert not snapshot.exists()
     run_cell(page, code[2])
     until(lambda: output(page, code[2])["done"], 120, "the export cell")
+    assert "snapshot.html" in output(page, code[2])["text"]  # the path `export` returns, the cell's value
+    check_snapshot(snapshot, store, 3)  # image 3's page, written by the kernel in the notebook's folder
     assert not external(requests), external(requests)

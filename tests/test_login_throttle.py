@@ -1,5 +1,6 @@
 """Failed logins are slowed per address and logged (issue 17.4): the back-off with a fake clock, and a served app
-whose login refuses a sixth try in a row, even with the right password, and logs each failure without the password."""
+(its throttle's clock stepped by the test) whose login refuses a sixth try in a row, even with the right password,
+until the wait is over, and logs each failure without the password."""
 
 from __future__ import annotations
 
@@ -72,6 +73,16 @@ def test_the_table_forgets_idle_addresses_and_stays_bounded():
     assert len(t) == 1
 
 
+def test_the_provider_keeps_the_throttle_it_is_given():
+    from vitscope.app.login import ThrottledBasicAuthProvider
+
+    clock = Clock()
+    throttle = LoginThrottle(clock=clock)  # empty, as every throttle starts
+    provider = ThrottledBasicAuthProvider(password="pw", throttle=throttle)
+    assert provider.throttle is throttle and provider.login_handler._provider.throttle.clock is clock
+    assert ThrottledBasicAuthProvider(password="pw").throttle.clock is time.monotonic  # the default: the real clock
+
+
 def test_passwords_and_users_file(tmp_path):
     users = tmp_path / "users.json"
     users.write_text(json.dumps({"ada": "correct horse"}))
@@ -137,17 +148,43 @@ def failure_lines(log) -> list[str]:
     return [line for line in log.read_text().splitlines() if "failed login" in line]
 
 
+# `vitscope serve ARGS` whose login throttle reads its clock from the file named first (seconds), so that the test
+# steps time instead of racing the real clock: the throttle's own `clock` parameter, through the provider's
+# `throttle` parameter, in the provider `vitscope serve` builds.
+SERVE_WITH_CLOCK = """
+import sys
+from pathlib import Path
+
+from vitscope.app import login
+
+now = Path(sys.argv.pop(1))
+
+
+class SteppedClockProvider(login.ThrottledBasicAuthProvider):
+    def __init__(self, password=None, users=None, throttle=None):
+        super().__init__(password, users, throttle or login.LoginThrottle(clock=lambda: float(now.read_text())))
+
+
+login.ThrottledBasicAuthProvider = SteppedClockProvider
+from vitscope.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_a_served_login_slows_failures_and_logs_them(tmp_path):
     store = make_store(tmp_path / "s.zarr", 12, 1, 2, 2, 3)
     users = tmp_path / "users.json"
     users.write_text(json.dumps({"ada": RIGHT}))
     log = tmp_path / "serve.log"
+    now = tmp_path / "clock"
+    now.write_text("1000")
     port = free_port()
     login = f"http://127.0.0.1:{port}/login"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "vitscope.cli", "serve", str(store), "--port", str(port),
-                                 "--basic-auth", str(users)], stdout=out, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen([sys.executable, "-c", SERVE_WITH_CLOCK, str(now), "serve", str(store), "--port",
+                                 str(port), "--basic-auth", str(users)], stdout=out, stderr=subprocess.STDOUT,
+                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 180
         while f"localhost:{port}/" not in log.read_text():  # printed once the port is bound
@@ -176,10 +213,11 @@ def test_a_served_login_slows_failures_and_logs_them(tmp_path):
         text = log.read_text()
         assert not any(p in text for p in (RIGHT, *WRONG[:8])), text  # no password, right or wrong
 
-        deadline = time.monotonic() + 10  # the one-second wait ends: the right password is checked again
-        while not logged_in(result := post(client(), login, "ada", RIGHT)):
-            assert result[0] == 429 and time.monotonic() < deadline, result[:3]
-            time.sleep(0.25)
+        now.write_text("1000.5")  # half the wait later: still refused, the rest rounded up
+        status, _, retry, _ = post(client(), login, "ada", RIGHT)
+        assert (status, retry) == (429, "1")
+        now.write_text("1001")  # the one-second wait has ended: the right password is checked again
+        assert logged_in(post(client(), login, "ada", RIGHT))
         users.write_text(json.dumps({"ada": NEW}))  # the file is read again at each login
         assert logged_in(post(client(), login, "ada", NEW)) and failed(post(client(), login, "ada", RIGHT))
         assert len(failure_lines(log)) == 10 and re.search(r"as 'ada' \(1 in a row\)$", failure_lines(log)[-1])

@@ -5,9 +5,11 @@ data sources without a search of the model graph, and a rendered pane's first up
 from __future__ import annotations
 
 import copy
+import threading
 
 import panel as pn
 import panel.io.model
+import panel.io.notebook
 import panel.viewable
 import pytest
 from bokeh.document import Document
@@ -78,3 +80,87 @@ def test_a_panes_first_update_keeps_the_stylesheets_it_was_rendered_with(panel_n
         assert len(doc.models) == models
     finally:
         pn.state._views.pop(ref, None)
+
+
+def echo(model, attr: str, new) -> dict:
+    """A property change as the page sends it."""
+    return {"kind": "ModelChanged", "model": {"id": model.id}, "attr": attr, "new": new}
+
+
+def sent_changes(doc: Document, change) -> list:
+    """The document events `change()` makes, as Panel's push would send them."""
+    doc.hold("collect")
+    try:
+        change()
+        return list(doc.callbacks._held_events)
+    finally:
+        doc.callbacks._held_events = []
+        doc.callbacks._hold = None
+
+
+def test_the_pages_late_echo_of_a_sent_value_is_dropped_and_a_users_change_kept(monkeypatch):
+    """A tap's push, then a cell's change of the same property: the page's echo of the tap's value, arriving after the
+    cell's, must not set the property back (the image id box would select the tapped image again)."""
+    monkeypatch.setattr(notebook, "_sent", {})
+    doc = Document()
+    box, flag = Div(text="none"), Div(visible=True)
+    doc.add_root(box)
+    doc.add_root(flag)
+
+    def tap_then_cell():
+        box.text = "tapped"
+        box.text = "from the cell"
+        flag.visible = False
+
+    notebook.note_sent(sent_changes(doc, tap_then_cell))
+    msg = {"content": {"events": [echo(box, "text", "tapped"), echo(flag, "visible", 0)]}}
+    notebook.drop_echoes(msg)
+    assert msg["content"]["events"] == [echo(flag, "visible", 0)]  # 0 is not False: not an echo
+    msg = {"content": {"events": [echo(box, "text", "typed"), echo(box, "text", "from the cell"),
+                                  echo(flag, "visible", False), echo(box, "data", {"x": [1]})]}}
+    notebook.drop_echoes(msg)
+    assert msg["content"]["events"] == [echo(box, "text", "typed"), echo(box, "data", {"x": [1]})]
+    msg = {"content": {"events": [echo(box, "text", "from the cell")]}}  # echoed once already: now the user's
+    notebook.drop_echoes(msg)
+    assert msg["content"]["events"] == [echo(box, "text", "from the cell")]
+
+    notebook.note_sent(sent_changes(doc, lambda: [setattr(box, "text", v) for v in ("a", "b", "c")]))
+    msg = {"content": {"events": [echo(box, "text", "b")]}}  # the page had "a" already: it echoes "b" only
+    notebook.drop_echoes(msg)
+    assert msg["content"]["events"] == [] and notebook._sent[box.id, "text"] == ["c"]
+
+
+def test_an_update_of_the_app_and_a_page_message_take_turns_and_the_update_is_sent_first(monkeypatch):
+    """JupyterLab's page messages are handled on a kernel subshell's thread while a cell runs: Panel's handling of one
+    (hold, apply, unhold) gave a cell's held changes to nobody. Under `serialized()` the message waits, and the
+    cell's changes are sent to the page before it is handled."""
+    order, sent = [], []
+    monkeypatch.setattr(panel.viewable.MimeRenderMixin, "_on_msg",
+                        lambda self, ref, manager, msg: order.append("page message handled"))
+    monkeypatch.setattr(panel.io.notebook, "diff", panel.io.notebook.diff)
+    monkeypatch.setattr(notebook, "_serializing", False)
+    monkeypatch.setattr(notebook, "_sent", {})
+    notebook.serialize_comms()
+
+    class Comm:  # pyviz_comms' Comm, open: what is sent is kept
+        _comm = True
+
+        def send(self, data=None, buffers=None):
+            sent.append(data)
+
+    doc, div = Document(), Div(text="before")
+    doc.add_root(div)
+    doc.hold("combine")  # as Panel holds a displayed document
+    monkeypatch.setitem(pn.state._views, "test-ref", (None, div, doc, Comm()))
+    page = threading.Thread(target=lambda: panel.viewable.MimeRenderMixin._on_msg(None, "test-ref", None, {}))
+    with notebook.serialized():
+        order.append("update begins")
+        page.start()
+        page.join(2)  # blocked on the update's turn: it does not end
+        div.text = "from a cell"
+        order.append("update ends")
+    page.join(30)
+    assert not page.is_alive(), "the page message never got its turn"
+    assert order == ["update begins", "update ends", "page message handled"]
+    assert any("from a cell" in s for s in sent if isinstance(s, str)), sent  # sent when the update ended
+    assert notebook._sent[div.id, "text"] == ["from a cell"]  # and its echo will be known

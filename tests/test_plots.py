@@ -14,11 +14,13 @@ import panel as pn
 import pytest
 import xarray as xr
 from app_helpers import fake_attention, make_store
+from bokeh.models import ColumnDataSource
 from holoviews.operation.datashader import rasterize
 from holoviews.plotting.bokeh.chart import BarPlot, CurvePlot
 
 import vitscope.plots as vp
 from vitscope.analysis.binary import top_count
+from vitscope.config import BuildConfig
 from vitscope.errors import VitscopeError
 from vitscope.readout.store_data import StoreData
 from vitscope.vocab import HEAD_KINDS, MODES, PATTERNS, WHOLE_HEAD
@@ -154,7 +156,11 @@ def test_pattern_map_aggregates_every_head(data, ds):
     inst = ds["head_xy_cls"].isel(layer=LAYER, head=HEAD).values
     ok = ds["valid"].values & np.isfinite(inst).all(1)
     np.testing.assert_allclose(values(mine, "x"), inst[ok, 0])
-    assert isinstance(vp.pattern_map(data, "patch"), hv.DynamicMap)  # re-aggregates on zoom in a notebook
+    dynamic = vp.pattern_map(data, "patch")
+    assert isinstance(dynamic, hv.DynamicMap)  # re-aggregates on zoom in a notebook
+    frame = dynamic[()]  # its first frame: every head of the patch layout, shaded over the layout's extent
+    x0, y0, x1, y1 = data.bounds("patch")
+    assert frame.bounds.lbrt() == pytest.approx((x0, y0, x1, y1)) and (frame.dimension_values(3) > 0).any()
 
 
 def test_attention_heatmap_is_the_head_matrix(attention):
@@ -268,15 +274,24 @@ def test_proxy_vs_exact_is_the_per_head_means(data, readable):
 # -- composing, rendering, the registry -----------------------------------------------------------------------
 
 
-def test_elements_compose_and_keep_their_dimensions(data):
+def test_elements_compose_and_keep_their_dimensions(data, readable):
     line, bars = vp.head_importance(data), vp.strength_vector(data, LAYER, HEAD)
     layout = line + bars + vp.importance_matrix(data)
     assert isinstance(layout, hv.Layout) and len(layout) == 3
     overlay = vp.strength_scatter(data) * hv.HLine(0.5)
     assert isinstance(overlay, hv.Overlay) and len(overlay) == 2
     assert bars.kdims[0].label == "k-hop neighbours" and bars.kdims[0].unit == "patches"
-    hv.render(layout, backend="bokeh")  # both backends draw the composition
-    hv.render(layout, backend="matplotlib")
+    # both backends draw the composition, with the store's numbers: the mean importance line and the mean strength
+    mean = readable["importance"].sel(mode=WHOLE_HEAD, metric="prob").mean("image").transpose("layer", "head")
+    mean = mean.values.ravel()
+    strength = readable["strength"].isel(layer=LAYER, head=HEAD).mean("image").values
+    drawn = [np.asarray(s.data[k], dtype=float) for s in hv.render(layout, backend="bokeh").select(
+        {"type": ColumnDataSource}) for k in ("prob", "strength") if k in s.data]
+    assert any(len(d) == len(mean) and np.allclose(d, mean, rtol=1e-5) for d in drawn), drawn
+    assert any(len(d) == len(strength) and np.allclose(d, strength, rtol=1e-5) for d in drawn), drawn
+    lines = [np.asarray(ln.get_ydata(), dtype=float) for ax in hv.render(layout, backend="matplotlib").axes
+             for ln in ax.get_lines()]
+    assert any(len(y) == len(mean) and np.allclose(y, mean, rtol=1e-5) for y in lines), lines
 
 
 @pytest.mark.parametrize("fmt", ["svg", "pdf", "png"])
@@ -318,11 +333,92 @@ def test_render_takes_the_format_argument_and_refuses_others(data, tmp_path):
         vp.render(vp.strength_scatter(data), tmp_path / "x.gif")
 
 
-def test_every_registered_figure_builds_and_renders(data, attention, tmp_path):
+def registry_checks(ds: xr.Dataset, readable: xr.Dataset, attention: np.ndarray) -> dict:
+    """For each registered figure, a check of its element built for (IMAGE, LAYER, HEAD) against the store's arrays
+    (read with xarray) and the image's attention: the registry must hand each view the image, head and attention."""
+    one = ds.isel(image=IMAGE)
+    head = one.isel(layer=LAYER, head=HEAD)
+    valid = ds["valid"].values
+    A = attention[LAYER, HEAD]
+    grid = int(np.sqrt(A.shape[0] - 1))
+
+    def close(got, want, **kw):
+        np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(want, dtype=float), **kw)
+
+    def overview(e):
+        xy = ds["image_xy"].values
+        placed = np.flatnonzero(valid & np.isfinite(xy).all(1))
+        close(values(e, "x"), xy[placed, 0])
+        close(values(e, "y"), xy[placed, 1])
+
+    def pattern_map(e):
+        inst = ds["head_xy_cls"].isel(layer=LAYER, head=HEAD).values
+        ok = valid & np.isfinite(inst).all(1)
+        close(values(next(p for p in e if isinstance(p, hv.Points)), "x"), inst[ok, 0])
+        assert (e.RGB.I.dimension_values(3) > 0).any()  # the shaded heads
+
+    def binary(e):
+        B = e.dimension_values("binary", flat=False)
+        index = head["binary_index"].values.astype(int)
+        want = np.zeros(B.shape)
+        want[np.divmod(index, B.shape[1])] = 1
+        close(B, want)
+
+    def masks(e):
+        for panel, mask in zip(e.values(), (A[0, 1:], A[1:, 0]), strict=True):  # token 0 (CLS): graded
+            shown = np.flipud(mask.reshape(grid, grid)) / mask.max()  # hv.Image rows run bottom → top
+            close(panel.Image.I.dimension_values("dimmed", flat=False), 1.0 - shown, rtol=1e-6)
+
+    def two_axes(e):
+        pairs = set(zip(values(e, "token").astype(int), values(e, "token_end").astype(int), strict=True))
+        patch = [(s, t) for s, t in pairs if s >= 1 and t >= 1]
+        top = float(json.loads(ds.attrs.get("fingerprint", "{}")).get("top", BuildConfig.top))  # the store's cut
+        assert len(patch) == top_count(top, grid * grid)
+        assert all(A[s, t] > 0 for s, t in pairs)
+
+    def kinds(e):
+        counts = e.values()[0]
+        got = {(k, int(i)): c for k, i, c in zip(counts.dimension_values("kind"), counts.dimension_values("layer"),
+                                                 counts.dimension_values("count"), strict=True)}
+        kind = ds["head_kind"].values
+        for i in range(L):
+            for k, name in enumerate(HEAD_KINDS):
+                assert got[name, i] == int((kind[i] == k).sum()), (name, i)
+
+    return {
+        "overview": overview,
+        "importance": lambda e: close(values(e.Curve.I, "prob"), one["importance"].sel(mode=WHOLE_HEAD, metric="prob")
+                                      .transpose("layer", "head").values.ravel()),
+        "modes": lambda e: close(values(e, "prob"), head["importance"].sel(metric="prob", mode=list(MODES)).values),
+        "strength": lambda e: close(values(e, "strength_entropy"), one["strength_entropy"]
+                                    .transpose("layer", "head").values.ravel()),
+        "strength-vector": lambda e: close(values(e, "strength"), head["strength"].values),
+        "entropy": lambda e: close(e.VLine.I.data, float(head["strength_entropy"])),
+        "pattern-map": pattern_map,
+        "binary-map": binary,
+        "heatmap": lambda e: close(e.dimension_values("attention", flat=False), A),
+        "two-axes": two_axes,
+        "masks": masks,
+        "importance-matrix": lambda e: close(
+            [v for _, v in sorted(zip(zip(e.dimension_values("layer"), e.dimension_values("head"), strict=True),
+                                      e.dimension_values("prob"), strict=True))],
+            readable["importance"].sel(mode=WHOLE_HEAD, metric="prob").mean("image").transpose("layer", "head")
+            .values.ravel(), rtol=1e-5),
+        "layer-trends": lambda e: close(values(e.values()[0].Curve.I, "attention_distance"),
+                                        readable["attention_distance"].mean(("image", "head")).values, rtol=1e-5),
+        "pattern-kinds": kinds,
+        "proxy-vs-exact": lambda e: close(values(e, "proxy"), readable["grad_importance"].mean("image").values.ravel(),
+                                          rtol=1e-5),
+    }
+
+
+def test_every_registered_figure_shows_the_stores_numbers_and_renders(data, ds, readable, attention, tmp_path):
+    checks = registry_checks(ds, readable, attention)
+    assert sorted(checks) == sorted(vp.FIGURES)
     for name, fig in vp.FIGURES.items():
         element = vp.build(name, data, image=IMAGE, layer=LAYER, head=HEAD, attention=attention)
-        assert isinstance(element, hv.core.Dimensioned), name
         assert fig.about
+        checks[name](element)
     vp.render(vp.build("pattern-map", data, layer=LAYER, head=HEAD), tmp_path / "map.png")
     with pytest.raises(VitscopeError, match="needs the image's attention"):
         vp.build("heatmap", data, image=IMAGE)

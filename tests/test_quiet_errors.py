@@ -53,8 +53,16 @@ def test_an_open_address_without_a_login_is_one_line_naming_the_flags(store):
     assert "--basic-auth" in line and "--no-auth" in line
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_a_missing_store_is_one_line(tmp_path):
-    assert "store not found" in one_line(run("serve", str(tmp_path / "nope.zarr")), "serve")
+    # a free port: the port is checked first, and the default 5006 may be another server's on a shared machine
+    line = one_line(run("serve", str(tmp_path / "nope.zarr"), "--port", str(free_port())), "serve")
+    assert "store not found" in line
 
 
 def test_demo_refuses_before_building(tmp_path, taken):
@@ -70,7 +78,7 @@ def test_early_errors_never_load_the_heavy_stack(store, taken):
     code = ("import sys; from vitscope.cli import main; rc = main(sys.argv[1:]); "
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(rc)")
     for args in (["serve", str(store), "--port", str(taken)], ["serve", str(store), "--address", "0.0.0.0"],
-                 ["serve", str(store) + "-missing"], ["demo", "--port", str(taken)],
+                 ["serve", str(store) + "-missing", "--port", str(free_port())], ["demo", "--port", str(taken)],
                  ["serve", str(store), "--basic-auth", "pw", "--no-auth"]):
         out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out

@@ -120,7 +120,10 @@ class Explorer(pn.viewable.Viewer):
         if doc is not None and doc.session_context is not None:
             doc.add_next_tick_callback(callback)
         else:  # Jupyter or a test: no server loop to hand over to
-            callback()
+            from vitscope.app.notebook import serialized
+
+            with serialized():
+                callback()
 
     def _changed(self, *events: param.parameterized.Event) -> None:
         """Push the new selection into every view that depends on it, as one document change."""
@@ -132,7 +135,9 @@ class Explorer(pn.viewable.Viewer):
             names.add("threshold")
         if names & {"image", "layer"}:  # asked before the ablation view's request, so the queue answers it first
             self.pattern.pending = self._ask_attention()
-        with pn.io.hold():
+        from vitscope.app.notebook import serialized
+
+        with serialized(), pn.io.hold():  # in Jupyter: not while Panel handles a page message on another thread
             for view in self.views:
                 if names & set(view.watches):
                     try:
@@ -290,6 +295,7 @@ class Explorer(pn.viewable.Viewer):
 
         notebook.share_inline_stylesheets()
         notebook.index_comm_data_lookups()
+        notebook.serialize_comms()
         bundle = super()._repr_mimebundle_(include, exclude)
         notebook.inline_stylesheets()
         return bundle

@@ -151,7 +151,7 @@ class ThrottledBasicAuthProvider(BasicAuthProvider):
         if (password is None) == (users is None):
             raise ValueError("give one password or a users file")
         self.password, self.users = password, users
-        self.throttle = throttle or LoginThrottle()
+        self.throttle = throttle if throttle is not None else LoginThrottle()  # an empty throttle is falsy (len 0)
         super().__init__()  # Bokeh validates login_handler here, so the fields above come first
 
     @property

@@ -21,13 +21,25 @@ Each works around Panel 1.9 / pyviz_comms 3 behaviour seen in JupyterLab 4.6 (te
   whole model graph for the data source (`root.select_one`, ~900 models here), once per changed source (19 per
   tap), during which the next tap waits in the page. `index_comm_data_lookups()` finds the source by id in the
   document's index instead (docs/performance.md has the times).
+- Stale echoes: an echo can reach the kernel after Python has changed the same property again (a tap's push, then a
+  cell's `app.selection.image = 3`): applied, it would set the image id box back to the tapped image, which selects
+  that image again (and the newer echo then the other: the selection flips). `serialize_comms()` notes each property
+  value the kernel sends and drops the page's echo of it, in order; a value the kernel never sent is the user's.
+- Two threads: JupyterLab sends the page's messages to a kernel subshell, so ipykernel 7 handles them on a thread of
+  their own while a cell runs on the main thread. Panel applies a message between `doc.hold()` and `doc.unhold()`,
+  which hands every held event to the document's callbacks, in Jupyter to nobody: a cell's changes held in the
+  document at that moment would never reach the page (the kernel on the cell's image, the page on the tapped one,
+  for good). `serialize_comms()` makes Panel handle a message under a lock that the app's own updates also take
+  (`serialized()`), and those send what they changed before they let go of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import io
 import sys
+import threading
 
 _capture: contextvars.ContextVar[io.StringIO | None] = contextvars.ContextVar("vitscope_comm_stdout", default=None)
 
@@ -70,9 +82,11 @@ def capture_callback_output_per_context() -> None:
 
 def _patch_cds_msg(model, msg: dict) -> None:
     """Panel 1.9's `panel.io.model.patch_cds_msg` (columns the page sent as {index: value} become lists), with the
-    data source found by id in the document's index rather than by a search of the model graph."""
+    data source found by id in the document's index rather than by a search of the model graph; the page's echoes of
+    what the kernel sent are dropped first (module docstring: Stale echoes)."""
     from bokeh.models import ColumnDataSource
 
+    drop_echoes(msg)
     doc = model.document
     for event in msg.get("content", {}).get("events", []):
         if event.get("kind") != "ModelChanged" or event.get("attr") != "data":
@@ -94,6 +108,104 @@ def index_comm_data_lookups() -> None:
 
     if getattr(panel.viewable, "patch_cds_msg", None) is not None:  # the name Panel 1.9's _on_msg calls
         panel.viewable.patch_cds_msg = _patch_cds_msg
+
+
+# -- stale echoes and two threads (module docstring) ---------------------------------------------------------------
+
+SCALAR = (bool, int, float, str, type(None))  # property values compared with the page's echo (data is not)
+MAX_SENT = 64  # unechoed values kept per property: a page that went away sends no echo
+_sent: dict[tuple[str, str], list] = {}  # (model id, property) → values sent to the page, oldest first
+_sent_lock = threading.Lock()
+_lock = threading.RLock()  # a page message, or an update of the app, at a time
+_serializing = False
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):  # True == 1 in Python, not in the page
+        return a is b
+    return (type(a) is type(b) or isinstance(a, int | float) and isinstance(b, int | float)) and a == b
+
+
+def note_sent(events) -> None:
+    """Remember the scalar property values among Bokeh document `events` just sent to the page."""
+    from bokeh.document.events import ModelChangedEvent
+
+    with _sent_lock:
+        for e in events:
+            if isinstance(e, ModelChangedEvent) and isinstance(e.new, SCALAR):
+                sent = _sent.setdefault((e.model.id, e.attr), [])
+                sent.append(e.new)
+                del sent[:-MAX_SENT]
+
+
+def drop_echoes(msg: dict) -> None:
+    """Remove from a message of the page the property changes that echo a value the kernel sent; an echo also
+    settles the values sent before it (the page had them already, so it echoed none)."""
+    events = msg.get("content", {}).get("events") if isinstance(msg.get("content"), dict) else None
+    if not events:
+        return
+    kept = []
+    with _sent_lock:
+        for event in events:
+            key = (event.get("model", {}).get("id"), event.get("attr"))
+            sent = _sent.get(key) if event.get("kind") == "ModelChanged" else None
+            at = next((i for i, v in enumerate(sent) if _same(v, event.get("new"))), None) if sent else None
+            if at is None:
+                kept.append(event)
+                continue
+            del sent[: at + 1]
+            if not sent:
+                del _sent[key]
+    events[:] = kept
+
+
+@contextlib.contextmanager
+def serialized():
+    """An update of the app from Python (a cell, a service thread) in Jupyter: not at the same time as Panel handles a
+    message of the page, and what it changed is sent before the next one. Outside Jupyter it does nothing."""
+    if not _serializing:
+        yield
+        return
+    with _lock:
+        yield
+        _flush()
+
+
+def _flush() -> None:
+    """Send each displayed document's held events to its page (what Panel sends after an update of its own)."""
+    import panel as pn
+    from panel.io.notebook import push
+
+    for _, _, doc, comm in list(pn.state._views.values()):
+        if comm is not None and doc is not None and doc.callbacks._held_events:
+            push(doc, comm)
+
+
+def serialize_comms() -> None:
+    """Messages of the page are handled one at a time with the app's updates, and their echoes of what the kernel
+    sent are dropped (module docstring: Stale echoes, Two threads)."""
+    global _serializing
+    import panel.io.notebook
+    import panel.viewable
+
+    if _serializing:
+        return
+    diff, on_msg = panel.io.notebook.diff, panel.viewable.MimeRenderMixin._on_msg
+
+    def noting_diff(doc, binary: bool = True, events=None):
+        pending = list(doc.callbacks._held_events) if events is None else list(events)
+        msg = diff(doc, binary=binary, events=events)
+        if msg is not None:
+            note_sent(pending)
+        return msg
+
+    def locked_on_msg(self, ref, manager, msg) -> None:
+        with _lock:
+            on_msg(self, ref, manager, msg)
+
+    panel.io.notebook.diff = noting_diff  # the name Panel 1.9's push calls
+    panel.viewable.MimeRenderMixin._on_msg = locked_on_msg  # looked up when a view is rendered
+    _serializing = True
 
 
 class LocalStylesheets(dict):
