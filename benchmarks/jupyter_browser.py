@@ -2,7 +2,7 @@
 
     python benchmarks/jupyter_browser.py                     # a 16-image demo store, built first (~10 s)
     python benchmarks/jupyter_browser.py --store cache/demo.zarr --taps 5
-    python benchmarks/jupyter_browser.py --cold              # as before issue 21: no warm-up at open
+    python benchmarks/jupyter_browser.py --cold              # no warm-up at open (how the app cell once ran)
 
 Runs the notebook's app cell (`Explorer.open(STORE)`; with `--cold`, `Explorer(STORE)` after
 `pn.extension(inline=True)`: the model loads at the first tap), waits until the Image Overview is in the page,
@@ -11,7 +11,7 @@ marker on it, the Attention Strength View's title naming it, the masks' title na
 document change, after the attention of the image is computed). The baseline, in the same run: `--taps` later
 taps on other images, timed the same way. Prints the first tap's settle time, the median of the later ones and
 the ratio, and how many comm messages each tap sent each way (counted in the page, from the click to the next
-click, the page's echo of the kernel's changes included). Goal (issue 21): the first tap ≤ 1 s. Wall-clock from
+click, the page's echo of the kernel's changes included). Goal: the first tap ≤ 1 s. Wall-clock from
 the test's side (Playwright polls every 20 ms); not a test: timings are noisy (2 cores shared with the browser and
 the kernel), compare ratios of one run.
 """
@@ -60,7 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, help="a store (default: a 16-image demo store, built in a temp dir)")
     ap.add_argument("--taps", type=int, default=4, help="later taps, the baseline (default 4)")
-    ap.add_argument("--cold", action="store_true", help="no warm-up at open (the app cell as before issue 21)")
+    ap.add_argument("--cold", action="store_true", help="no warm-up at open (the app cell without its warm-up thread)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

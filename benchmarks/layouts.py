@@ -1,9 +1,9 @@
 """The tSNE layouts on a store's own inputs: time and what they keep apart, as fitted in full and as fitted on a
-sample with the rest placed by the transform (issue 22); before and after issue 11 with --defaults.
+sample with the rest placed by the transform; with --defaults, also against openTSNE's own settings.
 
     python benchmarks/layouts.py                                  # cache/demo.zarr: full fit against a sample
     python benchmarks/layouts.py --store cache/vit_tiny_in200.zarr --layouts head_xy_cls head_xy_patch --sample 2000
-    python benchmarks/layouts.py --defaults                       # also openTSNE's default settings (issue 11)
+    python benchmarks/layouts.py --defaults                       # also openTSNE's default settings
     python benchmarks/layouts.py --transform-cost 144000          # the transform's seconds per point, synthetic
 
 "full": `tsne_2d` on every point, as the build lays out a store up to `layout.FIT_POINTS` points; "sample N":
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--store", default="cache/demo.zarr")
     ap.add_argument("--layouts", nargs="+", default=["image_xy", "head_xy_cls", "head_xy_patch"])
     ap.add_argument("--sample", type=int, default=None, help="fit sample size (default: a quarter of the points)")
-    ap.add_argument("--defaults", action="store_true", help="also openTSNE's default settings (issue 11's before)")
+    ap.add_argument("--defaults", action="store_true", help="also openTSNE's default settings")
     ap.add_argument("--transform-cost", type=int, default=None, metavar="N", help="time placing N synthetic points")
     ap.add_argument("--dims", type=int, default=16)
     ap.add_argument("--unrefined", action="store_true", help="also the sample's layout without `layout.refine`")

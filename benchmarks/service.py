@@ -1,4 +1,4 @@
-"""The on-demand service against a plain forward of the same model, measured in one run (issue 10).
+"""The on-demand service against a plain forward of the same model, measured in one run.
 
     python benchmarks/service.py [STORE ...]      (default: cache/demo.zarr and cache/vit_tiny_in200.zarr
                                                     or cache/vit_tiny_in48.zarr when they exist)
@@ -7,7 +7,7 @@ For each store: one plain `model(x)` of one image (the baseline), then heads pru
 12, random heads over all layers, whole-head mode), the 12-head pair matrix (78 joint prunings), patch
 saliency (one occlusion per patch) and a new image (the build's whole per-image analysis plus its layout
 places), each as the median of a few runs through the queue, and as a ratio to the plain forward.
-Goals (issue 10), ViT-Ti on this 2-core CPU: pruning ≤ 100 ms, pair matrix ≤ 2 s, saliency ≤ 5 s.
+Goals, ViT-Ti on this 2-core CPU: pruning ≤ 100 ms, pair matrix ≤ 2 s, saliency ≤ 5 s.
 """
 
 from __future__ import annotations

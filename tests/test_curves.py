@@ -1,4 +1,4 @@
-"""Pruning curves (issue 21): the orders named by direction against a plain sort of the store's arrays, the curves
+"""Pruning curves: the orders named by direction against a plain sort of the store's arrays, the curves
 against explicit forwards with the heads' masks applied one by one, the prunable count against a brute-force count
 over every step, the old names as aliases, and bad names as one line."""
 

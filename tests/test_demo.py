@@ -45,7 +45,7 @@ def test_cli_demo_builds_then_reuses_its_store(tmp_path):
     out = run_cli("demo", "--limit", "16", "--no-serve", env=env)
     assert out.returncode == 0, out.stderr
     assert "Head importance" in out.stdout and "layer 5" in out.stdout and "mode 5" in out.stdout
-    assert "Head kinds" in out.stdout and "none" in out.stdout  # pattern kinds of issue 9 in the summary
+    assert "Head kinds" in out.stdout and "none" in out.stdout  # the pattern kinds in the summary
     assert "analysing images" in out.stderr and "tSNE layouts" in out.stderr  # progress bars
     assert (tmp_path / "demo-16.zarr").is_dir()
     assert_depth_structure(tmp_path / "demo-16.zarr")
@@ -55,7 +55,7 @@ def test_cli_demo_builds_then_reuses_its_store(tmp_path):
 
 
 def assert_depth_structure(path) -> None:
-    """The shipped demo model's store looks like a real ViT's over depth (issue 9.7), with margins."""
+    """The shipped demo model's store looks like a real ViT's over depth, with margins."""
     from scipy.stats import spearmanr
 
     from vitscope.store import open_store

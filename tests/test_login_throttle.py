@@ -1,4 +1,4 @@
-"""Failed logins are slowed per address and logged (issue 17.4): the back-off with a fake clock, and a served app
+"""Failed logins are slowed per address and logged: the back-off with a fake clock, and a served app
 (its throttle's clock stepped by the test) whose login refuses a sixth try in a row, even with the right password,
 until the wait is over, and logs each failure without the password."""
 
