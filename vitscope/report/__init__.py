@@ -118,7 +118,7 @@ def curves(store: str | Path, device: str = "cpu", images: int = CURVE_IMAGES,
 def write(stores: list[str | Path], out: str | Path, with_curves: bool = True, device: str = "cpu",
           curve_images: int = CURVE_IMAGES, progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the report of one store, or of two stores compared, to `out` (.html, or .pdf); returns the path."""
-    from vitscope.readout.store_data import StoreData
+    from vitscope.readout.store_data import store_data
 
     check_writable(out)  # before the pruning curves run the model
     if len(stores) == 2:
@@ -131,7 +131,7 @@ def write(stores: list[str | Path], out: str | Path, with_curves: bool = True, d
         title, source, parts = (f"{r['models'][0]} and {r['models'][1]}: what changed",
                                 f"{stores[0]} (A) and {stores[1]} (B)", compare_sections(r))
     else:
-        data = StoreData(Path(stores[0]))
+        data = store_data(stores[0])
         found = curves(stores[0], device, curve_images, progress) if with_curves and data.prob_basis != NO_BASIS \
             else None
         f = findings(data, found)
