@@ -239,8 +239,10 @@ def test_pin_compares_heads(page):
 
 
 def test_colour_by_and_class_search(page):
+    from vitscope.readout.palette import CORRECT, WRONG
+
     page.locator(".vs-colour-by select").first.select_option("correct")
-    until(lambda: set(model(page, "vs-overview-points", "data.colour")) <= {"#2ca02c", "#d62728"}, what="colour by")
+    until(lambda: set(model(page, "vs-overview-points", "data.colour") or [None]) <= {CORRECT, WRONG}, what="colour by")
     box = page.locator(".vs-class-search input").first
     box.fill("7")
     box.press("Enter")

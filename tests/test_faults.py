@@ -19,7 +19,7 @@ import pytest
 import xarray as xr
 from test_build import ENV, assert_same_store
 
-from vitscope import store
+from vitscope import store, summary
 from vitscope.errors import VitscopeError, write_failure
 
 # The demo model on 16 images in two chunks, as the `demo16` fixture builds them.
@@ -181,7 +181,7 @@ def test_any_other_full_disk_is_still_one_line_in_the_cli(demo16, monkeypatch, c
     def full(*args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store, "describe", full)
+    monkeypatch.setattr(summary, "describe", full)
     assert main(["info", str(demo16)]) == 2
     one_line(capsys.readouterr().err, "info", "no space left on the disk mounted at", "run the same command again")
 

@@ -48,9 +48,9 @@ def test_servable_synthetic_store_computes_attention_of_its_images(tmp_path, sha
         np.testing.assert_array_equal(np.asarray(Image.open(path)), ds["thumbnail"].values[image])
 
 
-def test_a_finished_store_is_opened_once_until_it_is_written_again(demo16, tmp_path):
-    """Every reader of a store in a process (the app's data, the service, a comparison) shares one opened dataset;
-    a write that finishes a stage gives the next reader the store as written."""
+def test_a_finished_store_is_opened_once_until_it_is_written_again(demo16, tmp_path, monkeypatch):
+    """Every reader of a store in a process (the app's data, the service, a comparison) shares one opened dataset,
+    each through its own copy; a write that finishes a stage gives the next reader the store as written."""
     import shutil
 
     from vitscope.readout.store_data import StoreData
@@ -58,10 +58,21 @@ def test_a_finished_store_is_opened_once_until_it_is_written_again(demo16, tmp_p
 
     path = tmp_path / "s.zarr"
     shutil.copytree(demo16, path)
+    opened, real = [], store.open_dataset
+
+    def counted(*args, fresh=False):  # the consolidated metadata parsed (not an array read afresh, as the probe's)
+        opened.extend([] if fresh else [args])
+        return real(*args, fresh=fresh)
+
+    monkeypatch.setattr(store, "open_dataset", counted)
     first = store.open_store(path)
-    assert store.open_store(path) is first and store.open_store(str(path)) is first
-    assert StoreData(path).ds is first and Service(path).ds is first
+    for reader in (store.open_store(path), store.open_store(str(path)), StoreData(path).ds, Service(path).ds):
+        assert reader.identical(first)
+    assert len(opened) == 1
+    for reader in (first, store.open_store(path)):  # a reader's own change reaches no other reader
+        reader.attrs["prob_basis"] = "none"
+        assert store.open_store(path).attrs["prob_basis"] != "none"
     store.write_global(path, {}, {"note": "written again"})
-    again = store.open_store(path)
-    assert again is not first and again.attrs["note"] == "written again"
-    assert store.open_store(path, unfinished=True) is not again  # an unfinished build's reader always reads afresh
+    assert store.open_store(path).attrs["note"] == "written again" and len(opened) == 2
+    store.open_store(path, unfinished=True)  # an unfinished build's reader always reads afresh
+    assert len(opened) == 3

@@ -349,13 +349,13 @@ def _written(path: Path) -> tuple | None:
 def open_store(path: str | Path, *, unfinished: bool = False) -> xr.Dataset:
     """Open a store for reading (one clear line if it is missing, foreign, old, or unfinished unless `unfinished`:
     then the chunks not yet written read as fill values). A finished store is opened once per process: every reader
-    (the app's data, the service, a comparison) shares it until the store is written again."""
+    (app, service, comparison) shares it, through its own shallow copy, until the store is written again."""
     path = Path(path)
     key = None if unfinished else _written(path)
     with _opened_lock:
         if key in _opened:
             _opened.move_to_end(key)
-            return _opened[key]
+            return _opened[key].copy()  # what a reader sets in its copy (attributes, loaded arrays) stays its own
     attrs = check(path)
     if not (unfinished or attrs.get("complete")):
         raise VitscopeError(f"{path} is an unfinished build: run the same `vitscope build` again to resume it")
@@ -366,7 +366,7 @@ def open_store(path: str | Path, *, unfinished: bool = False) -> xr.Dataset:
             _opened[key] = ds
             while len(_opened) > 8:
                 _opened.popitem(last=False)
-    return ds
+    return ds.copy()
 
 
 def open_dataset(path: str | Path, *, fresh: bool = False) -> xr.Dataset:

@@ -245,9 +245,10 @@ def _read_csv(path: Path, root: Path) -> tuple[list[str], list[str]]:
 
 def normalise(images: np.ndarray, mean, std) -> torch.Tensor:
     """uint8 [..., H, W, 3] → float [..., 3, H, W] as (x/255 − mean)/std: the one place that turns
-    what the model saw (a thumbnail) into its input, so stored thumbnails reproduce inputs exactly."""
+    what the model saw (a thumbnail) into its input, so stored thumbnails reproduce inputs exactly. Contiguous: a
+    strided batch takes another convolution kernel, whose last bits differ from the build's stacked images."""
     x = torch.from_numpy(np.array(images, dtype=np.uint8)).movedim(-1, -3).float() / 255.0  # a copy: read-only ok
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return ((x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)).contiguous()
 
 
 class Preprocessor:
