@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vitscope.engine.explain import occluded_probs
 from vitscope.engine.metrics import importance_metrics, jsd, region_mask
 from vitscope.errors import VitscopeError
 from vitscope.heads import Head, Rect, Region, parse_head
@@ -310,22 +311,8 @@ def patch_saliency(adapter: ViTAdapter, image: Tensor, label: int, block: int = 
     g = adapter.grid
     if block < 1 or g % block:
         raise VitscopeError(f"saliency block {block} must divide the {g}×{g} patch grid")
-    ps = adapter.patch_size
-    image = image.to(adapter.device, adapter.dtype).view(1, *image.shape[-3:])
-    def probs(x: Tensor) -> Tensor:  # the last block for the class token's row only (adapter.run_blocks)
-        return adapter.head(adapter.run_blocks(adapter.embed(x), 0)).float().softmax(-1)[:, label]
-
-    p0 = probs(image)[0]
     s = g // block
-    side = ps * block
-    drops = torch.empty(s * s)
-    for start in range(0, s * s, max_batch):
-        cells = range(start, min(start + max_batch, s * s))
-        x = image.repeat(len(cells), 1, 1, 1)
-        for r, c in enumerate(cells):
-            y0, x0 = (c // s) * side, (c % s) * side
-            x[r, :, y0:y0 + side, x0:x0 + side] = 0
-        drops[start:start + len(cells)] = (p0 - probs(x)).cpu()
-        if progress is not None:
-            progress(cells.stop, s * s)
-    return drops.view(s, s)
+    cells = torch.eye(s * s, dtype=torch.bool).view(s * s, s, s)  # one block × block square each
+    masks = cells.repeat_interleave(block, 1).repeat_interleave(block, 2).view(s * s, g * g)
+    p0 = occluded_probs(adapter, image, label, torch.zeros(1, g * g, dtype=torch.bool))[0]
+    return (p0 - occluded_probs(adapter, image, label, masks, max_batch, progress)).view(s, s)

@@ -24,7 +24,7 @@ from vitscope.errors import StoreMismatch, VitscopeError, one_line
 from vitscope.heads import Head, parse_heads, prune_answer, top_heads
 from vitscope.imagesets.folders import normalise
 from vitscope.models import ViTAdapter, load_model, weights_hash
-from vitscope.service import curves, newimage
+from vitscope.service import curves, explain, newimage
 from vitscope.service import requests as rq
 from vitscope.store import check_image, open_store, read_probe, read_shape
 from vitscope.vocab import (
@@ -217,6 +217,14 @@ class Service:
                                      progress=progress)
         return {"kind": "saliency", "image": image, "block": block, "baseline_prob": float(self.baseline([image])
                 .probs[0, int(self.labels[image])]), "drops": drops.tolist()}
+
+    def explain(self, image: int, progress: Progress = None) -> dict:
+        """One image's four patch maps, their faithfulness curves and AUCs (`service/explain.py`)."""
+        return explain.explain(self, image, progress)
+
+    def explain_set(self, count: int, cls: int | None = None, seed: int = 0, progress: Progress = None) -> dict:
+        """The faithfulness benchmark over a seeded sample of `count` images (of class `cls`)."""
+        return explain.explain_set(self, count, cls, seed, progress)
 
     def new_image(self, path: str | Path | None = None, data: bytes | None = None, label: int | None = None,
                   name: str | None = None) -> dict:
