@@ -79,6 +79,23 @@ def curve_order(name: object) -> str:
     raise VitscopeError(f"unknown pruning order {name!r}: choose from {', '.join(CURVE_ORDERS)} "
                         f"({', '.join(f'{a} = {o}' for a, o in CURVE_ALIASES.items())})")
 
+# Input attributions (`vitscope explain`): the patch maps, and the two orders a faithfulness curve removes patches in
+EXPLAIN_METHODS = ("attention", "rollout", "grad_rollout", "occlusion")
+EXPLAIN_DIRECTIONS = ("most_relevant_first", "least_relevant_first")
+
+
+def explain_methods(names: object) -> tuple[str, ...]:
+    """The maps asked for, in EXPLAIN_METHODS order (None: all); one line naming the valid ones otherwise."""
+    if names is None:
+        return EXPLAIN_METHODS
+    names = [names] if isinstance(names, str) else list(names)
+    bad = [n for n in names if n not in EXPLAIN_METHODS]
+    if bad or not names:
+        raise VitscopeError(f"unknown explanation method {bad[0] if bad else None!r}: choose from "
+                            f"{', '.join(EXPLAIN_METHODS)}")
+    return tuple(m for m in EXPLAIN_METHODS if m in names)
+
+
 FIGURE_FORMATS = ("svg", "pdf", "png")  # what `vitscope figure`, the app's "save figure" and plots.render write
 
 

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-METHODS = ("attention", "rollout", "grad_rollout", "occlusion")
-DIRECTIONS = ("most_relevant_first", "least_relevant_first")
+from vitscope.vocab import EXPLAIN_DIRECTIONS as DIRECTIONS
+from vitscope.vocab import EXPLAIN_METHODS as METHODS
+
 FRACTIONS = np.arange(10) / 10  # the share of patches removed at each point of a curve
 CLS = 0  # the class token's index: first in every supported model (distillation token and registers follow)
 

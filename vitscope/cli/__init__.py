@@ -1,4 +1,5 @@
-"""`vitscope` command line: demo | build | train-demo | serve | info | compare | ablate | export | figure | report.
+"""`vitscope` command line: demo | build | train-demo | serve | info | compare | ablate | explain | export | figure |
+report.
 
 One module per group of commands, each adding its parsers; the heavy layers load inside the commands, so `--help`
 and early errors load no torch. User errors (VitscopeError) print one line and exit 2; they never show a
@@ -23,12 +24,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def build_parser() -> argparse.ArgumentParser:
     from vitscope import __version__
-    from vitscope.cli import ablate, build, compare, files, info, serve
+    from vitscope.cli import ablate, build, compare, explain, files, info, serve
 
     parser = argparse.ArgumentParser(prog="vitscope", description="How Vision Transformers use attention.")
     parser.add_argument("--version", action="version", version=f"vitscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for commands in (build, serve, files, info, compare, ablate):
+    for commands in (build, serve, files, info, compare, ablate, explain):
         commands.add_parsers(sub)
     return parser
 

@@ -218,13 +218,14 @@ class Service:
         return {"kind": "saliency", "image": image, "block": block, "baseline_prob": float(self.baseline([image])
                 .probs[0, int(self.labels[image])]), "drops": drops.tolist()}
 
-    def explain(self, image: int, progress: Progress = None) -> dict:
-        """One image's four patch maps, their faithfulness curves and AUCs (`service/explain.py`)."""
-        return explain.explain(self, image, progress)
+    def explain(self, image: int, methods: Sequence[str] | None = None, progress: Progress = None) -> dict:
+        """One image's patch maps (default: all four), their faithfulness curves and AUCs (`service/explain.py`)."""
+        return explain.explain(self, image, methods, progress)
 
-    def explain_set(self, count: int, cls: int | None = None, seed: int = 0, progress: Progress = None) -> dict:
+    def explain_set(self, count: int, cls: int | None = None, seed: int = 0, methods: Sequence[str] | None = None,
+                    progress: Progress = None) -> dict:
         """The faithfulness benchmark over a seeded sample of `count` images (of class `cls`)."""
-        return explain.explain_set(self, count, cls, seed, progress)
+        return explain.explain_set(self, count, cls, seed, methods, progress)
 
     def new_image(self, path: str | Path | None = None, data: bytes | None = None, label: int | None = None,
                   name: str | None = None) -> dict:
