@@ -32,6 +32,8 @@ def cmd_explain(args: argparse.Namespace) -> None:
                             if args.image is not None else "give --image I (one image) or --images N (a benchmark)")
     if args.cls is not None and args.image is not None:
         raise VitscopeError("--class goes with --images (the benchmark's sample), not with --image")
+    if args.images is not None and args.images < 1:
+        raise VitscopeError(f"--images needs a count of at least 1, got {args.images}")
     methods = explain_methods(args.methods)
     from tqdm import tqdm
 
