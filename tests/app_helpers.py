@@ -61,3 +61,30 @@ def rgba_bytes(image: np.ndarray) -> np.ndarray:
             v = int(image[r, c])
             out[image.shape[0] - 1 - r, c] = [v & 255, (v >> 8) & 255, (v >> 16) & 255, v >> 24]
     return out
+
+
+def fake_served_page(monkeypatch) -> tuple[list, list]:
+    """Make Panel look like a served page to `poll_layouts`: returns (made, loaded), the periodic callbacks asked
+    for, as (callback, handle with `.stopped`), and the page's onload callbacks, for the test to call."""
+    import panel as pn
+
+    class Session:  # what pn.state.curdoc is in a served page
+        session_context = object()
+
+    class Periodic:
+        stopped = False
+
+        def stop(self) -> None:
+            self.stopped = True
+
+    made: list = []
+    loaded: list = []
+
+    def add_periodic_callback(callback, period):
+        made.append((callback, Periodic()))
+        return made[-1][1]
+
+    monkeypatch.setattr(type(pn.state), "curdoc", property(lambda self: Session()))
+    monkeypatch.setattr(pn.state, "onload", loaded.append)
+    monkeypatch.setattr(pn.state, "add_periodic_callback", add_periodic_callback)
+    return made, loaded

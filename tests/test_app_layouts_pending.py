@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from app_helpers import make_store
+from app_helpers import fake_served_page, make_store
 from bokeh.events import Tap
 
 from vitscope import layouts
@@ -97,25 +97,7 @@ def test_a_served_session_polls_until_every_layout_landed(pending, monkeypatch):
     path, later = pending
     data = StoreData(path)
 
-    class Session:  # what pn.state.curdoc is in a served page
-        session_context = object()
-
-    class Periodic:
-        stopped = False
-
-        def stop(self) -> None:
-            self.stopped = True
-
-    made: list = []
-
-    def add_periodic_callback(callback, period):
-        made.append((callback, Periodic()))
-        return made[-1][1]
-
-    loaded: list = []
-    monkeypatch.setattr(type(pn.state), "curdoc", property(lambda self: Session()))
-    monkeypatch.setattr(pn.state, "onload", loaded.append)
-    monkeypatch.setattr(pn.state, "add_periodic_callback", add_periodic_callback)
+    made, loaded = fake_served_page(monkeypatch)
     monkeypatch.setattr(pn.io, "hold", contextlib.nullcontext)
     told: list[set[str]] = []
     assert poll_layouts(data, {"head_xy_cls", "head_xy_patch"}, told.append)

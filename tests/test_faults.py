@@ -290,9 +290,8 @@ def test_a_store_removed_while_served_is_one_line_in_the_page(served):
 
 
 def test_a_store_removed_while_its_layouts_are_awaited_stops_the_poll_with_one_line(tmp_path, monkeypatch):
-    import panel as pn
     import zarr
-    from app_helpers import make_store
+    from app_helpers import fake_served_page, make_store
 
     from vitscope.app.session import poll_layouts
     from vitscope.readout.store_data import StoreData
@@ -302,21 +301,7 @@ def test_a_store_removed_while_its_layouts_are_awaited_stops_the_poll_with_one_l
     zarr.consolidate_metadata(str(path))
     data = StoreData(path)
 
-    class Session:  # what pn.state.curdoc is in a served page
-        session_context = object()
-
-    class Periodic:
-        stopped = False
-
-        def stop(self) -> None:
-            self.stopped = True
-
-    made: list = []
-    loaded: list = []
-    monkeypatch.setattr(type(pn.state), "curdoc", property(lambda self: Session()))
-    monkeypatch.setattr(pn.state, "onload", loaded.append)
-    monkeypatch.setattr(pn.state, "add_periodic_callback", lambda callback, period: made.append(
-        (callback, Periodic())) or made[-1][1])
+    made, loaded = fake_served_page(monkeypatch)
     said: list[str] = []
     assert poll_layouts(data, {"image_xy"}, lambda names: pytest.fail(f"{names} arrived"), said.append)
     loaded[0]()
