@@ -50,6 +50,18 @@ def lone_view(store, image: int) -> dict:
             "marker": [float(ex.data.image_xy[image, 0])]}
 
 
+def same_axes(got: str | None, want: str) -> bool:
+    """The two-axes title ("two axes: N lines > T") of the same attention: the server computes it in a batch of the
+    sessions' images on one thread, this process alone on its own, so a last float bit may move a line across the
+    cut; the count within 2 lines and the cut within 1 %."""
+    import math
+    import re
+
+    parse = lambda title: re.fullmatch(r"two axes: (\d+) lines > (\S+)", title or "")  # noqa: E731
+    a, b = parse(got), parse(want)
+    return bool(a and b) and abs(int(a[1]) - int(b[1])) <= 2 and math.isclose(float(a[2]), float(b[2]), rel_tol=0.01)
+
+
 def test_eight_sessions_choose_at_once_and_each_sees_its_own_image(server, store):
     import html
     import re
@@ -82,7 +94,7 @@ def test_eight_sessions_choose_at_once_and_each_sees_its_own_image(server, store
                       timeout=120, what=f"image {image} chosen")
                 until(lambda page=page, want=want: plain(text_of(page, ".vs-pattern-info")) == plain(want["info"]),
                       timeout=120, what=f"pattern info of image {image}")
-                until(lambda page=page, want=want: model(page, "vs-axes-fig", "title.text") == want["axes"],
+                until(lambda page=page, want=want: same_axes(model(page, "vs-axes-fig", "title.text"), want["axes"]),
                       timeout=120, what=f"attention of image {image}")
             for page, image in zip(pages, chosen, strict=True):  # and stays so once all have settled
                 assert model(page, "vs-overview-marker", "data.x") == lone_view(store, image)["marker"]
