@@ -19,10 +19,12 @@ from vitscope.analysis import explain as ex
 from vitscope.analysis.probe import HeadedAdapter
 from vitscope.cli import main
 from vitscope.engine.explain import attention_gradients, occluded_probs
+from vitscope.models.adapter import merge_heads
+from vitscope.readout.store_data import StoreData
 from vitscope.service import Service
 from vitscope.service.explain import explain
 from vitscope.store import open_store
-from vitscope.vocab import CLASSIFIER, LINEAR_PROBE
+from vitscope.vocab import CLASSIFIER, LINEAR_PROBE, STORED_MAPS
 
 MOST, LEAST = "most_relevant_first", "least_relevant_first"
 TOL = dict(atol=1e-6, rtol=1e-5)
@@ -167,11 +169,76 @@ def test_the_gradient_is_each_images_own_in_a_batch():
     """Images explained together get the gradients and attention each gets alone (the logits are summed)."""
     ad = small_vit("vit")
     x = images_of(ad, 3)
-    together = attention_gradients(ad, x, torch.tensor([1, 4, 9]))
+    together = attention_gradients(ad, x, torch.tensor([1, 4, 9]), with_ce=True)
     for b, t in enumerate([1, 4, 9]):
-        alone = attention_gradients(ad, x[b:b + 1], torch.tensor([t]))
+        alone = attention_gradients(ad, x[b:b + 1], torch.tensor([t]), with_ce=True)
         for got, ref in zip(together, alone, strict=True):
             torch.testing.assert_close(got[b:b + 1], ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["deit_distilled", "registers"])
+def test_the_builds_maps_equal_the_plain_reference(variant):
+    """What a build keeps per image (`per_image.analyse_batch`: `input_map` [B, 3, N]) is the reference's three
+    maps for each image's own label, with a distillation token or registers (their columns left out); and the
+    gradient proxy from the same backward is still |∂CE/∂gate|."""
+    from vitscope import engine
+    from vitscope.per_image import analyse_batch
+    from vitscope.store import Shape
+
+    ad = small_vit(variant)
+    x, labels = images_of(ad, 3), torch.tensor([1, 4, 9])
+    lay = Shape(images=3, layers=ad.num_layers, heads=ad.num_heads, classes=ad.num_classes, grid=ad.grid,
+                tokens=ad.num_tokens, topk=5, latent=4, binary_size=ad.grid, binary_ones=8, thumb=(8, 8), chunk=3)
+    out = analyse_batch(ad, x, labels, lay, 0.01, "float32")
+    assert out["input_map"].shape == (3, len(STORED_MAPS), ad.grid**2) and out["input_map"].dtype == np.float32
+    for b, t in enumerate(labels.tolist()):
+        ref = reference(ad.model, x[b:b + 1], t, ad.num_prefix, occlude=False)["maps"]
+        for k, m in enumerate(STORED_MAPS):
+            np.testing.assert_allclose(out["input_map"][b, k], ref[m], atol=1e-6, rtol=1e-4, err_msg=f"{b} {m}")
+    # the head gate's gradient, as before the attention gates: one forward per head and image is not needed to
+    # check it, the head's gate scales its output, so the old head-gated backward is the reference
+    gates = torch.ones(3, ad.num_layers, ad.num_heads, requires_grad=True)
+    with torch.enable_grad():
+        h = ad.embed(x)
+        for i in range(ad.num_layers):
+            parts = ad.attention(i, h)
+            o = (parts.attn @ parts.v) * gates[:, i, :, None, None]
+            h = ad.finish_block(i, h, ad.project(i, merge_heads(o), parts.gate))
+        ce = torch.nn.functional.cross_entropy(ad.head(h).float(), labels, reduction="sum")
+        (g,) = torch.autograd.grad(ce, gates)
+    np.testing.assert_allclose(out["grad_importance"], g.abs().numpy(), atol=1e-6, rtol=1e-4)
+    np.testing.assert_allclose(engine.gradient_importance(ad, x, labels).numpy(), g.abs().numpy(), atol=1e-6,
+                               rtol=1e-4)
+
+
+def test_the_stored_maps_are_what_explain_computes(demo16):
+    """The demo store's maps of every image equal `Service.explain`'s (which the reference checks above)."""
+    svc, data = Service(demo16), StoreData(demo16)
+    assert data.has_input_maps
+    for image in (0, 5, 11):
+        stored, got = data.input_maps(image), svc.explain(image, list(STORED_MAPS))["maps"]
+        assert list(stored) == list(STORED_MAPS)
+        for m in STORED_MAPS:
+            assert stored[m].shape == (8, 8)
+            np.testing.assert_allclose(stored[m].ravel(), got[m], atol=1e-6, rtol=1e-4, err_msg=f"{image} {m}")
+
+
+def test_a_backbone_without_a_basis_stores_no_gradient_map():
+    """Without a classifier or probe there is no logit: grad_rollout is NaN, attention and rollout are kept."""
+    from vitscope.analysis import probe
+    from vitscope.per_image import analyse_batch
+    from vitscope.store import Shape
+
+    ad = probe.placeholder(small_vit("vit", num_classes=0), 1)
+    x = images_of(ad, 2)
+    lay = Shape(images=2, layers=ad.num_layers, heads=ad.num_heads, classes=1, grid=ad.grid, tokens=ad.num_tokens,
+                topk=1, latent=4, binary_size=ad.grid, binary_ones=8, thumb=(8, 8), chunk=2)
+    maps = analyse_batch(ad, x, torch.tensor([0, 0]), lay, 0.01, "float32")["input_map"]
+    k = STORED_MAPS.index("grad_rollout")
+    assert np.isnan(maps[:, k]).all() and np.isfinite(np.delete(maps, k, axis=1)).all()
+    ref = reference(ad.model, x[:1], 0, 1, logits_of=lambda model, y: model.forward_features(y)[:, 0],
+                    occlude=False)["maps"]
+    np.testing.assert_allclose(maps[0, STORED_MAPS.index("rollout")], ref["rollout"], atol=1e-6, rtol=1e-4)
 
 
 def test_ties_go_to_the_lower_patch_index_in_both_directions():
@@ -213,7 +280,7 @@ def test_real_vit_tiny_maps_equal_the_plain_reference():
     photo = sorted(REAL_IMAGES.glob("*/*.JPEG"))[0]
     x = Preprocessor(ad.model)(read_rgb(photo))[0][None]
     target = 0  # the first class folder: n01440764, tench
-    attn, grad, _ = attention_gradients(ad, x, torch.tensor([target]))
+    attn, grad, _, _ = attention_gradients(ad, x, torch.tensor([target]))
     got = ex.attention_maps(attn[0], grad[0], ad.num_prefix)
     ref = reference(ad.model, x, target, ad.num_prefix, occlude=False)["maps"]
     for m in got:

@@ -20,6 +20,7 @@ from vitscope.build import finish_heads, registers
 from vitscope.config import BuildConfig
 from vitscope.errors import StoreMismatch
 from vitscope.per_image import analyse_batch
+from vitscope.readout.store_data import StoreData
 from vitscope.summary import store_summary
 from vitscope.vocab import HEAD_KINDS, SINK_RANKS
 
@@ -132,9 +133,8 @@ def test_a_v2_store_opens_and_says_the_sinks_are_missing(built, tmp_path):
     _, path, _, _ = built
     old = tmp_path / "v2.zarr"
     shutil.copytree(path, old)
-    for name in store.SINK_VARIABLES:
+    for name in (*store.SINK_VARIABLES, "prefix", "input_map", "input_method"):  # what v3 and v4 added
         shutil.rmtree(old / name)
-    shutil.rmtree(old / "prefix")
     group = zarr.open_group(str(old), mode="r+")
     fingerprint = {**json.loads(group.attrs["fingerprint"]), "schema": 2}
     group.attrs.update(vitscope_schema=2, fingerprint=json.dumps(fingerprint))
@@ -143,6 +143,7 @@ def test_a_v2_store_opens_and_says_the_sinks_are_missing(built, tmp_path):
         store.check(old, {**fingerprint, "schema": store.SCHEMA_VERSION})
     ds = store.open_store(old)
     assert not store.has_sinks(ds)
+    assert not StoreData(old).has_input_maps and StoreData(old).input_maps(0) is None
     assert "Attention sinks: not in this store" in store_summary(ds)
     res = vitscope_here("info", old)
     assert res.returncode == 0, res.stderr

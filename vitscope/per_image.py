@@ -1,8 +1,9 @@
 """The per-image analysis: what a store keeps of each image, from one engine pass over a batch.
 
-The engine prunes every head in every mode (importance, top-k), gives the attention and the gradient proxy;
-from the attention come strength, CLS vectors, the binarised maps (packed) and their pattern labels, and with the
-block output norms the sinks and high-norm tokens (`analysis.sinks`). The build runs it per chunk, and the service
+The engine prunes every head in every mode (importance, top-k); one forward and backward gives the attention, the
+gradient proxy and the three stored input maps (`analysis.explain`). From the attention come strength, CLS vectors,
+the binarised maps (packed) and their pattern labels, and with the block output norms the sinks and high-norm tokens
+(`analysis.sinks`). The build runs it per chunk, and the service
 runs it on a new image (which the app uploads), so both give the same numbers for the same image.
 """
 
@@ -12,7 +13,8 @@ import numpy as np
 import torch
 
 from vitscope import engine, store
-from vitscope.analysis import binary, cls, patterns, probe, sinks, strength
+from vitscope.analysis import binary, cls, explain, patterns, probe, sinks, strength
+from vitscope.engine.explain import attention_gradients
 from vitscope.models import ViTAdapter
 
 
@@ -23,9 +25,11 @@ def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, la
 
     `top` is the fraction of patch attention binarised, `lay` the store's sizes (binarised-map size, whether
     attention is kept), `precision` the engine's."""
-    res = engine.run(adapter, x, labels, attention="all", grad=True, precision=precision)
+    res = engine.run(adapter, x, labels, precision=precision)
+    # the attention, the gradient proxy and the gradient-weighted rollout from one forward and backward
+    grads = attention_gradients(adapter, x, res.labels, with_ce=True)
     n, p = adapter.num_prefix, adapter.grid
-    a = res.attention.view(len(x), lay.layers, lay.heads, lay.tokens, lay.tokens)  # [B, L, H, P, P]
+    a = grads.attention  # [B, L, H, P, P]
     patch = a[..., n:, n:]
     maps = binary.binarise(patch, top)
     scores = patterns.pattern_scores(maps, p)  # [B, L, H, 4]
@@ -34,7 +38,7 @@ def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, la
     out = {
         "baseline_prob": res.probs.gather(1, labels[:, None])[:, 0],
         "topk_idx": res.topk_idx, "topk_prob": res.topk_prob, "importance": res.importance,
-        "grad_importance": res.grad_importance, "strength": s_vec,
+        "grad_importance": grads.head_ce, "strength": s_vec,
         "strength_entropy": strength.strength_entropy(s_vec),
         "attention_distance": strength.attention_distance(patch, p),
         "cls_attention": cls.cls_attention_vector(a, n).half(),
@@ -42,6 +46,7 @@ def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, la
         "pattern_offset": patterns.offset_scores(maps, p).argmax(-1),
         "binary_index": binary.pack_binary(maps, lay.binary_size, lay.binary_ones),
         **sinks.image_sinks(a, res.token_norm, n),  # sinks, prefix shares, high-norm tokens
+        "input_map": explain.stored_maps(a, grads.relevance, n),
     }
     if lay.store_attention:
         out["attention"] = a.half()

@@ -32,13 +32,14 @@ from vitscope.vocab import (
     OFFSETS,
     PATTERNS,
     SINK_RANKS,
+    STORED_MAPS,
     prefix_names,
 )
 
-SCHEMA_VERSION = 3  # v3: attention sinks, high-norm tokens, prefix shares, the head kind `sink`
-# Stores this vitscope opens: a v2 store lacks only v3's sink variables (the app and `info` say so); a build never
-# resumes one (its fingerprint names its schema).
-READABLE_SCHEMAS = (2, 3)
+SCHEMA_VERSION = 4  # v3: attention sinks, high-norm tokens, prefix shares, the head kind `sink`; v4: input maps
+# Stores this vitscope opens: a v2 store lacks v3's sink variables and a v3 store v4's input maps (the app and `info`
+# say so); a build never resumes one (its fingerprint names its schema).
+READABLE_SCHEMAS = (2, 3, 4)
 SINK_VARIABLES = ("sink_token", "sink_share", "prefix_share", "norm_token", "norm_ratio", "sink_tokens",
                   "sink_frequency", "norm_tokens", "norm_frequency", "head_sink_share", "head_sink_tokens")
 FORMAT = dict(zarr_format=2)  # v2 metadata: readable by every zarr/xarray, no spec warnings
@@ -114,6 +115,7 @@ class Shape:
             "norm_frequency": (("layer", "rank"), "float32"),
             "head_sink_share": (("layer", "head"), "float32"),
             "head_sink_tokens": (("layer", "head", "rank"), "int16"),
+            "input_map": (("image", "input_method", "patch"), "float32"),
         }
         if self.fits:
             v["image_xy_fit"] = (("image",), "bool")
@@ -134,13 +136,14 @@ class Shape:
                     one=self.binary_ones,
                     y=self.thumb[0], x=self.thumb[1], rgb=3, latent=self.latent, xy=2, query=self.tokens,
                     key=self.tokens, rank=min(SINK_RANKS, self.grid**2), prefix=self.prefix,
-                    feature=self.features, ae_param=self.ae_params, **{"class": self.classes})
+                    feature=self.features, ae_param=self.ae_params, input_method=len(STORED_MAPS),
+                    patch=self.grid**2, **{"class": self.classes})
 
 
 PER_CHUNK = ("label", "valid", "baseline_prob", "topk_idx", "topk_prob", "importance", "grad_importance",
              "strength", "strength_entropy", "attention_distance", "cls_attention", "pattern_score",
              "pattern_label", "pattern_second", "pattern_offset", "binary_index", "thumbnail", "attention",
-             "sink_token", "sink_share", "prefix_share", "norm_token", "norm_ratio")
+             "sink_token", "sink_share", "prefix_share", "norm_token", "norm_ratio", "input_map")
 GLOBAL = ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch", "image_xy_fit", "head_xy_cls_fit",
           "head_xy_patch_fit", "ae_weights", "head_consistency", "head_kind",
           "sink_tokens", "sink_frequency", "norm_tokens", "norm_frequency", "head_sink_share", "head_sink_tokens")
@@ -148,12 +151,9 @@ GLOBAL = ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch", "image_x
 CODES = {"pattern_label": ("patterns", PATTERNS), "pattern_second": ("patterns", PATTERNS),
          "pattern_offset": ("offsets", OFFSETS), "head_kind": ("kinds", HEAD_KINDS)}
 
-
 # A store write that fails for a reason the user can fix is one line; a rerun resumes from the chunks marked done.
 KEPT = ": finished chunks are kept"
 ELSEWHERE = "build it where you can write (--out; $VITSCOPE_CACHE for `vitscope demo`)"
-
-
 _writes = writes(kept=KEPT, elsewhere=ELSEWHERE)  # a store write: its fixable failure is one line
 
 
@@ -201,6 +201,7 @@ def create(path: Path, shape: Shape, fingerprint: dict, ids: list[str], class_na
         "offset": list(OFFSETS),
         "xy": ["x", "y"],
         "prefix": prefix_names(shape.prefix, shape.registers),
+        "input_method": list(STORED_MAPS),
     }
     ds = xr.Dataset(data, coords=coords)
     ds.attrs.update(attrs, vitscope_schema=SCHEMA_VERSION, vitscope_version=__version__,
@@ -224,8 +225,8 @@ def has_sinks(ds: xr.Dataset) -> bool:
     return all(name in ds for name in SINK_VARIABLES)
 
 
-SINKS_MISSING = ("not in this store (built by a vitscope before sinks were stored): rebuild it with the same "
-                 "`vitscope build … --overwrite` to add them")
+MISSING = "not in this store (built by a vitscope before {} were stored): rebuild with `vitscope build … --overwrite`"
+SINKS_MISSING = MISSING.format("sinks")
 
 
 def check(path: Path, fingerprint: dict | None = None) -> dict:
@@ -259,8 +260,7 @@ def check(path: Path, fingerprint: dict | None = None) -> dict:
 
 
 def check_image(path: str | Path, image: int, valid: np.ndarray, image_ids) -> int:
-    """`image` as an int if it is in the store at `path` and was readable at build; else one line saying why not and
-    what to do (`valid` and `image_ids`: the store's, as the caller holds them)."""
+    """`image` as an int if it is in the store at `path` and was readable at build (`valid`, `image_ids`: its own)."""
     n = len(valid)
     if not 0 <= int(image) < n:
         raise VitscopeError(f"image {image} out of range: {path} has {n} images (0..{n - 1})")

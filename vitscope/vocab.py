@@ -82,6 +82,7 @@ def curve_order(name: object) -> str:
 # Input attributions (`vitscope explain`): the patch maps, and the two orders a faithfulness curve removes patches in
 EXPLAIN_METHODS = ("attention", "rollout", "grad_rollout", "occlusion")
 EXPLAIN_DIRECTIONS = ("most_relevant_first", "least_relevant_first")
+STORED_MAPS = EXPLAIN_METHODS[:3]  # the maps a build keeps per image (occlusion needs a forward per patch)
 
 
 def explain_methods(names: object) -> tuple[str, ...]:

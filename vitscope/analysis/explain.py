@@ -15,6 +15,7 @@ from torch import Tensor
 
 from vitscope.vocab import EXPLAIN_DIRECTIONS as DIRECTIONS
 from vitscope.vocab import EXPLAIN_METHODS as METHODS
+from vitscope.vocab import STORED_MAPS
 
 FRACTIONS = np.arange(10) / 10  # the share of patches removed at each point of a curve
 CLS = 0  # the class token's index: first in every supported model (distillation token and registers follow)
@@ -51,6 +52,13 @@ def attention_maps(attn: Tensor, grad_attn: Tensor, num_prefix: int) -> dict[str
     return {"attention": attention_map(attn, num_prefix).numpy(),
             "rollout": rollout(attn)[CLS, num_prefix:].numpy(),
             "grad_rollout": grad_rollout(attn, grad_attn)[CLS, num_prefix:].numpy()}
+
+
+def stored_maps(attn: Tensor, relevance: Tensor, num_prefix: int) -> np.ndarray:
+    """`attention_maps` of a batch, [B, len(STORED_MAPS), N] float32: `attn` and `relevance` [B, L, H, P, P]."""
+    return np.stack([np.stack([m[k] for k in STORED_MAPS]) for m in
+                     (attention_maps(a, r, num_prefix) for a, r in zip(attn, relevance, strict=True))]
+                    ).astype(np.float32)
 
 
 def removal_counts(patches: int) -> list[int]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vitscope.vocab import CLASSIFIER, LINEAR_PROBE, METRICS, NO_BASIS
+from vitscope.vocab import CLASSIFIER, LINEAR_PROBE, METRICS, NO_BASIS, STORED_MAPS
 
 if TYPE_CHECKING:
     from vitscope.models.adapter import ViTAdapter
@@ -136,6 +136,9 @@ def blank(adapter: object, out: dict) -> dict:
     imp = torch.as_tensor(out["importance"]).clone()
     imp[..., [METRICS.index("prob"), METRICS.index("jsd")]] = float("nan")
     out["importance"] = imp
+    maps = torch.as_tensor(out["input_map"]).clone()
+    maps[:, STORED_MAPS.index("grad_rollout")] = float("nan")  # no target logit to take the gradient of
+    out["input_map"] = maps
     return out
 
 

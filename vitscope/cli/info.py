@@ -33,7 +33,9 @@ def cmd_info(args: argparse.Namespace) -> None:
             print(f"{key:>14}: {value}")
         return
     from vitscope.readout.store_data import StoreData
+    from vitscope.store import MISSING
     from vitscope.summary import describe
+    from vitscope.vocab import STORED_MAPS
 
     text = describe(args.store)
     data = StoreData(args.store, unfinished=True)  # whatever chunks are finished; the rest is not valid
@@ -41,6 +43,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(text)
     _print_proxy(data, data.valid)
     _print_sinks(data)
+    _print_section("input maps", [f"{', '.join(STORED_MAPS)} of every image; `vitscope explain` adds occlusion and "
+                                  "how faithful each is" if data.has_input_maps else MISSING.format("input maps")])
     if cls is not None:
         _print_class(data, *cls, args.top)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vitscope.engine.explain import attention_gradients
 from vitscope.engine.metrics import importance_metrics, region_mask
 from vitscope.errors import VitscopeError
 from vitscope.models.adapter import ViTAdapter, merge_heads
@@ -185,17 +186,4 @@ def _attention_heads(attention, L: int, H: int) -> list[tuple[int, int]]:
 def gradient_importance(adapter: ViTAdapter, images: Tensor, labels: Tensor) -> Tensor:
     """First-order head importance (Michel et al. 2019): |∂CE/∂gate| per image, gate = 1 on
     each head's output; one forward + backward for all heads. Returns [B, L, H] on CPU."""
-    images = images.to(adapter.device, adapter.dtype)
-    labels = torch.as_tensor(labels, device=adapter.device).long()
-    B, L, H = images.shape[0], adapter.num_layers, adapter.num_heads
-    gates = torch.ones(B, L, H, device=adapter.device, dtype=adapter.dtype, requires_grad=True)
-    with torch.enable_grad():
-        x = adapter.embed(images)
-        for i in range(L):
-            parts = adapter.attention(i, x)
-            o = (parts.attn @ parts.v) * gates[:, i, :, None, None]  # [B, H, P, dh]
-            x = adapter.finish_block(i, x, adapter.project(i, merge_heads(o), parts.gate))
-        # Summing over images keeps each image's gradient its own (gates are per image).
-        loss = torch.nn.functional.cross_entropy(adapter.head(x).float(), labels, reduction="sum")
-        (g,) = torch.autograd.grad(loss, gates)
-    return g.abs().float().cpu()
+    return attention_gradients(adapter, images, labels, with_ce=True).head_ce

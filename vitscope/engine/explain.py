@@ -1,14 +1,15 @@
 """The model runs behind input attributions: attention with the gradient of the target's logit, and batched
 forwards with patches occluded at the input.
 
-The gradient comes the way the gradient proxy's does (`ablation.gradient_importance`): a gate of ones multiplies
-each layer's attention inside the explicit forward, so `∂s/∂gate = ∂s/∂A ⊙ A` at gate = 1, for every layer and head
-from one backward; summing the images' logits keeps each image's gradient its own.
+A gate of ones multiplies each layer's attention inside the explicit forward, so `∂s/∂gate = ∂s/∂A ⊙ A` at gate = 1,
+for every layer and head from one backward; summing the images' logits keeps each image's gradient its own. The
+gradient proxy (`ablation.gradient_importance`) comes from the same forward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -16,15 +17,28 @@ from torch import Tensor
 from vitscope.models.adapter import ViTAdapter, merge_heads
 
 
-def attention_gradients(adapter: ViTAdapter, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(attention A [B, L, H, P, P], ∂s/∂A ⊙ A [B, L, H, P, P], P[target] [B]), float32 on the CPU, for
-    preprocessed `images` [B, 3, h, w], where `s` is the logit of each image's target class from the adapter's
-    head (the classifier, or a backbone's probe)."""
+class Gradients(NamedTuple):
+    """One forward and backward of a batch of B images, float32 on the CPU."""
+
+    attention: Tensor  # A [B, L, H, P, P]
+    relevance: Tensor  # ∂s/∂A ⊙ A [B, L, H, P, P], s the target's logit
+    prob: Tensor  # P[target] [B]
+    head_ce: Tensor | None  # the gradient proxy |∂CE/∂gate_h| [B, L, H] (`with_ce`), else None
+
+
+def attention_gradients(adapter: ViTAdapter, images: Tensor, targets: Tensor, with_ce: bool = False) -> Gradients:
+    """Attention and the gradient of each image's target logit `s` from the adapter's head (the classifier, or a
+    backbone's probe) for preprocessed `images` [B, 3, h, w].
+
+    `with_ce` also gives the gradient proxy from the same forward: a head's gate scales all of its attention, so
+    ∂CE/∂gate_h is the sum of ∂CE/∂A_h ⊙ A_h over its rows and columns (Michel et al.'s first-order importance).
+    """
     images = images.to(adapter.device, adapter.dtype)
     targets = torch.as_tensor(targets, device=adapter.device).long().view(-1)
     B, L, H, P = images.shape[0], adapter.num_layers, adapter.num_heads, adapter.num_tokens
     gates = torch.ones(B, L, H, P, P, device=adapter.device, dtype=adapter.dtype, requires_grad=True)
     attn = []
+    head_ce = None
     with torch.enable_grad():
         x = adapter.embed(images)
         for i in range(L):
@@ -34,9 +48,13 @@ def attention_gradients(adapter: ViTAdapter, images: Tensor, targets: Tensor) ->
             x = adapter.finish_block(i, x, adapter.project(i, merge_heads(o), parts.gate))
         logits = adapter.head(x).float()
         s = logits.gather(-1, targets[:, None])[:, 0]
-        (g,) = torch.autograd.grad(s.sum(), gates)
+        (g,) = torch.autograd.grad(s.sum(), gates, retain_graph=with_ce)
+        if with_ce:
+            ce = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+            (g_ce,) = torch.autograd.grad(ce, gates)
+            head_ce = g_ce.sum((-1, -2)).abs().float().cpu()
     prob = logits.detach().softmax(-1).gather(-1, targets[:, None])[:, 0]
-    return torch.stack(attn, 1).float().cpu(), g.float().cpu(), prob.cpu()
+    return Gradients(torch.stack(attn, 1).float().cpu(), g.float().cpu(), prob.cpu(), head_ce)
 
 
 @torch.inference_mode()

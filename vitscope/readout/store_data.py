@@ -57,6 +57,7 @@ class StoreData:
         self.has_sinks = has_sinks(ds)
         self.head_sink_share = ds["head_sink_share"].values if self.has_sinks else None  # [L, H]
         self.head_sink_tokens = ds["head_sink_tokens"].values if self.has_sinks else None  # [L, H, rank]
+        self.has_input_maps = "input_map" in ds  # schema v4: a store built before opens without them
         self.binary_size = read_shape(self.path).binary_size  # the side of the binarised maps kept
         self.metrics: list[str] = order["metric"]
         # What prob/jsd are computed from: a classifier, a backbone's linear probe, or nothing (NaN).
@@ -127,6 +128,15 @@ class StoreData:
                 self._thumbs.pop(next(iter(self._thumbs)))
             self._thumbs[image] = self.ds["thumbnail"][image].values
         return self._thumbs[image]
+
+    def input_maps(self, image: int) -> dict[str, np.ndarray] | None:
+        """The image's stored patch maps, {method: [p, p] float32} (`vocab.STORED_MAPS`: attention, rollout,
+        grad_rollout, in their raw units); None for a store built before they were kept."""
+        if not self.has_input_maps:
+            return None
+        values = self.ds["input_map"][int(image)].values
+        return {str(m): v.reshape(self.grid, self.grid) for m, v in zip(self.ds["input_method"].values, values,
+                                                                        strict=True)}
 
     def check_image(self, image: int) -> int:
         """`image` if it is in the store and was readable at build; else one line saying which it is not."""

@@ -51,7 +51,7 @@ def explain(svc: Service, image: int, methods: Sequence[str] | None = None, prog
     N = ad.grid**2
     maps = {}
     if set(methods) - {"occlusion"}:
-        attn, grad, _ = attention_gradients(ad, x[None], torch.tensor([target]))
+        attn, grad, _, _ = attention_gradients(ad, x[None], torch.tensor([target]))
         maps = ex.attention_maps(attn[0], grad[0], ad.num_prefix)
     occlusion = "occlusion" in methods
     steps = (N if occlusion else 0) + 1 + 2 * len(methods) * (len(ex.FRACTIONS) - 1)  # at most: shared masks run once

@@ -1,0 +1,84 @@
+"""What storing the input maps adds to a build: the model work of one build batch with and without them, same
+images, same model, one run.
+
+    python benchmarks/input_maps.py                                   # demo model, CPU
+    python benchmarks/input_maps.py --model timm:vit_tiny_patch16_224 \\
+        --checkpoint ../shared/models/vit_tiny_patch16_224.augreg_in21k_ft_in1k.safetensors --threads 1
+
+Without: every head pruned in every mode with the attention kept (`engine.run`), and the gradient proxy from its own
+backward through a gate on each head's output. With: the same pruning, and one forward with a gate on the attention
+whose two backwards give the gradient proxy and the gradient-weighted rollout, then the three maps
+(`per_image.analyse_batch`'s model work). The rest of a build (binarising, patterns, writing) is the same in both,
+so the ratio printed is an upper bound on what a whole build grows by. Not a test: timings are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from vitscope import engine
+from vitscope.analysis.explain import stored_maps
+from vitscope.engine.explain import attention_gradients
+from vitscope.models import load_model
+from vitscope.models.adapter import merge_heads
+
+
+def head_gate_gradient(ad, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The gradient proxy as a build computed it without the maps: a gate of ones on each head's output."""
+    gates = torch.ones(len(x), ad.num_layers, ad.num_heads, requires_grad=True)
+    with torch.enable_grad():
+        h = ad.embed(x)
+        for i in range(ad.num_layers):
+            parts = ad.attention(i, h)
+            o = (parts.attn @ parts.v) * gates[:, i, :, None, None]
+            h = ad.finish_block(i, h, ad.project(i, merge_heads(o), parts.gate))
+        ce = torch.nn.functional.cross_entropy(ad.head(h).float(), y, reduction="sum")
+        (g,) = torch.autograd.grad(ce, gates)
+    return g.abs()
+
+
+def without_maps(ad, x, y) -> None:
+    engine.run(ad, x, y, attention="all")
+    head_gate_gradient(ad, x, y)
+
+
+def with_maps(ad, x, y) -> None:
+    engine.run(ad, x, y)
+    g = attention_gradients(ad, x, y, with_ce=True)
+    stored_maps(g.attention, g.relevance, ad.num_prefix)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--batch-size", type=int, default=16, help="images per batch, as `vitscope build --batch-size`")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating runs of each; the medians are compared")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ad = load_model(args.model, checkpoint=args.checkpoint)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 3, ad.grid * ad.patch_size, ad.grid * ad.patch_size, generator=g)
+    y = torch.randint(0, ad.num_classes, (args.batch_size,), generator=g)
+    print(f"model {args.model}: {ad.num_layers} layers × {ad.num_heads} heads, {ad.num_tokens} tokens; batch "
+          f"{args.batch_size}, {torch.get_num_threads()} CPU threads")
+    times: dict[str, list[float]] = {"without maps": [], "with maps": []}
+    with_maps(ad, x, y)  # warm-up
+    for _ in range(args.repeats):
+        for name, fn in (("without maps", without_maps), ("with maps", with_maps)):
+            t = time.perf_counter()
+            fn(ad, x, y)
+            times[name].append(time.perf_counter() - t)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    for k, v in med.items():
+        print(f"{k:>13}: {v:.2f} s a batch ({args.batch_size / v:.2f} images/s)")
+    print(f"ratio with/without: {med['with maps'] / med['without maps']:.3f} (goal: at most 1.10)")
+
+
+if __name__ == "__main__":
+    main()
