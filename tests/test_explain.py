@@ -22,7 +22,7 @@ from vitscope.engine.explain import attention_gradients, occluded_probs
 from vitscope.models.adapter import merge_heads
 from vitscope.readout.store_data import StoreData
 from vitscope.service import Service
-from vitscope.service.explain import explain
+from vitscope.service.explain import explain, sample
 from vitscope.store import open_store
 from vitscope.vocab import CLASSIFIER, LINEAR_PROBE, STORED_MAPS
 
@@ -383,3 +383,25 @@ def test_a_store_whose_model_cannot_be_loaded_is_one_line(tmp_path, capsys):
     path = make_store(tmp_path / "s.zarr", images=4, layers=2, heads=2, grid=4, classes=3)
     code, out, err = run(capsys, path, "--image", 1)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "its model cannot be loaded here" in err, err
+
+
+def test_explain_runs_in_the_services_slow_lane(demo16):
+    """The app's way in: an `explain` request in the dispatcher's slow lane answers what `Service.explain` does,
+    with progress to its end; a bad image is that request's one-line error; `explain_set` is a request too."""
+    from vitscope.service.dispatch import FAST, Dispatcher, LocalBackend
+
+    assert {"explain", "explain_set"}.isdisjoint(FAST)
+    d = Dispatcher(LocalBackend(demo16))
+    try:
+        seen = []
+        r = d.submit("s", {"kind": "explain", "image": 3, "methods": ["rollout", "occlusion"]},
+                     progress=lambda done, total: seen.append((done, total))).result(timeout=300)
+        want = Service(demo16).explain(3, ["rollout", "occlusion"])
+        assert r["kind"] == "explain" and {k: r[k] for k in want} == want
+        assert len(seen) > 2 and seen[-1][0] == seen[-1][1] and [s[0] for s in seen] == sorted(s[0] for s in seen)
+        bad = d.ask("s", {"kind": "explain", "image": 99}, timeout=60)
+        assert bad["kind"] == "explain" and "image 99 out of range" in bad["error"]
+        r = d.ask("s", {"kind": "explain_set", "images": 2, "seed": 1, "methods": ["attention"]}, timeout=300)
+        assert r["kind"] == "explain_set" and r["images"] == sample(Service(demo16), 2, None, 1)[0]
+    finally:
+        d.close()

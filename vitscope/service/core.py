@@ -278,6 +278,11 @@ class Service:
             return self.saliency(r["image"], r.get("block", 1), progress)
         if kind == "new_image":
             return self.new_image(r.get("path"), r.get("data"), r.get("label"), r.get("name"))
+        if kind == "explain":
+            return {"kind": "explain", **self.explain(r["image"], r.get("methods"), progress)}
+        if kind == "explain_set":
+            return {"kind": "explain_set", **self.explain_set(r["images"], r.get("cls"), r.get("seed", 0),
+                                                             r.get("methods"), progress)}
         if kind == "attention":
             return {"kind": "attention", "image": int(r["image"]), "layer": r.get("layer"),
                     "attention": self.attention(r["image"], r.get("layer"))}

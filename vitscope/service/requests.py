@@ -9,6 +9,8 @@ and Dask; a head is a `vitscope.heads.Head` or any form `parse_head` reads.
         "steps": [0, 6, 12], "max_images": 256, "tol": 0.01}
     {"kind": "new_image", "path": "photo.jpg"}  (or "data": the file's bytes)   {"kind": "attention", "image": 3}
     {"kind": "attention", "image": 3, "layer": 5}  (that layer's heads only: the blocks up to it are run)
+    {"kind": "explain", "image": 3, "methods": ["rollout", "occlusion"] (absent: all four)}
+    {"kind": "explain_set", "images": 50, "cls": 7 | null, "seed": 0, "methods": [...]}
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from vitscope.errors import VitscopeError
 from vitscope.heads import head_dict, parse_head, parse_heads
 
 __all__ = ["KINDS", "NEEDS_IMAGE", "check", "head_dict", "parse_head", "parse_heads"]  # heads: vitscope.heads
-KINDS = ("prune", "pairs", "curve", "saliency", "new_image", "attention")
-NEEDS_IMAGE = ("prune", "pairs", "saliency", "attention")
-NEEDS_CLASSES = ("prune", "pairs", "curve", "saliency")  # requests answered in P[true]
+KINDS = ("prune", "pairs", "curve", "saliency", "new_image", "attention", "explain", "explain_set")
+NEEDS_IMAGE = ("prune", "pairs", "saliency", "attention", "explain")
+NEEDS_CLASSES = ("prune", "pairs", "curve", "saliency", "explain", "explain_set")  # requests answered in P[true]
 NO_BASIS_WHY = ("unavailable: this store's model has no classifier and its images no usable labels, so P[true] and "
                 "JSD are undefined (prob basis: none); its cls_dist and patch_dist are in the store")
 
@@ -36,6 +38,8 @@ def check(request: object) -> str:
         raise VitscopeError("a prune request needs 'heads': at least one LAYER:HEAD[:MODE]")
     if kind == "attention" and request.get("layer") is not None and not isinstance(request["layer"], int):
         raise VitscopeError("an attention request's 'layer' must be an integer (or absent: every layer)")
+    if kind == "explain_set" and not isinstance(request.get("images"), int):
+        raise VitscopeError("an explain_set request needs an integer 'images' (how many to sample)")
     if kind == "new_image" and (request.get("path") is None) == (request.get("data") is None):
         raise VitscopeError("a new_image request needs a 'path' or the file's 'data' (one of them)")
     return kind
