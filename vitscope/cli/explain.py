@@ -53,17 +53,19 @@ def cmd_explain(args: argparse.Namespace) -> None:
         svc = Service(args.store, args.device)
     except VitscopeError as e:
         raise VitscopeError(f"{args.store}: its model cannot be loaded here: {e}") from None
-    if args.image is not None:
-        result = svc.explain(args.image, methods)
-        print(json.dumps(result) if args.json else readable(result, svc.class_names))
-        return
-    with tqdm(desc="explain", unit="img", disable=args.json, leave=False) as bar:
+    # the bar goes to stderr, so --json output stays one object
+    with tqdm(desc="explain", unit="forward" if args.image is not None else "img", leave=False) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        result = svc.explain_set(args.images, cls, args.seed, methods, progress)
-    print(json.dumps(result) if args.json else benchmark_table(result, svc.class_names))
+        if args.image is not None:
+            result = svc.explain(args.image, methods, progress)
+            text = readable(result, svc.class_names)
+        else:
+            result = svc.explain_set(args.images, cls, args.seed, methods, progress)
+            text = benchmark_table(result, svc.class_names)
+    print(json.dumps(result) if args.json else text)
 
 
 def readable(r: dict, class_names: list[str]) -> str:
