@@ -26,7 +26,7 @@ import numpy as np
 
 from vitscope import store
 from vitscope.analysis.binary import top_count
-from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, MODES, OFFSETS, PATTERNS, SINK_SHARE
+from vitscope.vocab import BASE_PATTERNS, HEAD_KINDS, MODES, OFFSETS, PATTERNS, SINK_SHARE, STORED_MAPS
 
 
 def chunk_arrays(lay: store.Shape, rng: np.random.Generator, n: int,
@@ -56,6 +56,9 @@ def chunk_arrays(lay: store.Shape, rng: np.random.Generator, n: int,
     sink = np.argsort(-received[..., lay.prefix:], axis=-1)[..., :r]
     norms = sink_rng.lognormal(0, 1, (n, L, patches))
     high = np.argsort(-norms, axis=-1)[..., :r]
+    # the input maps last in the same stream: a class-token row's share of the patches, in [0, 1] like the real ones
+    maps = (sink_rng.dirichlet(np.full(patches, 0.5), size=(n, len(STORED_MAPS))) * sink_rng.uniform(0.3, 1, (n, 1, 1))
+            ).astype(np.float32)
     return {
         "label": rng.integers(0, C, n), "valid": np.ones(n, bool), "baseline_prob": rng.random(n),
         "topk_idx": top, "topk_prob": top_prob, "importance": imp,
@@ -69,6 +72,7 @@ def chunk_arrays(lay: store.Shape, rng: np.random.Generator, n: int,
         "sink_token": sink, "sink_share": np.take_along_axis(received[..., lay.prefix:], sink, -1),
         "prefix_share": received[..., :lay.prefix], "norm_token": high,
         "norm_ratio": np.take_along_axis(norms, high, -1) / np.median(norms, -1, keepdims=True),
+        "input_map": maps,
     }
 
 

@@ -228,3 +228,19 @@ def test_info_and_the_app_show_the_sink_heads(real_store):
     assert len(rows) == 3 and all({"(0,0)", "(0,13)", "(13,0)", "(13,13)"} <= set(r) for r in rows), rows
     text = head_kind_text(StoreData(path), 11, 0)
     assert text.startswith("sink head") and all(p in text for p in ("(0,0)", "(0,13)", "(13,0)", "(13,13)")), text
+
+
+def test_the_stored_input_maps_are_the_explain_maps(real_store):
+    """The build's three maps of a photo are what `vitscope explain` computes from the model for the same label
+    (which test_explain checks against a plain reference on this model); the rollout row keeps 50–100 % on the
+    patches (the rest on the class token)."""
+    from vitscope.service import Service
+    from vitscope.vocab import STORED_MAPS
+
+    svc = Service(real_store.attrs["store_path"])
+    for image in (0, 9):
+        got = svc.explain(image, list(STORED_MAPS))["maps"]
+        for k, m in enumerate(STORED_MAPS):
+            np.testing.assert_allclose(real_store["input_map"][image, k].values, got[m], rtol=1e-4, atol=1e-7,
+                                       err_msg=f"image {image} {m}")
+        assert 0.5 < float(real_store["input_map"][image, STORED_MAPS.index("rollout")].sum()) < 1.0
