@@ -35,8 +35,8 @@ def cmd_figure(args: argparse.Namespace) -> None:
                                      device=args.device, names=args.only,
                                      progress=None if args.quiet else lambda n: print(f"  {n}", flush=True))
     line = f"{len(written)} figures written to {args.out} ({args.format})"
-    if skipped:
-        line += f"; {', '.join(skipped)} show one image: give --image for them"
+    for why in dict.fromkeys(skipped.values()):  # one clause per reason, in the order the figures come
+        line += f"; {', '.join(n for n, w in skipped.items() if w == why)} {why}"
     print(line)
 
 
@@ -81,7 +81,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="the folder to write <figure>.<format> into")
     p.add_argument("--format", default="svg", choices=FIGURE_FORMATS)
     p.add_argument("--image", type=int, help="image index in the store (vitscope info STORE); the views of one "
-                   "image and of its attention need it (the attention is recomputed by the store's model)")
+                   "image, of its attention and of its explanation need it (both are recomputed by the store's model)")
     p.add_argument("--head", metavar="L:H", help="the head of the per-head views (default: the one whose pruning "
                    "hurts the image, or all images, most)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these figures (names: vitscope.plots.FIGURES)")
