@@ -95,10 +95,11 @@ def test_the_curves_are_the_explanations_with_each_auc_in_the_legend(data, expla
         vp.faithfulness_curves({k: v for k, v in explanation.items() if k != "curves"})
 
 
-def benchmark(means: dict[str, tuple[float, float]], half: float = 0.01) -> dict:
+def benchmark(means: dict[str, tuple[float, float]], half: float = 0.01, images: tuple[int, ...] = (0, 2, 5),
+              of: int = 8) -> dict:
     """`Service.explain_set`'s dict from {method: (mean most first, mean least first)}, intervals ± `half`."""
     mean = {m: dict(zip(EXPLAIN_DIRECTIONS, v, strict=True)) for m, v in means.items()}
-    return {"images": [0, 2, 5], "of": 8, "cls": None, "seed": 0, "mean_auc": mean,
+    return {"images": list(images), "of": of, "cls": None, "seed": 0, "mean_auc": mean,
             "interval": {m: {d: [x - half, x + half] for d, x in by.items()} for m, by in mean.items()},
             "most_faithful": {MOST: min(mean, key=lambda m: mean[m][MOST]),
                               LEAST: max(mean, key=lambda m: mean[m][LEAST])}}
