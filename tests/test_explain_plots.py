@@ -170,6 +170,19 @@ def test_figure_draws_the_models_explanation_of_the_image(demo16, tmp_path, caps
         assert re.search(rf"\b{m} — image 3\b", svg_text(out / "explain-maps.svg"))
 
 
+def test_stored_maps_draw_without_the_model(demo16):
+    """The maps a build keeps (`input_map`, [p, p] each) make the same figure as the model's: the figure takes any
+    dict with the image, the grid and the maps."""
+    data = StoreData(demo16)
+    stored = data.input_maps(3)
+    assert stored is not None and list(stored) == ["attention", "rollout", "grad_rollout"]
+    layout = vp.patch_maps(data, {"image": 3, "grid": [data.grid, data.grid], "maps": stored})
+    on_disk = store.open_store(demo16)["input_map"].isel(image=3)
+    for panel, m in zip(layout.values(), stored, strict=True):
+        want = on_disk.sel(input_method=m).values.reshape(data.grid, data.grid)
+        np.testing.assert_allclose(np.flipud(panel.Image.I.dimension_values(m, flat=False)), want)
+
+
 def test_the_apps_save_figure_asks_the_model_for_the_explanation(demo16, path):
     """The app's "save figure": an explanation figure waits for an image, then is drawn from the model's answer; on
     a store without a class basis it cannot be saved, and says why."""
