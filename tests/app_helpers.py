@@ -88,3 +88,17 @@ def fake_served_page(monkeypatch) -> tuple[list, list]:
     monkeypatch.setattr(pn.state, "onload", loaded.append)
     monkeypatch.setattr(pn.state, "add_periodic_callback", add_periodic_callback)
     return made, loaded
+
+
+def fake_explanation(image: int, target: int, grid: int, seed: int = 0) -> dict:
+    """`Service.explain`'s dict without a model: random maps (occlusion signed, as a drop of P can be negative),
+    falling curves and their AUCs by the trapezoid rule, so the figures can be checked against known numbers."""
+    from vitscope.vocab import EXPLAIN_DIRECTIONS, EXPLAIN_METHODS
+
+    rng = np.random.default_rng(seed)
+    n = grid * grid
+    maps = {m: (rng.random(n) - (0.5 if m == "occlusion" else 0.0)).tolist() for m in EXPLAIN_METHODS}
+    curves = {m: {d: np.sort(rng.random(10))[::-1].tolist() for d in EXPLAIN_DIRECTIONS} for m in EXPLAIN_METHODS}
+    fractions = np.arange(10) / 10
+    auc = {m: {d: float(np.trapezoid(c, fractions)) for d, c in cs.items()} for m, cs in curves.items()}
+    return {"image": image, "target": target, "grid": [grid, grid], "maps": maps, "curves": curves, "auc": auc}

@@ -223,6 +223,8 @@ def test_a_report_into_an_unwritable_folder_says_so_before_its_curves(demo16, tm
     from vitscope.cli import main
 
     monkeypatch.setattr(vitscope.report, "curves", lambda *a, **k: pytest.fail("curves computed before the check"))
+    monkeypatch.setattr(vitscope.report, "explanations",
+                        lambda *a, **k: pytest.fail("explanations computed before the check"))
     (tmp_path / "a-file").write_text("x")
     assert main(["report", str(demo16), "--out", str(tmp_path / "a-file" / "r.html"), "--quiet"]) == 2
     one_line(capsys.readouterr().err, "report", "is a file, not a folder")
@@ -231,8 +233,8 @@ def test_a_report_into_an_unwritable_folder_says_so_before_its_curves(demo16, tm
 @pytest.mark.parametrize("command, out, kept", [
     (["export", "--image", "1"], "snapshot.html", "snapshot.html"),
     (["figure", "--only", "importance-matrix"], "figs", "figs/importance-matrix.svg"),
-    (["report", "--no-curves"], "report.html", "report.html"),
-    (["report", "--no-curves"], "report.pdf", "report.pdf"),
+    (["report", "--no-curves", "--no-explain"], "report.html", "report.html"),
+    (["report", "--no-curves", "--no-explain"], "report.pdf", "report.pdf"),
 ])
 def test_export_figure_and_report_on_a_full_disk_are_one_line_and_keep_the_older_file(demo16, tmp_path, command, out,
                                                                                         kept, capsys):

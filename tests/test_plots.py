@@ -13,7 +13,7 @@ import numpy as np
 import panel as pn
 import pytest
 import xarray as xr
-from app_helpers import fake_attention, make_store
+from app_helpers import fake_attention, fake_explanation, make_store
 from bokeh.models import ColumnDataSource
 from holoviews.operation.datashader import rasterize
 from holoviews.plotting.bokeh.chart import BarPlot, CurvePlot
@@ -55,6 +55,11 @@ def readable(ds) -> xr.Dataset:
 @pytest.fixture(scope="module")
 def attention(data) -> np.ndarray:
     return fake_attention(L, H, data.tokens)(IMAGE)
+
+
+@pytest.fixture(scope="module")
+def explanation(ds) -> dict:
+    return fake_explanation(IMAGE, int(ds["label"].values[IMAGE]), GRID)
 
 
 def values(element, dim) -> np.ndarray:
@@ -333,9 +338,10 @@ def test_render_takes_the_format_argument_and_refuses_others(data, tmp_path):
         vp.render(vp.strength_scatter(data), tmp_path / "x.gif")
 
 
-def registry_checks(ds: xr.Dataset, readable: xr.Dataset, attention: np.ndarray) -> dict:
+def registry_checks(ds: xr.Dataset, readable: xr.Dataset, attention: np.ndarray, explanation: dict) -> dict:
     """For each registered figure, a check of its element built for (IMAGE, LAYER, HEAD) against the store's arrays
-    (read with xarray) and the image's attention: the registry must hand each view the image, head and attention."""
+    (read with xarray), the image's attention and its explanation: the registry must hand each view the image, head,
+    attention and explanation."""
     one = ds.isel(image=IMAGE)
     head = one.isel(layer=LAYER, head=HEAD)
     valid = ds["valid"].values
@@ -376,6 +382,16 @@ def registry_checks(ds: xr.Dataset, readable: xr.Dataset, attention: np.ndarray)
         assert len(patch) == top_count(top, grid * grid)
         assert all(A[s, t] > 0 for s, t in pairs)
 
+    def explain_maps(e):
+        for panel, (m, flat) in zip(e.values(), explanation["maps"].items(), strict=True):
+            close(np.flipud(panel.Image.I.dimension_values(m, flat=False)), np.reshape(flat, (GRID, GRID)))
+
+    def explain_curves(e):
+        method, direction = "grad_rollout", "least_relevant_first"
+        curve = e.values()[1].values()[2]
+        assert curve.label.startswith(method)
+        close(values(curve, "p_target"), explanation["curves"][method][direction])
+
     def kinds(e):
         counts = e.values()[0]
         got = {(k, int(i)): c for k, i, c in zip(counts.dimension_values("kind"), counts.dimension_values("layer"),
@@ -399,6 +415,8 @@ def registry_checks(ds: xr.Dataset, readable: xr.Dataset, attention: np.ndarray)
         "heatmap": lambda e: close(e.dimension_values("attention", flat=False), A),
         "two-axes": two_axes,
         "masks": masks,
+        "explain-maps": explain_maps,
+        "explain-curves": explain_curves,
         "importance-matrix": lambda e: close(
             [v for _, v in sorted(zip(zip(e.dimension_values("layer"), e.dimension_values("head"), strict=True),
                                       e.dimension_values("prob"), strict=True))],
@@ -412,11 +430,12 @@ def registry_checks(ds: xr.Dataset, readable: xr.Dataset, attention: np.ndarray)
     }
 
 
-def test_every_registered_figure_shows_the_stores_numbers_and_renders(data, ds, readable, attention, tmp_path):
-    checks = registry_checks(ds, readable, attention)
+def test_every_registered_figure_shows_the_stores_numbers_and_renders(data, ds, readable, attention, explanation,
+                                                                     tmp_path):
+    checks = registry_checks(ds, readable, attention, explanation)
     assert sorted(checks) == sorted(vp.FIGURES)
     for name, fig in vp.FIGURES.items():
-        element = vp.build(name, data, image=IMAGE, layer=LAYER, head=HEAD, attention=attention)
+        element = vp.build(name, data, image=IMAGE, layer=LAYER, head=HEAD, attention=attention, explain=explanation)
         assert fig.about
         checks[name](element)
     vp.render(vp.build("pattern-map", data, layer=LAYER, head=HEAD), tmp_path / "map.png")

@@ -10,11 +10,12 @@ import xarray as xr
 from app_helpers import make_store
 from scipy.stats import spearmanr
 from test_compare_view import stores  # noqa: F401 - tiny stores a, swap (two heads swapped), small (2 × 2)
+from test_explain_plots import benchmark
 
 from vitscope import store
 from vitscope.readout.store_data import StoreData
-from vitscope.report import findings, html, sections
-from vitscope.vocab import HEAD_KINDS, PATTERNS, WHOLE_HEAD, head_name
+from vitscope.report import explanations, findings, html, sections
+from vitscope.vocab import EXPLAIN_DIRECTIONS, HEAD_KINDS, PATTERNS, WHOLE_HEAD, head_name
 
 L, H = 4, 3
 
@@ -137,7 +138,8 @@ def test_the_report_with_curves_and_figures_on_a_real_model(demo16, tmp_path):
     from vitscope.vocab import CURVE_ORDERS
 
     out = tmp_path / "r.html"
-    assert main(["report", str(demo16), "--out", str(out), "--curve-images", "8", "--quiet"]) == 0
+    assert main(["report", str(demo16), "--out", str(out), "--curve-images", "8", "--explain-images", "2",
+                 "--quiet"]) == 0
     page = out.read_text(encoding="utf-8")
     expected = Service(demo16).curve(orders=CURVE_ORDERS, steps=curve_steps(24), max_images=8)
     for order in CURVE_ORDERS:
@@ -145,9 +147,86 @@ def test_the_report_with_curves_and_figures_on_a_real_model(demo16, tmp_path):
     counts = "".join(f"<td>{expected['prunable'][o]}</td>" for o in CURVE_ORDERS)
     assert f"<tr><td>prunable (−1 pt)</td>{counts}</tr>" in page
     assert f"with every head top-1 accuracy is {expected['baseline']:.1%}" in page
-    assert page.count("<svg") == 5  # trends, importance matrix, kinds/patterns, proxy, curves
+    mean = Service(demo16).explain_set(2, None, 0)["mean_auc"]  # the report's seeded sample, seed 0
+    for d, pick, word in ((MOST, min, "lowest"), (LEAST, max, "highest")):
+        best = pick(mean, key=lambda m, d=d: mean[m][d])
+        assert (f"With the {d.split('_')[0]} relevant patches removed first, {best} is the most faithful map: mean "
+                f"AUC {mean[best][d]:.4f}") in page and f"the {word} of the 4" in page
+    assert "<h2>Which explanation is faithful for this model</h2>" in page
+    assert "a seeded sample of 2 of the 16 readable images (seed 0)" in page
+    assert page.count("<svg") == 6  # trends, importance matrix, kinds/patterns, proxy, curves, faithfulness
     assert "<script" not in page and "xlink:href=\"http" not in page
 
+
+MOST, LEAST = EXPLAIN_DIRECTIONS
+MEANS = {"attention": (0.30, 0.50), "rollout": (0.20, 0.40), "grad_rollout": (0.25, 0.60), "occlusion": (0.35, 0.45)}
+
+
+def explain_section(f: dict) -> tuple[str, str, list[list[str]]]:
+    (title, said, rows), = [(t, " ".join(s), rows) for key, t, s, rows in sections(f) if key == "explanations"]
+    return title, said, rows
+
+
+@pytest.mark.parametrize("half", [0.01, 0.03, 0.06])
+def test_the_explanations_name_the_most_faithful_map_and_whether_the_sample_tells_it_apart(made, half):
+    """From a benchmark of known means (intervals ± half): the most faithful map of each direction (the lowest mean AUC
+    most relevant first, the highest least relevant first), the runner-up, whether their intervals overlap, the
+    ranking, the sample and its seed; at ± 0.03 the two best most relevant first overlap, at ± 0.06 in both directions
+    (least relevant first the runner-up's interval reaches the best's from below)."""
+    r = benchmark(MEANS, half, images=(1, 4, 9), of=38)
+    title, said, rows = explain_section(findings(StoreData(made[0]), explained=r))
+    assert title == "Which explanation is faithful for this model"
+    assert "a seeded sample of 3 of the 38 readable images (seed 0)" in said
+    ranked = {MOST: sorted(MEANS, key=lambda m: MEANS[m][0]), LEAST: sorted(MEANS, key=lambda m: -MEANS[m][1])}
+    assert ranked[MOST][0] == "rollout" and ranked[LEAST][0] == "grad_rollout"  # the numbers say so
+    overlapping = 0
+    for k, (d, word) in enumerate(((MOST, "most"), (LEAST, "least"))):
+        best, second = ranked[d][:2]
+        assert (f"With the {word} relevant patches removed first, {best} is the most faithful map: mean AUC "
+                f"{MEANS[best][k]:.4f} (95 % interval {MEANS[best][k] - half:.4f}–{MEANS[best][k] + half:.4f})"
+                f", the {'lowest' if d == MOST else 'highest'} of the 4; next comes {second} at "
+                f"{MEANS[second][k]:.4f}") in said
+        apart = abs(MEANS[best][k] - MEANS[second][k]) > 2 * half
+        overlapping += not apart
+        verdict = ("The two intervals do not overlap." if apart else
+                   f"The two intervals overlap: {best} and {second} are not distinguishable on 3 images.")
+        assert f"(95 % interval {MEANS[second][k] - half:.4f}–{MEANS[second][k] + half:.4f}). {verdict}" in said
+    assert said.count("not distinguishable") == overlapping == {0.01: 0, 0.03: 1, 0.06: 2}[half]
+    assert (f"Ranked from most to least faithful, most relevant first: {', '.join(ranked[MOST])}; least relevant "
+            f"first: {', '.join(ranked[LEAST])}.") in said
+    assert "The two directions disagree: rollout when the most relevant go first, grad_rollout when" in said
+    assert [row[0] for row in rows[1:]] == list(MEANS)
+    assert [row[0] for row in rows[1:] if row[1].endswith("★")] == ["rollout"]
+    assert [row[0] for row in rows[1:] if row[3].endswith("★")] == ["grad_rollout"]
+    same = {m: (v[0], v[1] + (0.5 if m == "rollout" else 0)) for m, v in MEANS.items()}  # rollout best both ways
+    _, said, _ = explain_section(findings(StoreData(made[0]), explained=benchmark(same, half, of=3)))
+    assert "The same map, rollout, is the most faithful in both directions." in said
+    assert "on all 3 readable images" in said
+
+
+def test_the_explanations_say_why_they_are_missing(made, tmp_path):
+    """No benchmark: one sentence saying why and how to get it, whether it was left out, the model cannot be loaded
+    here (this synthetic store's model) or the store has no class basis."""
+    import shutil
+
+    from vitscope.cli import main
+
+    _, said, rows = explain_section(findings(StoreData(made[0])))
+    assert "Not computed for this report" in said and "without --no-explain" in said and rows == []
+    out = tmp_path / "r.html"
+    assert main(["report", str(made[0]), "--out", str(out), "--no-curves", "--quiet"]) == 0
+    page = out.read_text(encoding="utf-8")
+    section = page.split("<h2>Which explanation is faithful for this model</h2>")[1]
+    assert section.startswith("<p>Not computed: the store&#x27;s model cannot be loaded here (unknown model spec")
+    assert page.count("<svg") == 4  # trends, importance matrix, kinds/patterns, proxy: no benchmark
+    blind = tmp_path / "blind.zarr"
+    shutil.copytree(made[0], blind)
+    store.write_global(blind, {}, {"prob_basis": "none"})
+    explained, why = explanations(blind)
+    assert explained is None and why["reason"] == "no basis"
+    _, said, _ = explain_section(findings(StoreData(blind), None, explained, why))
+    assert said.startswith("Not computed: how faithful a map is is read from P[true]") and "prob basis none" in said
+    assert main(["report", str(made[0]), "--out", str(out), "--explain-images", "0"]) == 2
 
 
 def test_the_report_as_pdf(made, tmp_path):

@@ -83,6 +83,8 @@ def curve_order(name: object) -> str:
 EXPLAIN_METHODS = ("attention", "rollout", "grad_rollout", "occlusion")
 EXPLAIN_DIRECTIONS = ("most_relevant_first", "least_relevant_first")
 STORED_MAPS = EXPLAIN_METHODS[:3]  # the maps a build keeps per image (occlusion needs a forward per patch)
+EXPLAIN_IMAGES = 8  # the report's seeded sample for the faithfulness benchmark (every image runs hundreds of forwards)
+EXPLAIN_SEED = 0  # and its seed (the sample's and the bootstrap's)
 
 
 def explain_methods(names: object) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from vitscope.errors import VitscopeError, one_line
 from vitscope.readout.figures import Renderer
 from vitscope.readout.selection import COLOUR_BY, Selection
 from vitscope.readout.store_data import store_data
-from vitscope.service.dispatch import Dispatcher, ask_attention, shared_dispatcher, warm
+from vitscope.service.dispatch import Dispatcher, ask_attention, ask_explain, shared_dispatcher, warm
 from vitscope.text import esc
 from vitscope.vocab import MODE_NAMES
 
@@ -53,7 +53,7 @@ class Explorer(pn.viewable.Viewer):
         self.strength = AttentionStrengthView(d, s)
         self.pattern = AttentionPatternView(d, s, self.attention, self.overview.thumb_source)
         self.ablation = AblationView(d, s, self.submit, self.schedule, self.overview.figure, self.pattern.map.figure)
-        self.save = SaveFigure(d, s, self.all_attention, figures, SIDEBAR - 30) if figures else None
+        self.save = SaveFigure(d, s, self.all_attention, figures, SIDEBAR - 30, self.explanation) if figures else None
         self.views = [self.overview, self.importance, self.strength, self.pattern, self.ablation,
                       *([self.save] if self.save else [])]
         watched = sorted({name for v in self.views for name in v.watches})
@@ -78,6 +78,10 @@ class Explorer(pn.viewable.Viewer):
     def all_attention(self, image: int) -> np.ndarray:
         """[L, H, P, P] of one image (figures that show every head)."""
         return ask_attention(self.service(), str(id(self)), image)
+
+    def explanation(self, image: int) -> dict:
+        """One image's patch maps and faithfulness curves (`Service.explain`), for the figures that show them."""
+        return ask_explain(self.service(), str(id(self)), image)
 
     def _ask_attention(self) -> tuple[int, int] | None:
         """Served: ask the model for the selected image's attention in the selected layer without waiting for it,

@@ -19,7 +19,7 @@ from vitscope.errors import one_line
 from vitscope.readout.figures import FIGURES, Renderer, target
 from vitscope.readout.selection import Selection
 from vitscope.readout.store_data import StoreData
-from vitscope.vocab import FIGURE_FORMATS
+from vitscope.vocab import FIGURE_FORMATS, NO_BASIS
 
 
 class SaveFigure:
@@ -28,8 +28,9 @@ class SaveFigure:
     watches = ("image", "layer", "head")  # followed as one of the Explorer's views: inside its one held change
 
     def __init__(self, data: StoreData, selection: Selection, attention: Callable[[int], np.ndarray],
-                 render: Renderer, width: int) -> None:
+                 render: Renderer, width: int, explain: Callable[[int], dict] | None = None) -> None:
         self.data, self.selection, self.attention, self.render = data, selection, attention, render
+        self.explain = explain  # an image's patch maps and faithfulness curves, from the model
         self.which = pn.widgets.Select(options=list(FIGURES), value="importance", width=width - 10,
                                        css_classes=["vs-save-which"])
         self.format = pn.widgets.RadioButtonGroup(options=list(FIGURE_FORMATS), value="svg", width=width - 10,
@@ -49,17 +50,22 @@ class SaveFigure:
         return f"{self.which.value}-{image}-L{s.layer}H{s.head}.{self.format.value}"
 
     def _follow(self, *_) -> None:
-        needs = FIGURES[self.which.value].needs_image and self.selection.image is None
-        self.button.param.update(filename=self.filename(), disabled=needs,
-                                 label="pick an image first" if needs else "save figure")
+        spec = FIGURES[self.which.value]
+        needs = spec.needs_image and self.selection.image is None
+        cannot = spec.needs_explain and (self.explain is None or self.data.prob_basis == NO_BASIS)
+        self.button.param.update(filename=self.filename(), disabled=needs or cannot,
+                                 label="needs P[target] (a class basis)" if cannot else
+                                 "pick an image first" if needs else "save figure")
 
     def file(self) -> io.BytesIO | None:
         """The chosen figure of the current selection, rendered for print (the download's content); the image's
-        attention is asked of the model only by the figures that show it."""
+        attention and explanation are asked of the model only by the figures that show them."""
         s, name = self.selection, self.which.value
+        spec, image = FIGURES[name], s.image
         try:
-            att = self.attention(s.image) if FIGURES[name].needs_attention and s.image is not None else None
-            t = target(name, self.data, s.image, s.layer, s.head, att)
+            att = self.attention(image) if spec.needs_attention and image is not None else None
+            expl = self.explain(image) if spec.needs_explain and image is not None and self.explain else None
+            t = target(name, self.data, image, s.layer, s.head, att, expl)
             return io.BytesIO(self.render(name, self.format.value, t))
         except Exception as e:  # noqa: BLE001 - one line in the page, never a traceback
             s.message = f"save figure: {one_line(e)}"

@@ -4,6 +4,8 @@ open offline."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from vitscope.cli.serve import one_or_two
@@ -35,8 +37,8 @@ def cmd_figure(args: argparse.Namespace) -> None:
                                      device=args.device, names=args.only,
                                      progress=None if args.quiet else lambda n: print(f"  {n}", flush=True))
     line = f"{len(written)} figures written to {args.out} ({args.format})"
-    if skipped:
-        line += f"; {', '.join(skipped)} show one image: give --image for them"
+    for why in dict.fromkeys(skipped.values()):  # one clause per reason, in the order the figures come
+        line += f"; {', '.join(n for n, w in skipped.items() if w == why)} {why}"
     print(line)
 
 
@@ -46,23 +48,36 @@ def cmd_report(args: argparse.Namespace) -> None:
     one_or_two(args.store)
     if args.out.suffix.lower() not in (".html", ".htm", ".pdf"):
         raise VitscopeError(f"--out {args.out}: give a .html or a .pdf file")
-    if args.curve_images < 1:
-        raise VitscopeError(f"--curve-images {args.curve_images}: give at least 1")
-    from tqdm import tqdm
-
-    quiet = args.quiet or args.no_curves or len(args.store) == 2  # a comparison has no curves
-    with tqdm(desc="pruning curves", unit="image·step", disable=quiet) as bar:
-        def progress(done: int, total: int) -> None:  # thousands of pruned forwards
-            bar.total = max(total, done)  # the prunable counts may need steps beyond those the curves show
-            bar.update(done - bar.n)
-
+    for flag, n in (("--curve-images", args.curve_images), ("--explain-images", args.explain_images)):
+        if n < 1:
+            raise VitscopeError(f"{flag} {n}: give at least 1")
+    quiet = args.quiet or len(args.store) == 2  # a comparison has no curves and no explanations
+    with ExitStack() as bars:
         out = write(args.store, args.out, with_curves=not args.no_curves, device=args.device,
-                    curve_images=args.curve_images, progress=progress)
+                    curve_images=args.curve_images, progress=bar(bars, "pruning curves", "image·step", quiet),
+                    with_explain=not args.no_explain, explain_images=args.explain_images,
+                    explain_progress=bar(bars, "explanations", "image", quiet))
     print(f"report written: {out} ({out.stat().st_size / 1e3:.0f} kB; one file, opens offline)")
 
 
+def bar(bars: ExitStack, desc: str, unit: str, quiet: bool) -> Callable[[int, int], None]:
+    """A progress bar that appears at its first report (a part the report leaves out shows none), closed with
+    `bars`."""
+    from tqdm import tqdm
+
+    shown = []
+
+    def progress(done: int, total: int) -> None:
+        if not shown:
+            shown.append(bars.enter_context(tqdm(desc=desc, unit=unit, disable=quiet)))
+        shown[0].total = max(total, done)  # the prunable counts may need steps beyond those the curves show
+        shown[0].update(done - shown[0].n)
+
+    return progress
+
+
 def add_parsers(sub) -> None:
-    from vitscope.vocab import DEFAULT_METRIC, FIGURE_FORMATS, METRICS, MODES, WHOLE_HEAD
+    from vitscope.vocab import DEFAULT_METRIC, EXPLAIN_IMAGES, FIGURE_FORMATS, METRICS, MODES, WHOLE_HEAD
 
     p = sub.add_parser("export", help="one image's views as a self-contained HTML file (no server needed); with two "
                        "stores, their comparison on that image")
@@ -81,7 +96,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="the folder to write <figure>.<format> into")
     p.add_argument("--format", default="svg", choices=FIGURE_FORMATS)
     p.add_argument("--image", type=int, help="image index in the store (vitscope info STORE); the views of one "
-                   "image and of its attention need it (the attention is recomputed by the store's model)")
+                   "image, of its attention and of its explanation need it (both are recomputed by the store's model)")
     p.add_argument("--head", metavar="L:H", help="the head of the per-head views (default: the one whose pruning "
                    "hurts the image, or all images, most)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these figures (names: vitscope.plots.FIGURES)")
@@ -97,6 +112,10 @@ def add_parsers(sub) -> None:
                    "model: minutes on a CPU)")
     p.add_argument("--curve-images", type=int, default=64, help="the pruning curves' seeded sample of images "
                    "(default 64)")
-    p.add_argument("--device", default="cpu", help="where the pruning curves are computed")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-explain", action="store_true", help="leave out which patch map is faithful (it needs the "
+                   "store's model and a class basis: hundreds of forwards per image)")
+    p.add_argument("--explain-images", type=int, default=EXPLAIN_IMAGES, help="the faithfulness benchmark's seeded "
+                   f"sample of images (default {EXPLAIN_IMAGES})")
+    p.add_argument("--device", default="cpu", help="where the pruning curves and the patch maps are computed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_report)

@@ -12,7 +12,7 @@ from typing import BinaryIO
 import holoviews as hv
 import numpy as np
 
-from vitscope.plots import summaries, views
+from vitscope.plots import explain, summaries, views
 from vitscope.plots.render import render
 from vitscope.readout.figures import FIGURES, Target, target
 from vitscope.readout.store_data import Store
@@ -29,6 +29,8 @@ MAKERS: dict[str, Callable[[Target], hv.core.Dimensioned]] = {
     "heatmap": lambda t: views.attention_heatmap(t.attention, t.layer, t.head, t.data.num_prefix),
     "two-axes": lambda t: views.two_axes(t.attention, t.layer, t.head, t.data.num_prefix, t.data.top),
     "masks": lambda t: views.masks(t.data, t.attention, t.image, t.layer, t.head, binarise=False),
+    "explain-maps": lambda t: explain.patch_maps(t.data, t.explain),
+    "explain-curves": lambda t: explain.faithfulness_curves(t.explain, t.data),
     "importance-matrix": lambda t: summaries.importance_matrix(t.data),
     "layer-trends": lambda t: summaries.layer_trends(t.data),
     "pattern-kinds": lambda t: summaries.pattern_kind_matrix(t.data),
@@ -39,10 +41,11 @@ if MAKERS.keys() != FIGURES.keys():  # the registry and its makers are one list:
 
 
 def build(name: str, store: Store, image: int | None = None, layer: int = 0, head: int = 0,
-          attention: np.ndarray | None = None) -> hv.core.Dimensioned:
+          attention: np.ndarray | None = None, explain: dict | None = None) -> hv.core.Dimensioned:
     """The element of figure `name` for a store (path or StoreData), image, head and, where it needs one, the
-    image's attention [L, H, P, P]; a missing input or an unknown name is one line (VitscopeError)."""
-    checked = target(name, store, image, layer, head, attention)
+    image's attention [L, H, P, P] or its explanation (`Service.explain`'s dict); a missing input or an unknown
+    name is one line (VitscopeError)."""
+    checked = target(name, store, image, layer, head, attention, explain)
     return MAKERS[name](checked)
 
 

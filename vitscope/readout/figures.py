@@ -3,7 +3,8 @@ notebook, `vitscope figure`, the app's "save figure" and the report all list fig
 draws them.
 
 A figure of one image's attention takes the `[L, H, P, P]` array (the store keeps no raw attention; it comes from
-the model), every other figure reads the store alone.
+the model), a figure of its input attributions takes `Service.explain`'s dict (its patch maps and faithfulness
+curves, wherever they were computed), every other figure reads the store alone.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class FigureSpec:
     about: str
     needs_image: bool = False
     needs_attention: bool = False
+    needs_explain: bool = False  # the image's explanation (`Service.explain`): it needs P[target], so a class basis
 
 
 # The views first (the order the app's "save figure" lists them in), then the store summaries.
@@ -42,6 +44,10 @@ FIGURES: dict[str, FigureSpec] = {
                            needs_attention=True),
     "masks": FigureSpec("the image under CLS's source and target masks, graded as in the app (CLS has no row in the "
                         "binarised map)", needs_image=True, needs_attention=True),
+    "explain-maps": FigureSpec("the image's four patch maps (attention, rollout, grad_rollout, occlusion) over it, "
+                               "each on its own scale", needs_image=True, needs_explain=True),
+    "explain-curves": FigureSpec("the image's faithfulness curves: P[target] as patches are removed in each map's "
+                                 "order, both directions, AUC in the legend", needs_image=True, needs_explain=True),
     "importance-matrix": FigureSpec("layer × head mean importance with the head pruned"),
     "layer-trends": FigureSpec("mean attention distance and strength entropy per layer"),
     "pattern-kinds": FigureSpec("head kinds and pattern labels per layer"),
@@ -57,12 +63,13 @@ class Target(NamedTuple):
     layer: int
     head: int
     attention: np.ndarray | None
+    explain: dict | None = None
 
 
 def target(name: str, store: Store, image: int | None = None, layer: int = 0, head: int = 0,
-           attention: np.ndarray | None = None) -> Target:
-    """The checked inputs of figure `name`: an unknown name, head or image, or a missing image or attention, is one
-    line (VitscopeError)."""
+           attention: np.ndarray | None = None, explain: dict | None = None) -> Target:
+    """The checked inputs of figure `name`: an unknown name, head or image, or a missing image, attention or
+    explanation, is one line (VitscopeError)."""
     if name not in FIGURES:
         raise VitscopeError(f"no figure {name!r}: the figures are {', '.join(FIGURES)}")
     spec, data = FIGURES[name], store_data(store)
@@ -79,7 +86,18 @@ def target(name: str, store: Store, image: int | None = None, layer: int = 0, he
             got = "none" if attention is None else str(np.shape(attention))
             raise VitscopeError(f"figure {name!r} needs the image's attention {want} (the store keeps none; "
                                 f"`Service.attention` recomputes it), got {got}")
-    return Target(data, image, layer, head, attention)
+    if spec.needs_explain:
+        check_explain(name, explain, image)
+    return Target(data, image, layer, head, attention, explain)
+
+
+def check_explain(name: str, explain: object, image: int | None) -> None:
+    """An explanation of the figure's image: a dict with its patch maps (from `Service.explain`, or read back)."""
+    if not isinstance(explain, dict) or "maps" not in explain or "grid" not in explain:
+        raise VitscopeError(f"figure {name!r} needs the image's explanation (`Service.explain`: its patch maps and "
+                            f"faithfulness curves), got {'none' if explain is None else type(explain).__name__}")
+    if image is not None and explain.get("image", image) != image:
+        raise VitscopeError(f"figure {name!r} of image {image} was given the explanation of image {explain['image']}")
 
 
 Renderer = Callable[[str, str, Target], bytes]  # (figure name, format, checked target) → the print file's content

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from vitscope.errors import check_writable, replacing
+from vitscope.errors import VitscopeError, check_writable, one_line, replacing
 from vitscope.report import prose
 from vitscope.report.findings import findings
 from vitscope.text import esc
-from vitscope.vocab import CURVE_IMAGES, NO_BASIS
+from vitscope.vocab import CURVE_IMAGES, EXPLAIN_IMAGES, EXPLAIN_SEED, NO_BASIS
 
-__all__ = ["compare_sections", "curves", "findings", "html", "sections", "write"]
+__all__ = ["compare_sections", "curves", "explanations", "findings", "html", "sections", "write"]
 
 CSS = """
 body { font-family: Georgia, 'Times New Roman', serif; max-width: 900px; margin: 2em auto; line-height: 1.45;
@@ -41,7 +41,8 @@ def sections(f: dict[str, Any]) -> Sections:
     """The sections of one store's report (the proxy's needs P[true])."""
     out = []
     for key, write in (("model", prose.model), ("trends", prose.trends), ("importance", prose.importance),
-                       ("structure", prose.structure), ("proxy", prose.proxy), ("curves", prose.curves)):
+                       ("structure", prose.structure), ("proxy", prose.proxy), ("curves", prose.curves),
+                       ("explanations", prose.explanations)):
         section = write(f)
         if section is not None:
             out.append((key, *section))
@@ -93,7 +94,8 @@ def store_figures(data, f: dict[str, Any]) -> Callable[[str], list]:
     make = {"trends": lambda: plots.layer_trends(data), "importance": lambda: plots.importance_matrix(data),
             "structure": lambda: plots.pattern_kind_matrix(data),
             "proxy": lambda: plots.proxy_vs_exact(data) if f["proxy"] else None,
-            "curves": lambda: plots.pruning_curves(f["curves"]) if f["curves"] else None}
+            "curves": lambda: plots.pruning_curves(f["curves"]) if f["curves"] else None,
+            "explanations": lambda: plots.faithfulness_benchmark(f["explanations"]) if f["explanations"] else None}
     return lambda key: [e for e in [make[key]()] if e is not None] if key in make else []
 
 
@@ -115,8 +117,27 @@ def curves(store: str | Path, device: str = "cpu", images: int = CURVE_IMAGES,
     return service.curve(orders=CURVE_ORDERS, steps=curve_steps(n_heads), max_images=images, progress=progress)
 
 
+def explanations(store: str | Path, device: str = "cpu", images: int = EXPLAIN_IMAGES,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[dict | None, dict[str, str] | None]:
+    """(the faithfulness benchmark of the four patch maps on a seeded sample of at most `images`, with the store's
+    own model, or None; why not): a store without a class basis has no P[true] to follow, and a model that cannot
+    be loaded here is said in the report, not raised (the rest of the report needs no model)."""
+    from vitscope.readout.store_data import store_data
+    from vitscope.service.core import Service
+
+    if store_data(store).prob_basis == NO_BASIS:
+        return None, {"reason": "no basis", "detail": ""}
+    try:
+        service = Service(store, device)
+    except VitscopeError as e:
+        return None, {"reason": "no model", "detail": one_line(e)}
+    return service.explain_set(images, None, EXPLAIN_SEED, progress=progress), None
+
+
 def write(stores: list[str | Path], out: str | Path, with_curves: bool = True, device: str = "cpu",
-          curve_images: int = CURVE_IMAGES, progress: Callable[[int, int], None] | None = None) -> Path:
+          curve_images: int = CURVE_IMAGES, progress: Callable[[int, int], None] | None = None,
+          with_explain: bool = True, explain_images: int = EXPLAIN_IMAGES,
+          explain_progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the report of one store, or of two stores compared, to `out` (.html, or .pdf); returns the path."""
     from vitscope.readout.store_data import store_data
 
@@ -134,7 +155,9 @@ def write(stores: list[str | Path], out: str | Path, with_curves: bool = True, d
         data = store_data(stores[0])
         found = curves(stores[0], device, curve_images, progress) if with_curves and data.prob_basis != NO_BASIS \
             else None
-        f = findings(data, found)
+        explained, why = explanations(stores[0], device, explain_images, explain_progress) if with_explain \
+            else (None, {"reason": "not asked", "detail": ""})
+        f = findings(data, found, explained, why)
         title, source, parts, figures = (f"What {f['model']} does with attention", str(stores[0]), sections(f),
                                          store_figures(data, f))
     out = Path(out)

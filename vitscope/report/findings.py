@@ -1,8 +1,8 @@
 """What a store says about its model, as numbers: the report's sentences are written from these and nothing else.
 
 Every number is a mean over the store's readable images (`valid`), selected by label (mode, metric) as the app's
-data layer holds them (`StoreData`). The pruning curves are the ablation service's (they need the model); a report
-without them says so.
+data layer holds them (`StoreData`). The pruning curves are the ablation service's and the faithfulness of the
+input attributions `Service.explain_set`'s (both need the model); a report without them says why.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 from vitscope.readout.store_data import StoreData
 from vitscope.text import printable
-from vitscope.vocab import HEAD_KINDS, NO_BASIS, PATTERNS, WHOLE_HEAD, head_name
+from vitscope.vocab import EXPLAIN_DIRECTIONS, HEAD_KINDS, NO_BASIS, PATTERNS, WHOLE_HEAD, head_name
 
 TOP_HEADS = 5  # heads named as the most important overall
 CLASS_ROWS = 20  # classes listed one by one (the most frequent); the rest are counted
@@ -100,12 +100,35 @@ def proxy(data: StoreData) -> dict[str, Any] | None:
     return {"images": a.images, "of_means": a.of_means, "median": a.median, "per_layer": a.per_layer.tolist()}
 
 
-def findings(data: StoreData, curves: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything the report states about the store's model (plain numbers and names, JSON-able)."""
+def explanations(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The faithfulness benchmark (`Service.explain_set`) with, per direction, the maps ranked from most to least
+    faithful (ties in `EXPLAIN_METHODS` order, as `most_faithful` breaks them) and whether the best map's 95 %
+    interval overlaps the runner-up's: then the sample does not tell the two apart."""
+    if result is None:
+        return None
+    mean, interval = result["mean_auc"], result["interval"]
+    ranking, overlap = {}, {}
+    for d in EXPLAIN_DIRECTIONS:
+        sign = 1 if d == "most_relevant_first" else -1  # a faithful map: low AUC, or high when the least go first
+        ranking[d] = sorted(mean, key=lambda m, d=d, sign=sign: sign * mean[m][d])
+        if len(ranking[d]) > 1:
+            (lo, hi), (lo2, hi2) = (interval[m][d] for m in ranking[d][:2])
+            overlap[d] = bool(lo <= hi2 and lo2 <= hi)
+        else:
+            overlap[d] = None
+    return {**result, "ranking": ranking, "overlap": overlap}
+
+
+def findings(data: StoreData, curves: dict[str, Any] | None = None, explained: dict[str, Any] | None = None,
+             explain_why: dict[str, str] | None = None) -> dict[str, Any]:
+    """Everything the report states about the store's model (plain numbers and names, JSON-able); `explain_why`
+    says why there is no benchmark (`{"reason": "not asked" | "no basis" | "no model", "detail": one line}`)."""
     images = np.flatnonzero(data.valid)
     accuracy = float(data.correct[images].mean()) if data.prob_basis != NO_BASIS and len(images) else None
     return {"model": printable(data.model_spec), "layers": data.layers, "heads": data.heads, "grid": data.grid,
             "images": int(len(images)), "of": int(data.images), "basis": data.prob_basis,
             "basis_text": data.basis_text, "accuracy": accuracy,
             "trends": layer_trends(data, images), "importance": heads(data, images),
-            "structure": kinds_and_patterns(data, images), "proxy": proxy(data), "curves": curves}
+            "structure": kinds_and_patterns(data, images), "proxy": proxy(data), "curves": curves,
+            "explanations": explanations(explained),
+            "explain_why": None if explained is not None else explain_why or {"reason": "not asked", "detail": ""}}

@@ -10,7 +10,7 @@ from typing import Any
 
 from vitscope.compare import pair_text
 from vitscope.report.findings import CLASS_ROWS
-from vitscope.vocab import HEAD_KINDS, LINEAR_PROBE, PATTERNS, curve_parts
+from vitscope.vocab import EXPLAIN_DIRECTIONS, HEAD_KINDS, LINEAR_PROBE, PATTERNS, curve_parts
 
 Section = tuple[str, list[str], list[list[str]]]
 
@@ -167,6 +167,71 @@ def curves(f: dict[str, Any]) -> Section | None:
     if prunable:
         rows.append([f"prunable (−{c['tol'] * 100:g} pt)", *(str(prunable.get(o, "")) for o in cv)])
     return "Pruning curves, in both directions", s, rows
+
+
+EXPLAIN_TITLE = "Which explanation is faithful for this model"
+IN_WORDS = {"most_relevant_first": "most relevant patches removed first",
+            "least_relevant_first": "least relevant patches removed first"}
+BEST = {"most_relevant_first": "lowest", "least_relevant_first": "highest"}
+NOT_EXPLAINED = {
+    "not asked": "Not computed for this report (the patch maps need the store's model: run `vitscope report` where "
+                 "its weights are, without --no-explain; --explain-images sets the sample).",
+    "no basis": "Not computed: how faithful a map is is read from P[true] as patches are removed, and this store's "
+                "model has none (no classifier, and its images no usable labels: prob basis none); a store built "
+                "with a classifier, or with labels for a linear probe, has it.",
+    "no model": "Not computed: the store's model cannot be loaded here ({detail}); run `vitscope report` where its "
+                "weights are.",
+}
+
+
+def _interval(iv: list[float]) -> str:
+    return f"95 % interval {iv[0]:.4f}–{iv[1]:.4f}"
+
+
+def _direction(e: dict[str, Any], d: str, n: int) -> str:
+    """One direction's verdict: the most faithful map, the runner-up, whether the sample tells them apart."""
+    order, mean, iv = e["ranking"][d], e["mean_auc"], e["interval"]
+    best = order[0]
+    s = (f"With the {IN_WORDS[d]}, {best} is the most faithful map: mean AUC {mean[best][d]:.4f} "
+         f"({_interval(iv[best][d])}), the {BEST[d]} of the {len(order)}")
+    if len(order) == 1:
+        return s + "."
+    second = order[1]
+    s += f"; next comes {second} at {mean[second][d]:.4f} ({_interval(iv[second][d])})"
+    if e["overlap"][d]:
+        return s + (f". The two intervals overlap: {best} and {second} are not distinguishable on {n} "
+                    f"image{'s' if n != 1 else ''}.")
+    return s + ". The two intervals do not overlap."
+
+
+def explanations(f: dict[str, Any]) -> Section:
+    e = f["explanations"]
+    if e is None:
+        why = f["explain_why"]
+        return EXPLAIN_TITLE, [NOT_EXPLAINED[why["reason"]].format(detail=why["detail"])], []
+    n, methods = len(e["images"]), list(e["mean_auc"])
+    sample = (f"all {n} readable images" if n == e["of"] else
+              f"a seeded sample of {n} of the {e['of']} readable images (seed {e['seed']})")
+    s = [f"The {len(methods)} patch maps ({', '.join(methods)}) of each image's true class were computed on {sample}; "
+         "patches were removed in each map's order and P[true] followed from 0 to 90 % removed. A faithful map gives "
+         "a low area under that curve (AUC) when the most relevant go first and a high one when the least relevant "
+         "go first."]
+    s += [_direction(e, d, n) for d in EXPLAIN_DIRECTIONS]
+    best = [e["ranking"][d][0] for d in EXPLAIN_DIRECTIONS]
+    if len(methods) > 1:
+        s.append("Ranked from most to least faithful, " + "; ".join(
+            f"{d.replace('_', ' ')}: {', '.join(e['ranking'][d])}" for d in EXPLAIN_DIRECTIONS) + ".")
+    s.append(f"The same map, {best[0]}, is the most faithful in both directions." if best[0] == best[1] else
+             f"The two directions disagree: {best[0]} when the most relevant go first, {best[1]} when the least "
+             "relevant go first.")
+    if n == 1:
+        s.append("On one image each interval is a single point: a larger --explain-images sample says whether the "
+                 "differences hold.")
+    rows = [["map", *(c for d in EXPLAIN_DIRECTIONS for c in (f"{d.replace('_', ' ')}: mean AUC", "95 % interval"))]]
+    rows += [[m, *(c for d in EXPLAIN_DIRECTIONS for c in (
+        f"{e['mean_auc'][m][d]:.4f}" + (" ★" if m == e["ranking"][d][0] else ""),
+        f"{e['interval'][m][d][0]:.4f}–{e['interval'][m][d][1]:.4f}"))] for m in methods]
+    return EXPLAIN_TITLE, s, rows
 
 
 # -- two stores (`vitscope report A B`): the sentences of `vitscope.compare.compare()`'s result ---------------------

@@ -242,3 +242,12 @@ def ask_attention(d: Dispatcher, session: str, image: int, layer: int | None = N
     if "error" in r:
         raise VitscopeError(r["error"])
     return r["attention"]
+
+
+def ask_explain(d: Dispatcher, session: str, image: int) -> dict:
+    """`Service.explain`'s dict of a stored image (all four maps), asked of the dispatcher; its error line raised as
+    one."""
+    r = d.ask(session, {"kind": "explain", "image": int(image)})
+    if "error" in r:
+        raise VitscopeError(r["error"])
+    return {k: v for k, v in r.items() if k != "kind"}

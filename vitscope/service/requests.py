@@ -33,7 +33,8 @@ def check(request: object) -> str:
         raise VitscopeError(f"unknown request {kind!r}: kinds are {', '.join(KINDS)}")
     kind = request["kind"]
     if kind in NEEDS_IMAGE and not isinstance(request.get("image"), int):
-        raise VitscopeError(f"a {kind} request needs an integer 'image' (the image's index in the store)")
+        article = "an" if kind[0] in "aeiou" else "a"  # an attention or explain request
+        raise VitscopeError(f"{article} {kind} request needs an integer 'image' (the image's index in the store)")
     if kind == "prune" and not request.get("heads"):
         raise VitscopeError("a prune request needs 'heads': at least one LAYER:HEAD[:MODE]")
     if kind == "attention" and request.get("layer") is not None and not isinstance(request["layer"], int):
