@@ -38,6 +38,7 @@ from vitscope.vocab import EXPLAIN_DIRECTIONS, EXPLAIN_METHODS, STORED_MAPS
 WIDTH = 220  # the side panel's
 ALPHA = 0.6  # the overlay's opacity: the image stays readable under it
 REBUILD = "this store was built before the maps were kept: rebuild it to overlay attention, rollout and grad_rollout"
+LABEL = "label" if "label" in pn.widgets.Toggle.param else "name"  # Panel 1.9 deprecates a widget's `name`
 NO_TARGET = "not in this store (no classifier or probe: no logit to take the gradient of)"
 
 
@@ -59,7 +60,7 @@ class InputMapPanel:
         self.choice = pn.widgets.Select(options=self._options(), value=NONE, width=135, margin=(0, 4),
                                         css_classes=["vs-input-map"])
         self.choice.param.watch(lambda e: self.pick(e.new), "value")
-        self.follow = pn.widgets.Toggle(name="occlusion + curves", value=False, width=105, margin=(0, 4),
+        self.follow = pn.widgets.Toggle(**{LABEL: "occlusion + curves"}, value=False, width=105, margin=(0, 4),
                                         css_classes=["vs-explain"])
         self.follow.param.watch(lambda e: self.set_follow(e.new), "value")
         self.note = div(350, 30, css_classes=["vs-input-note"])
