@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -98,15 +99,36 @@ def test_occlusion_and_the_curves_arrive_when_the_model_answers(app, demo16):
     im.choice.value = "none"
 
 
-def test_the_latest_image_wins(app):
+def test_the_latest_image_wins(app, demo16):
+    """Answers that come out of order (another session's request, a Dask worker): only the selected image's is drawn,
+    and its progress moves the bar; an earlier request's progress does not."""
     s, im = app.selection, app.input_maps
-    im.follow.value = True
-    for image in (1, 2, 4):
-        s.image = image
-    wait_for(lambda: im.answer is not None and not im.asker.computing)
-    time.sleep(0.5)  # an earlier image's answer, had it been drawn, would have come by now
-    assert im.answer["image"] == 4 and "image 4" in im.curves.title.text
-    im.follow.value = False
+    futures: dict[int, tuple[Future, object]] = {}
+
+    def submit(request, channel, progress):
+        assert channel == "explain" and request["kind"] == "explain"
+        futures[request["image"]] = (Future(), progress)
+        return futures[request["image"]][0]
+
+    real, im.asker.submit = im.asker.submit, submit
+    try:
+        s.image = 1
+        im.follow.value = True
+        s.image = 4
+        assert sorted(futures) == [1, 4]
+        futures[1][1](1, 2)  # the old request's progress: not this bar's
+        assert im.asker.progress.value == 0
+        futures[4][1](1, 2)
+        assert im.asker.progress.value == 25  # of 50 steps
+        service = Service(demo16)
+        futures[4][0].set_result(service.explain(4))
+        futures[1][0].set_result(service.explain(1))  # late: drawn nowhere
+        assert im.answer["image"] == 4 and "image 4" in im.curves.title.text
+        assert im.curve_sources["rollout", "most_relevant_first"].data["y"] == pytest.approx(
+            service.explain(4)["curves"]["rollout"]["most_relevant_first"])
+    finally:
+        im.asker.submit = real
+        im.follow.value = False
 
 
 def test_the_benchmark_names_the_most_faithful_map(app, demo16):

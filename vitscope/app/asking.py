@@ -32,12 +32,13 @@ class Asker:
                                                margin=(0, 4))
         self.latest: Future | None = None
         self._asked = 0  # counts the asks: the progress of an earlier one moves no bar
+        self._step = 0  # where the bar of the latest ask is
         self.error = ""
 
     def ask(self, request: dict, show: Callable[[dict], None], what: str) -> Future | None:
         """Submit `request`; `show(answer)` when it comes, unless another was asked since (or `forget`)."""
         self._asked += 1
-        asked = self._asked
+        asked, self._step = self._asked, 0
         self.error = ""
         self.status.object = f"<i>{esc(what)}: computing…</i>"
         self.progress.param.update(value=0, visible=True)
@@ -68,7 +69,7 @@ class Asker:
 
     def _moved(self, asked: int, done: int, total: int) -> None:
         step = min(STEPS, int(STEPS * done / max(int(total), 1)))
-        if step == getattr(self, "_step", None) and asked == self._asked:
+        if asked != self._asked or step == self._step:
             return
         self._step = step
 
