@@ -259,13 +259,12 @@ class Explorer(pn.viewable.Viewer):
             pn.Column(bokeh_pane(i.figure, "vs-importance-line"), text_pane(i.summary),
                       pn.Row(bokeh_pane(i.bars), text_pane(i.top5))),
         )
-        m = p.matrix
+        m, image_panel = p.matrix, pn.Column(bokeh_pane(p.masks.figure, "vs-masks"), self.input_maps.controls())
         bottom = pn.Row(
             pn.Column(bokeh_pane(st.figure, "vs-strength-scatter"), pin_row, bokeh_pane(st.bars),
                       bokeh_pane(st.hist)),
             bokeh_pane(p.map.figure, "vs-pattern-map"),
-            pn.Column(text_pane(p.info), pn.Row(bokeh_pane(m.heatmap, "vs-heatmap"),
-                                                pn.Column(bokeh_pane(p.masks.figure), self.input_maps.controls())),
+            pn.Column(text_pane(p.info), pn.Row(bokeh_pane(m.heatmap, "vs-heatmap"), image_panel),
                       pn.Row(bokeh_pane(m.axes, "vs-two-axes"),
                              pn.Column(bokeh_pane(m.hist, "vs-histogram"), pn.Row(self.threshold, self.top_button)))),
         )

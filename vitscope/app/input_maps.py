@@ -55,7 +55,8 @@ class InputMapPanel:
         self.mapper = LinearColorMapper(palette=list(VALUE_RAMP), low=0.0, high=1.0, nan_color=(0, 0, 0, 0))
         self.overlay = ColumnDataSource({"image": [np.full((p, p), np.nan, np.float32)]}, name="vs-input-overlay")
         self.renderer = image_figure.image("image", x=0, y=0, dw=1, dh=1, source=self.overlay,
-                                           color_mapper=self.mapper, global_alpha=ALPHA, visible=False)
+                                           color_mapper=self.mapper, global_alpha=ALPHA, visible=False,
+                                           name="vs-input-map-glyph")
         self.asker = Asker(submit, schedule, "explain", WIDTH, "vs-explain-status", on_fail=self.failed)
         self.choice = pn.widgets.Select(options=self._options(), value=NONE, width=135, margin=(0, 4),
                                         css_classes=["vs-input-map"])
