@@ -37,9 +37,9 @@ from vitscope.vocab import EXPLAIN_DIRECTIONS, EXPLAIN_METHODS, STORED_MAPS
 
 WIDTH = 220  # the side panel's
 ALPHA = 0.6  # the overlay's opacity: the image stays readable under it
-REBUILD = "this store was built before the maps were kept: rebuild it to overlay attention, rollout and grad_rollout"
+REBUILD = "the stored maps need a rebuild (this store predates them)"
 LABEL = "label" if "label" in pn.widgets.Toggle.param else "name"  # Panel 1.9 deprecates a widget's `name`
-NO_TARGET = "not in this store (no classifier or probe: no logit to take the gradient of)"
+NO_TARGET = "not in this store (no classifier or probe)"
 
 
 class InputMapPanel:
@@ -64,7 +64,8 @@ class InputMapPanel:
         self.follow = pn.widgets.Toggle(**{LABEL: "occlusion + curves"}, value=False, width=105, margin=(0, 4),
                                         css_classes=["vs-explain"])
         self.follow.param.watch(lambda e: self.set_follow(e.new), "value")
-        self.note = div(350, 30, css_classes=["vs-input-note"])
+        self.note = div(350, 28, css_classes=["vs-input-note"])
+        self.note.styles = {**self.note.styles, "font-size": "11px"}
 
         self.curve_sources = {(m, d): ColumnDataSource({"x": [], "y": []}) for m in EXPLAIN_METHODS
                               for d in EXPLAIN_DIRECTIONS}
@@ -191,7 +192,7 @@ class InputMapPanel:
         self.overlay.data = {"image": [overlay_values(m)]}
         self.renderer.visible = True
         scale = "blue − / yellow +" if method in SIGNED else "bright = high"
-        self.note.text = f"<b>{esc(method)}</b> on the image: {low:.3g} … {high:.3g} ({scale}, raw units)"
+        self.note.text = f"<b>{esc(method)}</b> {low:.3g} … {high:.3g} (raw; {scale})"
 
     def update(self, changed: set[str] | None = None) -> None:
         """An image change: the stored map at once; the model is asked only while the toggle is on."""
