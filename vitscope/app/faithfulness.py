@@ -18,7 +18,7 @@ from vitscope.readout.store_data import StoreData
 from vitscope.text import esc
 from vitscope.vocab import EXPLAIN_DIRECTIONS
 
-SAMPLE = 20  # images: a benchmark of a few minutes on a CPU for a ViT-Ti
+SAMPLE = 20  # images in the seeded sample: enough for an interval, few enough to wait for
 SEED = 0
 
 
