@@ -3,6 +3,7 @@
     python benchmarks/app_browser.py                            # demo store + synthetic ViT-B store, 8 changes each
     python benchmarks/app_browser.py --store cache/demo.zarr --no-synthetic --repeat 3 --kinds image_tap,metric
     python benchmarks/app_browser.py --no-synthetic --screenshot /tmp/app.png -vv   # every change and its frames
+    python benchmarks/app_browser.py --no-synthetic --input-map rollout   # image changes with a stored map overlaid
     python benchmarks/app_browser.py --compare cache/vit.zarr cache/deit.zarr   # the compare view (no model)
 
 Each store's app (`Explorer(store).template()`; `SyntheticExplorer` from app.py for the synthetic
@@ -518,6 +519,15 @@ def baseline_then_app(browser: Browser, url: str, args: argparse.Namespace, erro
     return context, base, page, load, time.perf_counter() - t
 
 
+def show_input_map(page: Page, method: str) -> None:
+    """Pick `method` in the image panel's map selector, as a user would, before the timed changes."""
+    sel = page.locator(".vs-input-map select")
+    if sel.count() == 0:
+        raise SystemExit(f"--input-map {method}: this app has no map selector")
+    sel.first.select_option(method)
+    quiet(page, QUIET_MS, 60_000)
+
+
 def bench_store(browser: Browser, store: Path, synthetic: bool, args: argparse.Namespace) -> None:
     """Serve one store, time the baseline and every kind, print its table."""
     ds = open_store(store)
@@ -529,6 +539,8 @@ def bench_store(browser: Browser, store: Path, synthetic: bool, args: argparse.N
         context, base, page, load, wall = baseline_then_app(browser, server.url, args, errors)
         make = actions(page, valid)
         kinds = args.kinds
+        if args.input_map != "none":
+            show_input_map(page, args.input_map)
         if not {"image_tap", "image_id"} & set(kinds):  # the image views show an image's details only
             act = make["image_tap"](0)
             if act is not None:
@@ -624,6 +636,9 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(KINDS),
                     help=f"comma-separated, from {','.join(KINDS + EXTRA_KINDS)} (timed in this order)")
     ap.add_argument("--viewport", default="1600x1000")
+    ap.add_argument("--input-map", default="none",
+                    help="the map overlaid on the pattern view's image panel during the timed changes, picked in the "
+                         "page first (attention, rollout, grad_rollout: from the store; default none)")
     ap.add_argument("--screenshot", type=Path, help="viewport screenshot after the last change (per store)")
     ap.add_argument("-v", "--verbose", action="count", default=0,
                     help="print every change (-vv: and its websocket frames, in ms after the input)")

@@ -253,6 +253,42 @@ def test_colour_by_and_class_search(page):
     assert not page.errors, page.errors
 
 
+OVERLAY_JS = """() => { for (const d of Bokeh.documents) {
+  const m = d.get_model_by_name('vs-input-overlay');
+  if (m) return Array.from(m.data.image[0], v => Number.isNaN(v) ? null : v); }
+  return null; }"""
+
+
+def test_a_map_over_the_image_then_occlusion_and_curves_from_the_model(page, demo):
+    """Picking a stored map draws it over the image panel (the canvas changes) with the store's values; picking
+    occlusion asks the model, and its map and the image's faithfulness curves arrive in the page."""
+    import numpy as np
+
+    from vitscope.readout.store_data import StoreData
+
+    box = page.locator(".vs-image-id input").first
+    box.fill("2")
+    box.press("Enter")
+    until(lambda: "image 0002" in text_of(page, ".vs-pattern-info"), what="image 2 selected")
+    page.wait_for_timeout(1000)  # the plots of A arrive after the store's views
+    masks = page.locator(".vs-masks").first
+    before = masks.screenshot()
+    assert model(page, "vs-input-map-glyph", "visible") is False
+    page.locator(".vs-input-map select").first.select_option("rollout")
+    until(lambda: model(page, "vs-input-map-glyph", "visible"), what="overlay shown")
+    want = StoreData(demo[1]).input_maps(2)["rollout"][::-1].ravel()  # the glyph's row 0 is the image's bottom
+    until(lambda: np.allclose(page.evaluate(OVERLAY_JS), want, atol=1e-6), what="the stored rollout map")
+    until(lambda: masks.screenshot() != before, what="the overlay painted")
+    assert "rollout" in text_of(page, ".vs-input-note")
+
+    page.locator(".vs-input-map select").first.select_option(label="occlusion (model)")
+    until(lambda: (model(page, "vs-faithfulness", "title.text") or "").startswith("faithfulness, image 2"), 120,
+          "the image's faithfulness curves")
+    until(lambda: "occlusion" in text_of(page, ".vs-input-note"), what="occlusion drawn")
+    assert not np.allclose(np.nan_to_num(np.array(page.evaluate(OVERLAY_JS), float)), want)  # the model's map now
+    assert "★" in text_of(page, ".vs-faithfulness-table") and not page.errors
+
+
 def test_exported_snapshot_opens_from_disk_without_network(demo, browser, tmp_path):
     _, store = demo
     out = tmp_path / "snap.html"

@@ -16,7 +16,9 @@ import panel as pn
 import param
 
 from vitscope.app.ablation import AblationView
+from vitscope.app.faithfulness import FaithfulnessBenchmark
 from vitscope.app.importance import HeadImportanceView
+from vitscope.app.input_maps import InputMapPanel
 from vitscope.app.overview import ImageOverview
 from vitscope.app.pattern_view import AttentionPatternView
 from vitscope.app.save_figure import SaveFigure
@@ -53,8 +55,10 @@ class Explorer(pn.viewable.Viewer):
         self.strength = AttentionStrengthView(d, s)
         self.pattern = AttentionPatternView(d, s, self.attention, self.overview.thumb_source)
         self.ablation = AblationView(d, s, self.submit, self.schedule, self.overview.figure, self.pattern.map.figure)
+        self.input_maps = InputMapPanel(d, s, self.pattern.masks.figure, self.submit, self.schedule)
+        self.benchmark = FaithfulnessBenchmark(d, s, self.submit, self.schedule, SIDEBAR - 40)
         self.save = SaveFigure(d, s, self.all_attention, figures, SIDEBAR - 30, self.explanation) if figures else None
-        self.views = [self.overview, self.importance, self.strength, self.pattern, self.ablation,
+        self.views = [self.overview, self.importance, self.strength, self.pattern, self.input_maps, self.ablation,
                       *([self.save] if self.save else [])]
         watched = sorted({name for v in self.views for name in v.watches})
         s.param.watch(self._changed, watched)
@@ -244,6 +248,8 @@ class Explorer(pn.viewable.Viewer):
             "pattern map layout", self.head_layout,
             pn.widgets.Checkbox.from_param(self.selection.param.density, label="density contours of all heads"),
             pn.pane.HTML("<b>on-demand ablation</b>", width=SIDEBAR - 30), self.ablation.panel(),
+            pn.pane.HTML("<b>where the decision comes from</b> (maps on the image: Attention Pattern View)",
+                         width=SIDEBAR - 30), self.input_maps.side(), self.benchmark.panel(),
             *([pn.pane.HTML("<b>save figure</b> (for print: a view or summary of this selection)",
                             width=SIDEBAR - 30), self.save.panel()] if self.save else []),
         )
@@ -257,12 +263,12 @@ class Explorer(pn.viewable.Viewer):
             pn.Column(bokeh_pane(i.figure, "vs-importance-line"), text_pane(i.summary),
                       pn.Row(bokeh_pane(i.bars), text_pane(i.top5))),
         )
-        m = p.matrix
+        m, image_panel = p.matrix, pn.Column(bokeh_pane(p.masks.figure, "vs-masks"), self.input_maps.controls())
         bottom = pn.Row(
             pn.Column(bokeh_pane(st.figure, "vs-strength-scatter"), pin_row, bokeh_pane(st.bars),
                       bokeh_pane(st.hist)),
             bokeh_pane(p.map.figure, "vs-pattern-map"),
-            pn.Column(text_pane(p.info), pn.Row(bokeh_pane(m.heatmap, "vs-heatmap"), bokeh_pane(p.masks.figure)),
+            pn.Column(text_pane(p.info), pn.Row(bokeh_pane(m.heatmap, "vs-heatmap"), image_panel),
                       pn.Row(bokeh_pane(m.axes, "vs-two-axes"),
                              pn.Column(bokeh_pane(m.hist, "vs-histogram"), pn.Row(self.threshold, self.top_button)))),
         )

@@ -19,6 +19,9 @@ PROXY = PURPLE  # the gradient proxy, wherever it is drawn beside exact pruning
 PIN_COLOURS = (PURPLE, SKY, GREEN, BLACK)  # heads pinned beside the selected one, in pin order
 MODELS = (BLUE, ORANGE)  # the two models of a comparison
 NO_VALUE = "#cccccc"  # a point without a value (NaN)
+# The input attributions (vocab.EXPLAIN_METHODS), wherever their curves are drawn side by side; occlusion, measured
+# by the model itself, black like exact pruning beside the proxies
+MAP_COLOURS = {"attention": BLUE, "rollout": ORANGE, "grad_rollout": GREEN, "occlusion": BLACK}
 
 _LINEAR = colorcet.b_linear_protanopic_deuteranopic_kbjyw_5_95_c25  # dark blue → yellow → white
 # Values in [0, 1] (P[true], attention): the ramp without its near-black and near-white ends, so both ends stay
