@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except VitscopeError as e:
         print(f"vitscope {args.command}: error: {printable(e, limit=1000)}", file=sys.stderr)
+        _quiet_leftovers()
         return 2
     except KeyboardInterrupt:
         hint = "; finished chunks are kept: run the same command to resume" if args.command in ("build", "demo") else ""
@@ -52,5 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno not in FULL | {errno.EROFS}:
             raise
         print(f"vitscope {args.command}: error: {printable(write_failure(e, None), limit=1000)}", file=sys.stderr)
+        _quiet_leftovers()
         return 2
     return 0
+
+
+def _quiet_leftovers() -> None:
+    """After the one error line, nothing more: a failed store write leaves zarr's sibling writes (one per array of a
+    chunk) with the same error, which asyncio would log at exit as futures nobody retrieved."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
