@@ -145,10 +145,10 @@ class InputMapPanel:
         self.curves.title.text = f"faithfulness, image {r['image']} (target {esc(self._class(r['target']))})"
         self.table.text = table_html(r)
         self._relabel()
-        if self.choice.value == "occlusion":
-            self.draw()
         if not self.slot.objects:
             self.slot.extend([bokeh_pane(self.curves), text_pane(self.table)])
+        if self.choice.value == "occlusion":  # last: its map showing is the sign that the whole answer is in
+            self.draw()
 
     def _class(self, c: int) -> str:
         names = self.data.class_names
