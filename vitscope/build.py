@@ -24,6 +24,7 @@ from tqdm import tqdm
 from vitscope import store
 from vitscope.analysis import autoencoder, binary, consistency, probe, sinks
 from vitscope.config import BuildConfig, cache_root
+from vitscope.engine import effects
 from vitscope.errors import VitscopeError, check_writable
 from vitscope.imagesets.folders import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.layouts import LAYOUT_VARIABLES, compute_layouts, dask_client
@@ -113,6 +114,10 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
                  "num_prefix_tokens": adapter.num_prefix, "patch_grid": adapter.grid,
                  "image_source": images.source, "data_config": json.dumps(pre.config), "params": str(cfg.params()),
                  **basis_attrs}
+        why = effects.why_not(adapter)
+        if why is not None:
+            attrs["effects_why"] = why
+            _say(cfg, f"{adapter.spec}: no direct effects, {why}: direct_effect and output_norm will be NaN")
         store.create(out, lay, fingerprint, images.ids, images.class_names, attrs)
         if fitted is not None:  # before the first chunk: a resumed build reads it back
             store.write_fixed(out, {"probe_coef": fitted.coef, "probe_bias": fitted.bias})

@@ -14,6 +14,7 @@ import torch
 
 from vitscope import engine, store
 from vitscope.analysis import binary, cls, explain, patterns, probe, sinks, strength
+from vitscope.engine import effects
 from vitscope.engine.explain import attention_gradients
 from vitscope.models import ViTAdapter
 
@@ -47,6 +48,7 @@ def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, la
         "binary_index": binary.pack_binary(maps, lay.binary_size, lay.binary_ones),
         **sinks.image_sinks(a, res.token_norm, n),  # sinks, prefix shares, high-norm tokens
         "input_map": explain.stored_maps(a, grads.relevance, n),
+        **head_effects(adapter, x, res),
     }
     if lay.store_attention:
         out["attention"] = a.half()
@@ -54,3 +56,14 @@ def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, la
     dtypes = lay.variables()
     return {k: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v).astype(dtypes[k][1], copy=False)
             for k, v in out.items()}
+
+
+def head_effects(adapter: ViTAdapter, x: torch.Tensor, res: engine.EngineResult) -> dict[str, torch.Tensor]:
+    """The heads' direct and total effects on the label's logit and their output norms at the class token; NaN
+    direct effects and norms where the model's heads do not reach the logit linearly (`effects.why_not`)."""
+    nan = torch.full_like(res.total_effect, float("nan"))
+    out = {"direct_effect": nan, "output_norm": nan, "total_effect": res.total_effect}
+    if effects.why_not(adapter) is None:
+        e = effects.decompose(adapter, x, res.labels)
+        out.update(direct_effect=e.direct.float(), output_norm=e.output_norm.float())
+    return out

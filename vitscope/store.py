@@ -24,6 +24,7 @@ from vitscope import __version__
 from vitscope.errors import StoreMismatch, VitscopeError, writes
 from vitscope.vocab import (
     BASE_PATTERNS,
+    HEAD_EFFECTS,
     HEAD_KINDS,
     LINEAR_PROBE,
     METRICS,
@@ -36,10 +37,10 @@ from vitscope.vocab import (
     prefix_names,
 )
 
-SCHEMA_VERSION = 4  # v3: attention sinks, high-norm tokens, prefix shares, the head kind `sink`; v4: input maps
-# Stores this vitscope opens: a v2 store lacks v3's sink variables and a v3 store v4's input maps (the app and `info`
-# say so); a build never resumes one (its fingerprint names its schema).
-READABLE_SCHEMAS = (2, 3, 4)
+SCHEMA_VERSION = 5  # v3: sinks, high-norm tokens, prefix shares, the head kind `sink`; v4: input maps; v5: effects
+# Stores this vitscope opens: each lacks what later schemas added (the app and `info` say so); a build never resumes
+# one (its fingerprint names its schema).
+READABLE_SCHEMAS = (2, 3, 4, 5)
 SINK_VARIABLES = ("sink_token", "sink_share", "prefix_share", "norm_token", "norm_ratio", "sink_tokens",
                   "sink_frequency", "norm_tokens", "norm_frequency", "head_sink_share", "head_sink_tokens")
 FORMAT = dict(zarr_format=2)  # v2 metadata: readable by every zarr/xarray, no spec warnings
@@ -116,6 +117,7 @@ class Shape:
             "head_sink_share": (("layer", "head"), "float32"),
             "head_sink_tokens": (("layer", "head", "rank"), "int16"),
             "input_map": (("image", "input_method", "patch"), "float32"),
+            **{name: (("image", "layer", "head"), "float32") for name in HEAD_EFFECTS},
         }
         if self.fits:
             v["image_xy_fit"] = (("image",), "bool")
@@ -143,7 +145,7 @@ class Shape:
 PER_CHUNK = ("label", "valid", "baseline_prob", "topk_idx", "topk_prob", "importance", "grad_importance",
              "strength", "strength_entropy", "attention_distance", "cls_attention", "pattern_score",
              "pattern_label", "pattern_second", "pattern_offset", "binary_index", "thumbnail", "attention",
-             "sink_token", "sink_share", "prefix_share", "norm_token", "norm_ratio", "input_map")
+             "sink_token", "sink_share", "prefix_share", "norm_token", "norm_ratio", "input_map", *HEAD_EFFECTS)
 GLOBAL = ("pattern_latent", "image_xy", "head_xy_cls", "head_xy_patch", "image_xy_fit", "head_xy_cls_fit",
           "head_xy_patch_fit", "ae_weights", "head_consistency", "head_kind",
           "sink_tokens", "sink_frequency", "norm_tokens", "norm_frequency", "head_sink_share", "head_sink_tokens")
@@ -195,10 +197,8 @@ def create(path: Path, shape: Shape, fingerprint: dict, ids: list[str], class_na
     coords = {
         "image_id": ("image", np.asarray(ids, dtype=str)),
         "class_name": ("class", np.asarray(class_names, dtype=str)),
-        "mode": np.asarray(MODES),
-        "metric": list(METRICS),
-        "pattern": list(BASE_PATTERNS),
-        "offset": list(OFFSETS),
+        "mode": np.asarray(MODES), "metric": list(METRICS),
+        "pattern": list(BASE_PATTERNS), "offset": list(OFFSETS),
         "xy": ["x", "y"],
         "prefix": prefix_names(shape.prefix, shape.registers),
         "input_method": list(STORED_MAPS),

@@ -99,6 +99,10 @@ def explain_methods(names: object) -> tuple[str, ...]:
     return tuple(m for m in EXPLAIN_METHODS if m in names)
 
 
+# A head's effects on the label's logit (`engine.effects`, `total_effect` from pruning) and the cheap proxies a store
+# keeps beside them, each [image, layer, head]: the proxies are ranked against `total_effect` (`analysis.proxy`).
+HEAD_EFFECTS = ("direct_effect", "total_effect", "output_norm", "rollout_impact")
+
 FIGURE_FORMATS = ("svg", "pdf", "png")  # what `vitscope figure`, the app's "save figure" and plots.render write
 
 

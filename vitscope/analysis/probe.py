@@ -103,6 +103,10 @@ class HeadedAdapter:
         """Tokens after the last block → the probe's logits [B, C] (float32)."""
         return self.linear(self._base.features(x).float())
 
+    def frozen_head(self, x: Tensor, ref: Tensor) -> Tensor:
+        """`head` with the backbone's final norm scale taken from `ref` (see `ViTAdapter.frozen_head`)."""
+        return self.linear(self._base.frozen_head(x, ref, pre_logits=True).float())
+
     def logits(self, images: Tensor) -> Tensor:
         """The unpruned backbone's probe logits for preprocessed images [B,3,h,w]."""
         b = self._base
@@ -130,7 +134,7 @@ def blank(adapter: object, out: dict) -> dict:
     if basis_of(adapter) != NO_BASIS:
         return out
 
-    for name in ("baseline_prob", "topk_prob", "grad_importance"):
+    for name in ("baseline_prob", "topk_prob", "grad_importance", "direct_effect", "total_effect"):
         out[name] = torch.full_like(torch.as_tensor(out[name], dtype=torch.float32), float("nan"))
     out["topk_idx"] = torch.full_like(torch.as_tensor(out["topk_idx"]), -1)
     imp = torch.as_tensor(out["importance"]).clone()

@@ -19,7 +19,7 @@ from vitscope.engine.explain import attention_gradients
 from vitscope.engine.metrics import importance_metrics, region_mask
 from vitscope.errors import VitscopeError
 from vitscope.models.adapter import ViTAdapter, merge_heads
-from vitscope.vocab import ABLATION_MODES, METRICS, PRECISIONS
+from vitscope.vocab import ABLATION_MODES, METRICS, PRECISIONS, WHOLE_HEAD
 
 
 @dataclass
@@ -39,6 +39,7 @@ class EngineResult:
     attention: Tensor | None = None  # [B, S, P, P] for attention_heads
     attention_heads: tuple[tuple[int, int], ...] = ()
     grad_importance: Tensor | None = None  # [B, L, H] |dLoss/dgate|
+    total_effect: Tensor | None = None  # [B, L, H] s_y − s'_y: the label's logit lost by pruning the whole head
     token_norm: Tensor | None = None  # [B, L, P] ‖x‖ of each block's output tokens (high-norm tokens, sinks)
 
     @property
@@ -96,7 +97,8 @@ def run(
             maps |= {(li, h): parts.attn[:, h].float().cpu() for (li, h) in wanted if li == i}
             x = adapter.finish_block(i, x, z)
             norms.append(x.float().norm(dim=-1))
-        probs = adapter.head(x).float().softmax(-1)  # [B, C]
+        logits = adapter.head(x).float()
+        probs = logits.softmax(-1)  # [B, C]
         labels = probs.argmax(-1) if labels is None else torch.as_tensor(labels, device=device).long()
         if labels.shape != (B,) or labels.min() < 0 or labels.max() >= probs.shape[-1]:
             raise VitscopeError(f"labels must be {B} class indices in 0..{probs.shape[-1] - 1}")
@@ -106,6 +108,7 @@ def run(
         importance = torch.full((B, L, H, M, len(METRICS)), float("nan"), device=device)
         top_p = torch.full((B, L, H, M, k), float("nan"), device=device)
         top_i = torch.full((B, L, H, M, k), -1, dtype=torch.long, device=device)
+        total = torch.full((B, L, H), float("nan"), device=device)
         base_metrics = importance_metrics(probs, probs, labels, outputs[0], outputs[0], n)  # exact zeros
         base_top = probs.topk(k, dim=-1)
         importance[:, :, :, 0] = base_metrics[:, None, None]
@@ -114,21 +117,23 @@ def run(
         keep = torch.stack([~region_mask(m, adapter.num_tokens, n, device) for m in modes]) if modes else None
         for i in layers if modes else ():
             _ablate_layer(adapter, i, inputs[i], outputs[i], probs, labels, keep, max_batch, precision,
-                          importance, top_p, top_i)
+                          importance, top_p, top_i, (modes.index(WHOLE_HEAD) if WHOLE_HEAD in modes else None,
+                                                     logits.gather(1, labels[:, None])[:, 0], total))
 
     result = EngineResult(
         modes=(0, *modes), labels=labels.cpu(), probs=probs.cpu(), topk_idx=top_i.cpu(),
         topk_prob=top_p.cpu(), importance=importance.cpu(),
         attention=torch.stack([maps[w] for w in wanted], 1) if wanted else None, attention_heads=tuple(wanted),
-        token_norm=torch.stack(norms, 1).cpu(),
+        token_norm=torch.stack(norms, 1).cpu(), total_effect=total.cpu(),
     )
     if grad:
         result.grad_importance = gradient_importance(adapter, images, labels)
     return result
 
 
-def _ablate_layer(adapter, i, x_in, z, probs, labels, keep, max_batch, precision, importance, top_p, top_i):
-    """All (image, head, mode) ablations of layer i, `max_batch` sequences per forward."""
+def _ablate_layer(adapter, i, x_in, z, probs, labels, keep, max_batch, precision, importance, top_p, top_i, effect):
+    """All (image, head, mode) ablations of layer i, `max_batch` sequences per forward. `effect` is (the whole-head
+    mode's index in `keep` or None, the unpruned label logits [B], total [B, L, H] to fill with the logit lost)."""
     B, P, _ = x_in.shape
     H, dh, n = adapter.num_heads, adapter.head_dim, adapter.num_prefix
     nm = keep.shape[0]
@@ -149,7 +154,12 @@ def _ablate_layer(adapter, i, x_in, z, probs, labels, keep, max_batch, precision
         with _precision(precision, x_in.device):
             x = adapter.finish_block(i, x_in[b, :rows], z_new[:, :rows])
             x = adapter.run_blocks(x, i + 1)
-        p_new = adapter.head(x.float()).float().softmax(-1)
+        logits = adapter.head(x.float()).float()
+        p_new = logits.softmax(-1)
+        whole, base_logit, lost = effect
+        if whole is not None:
+            w = m == whole
+            lost[b[w], i, h[w]] = base_logit[b[w]] - logits[w].gather(1, labels[b[w], None])[:, 0]
         importance[b, i, h, m + 1] = importance_metrics(probs[b], p_new, labels[b], z[b], z_new, n)
         t = p_new.topk(top_p.shape[-1], dim=-1)
         top_p[b, i, h, m + 1], top_i[b, i, h, m + 1] = t.values, t.indices

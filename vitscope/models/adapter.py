@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import Block, LayerScale, VisionTransformer
 from torch import Tensor
 
 from vitscope.errors import UnsupportedModelError
@@ -140,9 +140,45 @@ class ViTAdapter(AdapterFacts):
 
     def finish_block(self, layer: int, x: Tensor, z: Tensor) -> Tensor:
         """Residual add of the attention output, then the MLP half of the block."""
+        x = x + self.attention_residual(layer, z)
+        return x + self.mlp_residual(layer, x)
+
+    def attention_residual(self, layer: int, z: Tensor) -> Tensor:
+        """What the attention output z adds to the residual stream (after LayerScale)."""
+        return self.blocks[layer].ls1(z)
+
+    def mlp_residual(self, layer: int, x: Tensor) -> Tensor:
+        """What the MLP half adds to the residual stream `x` (after the attention's add)."""
         blk = self.blocks[layer]
-        x = x + blk.ls1(z)
-        return x + blk.ls2(blk.mlp(blk.norm2(x)))
+        return blk.ls2(blk.mlp(blk.norm2(x)))
+
+    def why_not_linear(self) -> str | None:
+        """Why a head's share of the logit is not a sum of terms (None when it is): every head's output must reach
+        the residual stream linearly, and the head must be affine in the final tokens once its norms' scales are
+        fixed."""
+        m = self.model
+        if any(not isinstance(b.attn.norm, torch.nn.Identity) for b in self.blocks):
+            return "its attention normalises the heads' joined output (scale_norm), so a head's share is not linear"
+        if any(not isinstance(b.ls1, torch.nn.Identity | LayerScale) for b in self.blocks):
+            return "its attention output passes a layer that is not a LayerScale"
+        if not hasattr(m, "head_dist") and (m.attn_pool is not None or m.global_pool not in ("token", "avg")):
+            return f"its head pools the tokens by {m.global_pool!r}, which is not a linear pooling"
+        for name in ("norm", "fc_norm"):
+            if not isinstance(getattr(m, name), torch.nn.Identity | torch.nn.LayerNorm):
+                return f"its final {name} is a {type(getattr(m, name)).__name__}, not a LayerNorm"
+        return None
+
+    def frozen_head(self, x: Tensor, ref: Tensor, pre_logits: bool = False) -> Tensor:
+        """`head` (or `features` with `pre_logits`) of tokens `x` [N, R, D] with every norm's scale σ taken from
+        the tokens `ref` [1, R, D] instead of from `x`: an affine map of `x`, so the logits of a sum of residual
+        components are the sum of their terms plus the map at 0 (`why_not_linear` says when this fails)."""
+        m = self.model
+        h, r = frozen_norm(m.norm, x, ref), m.norm(ref)
+        if hasattr(m, "head_dist"):  # a distilled DeiT: the mean of the class- and distillation-token heads
+            h = h[:, :2]
+            return h.mean(1) if pre_logits else (m.head(h[:, 0]) + m.head_dist(h[:, 1])) / 2
+        h = frozen_norm(m.fc_norm, m.pool(h), m.pool(r))
+        return h if pre_logits else m.head(h)
 
     def run_blocks(self, x: Tensor, start: int) -> Tensor:
         """Blocks `start`.. to the end with timm's own (fused) modules; the last block
@@ -169,6 +205,17 @@ class ViTAdapter(AdapterFacts):
         gate = attn.gate(h[:, :r]).sigmoid() if attn.gate is not None else None
         z = attn.proj(attn.norm(o) * gate if gate is not None else attn.norm(o))
         return self.finish_block(len(self.blocks) - 1, x[:, :r], z)
+
+
+def frozen_norm(norm: torch.nn.Module, x: Tensor, ref: Tensor) -> Tensor:
+    """A LayerNorm (or Identity) applied to `x` with the scale σ it has on `ref` (broadcast over x's first axis):
+    `γ ⊙ (x − mean x) / σ_ref + β`, affine in x."""
+    if isinstance(norm, torch.nn.Identity):
+        return x
+    sigma = (ref.float().var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt().to(x.dtype)
+    y = (x - x.mean(-1, keepdim=True)) / sigma
+    y = y if norm.weight is None else y * norm.weight
+    return y if norm.bias is None else y + norm.bias
 
 
 def merge_heads(o: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ import transformers
 from torch import Tensor
 
 from vitscope.errors import UnsupportedModelError, VitscopeError
-from vitscope.models.adapter import AdapterFacts, AttentionParts
+from vitscope.models.adapter import AdapterFacts, AttentionParts, frozen_norm
 from vitscope.models.hf_preprocessing import HFPreprocessing
 
 # Each role lists the module paths that transformers versions use for it, oldest first; the first that the
@@ -148,10 +148,25 @@ class HFViTAdapter(AdapterFacts):
 
     def finish_block(self, layer: int, x: Tensor, z: Tensor) -> Tensor:
         """Residual add of the attention output (after LayerScale, if any), then the MLP half of the layer."""
+        x = x + self.attention_residual(layer, z)
+        return x + self.mlp_residual(layer, x)
+
+    def attention_residual(self, layer: int, z: Tensor) -> Tensor:
+        """What the attention output z adds to the residual stream (after LayerScale, if any)."""
+        ls1 = self._layers[layer]["ls1"]
+        return ls1(z) if ls1 is not None else z
+
+    def mlp_residual(self, layer: int, x: Tensor) -> Tensor:
+        """What the MLP half adds to the residual stream `x` (after the attention's add)."""
         m = self._layers[layer]
-        x = x + (m["ls1"](z) if m["ls1"] is not None else z)
         y = m["mlp"](m["norm2"](x))
-        return x + (m["ls2"](y) if m["ls2"] is not None else y)
+        return m["ls2"](y) if m["ls2"] is not None else y
+
+    def why_not_linear(self) -> str | None:
+        """Why a head's share of the logit is not a sum of terms (None when it is; see `ViTAdapter`)."""
+        if not isinstance(self._final_norm, torch.nn.LayerNorm):
+            return f"its final norm is a {type(self._final_norm).__name__}, not a LayerNorm"
+        return None
 
     def run_blocks(self, x: Tensor, start: int) -> Tensor:
         """Layers `start`.. to the end (fused attention); the last computes only the `head_rows` rows the head
@@ -163,7 +178,17 @@ class HFViTAdapter(AdapterFacts):
 
     def head(self, x: Tensor) -> Tensor:
         """Tokens after the last layer (all, or the first `head_rows`) → logits [B,C], as the model computes them."""
-        m, h = self.model, self._final_norm(x)
+        return self._classify(self._final_norm(x))
+
+    def frozen_head(self, x: Tensor, ref: Tensor, pre_logits: bool = False) -> Tensor:
+        """`head` (or `features` with `pre_logits`) of tokens `x` [N, R, D] with the final norm's scale σ taken from
+        `ref` [1, R, D]: affine in `x` (see `ViTAdapter.frozen_head`)."""
+        h = frozen_norm(self._final_norm, x, ref)
+        return h[:, 0] if pre_logits else self._classify(h)
+
+    def _classify(self, h: Tensor) -> Tensor:
+        """Final-norm tokens → logits [B,C]."""
+        m = self.model
         if self.kind == "cls":
             return m.classifier(h[:, 0])
         if self.kind == "cls+dist":
