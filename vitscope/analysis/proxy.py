@@ -214,8 +214,8 @@ def table_lines(table: dict[str, ProxyAgreement]) -> list[str]:
     if not rows:
         return ["no readable image with both a proxy and the total effect"]
     width = max(len(PROXY_LABELS[name]) for name in rows)
-    lines = ["Spearman ρ with |total effect| (exact whole-head pruning, label logit): median [IQR] per image, "
-             "of the means; then the signed proxy vs signed total"]
+    lines = ["Spearman ρ with |total effect| of exact whole-head pruning: median [IQR] per image, of the means; "
+             "signed: vs the signed total"]
     for name, t in rows.items():
         m, s = t.magnitude, t.signed
         q25, q75 = m.quartiles
