@@ -60,6 +60,19 @@ PROB_BASES = (CLASSIFIER, LINEAR_PROBE, NO_BASIS)
 
 PRECISIONS = ("float32", "tf32", "bfloat16")  # what the engine computes in (tf32: float32 with TF32 matmuls)
 
+# Cheap per-head scores set against exact pruning's `total_effect` (analysis/proxy.py: proxy_table), in the order a
+# tie between them is broken: the gradient proxy of Michel et al. 2019, the head's direct logit attribution, the norm
+# of its output at the class token (Kobayashi et al. 2020), the class token's attention on the patches, and how far
+# leaving the head out moves the rollout map (analysis/explain.py: rollout_impact).
+PROXIES = ("gradient", "direct", "output_norm", "cls_patch_mass", "rollout_impact")
+PROXY_LABELS = {
+    "gradient": "gradient |∂CE/∂gate|",
+    "direct": "direct logit attribution",
+    "output_norm": "output norm ‖c‖",
+    "cls_patch_mass": "CLS→patches attention",
+    "rollout_impact": "rollout impact",
+}
+
 PAIR_COUNT = 12  # head pairs: the image's top heads whose interactions are computed unless told otherwise
 # The orders a pruning curve removes heads in, each named by its direction. exact: by the head's mean P'[true] when
 # pruned alone (mode 1, from the store); harmful-first takes the lowest first, harmless-first the highest first.

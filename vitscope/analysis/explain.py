@@ -4,7 +4,8 @@ Three maps come from one image's attention `A` [L, H, P, P] (and, for `grad_roll
 logit `s` with respect to it); the fourth, `occlusion`, from masked forwards (the engine's). Every map is the `N`
 patch columns of the class token's row, in its own raw units (nothing is renormalised), so the prefix tokens
 (class, distillation, registers) never appear in it. The faithfulness protocol is Chefer et al.'s positive /
-negative perturbation, per image: remove patches in a map's order and follow P[target].
+negative perturbation, per image: remove patches in a map's order and follow P[target]. `rollout_impact` turns the
+rollout into a per-head score: how far leaving one head out moves the rollout map.
 """
 
 from __future__ import annotations
@@ -35,6 +36,57 @@ def rollout(attn: Tensor) -> Tensor:
         hat = 0.5 * layer + 0.5 * eye
         r = (hat / hat.sum(-1, keepdim=True)) @ r
     return r
+
+
+def rollout_impacts(attn: Tensor, num_prefix: int) -> Tensor:
+    """`rollout_impact` of a batch: `attn` [B, L, H, P, P] → [B, L, H] float32.
+
+    Only the class token's row of each perturbed rollout is needed, so with `u_l = e_c^T Â_{L-1} ⋯ Â_{l+1}` (all
+    layers, one backward sweep of row vectors) and `M_l = Â_{l-1} ⋯ Â_0` (grown layer by layer) a head's row is
+    `u_l Â'_{l,h} M_l`: per layer one [H, P] × [P, P] product and the update of `M`, one rollout in all, instead of
+    a full rollout per head."""
+    a = attn.double()
+    B, L, H, P, _ = a.shape
+    if H == 1:  # no other head to take the mean over
+        return torch.full((B, L, H), float("nan"), device=attn.device)
+    eye = torch.eye(P, dtype=a.dtype, device=a.device)
+    mean = a.mean(2)  # [B, L, P, P]
+    hat = 0.5 * mean + 0.5 * eye
+    hat = hat / hat.sum(-1, keepdim=True)
+    u = a.new_zeros(B, L, P)
+    row = a.new_zeros(B, P)
+    row[:, CLS] = 1
+    for layer in reversed(range(L)):
+        u[:, layer] = row
+        row = torch.einsum("bp,bpq->bq", row, hat[:, layer])
+    p = _patch_share(row, num_prefix)  # the unperturbed map: the class token's row of the whole rollout
+    out = a.new_empty(B, L, H)
+    m = eye.expand(B, P, P)
+    for layer in range(L):
+        heads, others = a[:, layer], (H * mean[:, layer, None] - a[:, layer]) / (H - 1)  # [B, H, P, P] each
+        # u Â' without forming Â' = D⁻¹(½·others + ½·I): with w = u / d (d the rows' sums), u Â' = ½·w·others + ½·w
+        d = 0.5 * others.sum(-1) + 0.5  # [B, H, P]
+        w = u[:, layer, None] / d
+        v = 0.5 * (H * torch.einsum("bhp,bpq->bhq", w, mean[:, layer]) - torch.einsum("bhp,bhpq->bhq", w, heads)
+                   ) / (H - 1) + 0.5 * w
+        q = _patch_share(torch.einsum("bhp,bpq->bhq", v, m), num_prefix)
+        out[:, layer] = 0.5 * (p[:, None] - q).abs().sum(-1)
+        m = hat[:, layer] @ m
+    return out.float()
+
+
+def rollout_impact(attn: Tensor, num_prefix: int) -> Tensor:
+    """How much each head moves one image's rollout map, `attn` [L, H, P, P] → [L, H] float32: the total-variation
+    distance `½·Σ|p − p'|` between `p`, the class token's row of `rollout(attn)` over the patches divided by its sum,
+    and `p'`, the same with head `h` left out of layer `l`'s head mean (the mean over the other H−1 heads). NaN
+    everywhere when H = 1."""
+    return rollout_impacts(attn[None], num_prefix)[0]
+
+
+def _patch_share(rows: Tensor, num_prefix: int) -> Tensor:
+    """The patch columns of rollout rows [..., P], divided by their sum: a distribution over the patches."""
+    patches = rows[..., num_prefix:]
+    return patches / patches.sum(-1, keepdim=True)
 
 
 def grad_rollout(attn: Tensor, grad_attn: Tensor) -> Tensor:

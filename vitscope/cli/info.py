@@ -1,5 +1,5 @@
-"""`vitscope info`: what is in a store (head kinds, the proxy's agreement, sinks, a class's trends), or what
-vitscope sees in a model."""
+"""`vitscope info`: what is in a store (head kinds, the proxies' agreement with exact pruning, sinks, a class's
+trends), or what vitscope sees in a model."""
 
 from __future__ import annotations
 
@@ -56,9 +56,15 @@ def _print_section(name: str, lines: list[str]) -> None:
 
 
 def _print_proxy(data, scope, who: str = "") -> None:
-    from vitscope.analysis.proxy import summary_lines
+    """The gradient proxy against exact ΔCE (every store has both), then every proxy against the exact total
+    effect, or one line saying the store has no effects (built before they were stored)."""
+    from vitscope.analysis.proxy import EXACT, proxy_table, summary_lines, table_lines
+    from vitscope.store import MISSING
 
     _print_section("proxy" + who, summary_lines(data.importance, data.baseline_prob, data.grad_importance, scope))
+    table = table_lines(proxy_table(data.ds, data.valid, scope)) if EXACT in data.ds else [MISSING.format(
+        "head effects")]
+    _print_section("proxies" + who, table)
 
 
 def _print_sinks(data) -> None:
