@@ -3,7 +3,8 @@
 The engine prunes every head in every mode (importance, top-k); one forward and backward gives the attention, the
 gradient proxy and the three stored input maps (`analysis.explain`). From the attention come strength, CLS vectors,
 the binarised maps (packed) and their pattern labels, and with the block output norms the sinks and high-norm tokens
-(`analysis.sinks`). The build runs it per chunk, and the service
+(`analysis.sinks`); each head's direct and total effect on the label's logit come from `engine.effects` and the pruning,
+its rollout impact from the attention. The build runs it per chunk, and the service
 runs it on a new image (which the app uploads), so both give the same numbers for the same image.
 """
 
@@ -48,7 +49,7 @@ def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, la
         "binary_index": binary.pack_binary(maps, lay.binary_size, lay.binary_ones),
         **sinks.image_sinks(a, res.token_norm, n),  # sinks, prefix shares, high-norm tokens
         "input_map": explain.stored_maps(a, grads.relevance, n),
-        **head_effects(adapter, x, res),
+        **head_effects(adapter, x, res), "rollout_impact": explain.rollout_impacts(a, n),
     }
     if lay.store_attention:
         out["attention"] = a.half()
