@@ -1,0 +1,110 @@
+"""Activation patching of heads: the engine against timm's own forward with hooks (not the adapter), the service's
+patch requests batched with prune requests, and `vitscope ablate --patch` as a user types it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from cli_helpers import vitscope_here
+from conftest import images_for, small_vit
+
+from vitscope.engine.prune import baseline, run_pruned
+from vitscope.errors import VitscopeError
+from vitscope.heads import Head
+from vitscope.service import Service
+
+HEADS = [Head(0, 1), Head(1, 3), Head(1, 0), Head(2, 2)]  # several heads over every layer of the small models
+
+
+def hooked_probs(model: torch.nn.Module, target: torch.Tensor, source: torch.Tensor, heads: list[Head]
+                 ) -> torch.Tensor:
+    """P [C] of `target` [1,3,h,w] through timm's forward with each head's A·V replaced by its A·V on `source`'s
+    clean forward. Forward pre-hooks on each attention's output norm, whose input is the heads' outputs concatenated
+    (the output projection's input where the norm is an identity): captured on `source`, then overwritten."""
+    blocks = model.blocks
+    layers = sorted({h.layer for h in heads})
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(i):
+        def hook(module, args):
+            captured[i] = args[0].clone()
+        return hook
+
+    def replace(i):
+        def hook(module, args):
+            x, dh = args[0].clone(), blocks[i].attn.head_dim
+            for h in (h.head for h in heads if h.layer == i):
+                x[..., h * dh:(h + 1) * dh] = captured[i][..., h * dh:(h + 1) * dh]
+            return (x,)
+        return hook
+
+    with torch.no_grad():
+        for make, x in ((capture, source), (replace, target)):
+            handles = [blocks[i].attn.norm.register_forward_pre_hook(make(i)) for i in layers]
+            try:
+                probs = model(x).float().softmax(-1)[0]
+            finally:
+                for handle in handles:
+                    handle.remove()
+    return probs
+
+
+def two_labels(probs: torch.Tensor) -> tuple[int, int]:
+    """Two rows whose predictions differ: P[label of I] and P[label of J] are then different numbers."""
+    top = probs.argmax(-1).tolist()
+    return next((i, j) for i in range(len(top)) for j in range(len(top)) if top[i] != top[j])
+
+
+def test_patching_an_image_from_itself_changes_nothing():
+    ad = small_vit()
+    base = baseline(ad, images_for(ad))
+    reqs = [(b, HEADS) for b in range(3)] + [(1, [Head(2, 0)])]
+    for (b, _), r in zip(reqs, run_pruned(ad, base, reqs, sources=[b for b, _ in reqs]), strict=True):
+        assert r.prob == pytest.approx(r.baseline_prob, abs=1e-5) and r.source_prob == pytest.approx(r.prob, abs=1e-6)
+        assert r.top_idx == base.probs[b].topk(5).indices.tolist()
+        torch.testing.assert_close(torch.tensor(r.top_prob), base.probs[b].topk(5).values.cpu(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["vit", "deit_distilled", "registers", "qknorm_scalenorm", "avgpool"])
+def test_patching_matches_timm_forward_with_hooks(variant):
+    ad = small_vit(variant)
+    x = images_for(ad, n=6)
+    base = baseline(ad, x)
+    i, j = two_labels(base.probs)
+    li, lj = int(base.labels[i]), int(base.labels[j])
+    head_sets = [HEADS, [Head(0, 2)], [Head(2, 1), Head(2, 3)], [Head(1, 1), Head(1, 1)]]  # the last: listed twice
+    reqs = [(i, hs) for hs in head_sets] + [(j, hs) for hs in head_sets]
+    sources = [j] * len(head_sets) + [i] * len(head_sets)
+    moved = 0.0
+    for (b, hs), s, r in zip(reqs, sources, run_pruned(ad, base, reqs, sources=sources, max_batch=3), strict=True):
+        want = hooked_probs(ad.model, x[b:b + 1], x[s:s + 1], hs)
+        assert r.prob == pytest.approx(float(want[base.labels[b]]), abs=1e-5), (b, hs)
+        assert r.source_prob == pytest.approx(float(want[base.labels[s]]), abs=1e-5), (b, hs)
+        torch.testing.assert_close(torch.tensor(r.top_prob), want.topk(5).values, atol=1e-5, rtol=0)
+        moved = max(moved, abs(r.prob - r.baseline_prob))
+    assert li != lj and moved > 1e-3  # patching must matter here, or the comparison proves nothing
+
+
+def test_patch_and_prune_requests_share_forwards_and_answers():
+    """A patch request batched with prune requests gets what it gets alone, and they get what they get without it."""
+    ad = small_vit()
+    base = baseline(ad, images_for(ad))
+    prunes = [(0, [Head(1, 2, 5)]), (2, [Head(0, 0), Head(2, 1, 3)])]
+    patches = [(1, HEADS), (0, [Head(2, 3)])]
+    together = run_pruned(ad, base, [prunes[0], patches[0], prunes[1], patches[1]], sources=[None, 2, None, 1])
+    alone = run_pruned(ad, base, prunes) + run_pruned(ad, base, patches, sources=[2, 1])
+    for got, want in zip([together[0], together[2], together[1], together[3]], alone, strict=True):
+        assert got.prob == pytest.approx(want.prob, abs=1e-6) and got.top_idx == want.top_idx
+        assert got.source_prob == want.source_prob or got.source_prob == pytest.approx(want.source_prob, abs=1e-6)
+    assert together[0].source_prob is None and together[1].source_prob is not None
+
+
+def test_a_head_patched_in_part_is_refused():
+    ad = small_vit()
+    base = baseline(ad, images_for(ad))
+    with pytest.raises(VitscopeError, match=r"L1H2 \(mode 5\): patching replaces a head's whole output"):
+        run_pruned(ad, base, [(0, [Head(1, 2, 5)])], sources=[1])
+    with pytest.raises(VitscopeError, match="image rows must be in 0..2"):
+        run_pruned(ad, base, [(0, [Head(1, 2)])], sources=[3])
