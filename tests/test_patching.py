@@ -3,11 +3,8 @@ patch requests batched with prune requests, and `vitscope ablate --patch` as a u
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from cli_helpers import vitscope_here
 from conftest import images_for, small_vit
 
 from vitscope.engine.prune import baseline, run_pruned
@@ -108,3 +105,82 @@ def test_a_head_patched_in_part_is_refused():
         run_pruned(ad, base, [(0, [Head(1, 2, 5)])], sources=[1])
     with pytest.raises(VitscopeError, match="image rows must be in 0..2"):
         run_pruned(ad, base, [(0, [Head(1, 2)])], sources=[3])
+
+
+@pytest.fixture(scope="module")
+def svc(demo16) -> Service:
+    return Service(demo16)
+
+
+def labelled_pair(svc: Service) -> tuple[int, int]:
+    """Two readable images of the store with different true labels."""
+    return next((i, j) for i in range(svc.images) for j in range(svc.images)
+                if svc.valid[i] and svc.valid[j] and svc.labels[i] != svc.labels[j])
+
+
+def test_a_patch_request_against_timm_forward_with_hooks(svc):
+    i, j = labelled_pair(svc)
+    heads = ["0:1", "2:3", "2:0", "5:2"]
+    r = svc.compute({"kind": "patch", "image": i, "source": j, "heads": heads})
+    assert "error" not in r, r
+    want = hooked_probs(svc.adapter.model, svc.input(i), svc.input(j), [Head(*map(int, h.split(":"))) for h in heads])
+    li, lj = int(svc.labels[i]), int(svc.labels[j])
+    assert (r["kind"], r["image"], r["source"], r["label"], r["source_label"]) == ("patch", i, j, li, lj)
+    assert r["heads"] == ["L0H1", "L2H3", "L2H0", "L5H2"]
+    assert r["prob"] == pytest.approx(float(want[li]), abs=1e-5)
+    assert r["source_prob"] == pytest.approx(float(want[lj]), abs=1e-5)
+    assert r["topk_idx"] == want.topk(5).indices.tolist()
+    assert r["topk_prob"] == pytest.approx(want.topk(5).values.tolist(), abs=1e-5)
+    assert r["baseline_prob"] == pytest.approx(float(svc.ds["baseline_prob"][i]), abs=1e-5)
+    assert r["source_baseline_prob"] == pytest.approx(float(svc.ds["baseline_prob"][j]), abs=1e-5)
+    assert abs(r["prob"] - r["baseline_prob"]) > 1e-3  # the patch matters here: a wrong one would show
+
+
+def test_patch_and_prune_requests_in_one_batch_answer_as_alone(svc):
+    i, j = labelled_pair(svc)
+    reqs = [{"kind": "prune", "image": i, "heads": ["1:2:5", "3:0"]},
+            {"kind": "patch", "image": i, "source": j, "heads": ["1:2", "4:1"]},
+            {"kind": "patch", "image": 5, "source": i, "heads": ["0:0"]},
+            {"kind": "prune", "image": j, "heads": ["4:1"]}]
+    together = svc.compute_batch(reqs)
+    for r, got in zip(reqs, together, strict=True):
+        want = svc.compute(r)
+        assert got.keys() == want.keys() and "error" not in got, got
+        for key, value in want.items():
+            if key == "top5":  # [[class name, probability], …]
+                assert [c for c, _ in got[key]] == [c for c, _ in value]
+                value, got[key] = [p for _, p in value], [p for _, p in got[key]]
+            assert got[key] == pytest.approx(value, abs=1e-6), key
+
+
+@pytest.mark.parametrize("request_, says", [
+    ({"kind": "patch", "image": 0, "source": 1, "heads": ["1:2:5"]},
+     "L1H2 given with a mode or region: patching replaces a head's whole output, so give 1:2 alone"),
+    ({"kind": "patch", "image": 0, "heads": ["1:2"]}, "a patch request needs an integer 'source'"),
+    ({"kind": "patch", "image": 0, "source": 99, "heads": ["1:2"]}, "image 99 out of range"),
+    ({"kind": "patch", "image": 0, "source": 1, "heads": ["1:9"]}, "unknown head L1H9"),
+    ({"kind": "patch", "image": 0, "source": 1, "heads": []}, "a patch request needs 'heads'"),
+])
+def test_bad_patch_requests_are_one_line_and_the_rest_is_answered(svc, request_, says):
+    bad, good = svc.compute_batch([request_, {"kind": "patch", "image": 0, "source": 1, "heads": ["1:1"]}])
+    assert bad["kind"] == "patch" and says in bad["error"] and "\n" not in bad["error"]
+    assert "error" not in good
+
+
+def test_patch_requests_ride_the_fast_lane_with_prune_requests(svc):
+    from test_service import GatedBackend
+
+    from vitscope.service import Dispatcher
+
+    backend = GatedBackend(svc)
+    d = Dispatcher(backend)
+    try:
+        busy = d.submit("z", {"kind": "prune", "image": 5, "heads": ["0:1"]})
+        assert backend.entered.acquire(timeout=60)  # the fast lane's thread waits at the gate with it
+        patch = d.submit("a", {"kind": "patch", "image": 0, "source": 1, "heads": ["2:1"]})
+        pruned = d.submit("b", {"kind": "prune", "image": 2, "heads": ["2:1"]})
+        backend.gate.set()
+        assert "error" not in patch.result(60) and "error" not in pruned.result(60) and "error" not in busy.result(60)
+        assert sorted(backend.calls) == [["patch", "prune"], ["prune"]]  # queued together, answered in one call
+    finally:
+        d.close()
