@@ -3,8 +3,11 @@ patch requests batched with prune requests, and `vitscope ablate --patch` as a u
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from cli_helpers import vitscope_here
 from conftest import images_for, small_vit
 
 from vitscope.engine.prune import baseline, run_pruned
@@ -184,3 +187,37 @@ def test_patch_requests_ride_the_fast_lane_with_prune_requests(svc):
         assert sorted(backend.calls) == [["patch", "prune"], ["prune"]]  # queued together, answered in one call
     finally:
         d.close()
+
+
+def test_cli_patch_json_and_the_block_a_person_reads(demo16, svc):
+    i, j = labelled_pair(svc)
+    res = vitscope_here("ablate", demo16, "--image", i, "--patch", "0:1", "2:3", "--source", j, "--json")
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    want = svc.compute({"kind": "patch", "image": i, "source": j, "heads": ["0:1", "2:3"]})
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], abs=1e-6) for k in want), got
+    res = vitscope_here("ablate", demo16, "--image", i, "--patch", "0:1", "2:3", "--source", j)
+    assert res.returncode == 0, res.stderr
+    li, lj = (svc.class_names[int(svc.labels[k])] for k in (i, j))
+    top = ", ".join(f"{svc.class_names[c]} {p:.3f}" for c, p in zip(want["topk_idx"], want["topk_prob"], strict=True))
+    assert res.stdout.splitlines() == [
+        f"image {i} ({li}) with L0H1, L2H3 patched from image {j} ({lj})",
+        f"  P[{li}] {want['baseline_prob']:.4f} → {want['prob']:.4f}  (image {i} → image {i} patched; "
+        f"{want['prob'] - want['baseline_prob']:+.4f})",
+        f"  P[{lj}] {want['source_baseline_prob']:.4f} → {want['source_prob']:.4f}  (image {j} itself → image {i} "
+        "patched)",
+        f"  top-5: {top}"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--patch", "2:9", "--source", 1], "unknown head L2H9: this model has layers 0..5 and heads 0..3"),
+    (["--patch", "2:1", "--source", 99], "--source: image 99 out of range: {store} has 16 images (0..15)"),
+    (["--patch", "2:1"], "--patch L:H [L:H ...] needs --source J, the image whose head outputs are patched in"),
+    (["--prune", "2:1", "--source", 1], "--source J is for --patch: add --patch L:H [L:H ...]"),
+    (["--patch", "2:1:5", "--source", 1],
+     "L2H1 given with a mode or region: patching replaces a head's whole output, so give 2:1 alone"),
+])
+def test_cli_patch_bad_input_is_one_line(demo16, args, says):
+    res = vitscope_here("ablate", demo16, "--image", 0, *args)
+    assert res.returncode == 2 and not res.stdout
+    assert res.stderr == f"vitscope ablate: error: {says.format(store=demo16)}\n"
