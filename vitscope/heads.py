@@ -104,6 +104,28 @@ def parse_heads(items: object) -> list[Head]:
     return [parse_head(h) for h in items]
 
 
+def parse_patch_heads(items: object) -> list[Head]:
+    """Heads to patch, whole heads only (LAYER:HEAD, [layer, head] or a Head of the whole head): patching replaces
+    a head's whole output, so a head written with a mode or region is one line saying so."""
+    if isinstance(items, str | dict | Head) or not isinstance(items, Sequence):
+        items = [items]
+    return [_whole_head(item) for item in items]
+
+
+def _whole_head(item: object) -> Head:
+    try:
+        h = parse_head(item, modes=False)
+        if h.mode == WHOLE_HEAD:
+            return h
+    except VitscopeError as e:
+        try:
+            h = parse_head(item)  # it reads with a mode or region
+        except VitscopeError:
+            raise e from None  # it does not read at all: the line that asks for LAYER:HEAD
+    raise VitscopeError(f"{h.name} given with a mode or region: patching replaces a head's whole output, so give "
+                        f"{h.layer}:{h.head} alone")
+
+
 def _rect(value) -> Rect | None:
     if value is None:
         return None

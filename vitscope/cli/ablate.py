@@ -1,4 +1,5 @@
-"""`vitscope ablate`: the service from the command line (heads pruned together, pairs, curves, saliency, new images)."""
+"""`vitscope ablate`: the service from the command line (heads pruned or patched together, pairs, curves, saliency, new
+images)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from vitscope.errors import VitscopeError
-from vitscope.heads import parse_head
+from vitscope.heads import parse_head, parse_patch_heads
 from vitscope.vocab import (
     CURVE_IMAGES,
     CURVE_ORDERS,
@@ -24,8 +25,8 @@ from vitscope.vocab import (
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("ablate", help="on-demand ablation: prune heads together, head pairs, pruning curves, "
-                       "patch saliency, or a new image")
+    p = sub.add_parser("ablate", help="on-demand ablation: prune heads together, patch heads from another image, "
+                       "head pairs, pruning curves, patch saliency, or a new image")
     p.add_argument("store", type=Path)
     p.add_argument("--image", type=int, help="image index in the store (vitscope info STORE)")
     what = p.add_mutually_exclusive_group(required=True)
@@ -33,6 +34,8 @@ def add_parsers(sub) -> None:
                       f"{MODES[0]}-{MODES[-1]}, default {WHOLE_HEAD} (whole head); a custom region as JSON: "
                       "'{\"layer\": 3, \"head\": 1, \"region\": "
                       "{\"source\": [0, 0, 4, 4], \"target\": null, \"cls_rows\": false, \"cls_cols\": true}}'")
+    what.add_argument("--patch", nargs="+", metavar="L:H", help="activation patching: run --image with these "
+                      "heads' outputs (A·V, every token) replaced by their outputs on --source's unpruned pass")
     what.add_argument("--pairs", type=int, nargs="?", const=PAIR_COUNT, metavar="K",
                       help=f"pair interactions of the image's top K heads (default {PAIR_COUNT})")
     what.add_argument("--curve", nargs="*", metavar="ORDER", help=f"progressive pruning in these orders "
@@ -40,6 +43,7 @@ def add_parsers(sub) -> None:
                       "for --image, --class NAME, or every image; a set also gets each order's prunable count")
     what.add_argument("--saliency", action="store_true", help="patch-ablation saliency of --image")
     what.add_argument("--file", type=Path, help="analyse a new image file (not written into the store)")
+    p.add_argument("--source", type=int, metavar="J", help="with --patch: the image whose head outputs are patched in")
     p.add_argument("--class", dest="cls", metavar="NAME", help="with --curve: the class's images")
     p.add_argument("--max-images", type=int, default=CURVE_IMAGES, metavar="N",
                    help=f"with --curve over a set: a seeded sample of at most N images (default {CURVE_IMAGES})")
@@ -54,6 +58,9 @@ def add_parsers(sub) -> None:
 
 
 def request_from(args: argparse.Namespace, class_names: list[str], labels) -> dict:
+    if (args.patch is None) != (args.source is None):
+        raise VitscopeError("--patch L:H [L:H ...] needs --source J, the image whose head outputs are patched in"
+                            if args.source is None else "--source J is for --patch: add --patch L:H [L:H ...]")
     if args.file is not None:
         return {"kind": "new_image", "path": str(args.file), "label": args.label}
     if args.curve is not None:
@@ -72,6 +79,8 @@ def request_from(args: argparse.Namespace, class_names: list[str], labels) -> di
         raise VitscopeError("give --image I (the image's index in the store; vitscope info STORE lists them)")
     if args.prune is not None:
         return {"kind": "prune", "image": args.image, "heads": [parse_head(h) for h in args.prune]}
+    if args.patch is not None:
+        return {"kind": "patch", "image": args.image, "source": args.source, "heads": parse_patch_heads(args.patch)}
     if args.pairs is not None:
         return {"kind": "pairs", "image": args.image, "k": args.pairs}
     return {"kind": "saliency", "image": args.image, "block": args.block}
@@ -84,10 +93,13 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     from vitscope.store import open_store
 
     ds = open_store(args.store)
-    request = request_from(args, [str(c) for c in ds["class_name"].values], ds["label"].values[ds["valid"].values])
+    class_names = [str(c) for c in ds["class_name"].values]
+    request = request_from(args, class_names, ds["label"].values[ds["valid"].values])
+    if request["kind"] == "patch":  # before the model loads, and saying which of the two images it is
+        _check_source(args.store, args.source, ds)
     service = make_dispatcher(args.store, args.device, args.scheduler)
     try:
-        with tqdm(desc=request["kind"], unit="forward", disable=args.json or request["kind"] == "prune",
+        with tqdm(desc=request["kind"], unit="forward", disable=args.json or request["kind"] in ("prune", "patch"),
                   leave=False) as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
@@ -98,7 +110,16 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         service.close()
     if "error" in result:
         raise VitscopeError(result["error"])
-    print(json.dumps(_plain(result)) if args.json else readable(result))
+    print(json.dumps(_plain(result)) if args.json else readable(result, class_names))
+
+
+def _check_source(store: Path, source: int, ds) -> None:
+    from vitscope.store import check_image
+
+    try:
+        check_image(store, source, ds["valid"].values.astype(bool), ds["image_id"].values)
+    except VitscopeError as e:
+        raise VitscopeError(f"--source: {e}") from None
 
 
 def _plain(v):
@@ -117,9 +138,24 @@ def _top5(top5) -> str:
     return ", ".join(f"{c} {p:.3f}" for c, p in top5)
 
 
-def readable(r: dict) -> str:
-    """A result as the lines a person reads."""
+def _readable_patch(r: dict, class_names: list[str] | None) -> str:
+    def names(c: int) -> str:
+        return class_names[c] if class_names else str(c)
+
+    i, j, li, lj = r["image"], r["source"], names(r["label"]), names(r["source_label"])
+    return "\n".join([
+        f"image {i} ({li}) with {', '.join(r['heads'])} patched from image {j} ({lj})",
+        f"  P[{li}] {r['baseline_prob']:.4f} → {r['prob']:.4f}  (image {i} → image {i} patched; "
+        f"{r['prob'] - r['baseline_prob']:+.4f})",
+        f"  P[{lj}] {r['source_baseline_prob']:.4f} → {r['source_prob']:.4f}  (image {j} itself → image {i} patched)",
+        f"  top-5: {_top5([names(c), p] for c, p in zip(r['topk_idx'], r['topk_prob'], strict=True))}"])
+
+
+def readable(r: dict, class_names: list[str] | None = None) -> str:
+    """A result as the lines a person reads (`class_names`: the store's, for a patch answer's classes)."""
     kind = r["kind"]
+    if kind == "patch":
+        return _readable_patch(r, class_names)
     if kind == "prune":
         lines = [f"image {r['image']}, pruned together: {', '.join(r['heads'])}",
                  f"  P[true] {r['baseline_prob']:.4f} → P'[true] {r['prob']:.4f}  (drop {r['drop']:+.4f})",

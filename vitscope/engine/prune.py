@@ -1,4 +1,5 @@
-"""Any set of heads pruned together, each in its own mode or region; pairs, progressive pruning, patch saliency.
+"""Any set of heads pruned together, each in its own mode or region; activation patching of heads; pairs,
+progressive pruning, patch saliency.
 
 Exact, like the leave-one-out engine: one baseline pass caches each block's input, and a request
 (an image and the heads it prunes) runs again only from its lowest pruned layer, many requests
@@ -36,6 +37,7 @@ class PruneResult:
     patch_dist: float
     top_idx: list[int]
     top_prob: list[float]
+    source_prob: float | None = None  # P'[the source's true] (a patch request; None for a prune request)
 
     @property
     def drop(self) -> float:
@@ -180,16 +182,21 @@ def run_pruned(
     topk: int = 5,
     max_batch: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    sources: Sequence[int | None] | None = None,
 ) -> list[PruneResult]:
     """Each request (image row in `base`, heads pruned together) → PruneResult, in order.
 
-    An empty head list is the unpruned model. `progress(done, total)` is called after each forward.
+    An empty head list is the unpruned model. `progress(done, total)` is called after each forward. `sources[r]`,
+    where not None, makes request r a patch: each of its (whole) heads outputs what it output on that row's unpruned
+    pass instead of its own A·V, and the result carries `source_prob`.
     """
     rows = [int(b) for b, _ in requests]
+    srcs = [None] * len(requests) if sources is None else [None if s is None else int(s) for s in sources]
     B = base.probs.shape[0]
-    if any(not 0 <= b < B for b in rows):
-        raise VitscopeError(f"image rows must be in 0..{B - 1}")
+    if len(srcs) != len(rows) or any(not 0 <= b < B for b in rows + [s for s in srcs if s is not None]):
+        raise VitscopeError(f"image rows must be in 0..{B - 1}, one source (or None) per request")
     results: list[PruneResult | None] = [None] * len(requests)
+    outputs: dict[tuple[int, int], Tensor] = {}  # (source row, layer) → its heads' outputs, shared by requests
     # Requests with the same lowest layer share the most work: batch them together. Each batch builds its own
     # masks (a request's are up to L × [H,P,P] bools: thousands of a pruning curve's would not fit in memory).
     order = sorted(range(len(requests)), key=lambda r: min((h.layer for h in requests[r][1]),
@@ -197,15 +204,38 @@ def run_pruned(
     for start in range(0, len(order), max_batch):
         chunk = order[start:start + max_batch]
         masks = [zero_masks(adapter, requests[r][1]) for r in chunk]
-        for r, res in zip(chunk, _forward(adapter, base, [rows[r] for r in chunk], masks, topk), strict=True):
+        adds = [{} if srcs[r] is None else patch_outputs(adapter, base, srcs[r], requests[r][1], outputs)
+                for r in chunk]
+        got = _forward(adapter, base, [rows[r] for r in chunk], masks, topk, adds, [srcs[r] for r in chunk])
+        for r, res in zip(chunk, got, strict=True):
             results[r] = res
         if progress is not None:
             progress(min(start + max_batch, len(order)), len(order))
     return results  # type: ignore[return-value]
 
 
-def _forward(adapter: ViTAdapter, base: Baseline, rows: list[int], masks: list[dict[int, Tensor]], topk: int
-             ) -> list[PruneResult]:
+def patch_outputs(adapter: ViTAdapter, base: Baseline, source: int, heads: Sequence[Head],
+                  cache: dict[tuple[int, int], Tensor]) -> dict[int, tuple[list[int], Tensor]]:
+    """{layer: (patched heads, the source row's A·V [H,P,dh] at that layer)} of one patch request.
+
+    The source's outputs come from its own unpruned pass (standard activation patching: a patched head upstream
+    does not change what a later head is patched with); `cache` keeps them per (source, layer)."""
+    out: dict[int, tuple[list[int], Tensor]] = {}
+    for h in heads:
+        if h.mode != WHOLE_HEAD:
+            raise VitscopeError(f"{h.label}: patching replaces a head's whole output, so it takes no mode or "
+                                f"region: give {h.layer}:{h.head}")
+        if (source, h.layer) not in cache:
+            parts = adapter.attention(h.layer, base.inputs[h.layer][source:source + 1])
+            cache[source, h.layer] = (parts.attn @ parts.v)[0]
+        patched = out.setdefault(h.layer, ([], cache[source, h.layer]))[0]
+        if h.head not in patched:  # a head listed twice is patched once
+            patched.append(h.head)
+    return out
+
+
+def _forward(adapter: ViTAdapter, base: Baseline, rows: list[int], masks: list[dict[int, Tensor]], topk: int,
+             adds: list[dict[int, tuple[list[int], Tensor]]], sources: list[int | None]) -> list[PruneResult]:
     L, dev, n = adapter.num_layers, base.probs.device, adapter.num_prefix
     b = torch.tensor(rows, device=dev)
     layers = sorted({i for m in masks for i in m})
@@ -228,12 +258,18 @@ def _forward(adapter: ViTAdapter, base: Baseline, rows: list[int], masks: list[d
                 if i in m:
                     keep[r].masked_fill_(m[i].to(dev), 0.0)
             parts = adapter.attention(i, x)
-            z = adapter.project(i, merge_heads((parts.attn * keep) @ parts.v), parts.gate)
+            o = (parts.attn * keep) @ parts.v
+            for r, add in enumerate(adds):  # a patched head's attention is zeroed whole: its output is the source's
+                if i in add:
+                    o[r, add[i][0]] += add[i][1][add[i][0]]
+            z = adapter.project(i, merge_heads(o), parts.gate)
             z_new |= {r: z[r] for r in range(len(rows)) if single[r] == i}
             x = adapter.finish_block(i, x, z)
         p_new = adapter.head(x.float()).float().softmax(-1)
     p, labels = base.probs[b], base.labels[b]
     prob, div = p_new.gather(-1, labels[:, None])[:, 0], jsd(p, p_new)
+    src_labels = base.labels[[row if s is None else s for row, s in zip(rows, sources, strict=True)]]
+    src_prob = p_new.gather(-1, src_labels[:, None])[:, 0]
     top = p_new.topk(min(topk, p_new.shape[-1]), dim=-1)
     out = []
     for r in range(len(rows)):
@@ -247,6 +283,7 @@ def _forward(adapter: ViTAdapter, base: Baseline, rows: list[int], masks: list[d
         out.append(PruneResult(
             prob=float(prob[r]), baseline_prob=float(p[r, labels[r]]), jsd=float(div[r]),
             cls_dist=dist[0], patch_dist=dist[1], top_idx=top.indices[r].tolist(), top_prob=top.values[r].tolist(),
+            source_prob=None if sources[r] is None else float(src_prob[r]),
         ))
     return out
 

@@ -1,4 +1,4 @@
-"""On-demand engine work for one store: attention, heads pruned together, pairs, pruning curves, saliency.
+"""On-demand engine work for one store: attention, heads pruned or patched together, pairs, pruning curves, saliency.
 
 Raw attention is not stored by default; the service reloads the store's model once per process
 (shared by every app session) and recomputes from the stored thumbnail, which is exactly the
@@ -21,7 +21,7 @@ import torch
 from vitscope.analysis import probe
 from vitscope.engine import prune
 from vitscope.errors import StoreMismatch, VitscopeError, one_line
-from vitscope.heads import Head, parse_heads, prune_answer, top_heads
+from vitscope.heads import Head, parse_heads, parse_patch_heads, prune_answer, top_heads
 from vitscope.imagesets.folders import normalise
 from vitscope.models import ViTAdapter, load_model, weights_hash
 from vitscope.service import curves, explain, newimage
@@ -154,18 +154,31 @@ class Service:
         """Prune requests ({"image", "heads"}) answered in as few forwards as their shapes allow."""
         return self._prune([(self.check_image(r["image"]), parse_heads(r["heads"])) for r in requests])
 
-    def _prune(self, parsed: Sequence[tuple[int, list[Head]]]) -> list[dict]:
-        """Prune requests as (checked image, its heads), answered together."""
-        images = list(dict.fromkeys(i for i, _ in parsed))
+    def _prune(self, parsed: Sequence[tuple[int, list[Head]]], sources: Sequence[int | None] | None = None
+               ) -> list[dict]:
+        """Prune requests as (checked image, its heads), answered together; where `sources` gives a (checked) image,
+        that request patches its heads from it instead. One baseline holds every image and every source."""
+        sources = [None] * len(parsed) if sources is None else list(sources)
+        images = list(dict.fromkeys([i for i, _ in parsed] + [s for s in sources if s is not None]))
         base = self.baseline(images)
         row = {i: r for r, i in enumerate(images)}
-        results = prune.run_pruned(self.adapter, base, [(row[i], heads) for i, heads in parsed])
-        return [self._prune_result(i, heads, res) for (i, heads), res in zip(parsed, results, strict=True)]
+        results = prune.run_pruned(self.adapter, base, [(row[i], heads) for i, heads in parsed],
+                                   sources=[None if s is None else row[s] for s in sources])
+        return [self._prune_result(i, heads, res) if s is None else
+                self._patch_result(i, s, heads, res, float(base.probs[row[s], base.labels[row[s]]]))
+                for (i, heads), s, res in zip(parsed, sources, results, strict=True)]
 
     def _prune_result(self, image: int, heads: list[Head], r: prune.PruneResult) -> dict:
         top5 = [[self.class_names[c], p] for c, p in zip(r.top_idx, r.top_prob, strict=True)]
         return prune_answer(image, heads, r.prob, r.baseline_prob, r.jsd, _finite(r.cls_dist), _finite(r.patch_dist),
                             top5, self._stored_singles(image, heads))
+
+    def _patch_result(self, image: int, source: int, heads: list[Head], r: prune.PruneResult,
+                      source_baseline_prob: float) -> dict:
+        return {"kind": "patch", "image": image, "source": source, "heads": list(dict.fromkeys(h.name for h in heads)),
+                "prob": r.prob, "baseline_prob": r.baseline_prob, "source_prob": r.source_prob,
+                "source_baseline_prob": source_baseline_prob, "label": int(self.labels[image]),
+                "source_label": int(self.labels[source]), "topk_idx": r.top_idx, "topk_prob": r.top_prob}
 
     def _stored_singles(self, image: int, heads: list[Head]) -> list[float] | None:
         """Each head's own drop of P[true] in its mode, from the store (None when a head has a custom region)."""
@@ -242,29 +255,33 @@ class Service:
         return self.compute_batch([request], progress)[0]
 
     def compute_batch(self, requests: Sequence[dict], progress: Progress = None) -> list[dict]:
-        """Several requests; every prune request among them shares the forwards. Errors stay per request."""
+        """Several requests; every prune and patch request among them shares the forwards. Errors stay per request."""
         out: list[dict | None] = [None] * len(requests)
-        prunes: dict[int, tuple[int, list[Head]]] = {}  # request → (image, heads), parsed and checked once
+        # request → (image, heads, patch source or None), parsed and checked once
+        prunes: dict[int, tuple[int, list[Head], int | None]] = {}
         for n, r in enumerate(requests):
             try:
                 kind = rq.check(r)
                 if self.prob_basis == NO_BASIS and kind in rq.NEEDS_CLASSES:
                     raise VitscopeError(rq.NO_BASIS_WHY)
-                if kind == "prune":
-                    heads = parse_heads(r["heads"])
+                if kind in ("prune", "patch"):
+                    heads = parse_heads(r["heads"]) if kind == "prune" else parse_patch_heads(r["heads"])
                     prune.zero_masks(self.adapter, heads)  # a bad head fails its request only
-                    prunes[n] = (self.check_image(r["image"]), heads)
+                    source = self.check_image(r["source"]) if kind == "patch" else None
+                    prunes[n] = (self.check_image(r["image"]), heads, source)
                 else:
                     out[n] = self._one(kind, r, progress)
             except (VitscopeError, torch.cuda.OutOfMemoryError, MemoryError) as e:
                 out[n] = {"kind": r.get("kind") if isinstance(r, dict) else None, "error": _why(e)}
         if prunes:
             try:
-                for n, res in zip(prunes, self._prune(list(prunes.values())), strict=True):
+                parsed = [(i, heads) for i, heads, _ in prunes.values()]
+                answers = self._prune(parsed, [s for _, _, s in prunes.values()])
+                for n, res in zip(prunes, answers, strict=True):
                     out[n] = res
             except (VitscopeError, torch.cuda.OutOfMemoryError, MemoryError) as e:
                 for n in prunes:
-                    out[n] = {"kind": "prune", "error": _why(e)}
+                    out[n] = {"kind": requests[n]["kind"], "error": _why(e)}
         return out  # type: ignore[return-value]
 
     def _one(self, kind: str, r: dict, progress: Progress) -> dict:

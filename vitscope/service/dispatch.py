@@ -1,7 +1,7 @@
 """One service per server process: a request queue shared by every session, in-process or on a Dask worker.
 
-Sessions submit plain-data requests and get a Future each. Pending prune requests of all sessions
-are answered together (their forwards share batches); slower kinds (pairs, curves, saliency, new
+Sessions submit plain-data requests and get a Future each. Pending prune and patch requests of all
+sessions are answered together (their forwards share batches); slower kinds (pairs, curves, saliency, new
 images) run in a lane of their own so they never hold up a tap. Per session and channel the latest
 request wins: a pending request that a newer one replaces is cancelled, never computed.
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 from vitscope.errors import VitscopeError, one_line
 
-FAST = ("prune", "attention")  # answered within a tap; batched across sessions
+FAST = ("prune", "patch", "attention")  # answered within a tap; batched across sessions
 
 
 @dataclass

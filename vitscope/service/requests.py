@@ -3,6 +3,8 @@ and Dask; a head is a `vitscope.heads.Head` or any form `parse_head` reads.
 
     {"kind": "prune", "image": 3, "heads": ["2:0", "5:1:5", {"layer": 4, "head": 2,
         "region": {"source": [0, 0, 4, 4], "target": null, "cls_rows": false, "cls_cols": true}}]}
+    {"kind": "patch", "image": 3, "source": 7, "heads": ["2:0", "5:1"]}  (activation patching: image 3 run with
+        each head's output A·V, all tokens, replaced by that head's output on image 7's unpruned pass; whole heads)
     {"kind": "pairs", "image": 3, "k": 12}              {"kind": "saliency", "image": 3, "block": 2}
     {"kind": "curve", "image": 3 | null, "cls": 7 | null, "orders": ["exact-harmful-first", "exact-harmless-first",
         "proxy-harmful-first", "proxy-harmless-first", "random"] ("exact", "proxy": the harmful-first ones),
@@ -19,9 +21,10 @@ from vitscope.errors import VitscopeError
 from vitscope.heads import head_dict, parse_head, parse_heads
 
 __all__ = ["KINDS", "NEEDS_IMAGE", "check", "head_dict", "parse_head", "parse_heads"]  # heads: vitscope.heads
-KINDS = ("prune", "pairs", "curve", "saliency", "new_image", "attention", "explain", "explain_set")
-NEEDS_IMAGE = ("prune", "pairs", "saliency", "attention", "explain")
-NEEDS_CLASSES = ("prune", "pairs", "curve", "saliency", "explain", "explain_set")  # requests answered in P[true]
+KINDS = ("prune", "patch", "pairs", "curve", "saliency", "new_image", "attention", "explain", "explain_set")
+NEEDS_IMAGE = ("prune", "patch", "pairs", "saliency", "attention", "explain")
+# requests answered in P[true]
+NEEDS_CLASSES = ("prune", "patch", "pairs", "curve", "saliency", "explain", "explain_set")
 NO_BASIS_WHY = ("unavailable: this store's model has no classifier and its images no usable labels, so P[true] and "
                 "JSD are undefined (prob basis: none); its cls_dist and patch_dist are in the store")
 
@@ -37,6 +40,11 @@ def check(request: object) -> str:
         raise VitscopeError(f"{article} {kind} request needs an integer 'image' (the image's index in the store)")
     if kind == "prune" and not request.get("heads"):
         raise VitscopeError("a prune request needs 'heads': at least one LAYER:HEAD[:MODE]")
+    if kind == "patch" and not request.get("heads"):
+        raise VitscopeError("a patch request needs 'heads': at least one LAYER:HEAD")
+    if kind == "patch" and not isinstance(request.get("source"), int):
+        raise VitscopeError("a patch request needs an integer 'source' (the index in the store of the image whose "
+                            "head outputs are patched in)")
     if kind == "attention" and request.get("layer") is not None and not isinstance(request["layer"], int):
         raise VitscopeError("an attention request's 'layer' must be an integer (or absent: every layer)")
     if kind == "explain_set" and not isinstance(request.get("images"), int):
