@@ -186,12 +186,19 @@ def proxy_table(arrays: Mapping, valid: np.ndarray, scope: np.ndarray | None = N
     `total_effect` the table is empty."""
     if EXACT not in arrays:
         return {}
-    total = np.asarray(arrays[EXACT], np.float64)
+    scores = {name: proxy_values(name, arrays[SOURCES[name]]) for name in PROXIES if SOURCES[name] in arrays}
+    return table_of(scores, arrays[EXACT], valid, scope)
+
+
+def table_of(scores: Mapping[str, np.ndarray], total: np.ndarray, valid: np.ndarray,
+             scope: np.ndarray | None = None) -> dict[str, ProxyAgreement]:
+    """`proxy_table` from the proxies' scores themselves ({proxy: [N, L, H]}) and the total effect [N, L, H]."""
+    total = np.asarray(total, np.float64)
     scope = np.asarray(valid, bool) & (True if scope is None else np.asarray(scope, bool))
     table = {}
     for name in PROXIES:
-        if SOURCES[name] in arrays:
-            values = proxy_values(name, arrays[SOURCES[name]])
+        if name in scores:
+            values = np.asarray(scores[name], np.float64)
             table[name] = ProxyAgreement(agreement(np.abs(values), np.abs(total), scope),
                                          agreement(values, total, scope))
     return table

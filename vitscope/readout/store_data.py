@@ -17,13 +17,13 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from vitscope.analysis import probe
-from vitscope.analysis.proxy import Agreement, agreement, exact_delta_ce, spearman
+from vitscope.analysis.proxy import Agreement, agreement, cls_patch_mass, exact_delta_ce, spearman
 from vitscope.classes import match_class
 from vitscope.config import BuildConfig
 from vitscope.errors import VitscopeError
 from vitscope.heads import Head, prune_answer
 from vitscope.store import REMOVED, check_image, has_sinks, open_store, pending_layouts, read_arrays, read_shape
-from vitscope.vocab import CLASSIFIER, DEFAULT_METRIC, HEAD_LAYOUTS, METRICS, MODES, NO_BASIS
+from vitscope.vocab import CLASSIFIER, DEFAULT_METRIC, HEAD_EFFECTS, HEAD_LAYOUTS, METRICS, MODES, NO_BASIS
 
 ENTROPY_BINS = np.linspace(0.0, 1.0, 41)  # strength entropy is normalised to [0, 1]
 
@@ -58,6 +58,13 @@ class StoreData:
         self.head_sink_share = ds["head_sink_share"].values if self.has_sinks else None  # [L, H]
         self.head_sink_tokens = ds["head_sink_tokens"].values if self.has_sinks else None  # [L, H, rank]
         self.has_input_maps = "input_map" in ds  # schema v4: a store built before opens without them
+        # The heads' effects on the label's logit and the proxies beside them (schema v5), [N, L, H] each; with them,
+        # the CLS→patches attention mass (a proxy) from the CLS vectors.
+        self.has_effects = all(name in ds for name in HEAD_EFFECTS)
+        for name in HEAD_EFFECTS if self.has_effects else ():
+            setattr(self, name, ds[name].values)
+        self.cls_patch_mass = cls_patch_mass(ds["cls_attention"]) if self.has_effects else None
+        self.effects_why: str | None = ds.attrs.get("effects_why")  # why direct effects are NaN, if they are
         self.binary_size = read_shape(self.path).binary_size  # the side of the binarised maps kept
         self.metrics: list[str] = order["metric"]
         # What prob/jsd are computed from: a classifier, a backbone's linear probe, or nothing (NaN).
