@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 from conftest import REAL_IMAGES, REAL_VIT, REAL_VIT_ARCH, VARIANTS, images_for, small_vit
@@ -157,3 +160,58 @@ def test_the_decomposition_on_the_real_vit_tiny():
     check_against_reference(a, x, 1e-4)
     e = decompose(a, x, a.logits(x).argmax(-1))
     assert float((e.total() - e.logit).abs().max()) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def svc(demo16):
+    from vitscope.service import Service
+
+    return Service(demo16)
+
+
+def test_the_build_stores_each_images_effects(demo16, svc):
+    """The store's direct effects and output norms are the decomposition of the image under its true label, and its
+    total effects the logit lost by pruning each head (the engine's ablation, checked above)."""
+    from vitscope.store import open_store
+
+    ds = open_store(demo16)
+    images = [i for i in range(svc.images) if svc.valid[i]][:3]
+    x, labels = svc.inputs(images), torch.as_tensor(svc.labels[images])
+    e = decompose(svc.adapter, x, labels)
+    assert ds["direct_effect"][images].values == pytest.approx(e.direct.float().numpy(), abs=1e-5)
+    assert ds["output_norm"][images].values == pytest.approx(e.output_norm.float().numpy(), abs=1e-5)
+    total = engine.run(svc.adapter, x, labels, modes=(1,)).total_effect
+    assert ds["total_effect"][images].values == pytest.approx(total.numpy(), abs=1e-4)
+    assert ds["rollout_impact"][images].values.min() >= 0 and ds["rollout_impact"][images].values.max() > 0
+
+
+def test_cli_effects_add_up_to_the_logit_and_read_like_a_table(demo16, svc):
+    from cli_helpers import vitscope_here
+
+    res = vitscope_here("ablate", demo16, "--image", 2, "--effects", "--json")
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert r.keys() >= {"kind", "image", "class", "logit", "direct", "total", "components"}
+    assert r["kind"] == "effects" and r["class"] == svc.class_names[int(svc.labels[2])]
+    c = r["components"]
+    parts = sum(map(sum, r["direct"])) + c["embed"] + sum(c["mlp"]) + c["bias"]
+    assert parts == pytest.approx(r["logit"], abs=1e-5)
+    base = svc.adapter.logits(svc.input(2))[0, int(svc.labels[2])]
+    assert r["logit"] == pytest.approx(float(base), abs=1e-5)
+    assert np.asarray(r["total"]) == pytest.approx(svc.ds["total_effect"][2].values, abs=1e-6)
+    text = vitscope_here("ablate", demo16, "--image", 2, "--effects").stdout.splitlines()
+    assert text[0].startswith(f"image 2 ({r['class']}): the label's logit {r['logit']:.4f} = ")
+    assert len(text) == 3 + svc.adapter.num_layers + 1
+    assert text[3].split()[1] == f"{r['direct'][0][0]:+.3f}/{r['total'][0][0]:+.3f}"
+
+
+def test_effects_bad_input_is_one_line(demo16, svc, monkeypatch):
+    from cli_helpers import vitscope_here
+
+    res = vitscope_here("ablate", demo16, "--image", 99, "--effects")
+    assert res.returncode == 2 and not res.stdout
+    assert res.stderr == f"vitscope ablate: error: image 99 out of range: {demo16} has 16 images (0..15)\n"
+    monkeypatch.setattr(type(svc.adapter), "why_not_linear", lambda self: "its final norm is an RMSNorm")
+    got = svc.compute({"kind": "effects", "image": 0})
+    assert got == {"kind": "effects", "error": f"{svc.adapter.spec} has no direct effects: its final norm is an "
+                   "RMSNorm. Its total effects are in the store (total_effect)"}

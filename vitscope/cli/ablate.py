@@ -42,6 +42,8 @@ def add_parsers(sub) -> None:
                       f"({', '.join(CURVE_ORDERS)}; default all; exact and proxy are the harmful-first orders) "
                       "for --image, --class NAME, or every image; a set also gets each order's prunable count")
     what.add_argument("--saliency", action="store_true", help="patch-ablation saliency of --image")
+    what.add_argument("--effects", action="store_true", help="--image's label logit split into each head's direct "
+                      "effect, the embedding, the MLPs and the constants, beside each head's total effect")
     what.add_argument("--file", type=Path, help="analyse a new image file (not written into the store)")
     p.add_argument("--source", type=int, metavar="J", help="with --patch: the image whose head outputs are patched in")
     p.add_argument("--class", dest="cls", metavar="NAME", help="with --curve: the class's images")
@@ -83,6 +85,8 @@ def request_from(args: argparse.Namespace, class_names: list[str], labels) -> di
         return {"kind": "patch", "image": args.image, "source": args.source, "heads": parse_patch_heads(args.patch)}
     if args.pairs is not None:
         return {"kind": "pairs", "image": args.image, "k": args.pairs}
+    if args.effects:
+        return {"kind": "effects", "image": args.image}
     return {"kind": "saliency", "image": args.image, "block": args.block}
 
 
@@ -99,8 +103,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         _check_source(args.store, args.source, ds)
     service = make_dispatcher(args.store, args.device, args.scheduler)
     try:
-        with tqdm(desc=request["kind"], unit="forward", disable=args.json or request["kind"] in ("prune", "patch"),
-                  leave=False) as bar:
+        quick = request["kind"] in ("prune", "patch", "effects")  # a few forwards: no bar
+        with tqdm(desc=request["kind"], unit="forward", disable=args.json or quick, leave=False) as bar:
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
@@ -151,11 +155,30 @@ def _readable_patch(r: dict, class_names: list[str] | None) -> str:
         f"  top-5: {_top5([names(c), p] for c, p in zip(r['topk_idx'], r['topk_prob'], strict=True))}"])
 
 
+def _readable_effects(r: dict) -> str:
+    direct, total = np.asarray(r["direct"]), np.asarray(r["total"])
+    c = r["components"]
+    H = direct.shape[1]
+    lines = [f"image {r['image']} ({r['class']}): the label's logit {r['logit']:.4f} = heads' direct effects "
+             f"{direct.sum():+.4f} + embedding {c['embed']:+.4f} + MLPs {sum(c['mlp']):+.4f} + constants "
+             f"{c['bias']:+.4f}",
+             "direct / total effect of each head in logits (total: the logit lost by pruning it; total − direct acts "
+             "through later layers)", "layer" + "".join(f"{f'H{h}':>16}" for h in range(H)) + f"{'MLP':>9}"]
+    lines += [f"{i:>5}" + "".join(f"{d:+8.3f}/{t:<+7.3f}" for d, t in zip(direct[i], total[i], strict=True))
+              + f"{m:+9.3f}" for i, m in enumerate(c["mlp"])]
+    top = np.argsort(-np.abs(total).reshape(-1))[:5]
+    lines.append("largest total effects: " + ", ".join(
+        f"{head_name(*divmod(int(j), H))} {total.flat[j]:+.3f} (direct {direct.flat[j]:+.3f})" for j in top))
+    return "\n".join(lines)
+
+
 def readable(r: dict, class_names: list[str] | None = None) -> str:
     """A result as the lines a person reads (`class_names`: the store's, for a patch answer's classes)."""
     kind = r["kind"]
     if kind == "patch":
         return _readable_patch(r, class_names)
+    if kind == "effects":
+        return _readable_effects(r)
     if kind == "prune":
         lines = [f"image {r['image']}, pruned together: {', '.join(r['heads'])}",
                  f"  P[true] {r['baseline_prob']:.4f} → P'[true] {r['prob']:.4f}  (drop {r['drop']:+.4f})",

@@ -24,7 +24,7 @@ from vitscope.errors import StoreMismatch, VitscopeError, one_line
 from vitscope.heads import Head, parse_heads, parse_patch_heads, prune_answer, top_heads
 from vitscope.imagesets.folders import normalise
 from vitscope.models import ViTAdapter, load_model, weights_hash
-from vitscope.service import curves, explain, newimage
+from vitscope.service import curves, effects, explain, newimage
 from vitscope.service import requests as rq
 from vitscope.store import check_image, open_store, read_probe, read_shape
 from vitscope.vocab import (
@@ -295,6 +295,8 @@ class Service:
             return self.saliency(r["image"], r.get("block", 1), progress)
         if kind == "new_image":
             return self.new_image(r.get("path"), r.get("data"), r.get("label"), r.get("name"))
+        if kind == "effects":
+            return effects.effects(self, r["image"])
         if kind == "explain":
             return {"kind": "explain", **self.explain(r["image"], r.get("methods"), progress)}
         if kind == "explain_set":

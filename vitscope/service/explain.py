@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import xarray as xr
 
 from vitscope.analysis import explain as ex
 from vitscope.engine.explain import attention_gradients, occluded_probs
@@ -30,6 +31,7 @@ class Service(Protocol):
     adapter: ViTAdapter
     prob_basis: str
     path: Path
+    ds: xr.Dataset  # the store
     valid: np.ndarray
     labels: np.ndarray
     class_names: list[str]

@@ -6,6 +6,7 @@ and Dask; a head is a `vitscope.heads.Head` or any form `parse_head` reads.
     {"kind": "patch", "image": 3, "source": 7, "heads": ["2:0", "5:1"]}  (activation patching: image 3 run with
         each head's output A·V, all tokens, replaced by that head's output on image 7's unpruned pass; whole heads)
     {"kind": "pairs", "image": 3, "k": 12}              {"kind": "saliency", "image": 3, "block": 2}
+    {"kind": "effects", "image": 3}  (the label logit's decomposition: heads' direct effects, embedding, MLPs, bias)
     {"kind": "curve", "image": 3 | null, "cls": 7 | null, "orders": ["exact-harmful-first", "exact-harmless-first",
         "proxy-harmful-first", "proxy-harmless-first", "random"] ("exact", "proxy": the harmful-first ones),
         "steps": [0, 6, 12], "max_images": 256, "tol": 0.01}
@@ -21,10 +22,10 @@ from vitscope.errors import VitscopeError
 from vitscope.heads import head_dict, parse_head, parse_heads
 
 __all__ = ["KINDS", "NEEDS_IMAGE", "check", "head_dict", "parse_head", "parse_heads"]  # heads: vitscope.heads
-KINDS = ("prune", "patch", "pairs", "curve", "saliency", "new_image", "attention", "explain", "explain_set")
-NEEDS_IMAGE = ("prune", "patch", "pairs", "saliency", "attention", "explain")
-# requests answered in P[true]
-NEEDS_CLASSES = ("prune", "patch", "pairs", "curve", "saliency", "explain", "explain_set")
+KINDS = ("prune", "patch", "pairs", "curve", "saliency", "new_image", "attention", "explain", "explain_set", "effects")
+NEEDS_IMAGE = ("prune", "patch", "pairs", "saliency", "attention", "explain", "effects")
+# requests answered in P[true] or the label's logit
+NEEDS_CLASSES = ("prune", "patch", "pairs", "curve", "saliency", "explain", "explain_set", "effects")
 NO_BASIS_WHY = ("unavailable: this store's model has no classifier and its images no usable labels, so P[true] and "
                 "JSD are undefined (prob basis: none); its cls_dist and patch_dist are in the store")
 
@@ -36,7 +37,7 @@ def check(request: object) -> str:
         raise VitscopeError(f"unknown request {kind!r}: kinds are {', '.join(KINDS)}")
     kind = request["kind"]
     if kind in NEEDS_IMAGE and not isinstance(request.get("image"), int):
-        article = "an" if kind[0] in "aeiou" else "a"  # an attention or explain request
+        article = "an" if kind[0] in "aeiou" else "a"  # an attention, explain or effects request
         raise VitscopeError(f"{article} {kind} request needs an integer 'image' (the image's index in the store)")
     if kind == "prune" and not request.get("heads"):
         raise VitscopeError("a prune request needs 'heads': at least one LAYER:HEAD[:MODE]")
