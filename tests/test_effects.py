@@ -215,3 +215,38 @@ def test_effects_bad_input_is_one_line(demo16, svc, monkeypatch):
     got = svc.compute({"kind": "effects", "image": 0})
     assert got == {"kind": "effects", "error": f"{svc.adapter.spec} has no direct effects: its final norm is an "
                    "RMSNorm. Its total effects are in the store (total_effect)"}
+
+
+def with_random_probe(base, classes: int = 10, seed: int = 5):
+    """A backbone with a random linear probe as its head, as a store's probe gives one."""
+    from vitscope.analysis.probe import HeadedAdapter, _feature_size
+    from vitscope.vocab import LINEAR_PROBE
+
+    g = torch.Generator().manual_seed(seed)
+    d = _feature_size(base)
+    coef = (torch.randn(classes, d, generator=g) * 3 / d**0.5).numpy()
+    return HeadedAdapter(base, coef, torch.randn(classes, generator=g).numpy(), LINEAR_PROBE)
+
+
+@pytest.mark.parametrize("name", ["vit", "vit_backbone", "deit_distilled", "dinov2", "dinov2_registers_cls", "clip"])
+def test_the_components_add_up_in_every_transformers_family(name):
+    from test_hf import images, make_model
+
+    from vitscope.models.hf import HFViTAdapter
+
+    a = HFViTAdapter(make_model(name))
+    a = a if a.kind else with_random_probe(a)
+    x = images(3)
+    assert why_not(a) is None
+    e = decompose(a, x, torch.tensor([1, 2, 3]))
+    assert e.logit == pytest.approx(a.logits(x).double()[[0, 1, 2], [1, 2, 3]], abs=1e-5)
+    assert float((e.total() - e.logit).abs().max()) <= 1e-5 * (1 + float(e.logit.abs().max()))
+    assert float(e.direct.abs().max()) > 1e-3
+
+
+def test_the_components_add_up_for_a_timm_backbone_with_a_probe():
+    a = with_random_probe(small_vit("avgpool", num_classes=0))
+    x = images_for(a, 3)
+    e = decompose(a, x, torch.tensor([0, 4, 9]))
+    assert e.logit == pytest.approx(a.logits(x).double()[[0, 1, 2], [0, 4, 9]], abs=1e-5)
+    assert float((e.total() - e.logit).abs().max()) <= 1e-5
