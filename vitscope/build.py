@@ -24,12 +24,11 @@ from tqdm import tqdm
 from vitscope import store
 from vitscope.analysis import autoencoder, binary, consistency, probe, sinks
 from vitscope.config import BuildConfig, cache_root
-from vitscope.engine import effects
 from vitscope.errors import VitscopeError, check_writable
 from vitscope.imagesets.folders import BadImage, ImageSet, Preprocessor, image_folder
 from vitscope.layouts import LAYOUT_VARIABLES, compute_layouts, dask_client
 from vitscope.models import ViTAdapter, load_model, weights_hash
-from vitscope.per_image import analyse_batch
+from vitscope.per_image import analyse_batch, why_no_direct_effects
 from vitscope.text import printable
 from vitscope.vocab import CLASSIFIER, LINEAR_PROBE, NO_BASIS
 
@@ -114,7 +113,7 @@ def build(cfg: BuildConfig, *, layouts_later: bool = False, timings: dict[str, f
                  "num_prefix_tokens": adapter.num_prefix, "patch_grid": adapter.grid,
                  "image_source": images.source, "data_config": json.dumps(pre.config), "params": str(cfg.params()),
                  **basis_attrs}
-        why = effects.why_not(adapter)
+        why = why_no_direct_effects(adapter)
         if why is not None:
             attrs["effects_why"] = why
             _say(cfg, f"{adapter.spec}: no direct effects, {why}: direct_effect and output_norm will be NaN")

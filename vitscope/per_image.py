@@ -59,6 +59,9 @@ def analyse_batch(adapter: ViTAdapter, x: torch.Tensor, labels: torch.Tensor, la
             for k, v in out.items()}
 
 
+why_no_direct_effects = effects.why_not  # what a build says (and records) before it starts
+
+
 def head_effects(adapter: ViTAdapter, x: torch.Tensor, res: engine.EngineResult) -> dict[str, torch.Tensor]:
     """The heads' direct and total effects on the label's logit and their output norms at the class token; NaN
     direct effects and norms where the model's heads do not reach the logit linearly (`effects.why_not`)."""

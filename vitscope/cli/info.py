@@ -64,6 +64,8 @@ def _print_proxy(data, scope, who: str = "") -> None:
     _print_section("proxy" + who, summary_lines(data.importance, data.baseline_prob, data.grad_importance, scope))
     table = table_lines(proxy_table(data.ds, data.valid, scope)) if EXACT in data.ds else [MISSING.format(
         "head effects")]
+    if data.effects_why:
+        table.append(f"no direct effects or output norms: {data.effects_why}")
     _print_section("proxies" + who, table)
 
 
