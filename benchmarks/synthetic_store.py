@@ -72,8 +72,18 @@ def chunk_arrays(lay: store.Shape, rng: np.random.Generator, n: int,
         "sink_token": sink, "sink_share": np.take_along_axis(received[..., lay.prefix:], sink, -1),
         "prefix_share": received[..., :lay.prefix], "norm_token": high,
         "norm_ratio": np.take_along_axis(norms, high, -1) / np.median(norms, -1, keepdims=True),
-        "input_map": maps,
+        "input_map": maps, **effects(sink_rng, n, L, H),
     }
+
+
+def effects(rng: np.random.Generator, n: int, L: int, H: int) -> dict[str, np.ndarray]:
+    """Head effects in logits like a real ViT's: a few heads matter, mostly through later layers, and the late heads
+    write directly (drawn after the maps, in the same stream, so the rest of a store keeps its numbers)."""
+    total = rng.laplace(0, 0.1, (n, L, H)) + (rng.random((n, L, H)) < 0.03) * rng.exponential(2, (n, L, H))
+    share = np.linspace(0, 1, L)[None, :, None] ** 2  # the share a head writes directly grows with depth
+    direct = total * share + rng.normal(0, 0.05, (n, L, H))
+    return {"direct_effect": direct, "total_effect": total, "output_norm": np.abs(direct) * 3 + rng.random((n, L, H)),
+            "rollout_impact": rng.beta(1, 30, (n, L, H))}
 
 
 def blocky(rng: np.random.Generator, n: int, thumb: tuple[int, int], grid: int) -> np.ndarray:
