@@ -250,3 +250,18 @@ def test_the_components_add_up_for_a_timm_backbone_with_a_probe():
     e = decompose(a, x, torch.tensor([0, 4, 9]))
     assert e.logit == pytest.approx(a.logits(x).double()[[0, 1, 2], [0, 4, 9]], abs=1e-5)
     assert float((e.total() - e.logit).abs().max()) <= 1e-5
+
+
+def test_where_a_pruned_heads_effect_reaches_the_logit_adds_up_to_its_total_effect():
+    """With the unpruned run's norm scale, each component's term without the head minus with it, plus what the
+    scale itself changes, adds up to the head's total effect; nothing upstream of the head moves, downstream does."""
+    a = small_vit("deit3")
+    x = images_for(a, 2)
+    r = engine.run(a, x, modes=(1,))
+    clean, gone = decompose(a, x, r.labels), decompose(a, x, r.labels, pruned=[(1, 2)])
+    assert gone.direct[:, 1, 2].abs().max() == 0
+    scale = gone.logit - gone.total()  # the pruned run's logit beyond its terms: the norm's scale moved
+    assert (clean.total() - gone.total() - scale).float() == pytest.approx(r.total_effect[:, 1, 2], abs=1e-5)
+    assert float((clean.direct[:, 0] - gone.direct[:, 0]).abs().max()) <= 1e-9  # nothing upstream moves
+    assert float((clean.direct[:, 2] - gone.direct[:, 2]).abs().max()) > 1e-3  # downstream does
+    assert float(scale.abs().max()) > 1e-4

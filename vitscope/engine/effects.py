@@ -9,6 +9,7 @@ term is its direct effect; everything it changes downstream besides is its indir
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,20 +41,32 @@ def why_not(adapter: ViTAdapter) -> str | None:
 
 
 @torch.inference_mode()
-def decompose(adapter: ViTAdapter, images: Tensor, labels: Tensor) -> Effects:
+def decompose(adapter: ViTAdapter, images: Tensor, labels: Tensor,
+              pruned: Sequence[tuple[int, int]] = ()) -> Effects:
     """The decomposition of each image's logit for its label [B], from explicit forwards of `images` [B, 3, h, w]
     (preprocessed): one for the final tokens (whose norm scales every term), one that splits the residual stream.
-    `why_not(adapter)` must be None."""
+    `pruned` (layer, head) pairs run pruned whole (their output zero), the norm's scale still the unpruned run's:
+    the difference of each component's term without and with them is where their total effect reaches the logit,
+    the rest of it (`logit − total()` of the pruned run) comes from the norm's scale. `why_not(adapter)` must be
+    None."""
     images = images.to(adapter.device, adapter.dtype)
     labels = torch.as_tensor(labels, device=images.device).long().view(-1)
     L, H = adapter.num_layers, adapter.num_heads
     x0 = adapter.embed(images)
     rows = adapter.head_rows or x0.shape[1]  # the tokens the head reads
+    gone = [[h for (layer, h) in pruned if layer == i] for i in range(L)]
+
+    def outputs(i: int, x: Tensor, prune: bool = True) -> tuple[Tensor, Tensor | None]:
+        parts = adapter.attention(i, x)
+        o = parts.attn @ parts.v  # [B, H, P, dh]
+        o[:, gone[i] if prune else []] = 0
+        return o, parts.gate
+
     x = x0
     for i in range(L):
-        parts = adapter.attention(i, x)
-        x = adapter.finish_block(i, x, adapter.project(i, merge_heads(parts.attn @ parts.v), parts.gate))
-    final = x[:, :rows]
+        o, gate = outputs(i, x, prune=False)
+        x = adapter.finish_block(i, x, adapter.project(i, merge_heads(o), gate))
+    final = x[:, :rows]  # the unpruned run's: every term is read with its norm's scale
 
     def terms(comps: Tensor) -> tuple[Tensor, Tensor]:
         """Components [B, K, R, D] → (their terms of s_y [B, K], the map at 0 [B])."""
@@ -67,10 +80,9 @@ def decompose(adapter: ViTAdapter, images: Tensor, labels: Tensor) -> Effects:
     direct, mlp, bias, norm = [], [], [], []
     x = x0
     for i in range(L):
-        parts = adapter.attention(i, x)
-        o = parts.attn @ parts.v  # [B, H, P, dh]
-        c, zero = _head_outputs(adapter, i, o[:, :, :rows], None if parts.gate is None else parts.gate[:, :rows])
-        mid = x + adapter.attention_residual(i, adapter.project(i, merge_heads(o), parts.gate))
+        o, gate = outputs(i, x)
+        c, zero = _head_outputs(adapter, i, o[:, :, :rows], None if gate is None else gate[:, :rows])
+        mid = x + adapter.attention_residual(i, adapter.project(i, merge_heads(o), gate))
         m = adapter.mlp_residual(i, mid)
         t, _ = terms(torch.cat([c, zero[:, None], m[:, None, :rows]], 1))
         direct.append(t[:, :H])
@@ -79,7 +91,7 @@ def decompose(adapter: ViTAdapter, images: Tensor, labels: Tensor) -> Effects:
         norm.append(c[:, :, 0].double().norm(dim=-1))  # at the class token, the first row
         x = mid + m
     cpu = lambda t: t.cpu()  # noqa: E731
-    return Effects(logit=cpu(adapter.head(final).double().gather(-1, labels[:, None])[:, 0]),
+    return Effects(logit=cpu(adapter.head(x[:, :rows]).double().gather(-1, labels[:, None])[:, 0]),
                    direct=cpu(torch.stack(direct, 1)), embed=cpu(embed[:, 0]), mlp=cpu(torch.stack(mlp, 1)),
                    bias=cpu(torch.stack(bias, 1).sum(1) + const), output_norm=cpu(torch.stack(norm, 1)))
 
