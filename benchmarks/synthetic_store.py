@@ -76,6 +76,17 @@ def chunk_arrays(lay: store.Shape, rng: np.random.Generator, n: int,
     }
 
 
+def effect_arrays(rng: np.random.Generator, n: int, layers: int, heads: int) -> dict[str, np.ndarray]:
+    """The heads' effects on the label's logit, from their own stream (the other variables stay what they were before
+    effects): each head gets a typical direct and indirect size, so some heads write to the logit directly and others
+    act through later layers, as in a trained model; total = direct + indirect, as a build measures them."""
+    shape = (n, layers, heads)
+    direct = rng.normal(0, 0.3, shape) * rng.exponential(1, (layers, heads))
+    indirect = rng.normal(0.1, 0.2, shape) * rng.exponential(1, (layers, heads))
+    return {"direct_effect": direct, "total_effect": direct + indirect,
+            "output_norm": np.abs(direct) + rng.exponential(0.5, shape), "rollout_impact": rng.exponential(0.1, shape)}
+
+
 def blocky(rng: np.random.Generator, n: int, thumb: tuple[int, int], grid: int) -> np.ndarray:
     """[n, h, w, 3] uint8 images of grid × grid random flat patches: a ViT sees distinct patches, and they compress
     (a noise thumbnail is 150 kB of a ViT-B store's image and as much again as a PNG)."""
@@ -166,9 +177,10 @@ def make(out: Path, images: int, layers: int, heads: int, grid: int, classes: in
              "synthetic": "stored numbers are random, not the model's"}
     store.create(out, lay, {"model": spec, "weights": weights, "images": f"random-{seed}", "schema":
                             store.SCHEMA_VERSION}, ids, [f"class {c}" for c in range(classes)], attrs)
-    rng, sink_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    rng, sink_rng, effects_rng = (np.random.default_rng(s) for s in (seed, [seed, 1], [seed, 2]))
     for c in range(lay.chunks):
-        arrays = chunk_arrays(lay, rng, min(chunk, images - c * chunk), sink_rng)
+        n = min(chunk, images - c * chunk)
+        arrays = chunk_arrays(lay, rng, n, sink_rng) | effect_arrays(effects_rng, n, layers, heads)
         store.write_chunk(out, c, lay, arrays)
         if servable:
             write_pngs(side / "images", ids, c * chunk, arrays["thumbnail"])
