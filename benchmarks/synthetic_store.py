@@ -72,18 +72,19 @@ def chunk_arrays(lay: store.Shape, rng: np.random.Generator, n: int,
         "sink_token": sink, "sink_share": np.take_along_axis(received[..., lay.prefix:], sink, -1),
         "prefix_share": received[..., :lay.prefix], "norm_token": high,
         "norm_ratio": np.take_along_axis(norms, high, -1) / np.median(norms, -1, keepdims=True),
-        "input_map": maps, **effects(sink_rng, n, L, H),
+        "input_map": maps,
     }
 
 
-def effects(rng: np.random.Generator, n: int, L: int, H: int) -> dict[str, np.ndarray]:
-    """Head effects in logits like a real ViT's: a few heads matter, mostly through later layers, and the late heads
-    write directly (drawn after the maps, in the same stream, so the rest of a store keeps its numbers)."""
-    total = rng.laplace(0, 0.1, (n, L, H)) + (rng.random((n, L, H)) < 0.03) * rng.exponential(2, (n, L, H))
-    share = np.linspace(0, 1, L)[None, :, None] ** 2  # the share a head writes directly grows with depth
-    direct = total * share + rng.normal(0, 0.05, (n, L, H))
-    return {"direct_effect": direct, "total_effect": total, "output_norm": np.abs(direct) * 3 + rng.random((n, L, H)),
-            "rollout_impact": rng.beta(1, 30, (n, L, H))}
+def effect_arrays(rng: np.random.Generator, n: int, layers: int, heads: int) -> dict[str, np.ndarray]:
+    """The heads' effects on the label's logit, from their own stream (the other variables stay what they were before
+    effects): each head gets a typical direct and indirect size, so some heads write to the logit directly and others
+    act through later layers, as in a trained model; total = direct + indirect, as a build measures them."""
+    shape = (n, layers, heads)
+    direct = rng.normal(0, 0.3, shape) * rng.exponential(1, (layers, heads))
+    indirect = rng.normal(0.1, 0.2, shape) * rng.exponential(1, (layers, heads))
+    return {"direct_effect": direct, "total_effect": direct + indirect,
+            "output_norm": np.abs(direct) + rng.exponential(0.5, shape), "rollout_impact": rng.exponential(0.1, shape)}
 
 
 def blocky(rng: np.random.Generator, n: int, thumb: tuple[int, int], grid: int) -> np.ndarray:
@@ -176,9 +177,10 @@ def make(out: Path, images: int, layers: int, heads: int, grid: int, classes: in
              "synthetic": "stored numbers are random, not the model's"}
     store.create(out, lay, {"model": spec, "weights": weights, "images": f"random-{seed}", "schema":
                             store.SCHEMA_VERSION}, ids, [f"class {c}" for c in range(classes)], attrs)
-    rng, sink_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+    rng, sink_rng, effects_rng = (np.random.default_rng(s) for s in (seed, [seed, 1], [seed, 2]))
     for c in range(lay.chunks):
-        arrays = chunk_arrays(lay, rng, min(chunk, images - c * chunk), sink_rng)
+        n = min(chunk, images - c * chunk)
+        arrays = chunk_arrays(lay, rng, n, sink_rng) | effect_arrays(effects_rng, n, layers, heads)
         store.write_chunk(out, c, lay, arrays)
         if servable:
             write_pngs(side / "images", ids, c * chunk, arrays["thumbnail"])

@@ -31,6 +31,18 @@ def make_store(path: Path, images: int, layers: int, heads: int, grid: int, clas
     return out
 
 
+def drop_effects(path: Path) -> Path:
+    """The store as a vitscope before schema v5 wrote it: no head effects (`vocab.HEAD_EFFECTS`)."""
+    import shutil
+
+    from vitscope.vocab import HEAD_EFFECTS
+
+    for name in HEAD_EFFECTS:
+        shutil.rmtree(Path(path) / name)
+    zarr.consolidate_metadata(str(path))
+    return Path(path)
+
+
 def fake_attention(layers: int, heads: int, tokens: int):
     """A deterministic attention function: peaky row-stochastic [L, H, P, P] per image, [H, P, P] of one layer."""
 

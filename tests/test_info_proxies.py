@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import zarr
-from app_helpers import make_store
+from app_helpers import drop_effects, make_store
 from cli_helpers import vitscope_here
 
 from vitscope.analysis.proxy import proxy_table, summary_lines, table_lines
@@ -40,7 +40,7 @@ def section(lines: list[str], name: str) -> list[str]:
 
 
 def test_info_prints_the_proxy_table_or_says_the_effects_are_missing(tmp_path):
-    path = make_store(tmp_path / "s.zarr", 16, 2, 3, 4, 3, unreadable=(1,))
+    path = drop_effects(make_store(tmp_path / "s.zarr", 16, 2, 3, 4, 3, unreadable=(1,)))
     ds = open_store(path)
     valid = ds["valid"].values.astype(bool)
     grad_lines = summary_lines(ds["importance"].values, ds["baseline_prob"].values, ds["grad_importance"].values,

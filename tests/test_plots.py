@@ -17,13 +17,14 @@ from app_helpers import fake_attention, fake_explanation, make_store
 from bokeh.models import ColumnDataSource
 from holoviews.operation.datashader import rasterize
 from holoviews.plotting.bokeh.chart import BarPlot, CurvePlot
+from test_effects_plots import layer, reference_rho
 
 import vitscope.plots as vp
 from vitscope.analysis.binary import top_count
 from vitscope.config import BuildConfig
 from vitscope.errors import VitscopeError
 from vitscope.readout.store_data import StoreData
-from vitscope.vocab import HEAD_KINDS, MODES, PATTERNS, WHOLE_HEAD
+from vitscope.vocab import HEAD_KINDS, MODES, PATTERNS, PROXIES, WHOLE_HEAD
 
 N, L, H, GRID, CLASSES = 30, 3, 4, 4, 6
 UNREADABLE = (2, 5)
@@ -427,6 +428,9 @@ def registry_checks(ds: xr.Dataset, readable: xr.Dataset, attention: np.ndarray,
         "pattern-kinds": kinds,
         "proxy-vs-exact": lambda e: close(values(e, "proxy"), readable["grad_importance"].mean("image").values.ravel(),
                                           rtol=1e-5),
+        "direct-vs-total": lambda e: close(values(layer(e, hv.Scatter), "total"), one["total_effect"].values.ravel()),
+        "proxy-table": lambda e: close(values(layer(e, hv.ErrorBars), "rho"),
+                                       [r["median"] for r in reference_rho(ds, np.array([IMAGE]), PROXIES)]),
     }
 
 

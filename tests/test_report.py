@@ -7,15 +7,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from app_helpers import make_store
+from app_helpers import drop_effects, make_store
 from scipy.stats import spearmanr
 from test_compare_view import stores  # noqa: F401 - tiny stores a, swap (two heads swapped), small (2 × 2)
+from test_effects_plots import reference_rho
 from test_explain_plots import benchmark
 
 from vitscope import store
+from vitscope.readout import effects
 from vitscope.readout.store_data import StoreData
 from vitscope.report import explanations, findings, html, sections
-from vitscope.vocab import EXPLAIN_DIRECTIONS, HEAD_KINDS, PATTERNS, WHOLE_HEAD, head_name
+from vitscope.vocab import EXPLAIN_DIRECTIONS, HEAD_KINDS, PATTERNS, PROXIES, PROXY_LABELS, WHOLE_HEAD, head_name
 
 L, H = 4, 3
 
@@ -154,7 +156,10 @@ def test_the_report_with_curves_and_figures_on_a_real_model(demo16, tmp_path):
                 f"AUC {mean[best][d]:.4f}") in page and f"the {word} of the 4" in page
     assert "<h2>Which explanation is faithful for this model</h2>" in page
     assert "a seeded sample of 2 of the 16 readable images (seed 0)" in page
-    assert page.count("<svg") == 6  # trends, importance matrix, kinds/patterns, proxy, curves, faithfulness
+    verdict = f"For this model, {PROXY_LABELS[effects.best(StoreData(demo16))]} ranks heads closest to exact pruning"
+    assert verdict in page.split("<h2>Which proxy ranks heads like exact pruning</h2>")[1].split("<h2>")[0]
+    assert page.count("<svg") == 7  # trends, importance matrix, kinds/patterns, proxy, direct vs total, curves,
+    # faithfulness
     assert "<script" not in page and "xlink:href=\"http" not in page
 
 
@@ -218,7 +223,7 @@ def test_the_explanations_say_why_they_are_missing(made, tmp_path):
     page = out.read_text(encoding="utf-8")
     section = page.split("<h2>Which explanation is faithful for this model</h2>")[1]
     assert section.startswith("<p>Not computed: the store&#x27;s model cannot be loaded here (unknown model spec")
-    assert page.count("<svg") == 4  # trends, importance matrix, kinds/patterns, proxy: no benchmark
+    assert page.count("<svg") == 5  # trends, importance matrix, kinds/patterns, proxy, direct vs total: no benchmark
     blind = tmp_path / "blind.zarr"
     shutil.copytree(made[0], blind)
     store.write_global(blind, {}, {"prob_basis": "none"})
@@ -227,6 +232,60 @@ def test_the_explanations_say_why_they_are_missing(made, tmp_path):
     _, said, _ = explain_section(findings(StoreData(blind), None, explained, why))
     assert said.startswith("Not computed: how faithful a map is is read from P[true]") and "prob basis none" in said
     assert main(["report", str(made[0]), "--out", str(out), "--explain-images", "0"]) == 2
+
+
+def effects_section(f: dict) -> tuple[str, str, list[list[str]]]:
+    (title, said, rows), = [(t, " ".join(s), rows) for key, t, s, rows in sections(f) if key == "effects"]
+    return title, said, rows
+
+
+def test_the_proxy_closest_to_exact_pruning_and_the_heads_direct_and_indirect(made, found):
+    """The verdict names `readout.effects.best`'s proxy, the table is each proxy's ρ recomputed with scipy, and the
+    heads named are those with the largest mean |direct effect| and mean total − direct."""
+    path, ds = made
+    title, said, rows = effects_section(found)
+    assert title == "Which proxy ranks heads like exact pruning"
+    images = np.flatnonzero(ds["valid"].values)
+    ref = reference_rho(ds, images)
+    winner = max(PROXIES, key=lambda n: (ref[n]["median"], ref[n]["of_means"]))
+    assert winner == effects.best(StoreData(path))
+    r = ref[winner]
+    assert (f"For this model, {PROXY_LABELS[winner]} ranks heads closest to exact pruning: median Spearman ρ "
+            f"{r['median']:+.2f} image by image (IQR {r['q25']:+.2f} to {r['q75']:+.2f}), ρ {r['of_means']:+.2f} of "
+            f"the per-head means, over {len(images)} images.") in said
+    assert rows[0] == ["proxy", "median ρ [IQR]", "ρ of the means", "images"]
+    assert rows[1:] == [[PROXY_LABELS[n] + (" ★" if n == winner else ""),
+                         f"{ref[n]['median']:+.2f} [{ref[n]['q25']:+.2f}, {ref[n]['q75']:+.2f}]",
+                         f"{ref[n]['of_means']:+.2f}", str(len(images))] for n in PROXIES]
+    v = ok(ds)
+    direct = v["direct_effect"].values.astype(np.float64)
+    total = v["total_effect"].values.astype(np.float64).mean(0).ravel()
+    size, indirect = np.abs(direct).mean(0).ravel(), total - direct.mean(0).ravel()
+    name = lambda k: head_name(*divmod(int(k), H))  # noqa: E731
+    writers = ", ".join(f"{name(k)} ({size[k]:.3f})" for k in np.argsort(-size)[:3])
+    assert f"write most directly (mean |direct effect|, logits): {writers}." in said
+    through = [k for k in np.argsort(-indirect)[:3] if indirect[k] > 0]
+    assert through  # the synthetic heads' indirect part is positive on average
+    assert "act most through later layers (mean total effect minus direct): " + ", ".join(
+        f"{name(k)} (total {total[k]:+.3f}, direct {direct.mean(0).ravel()[k]:+.3f})" for k in through) in said
+
+
+def test_a_store_without_effects_says_so_in_one_sentence(made, tmp_path):
+    import shutil
+
+    from vitscope.cli import main
+
+    old = tmp_path / "old.zarr"
+    shutil.copytree(made[0], old)
+    drop_effects(old)
+    title, said, rows = effects_section(findings(StoreData(old)))
+    assert title == "Which proxy ranks heads like exact pruning" and rows == []
+    assert said == ("This store was built before vitscope kept the heads' direct and total effects: rebuild it "
+                    "(`vitscope build … --overwrite`) to see which proxy ranks heads like exact pruning.")
+    out = tmp_path / "r.html"
+    assert main(["report", str(old), "--out", str(out), "--no-curves", "--no-explain", "--quiet"]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "rebuild it (`vitscope build … --overwrite`)" in page and page.count("<svg") == 4  # no direct vs total
 
 
 def test_the_report_as_pdf(made, tmp_path):

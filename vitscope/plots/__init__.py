@@ -8,6 +8,7 @@ compose (`+`, `*`), carry labelled dimensions and render with either backend. `r
 
 from __future__ import annotations
 
+from vitscope.plots.effects import direct_vs_total, proxy_agreement
 from vitscope.plots.explain import faithfulness_benchmark, faithfulness_curves, patch_map, patch_maps
 from vitscope.plots.figures import build, figure_file
 from vitscope.plots.linked import Linked, linked
@@ -44,6 +45,8 @@ __all__ = [
     "head_points_all", "pattern_map", "instance_points", "attention_heatmap", "two_axes", "masks", "binary_map",
     # the store summaries (summaries.py)
     "importance_matrix", "layer_trends", "pattern_kind_matrix", "proxy_vs_exact", "pruning_curves", "compare_trends",
+    # the heads' effects on the logit and the proxies against exact pruning (effects.py)
+    "direct_vs_total", "proxy_agreement",
     # where a decision comes from (explain.py)
     "patch_map", "patch_maps", "faithfulness_curves", "faithfulness_benchmark",
     # print (render.py), the registry (vitscope.readout.figures) and its drawing (figures.py), the dashboard (linked.py)

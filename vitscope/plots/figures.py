@@ -12,7 +12,7 @@ from typing import BinaryIO
 import holoviews as hv
 import numpy as np
 
-from vitscope.plots import explain, summaries, views
+from vitscope.plots import effects, explain, summaries, views
 from vitscope.plots.render import render
 from vitscope.readout.figures import FIGURES, Target, target
 from vitscope.readout.store_data import Store
@@ -35,6 +35,8 @@ MAKERS: dict[str, Callable[[Target], hv.core.Dimensioned]] = {
     "layer-trends": lambda t: summaries.layer_trends(t.data),
     "pattern-kinds": lambda t: summaries.pattern_kind_matrix(t.data),
     "proxy-vs-exact": lambda t: summaries.proxy_vs_exact(t.data),
+    "direct-vs-total": lambda t: effects.direct_vs_total(t.data, image=t.image),
+    "proxy-table": lambda t: effects.proxy_agreement(t.data, image=t.image),
 }
 if MAKERS.keys() != FIGURES.keys():  # the registry and its makers are one list: a figure added to one needs the other
     raise ImportError(f"vitscope.plots draws {sorted(MAKERS)}, the registry names {sorted(FIGURES)}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from vitscope.errors import VitscopeError, replacing, writing
 from vitscope.heads import Head, parse_head
 from vitscope.plots.figures import build, print_file
-from vitscope.readout.figures import FIGURES
+from vitscope.readout.figures import FIGURES, NO_EFFECTS
 from vitscope.readout.importance import default_head
 from vitscope.readout.store_data import store_data
 from vitscope.service.dispatch import ask_attention, ask_explain, shared_dispatcher
@@ -22,6 +22,7 @@ from vitscope.vocab import FIGURE_FORMATS, NO_BASIS
 ONE_IMAGE = "show one image: give --image for them"
 NO_TARGET = ("follow P[target], which this store's model cannot give (no classifier, and its images no usable labels: "
              "prob basis none)")
+NEEDS_EFFECTS = f"need the heads' effects, {NO_EFFECTS}"
 
 
 def write_figures(store: str | Path, out: str | Path, fmt: str = "svg", image: int | None = None,
@@ -29,7 +30,8 @@ def write_figures(store: str | Path, out: str | Path, fmt: str = "svg", image: i
                   progress: Callable[[str], None] | None = None) -> tuple[list[Path], dict[str, str]]:
     """Write each figure (all of `FIGURES`, or `names`) of `store` for `image` and `head` into folder `out` as
     `<name>.<fmt>`; returns (the files written, {name skipped: why}: it shows one image and none was given
-    (`ONE_IMAGE`), or it follows P[target] and the store's model has no class basis (`NO_TARGET`))."""
+    (`ONE_IMAGE`), it follows P[target] and the store's model has no class basis (`NO_TARGET`), or it shows the
+    heads' effects and the store was built before they were stored (`NEEDS_EFFECTS`))."""
     if fmt not in FIGURE_FORMATS:
         raise VitscopeError(f"--format {fmt}: choose from {', '.join(FIGURE_FORMATS)}")
     unknown = [n for n in names or [] if n not in FIGURES]
@@ -44,6 +46,8 @@ def write_figures(store: str | Path, out: str | Path, fmt: str = "svg", image: i
     skipped = {n: ONE_IMAGE for n in chosen if FIGURES[n].needs_image and image is None}
     if data.prob_basis == NO_BASIS:
         skipped |= {n: NO_TARGET for n in chosen if FIGURES[n].needs_explain and n not in skipped}
+    if not data.has_effects:
+        skipped |= {n: NEEDS_EFFECTS for n in chosen if FIGURES[n].needs_effects and n not in skipped}
     todo = [n for n in chosen if n not in skipped]
     attention = explanation = None
     if image is not None and any(FIGURES[n].needs_attention for n in todo):

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vitscope.errors import VitscopeError
+from vitscope.readout.effects import EFFECTS_MISSING
 from vitscope.readout.store_data import Store, StoreData, store_data
 
 
@@ -27,6 +28,7 @@ class FigureSpec:
     needs_image: bool = False
     needs_attention: bool = False
     needs_explain: bool = False  # the image's explanation (`Service.explain`): it needs P[target], so a class basis
+    needs_effects: bool = False  # the heads' direct and total effects, which stores built before schema v5 lack
 
 
 # The views first (the order the app's "save figure" lists them in), then the store summaries.
@@ -52,7 +54,15 @@ FIGURES: dict[str, FigureSpec] = {
     "layer-trends": FigureSpec("mean attention distance and strength entropy per layer"),
     "pattern-kinds": FigureSpec("head kinds and pattern labels per layer"),
     "proxy-vs-exact": FigureSpec("gradient proxy against exact whole-head pruning per head"),
+    "direct-vs-total": FigureSpec("every head's direct effect on the label's logit against its total effect (pruned "
+                                  "whole): the image's, or the mean over all images; off the diagonal it acts "
+                                  "through later layers", needs_effects=True),
+    "proxy-table": FigureSpec("each proxy's Spearman ρ with exact whole-head pruning: the median per image with its "
+                              "IQR, ρ of the means, the one that ranks heads best starred", needs_effects=True),
 }
+
+
+NO_EFFECTS = f"which are {EFFECTS_MISSING}"  # a figure of the heads' effects on an older store
 
 
 class Target(NamedTuple):
@@ -88,6 +98,8 @@ def target(name: str, store: Store, image: int | None = None, layer: int = 0, he
                                 f"`Service.attention` recomputes it), got {got}")
     if spec.needs_explain:
         check_explain(name, explain, image)
+    if spec.needs_effects and not data.has_effects:
+        raise VitscopeError(f"figure {name!r} needs the heads' effects, {NO_EFFECTS}")
     return Target(data, image, layer, head, attention, explain)
 
 

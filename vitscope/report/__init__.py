@@ -41,8 +41,8 @@ def sections(f: dict[str, Any]) -> Sections:
     """The sections of one store's report (the proxy's needs P[true])."""
     out = []
     for key, write in (("model", prose.model), ("trends", prose.trends), ("importance", prose.importance),
-                       ("structure", prose.structure), ("proxy", prose.proxy), ("curves", prose.curves),
-                       ("explanations", prose.explanations)):
+                       ("structure", prose.structure), ("proxy", prose.proxy), ("effects", prose.effects),
+                       ("curves", prose.curves), ("explanations", prose.explanations)):
         section = write(f)
         if section is not None:
             out.append((key, *section))
@@ -94,6 +94,7 @@ def store_figures(data, f: dict[str, Any]) -> Callable[[str], list]:
     make = {"trends": lambda: plots.layer_trends(data), "importance": lambda: plots.importance_matrix(data),
             "structure": lambda: plots.pattern_kind_matrix(data),
             "proxy": lambda: plots.proxy_vs_exact(data) if f["proxy"] else None,
+            "effects": lambda: plots.direct_vs_total(data) if f["effects"] and not f["effects"]["direct_why"] else None,
             "curves": lambda: plots.pruning_curves(f["curves"]) if f["curves"] else None,
             "explanations": lambda: plots.faithfulness_benchmark(f["explanations"]) if f["explanations"] else None}
     return lambda key: [e for e in [make[key]()] if e is not None] if key in make else []

@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from vitscope.readout import effects as head_effects
 from vitscope.readout.store_data import StoreData
 from vitscope.text import printable
-from vitscope.vocab import EXPLAIN_DIRECTIONS, HEAD_KINDS, NO_BASIS, PATTERNS, WHOLE_HEAD, head_name
+from vitscope.vocab import EXPLAIN_DIRECTIONS, HEAD_KINDS, NO_BASIS, PATTERNS, PROXY_LABELS, WHOLE_HEAD, head_name
 
 TOP_HEADS = 5  # heads named as the most important overall
 CLASS_ROWS = 20  # classes listed one by one (the most frequent); the rest are counted
+EFFECT_HEADS = 3  # heads named as writing to the logit directly, and as acting through later layers
 
 
 def _rho(x: np.ndarray, y: np.ndarray) -> float:
@@ -100,6 +102,30 @@ def proxy(data: StoreData) -> dict[str, Any] | None:
     return {"images": a.images, "of_means": a.of_means, "median": a.median, "per_layer": a.per_layer.tolist()}
 
 
+def effects(data: StoreData, images: np.ndarray) -> dict[str, Any] | None:
+    """Each proxy's agreement with exact whole-head pruning over the readable images, the proxy that ranks heads
+    closest to it (`readout.effects.best`), and the heads with the largest mean |direct effect| and the largest mean
+    indirect effect (total − direct: what a head does through the later layers); None for a store built before
+    effects."""
+    if not data.has_effects:
+        return None
+    table = [{"proxy": name, "label": PROXY_LABELS[name], "median": t.magnitude.median,
+              "quartiles": list(t.magnitude.quartiles), "of_means": t.magnitude.of_means, "images": t.images}
+             for name, t in head_effects.scope_table(data).items() if t.images]
+    direct, total = head_effects.effect_values(data, None)  # the means over the readable images [L·H]
+    size = np.nanmean(np.abs(data.direct_effect[images].astype(np.float64)), 0).reshape(-1) if len(images) \
+        else np.full(direct.shape, np.nan)
+
+    def top(score: np.ndarray) -> list[dict[str, Any]]:
+        order = np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")
+        return [{"head": head_name(*divmod(int(k), data.heads)), "direct": float(direct[k]), "total": float(total[k]),
+                 "size": float(size[k])} for k in order[:EFFECT_HEADS] if np.isfinite(score[k])]
+
+    return {"table": table, "best": head_effects.best(data), "writers": top(size),
+            "through": top(np.where(total - direct > 0, total - direct, np.nan)),
+            "direct_why": None if np.isfinite(direct).any() else data.effects_why or "it was not computed"}
+
+
 def explanations(result: dict[str, Any] | None) -> dict[str, Any] | None:
     """The faithfulness benchmark (`Service.explain_set`) with, per direction, the maps ranked from most to least
     faithful (ties in `EXPLAIN_METHODS` order, as `most_faithful` breaks them) and whether the best map's 95 %
@@ -129,6 +155,7 @@ def findings(data: StoreData, curves: dict[str, Any] | None = None, explained: d
             "images": int(len(images)), "of": int(data.images), "basis": data.prob_basis,
             "basis_text": data.basis_text, "accuracy": accuracy,
             "trends": layer_trends(data, images), "importance": heads(data, images),
-            "structure": kinds_and_patterns(data, images), "proxy": proxy(data), "curves": curves,
+            "structure": kinds_and_patterns(data, images), "proxy": proxy(data), "effects": effects(data, images),
+            "curves": curves,
             "explanations": explanations(explained),
             "explain_why": None if explained is not None else explain_why or {"reason": "not asked", "detail": ""}}

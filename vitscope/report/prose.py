@@ -130,6 +130,48 @@ def proxy(f: dict[str, Any]) -> Section | None:
     return "How well the gradient proxy agrees with exact pruning", s, []
 
 
+EFFECTS_TITLE = "Which proxy ranks heads like exact pruning"
+NO_EFFECTS = ("This store was built before vitscope kept the heads' direct and total effects: rebuild it (`vitscope "
+              "build … --overwrite`) to see which proxy ranks heads like exact pruning.")
+
+
+def _heads(rows: list[dict[str, Any]], what) -> str:
+    return ", ".join(f"{r['head']} ({what(r)})" for r in rows)
+
+
+def effects(f: dict[str, Any]) -> Section:
+    e = f["effects"]
+    if e is None:
+        return EFFECTS_TITLE, [NO_EFFECTS], []
+    if e["best"] is None:
+        return EFFECTS_TITLE, ["No readable image has both a proxy and the total effect of pruning a head."], []
+    b = next(r for r in e["table"] if r["proxy"] == e["best"])
+    others = sorted((r for r in e["table"] if r is not b), key=lambda r: -r["median"])  # every row has images
+    s = ["Each cheap per-head score was ranked against the total effect of pruning the head whole (the label's "
+         "logit unpruned minus pruned), as magnitudes: how well it finds the heads that move the logit most.",
+         f"For this model, {b['label']} ranks heads closest to exact pruning: median Spearman ρ {_rho(b['median'])} "
+         f"image by image (IQR {_rho(b['quartiles'][0])} to {_rho(b['quartiles'][1])}), ρ {_rho(b['of_means'])} of "
+         f"the per-head means, over {b['images']} image{'s' if b['images'] != 1 else ''}."]
+    if others:
+        s.append("The others, by median ρ: " + "; ".join(f"{r['label']} {_rho(r['median'])}" for r in others) + ".")
+    if e["direct_why"] is not None:
+        s.append(f"This model's heads have no direct effects ({e['direct_why']}), so no head's effect splits into "
+                 "what it writes to the logit and what it does through later layers.")
+    else:
+        if e["writers"]:
+            s.append("A head's direct effect is what it writes to the logit itself; the heads that write most "
+                     "directly (mean |direct effect|, logits): " + _heads(e["writers"], lambda r: f"{r['size']:.3f}")
+                     + ".")
+        if e["through"]:
+            s.append("The heads that act most through later layers (mean total effect minus direct): " + _heads(
+                e["through"], lambda r: f"total {r['total']:+.3f}, direct {r['direct']:+.3f}") + ".")
+    table = [["proxy", "median ρ [IQR]", "ρ of the means", "images"]]
+    table += [[r["label"] + (" ★" if r["proxy"] == e["best"] else ""),
+               f"{_rho(r['median'])} [{_rho(r['quartiles'][0])}, {_rho(r['quartiles'][1])}]", _rho(r["of_means"]),
+               str(r["images"])] for r in e["table"]]
+    return EFFECTS_TITLE, s, table
+
+
 def curves(f: dict[str, Any]) -> Section | None:
     c = f["curves"]
     if c is None:
