@@ -136,14 +136,14 @@ class HeadImportanceView:
         colours = np.array(layer_colours(data.layers))[x // data.heads]
         self.source = ColumnDataSource({"x": x, "y": np.zeros(n), "lo": np.zeros(n), "hi": np.zeros(n),
                                         "proxy": np.zeros(n), "layer": x // data.heads, "head": x % data.heads,
-                                        "colour": colours, **kind_columns_marked(data)})
+                                        "colour": colours, **kind_columns_marked(data)}, name="vs-importance-source")
         fig = figure("Head Importance View", width, height, name="vs-importance-fig",
                      tools="xpan,xwheel_zoom,reset", x_range=(-0.5, n - 0.5))
         fig.varea("x", "lo", "hi", source=self.source, fill_color="#888888", fill_alpha=0.25)
         fig.line("x", "y", source=self.source, color="#333333")
         self.metric_axis = fig.yaxis[0]
         fig.extra_y_ranges = {"proxy": Range1d(0, 1)}
-        self.proxy_axis = LinearAxis(y_range_name="proxy", axis_label="", ticker=FixedTicker(),
+        self.proxy_axis = LinearAxis(y_range_name="proxy", axis_label="", ticker=FixedTicker(), name="vs-proxy-axis",
                                      formatter=PrintfTickFormatter(format="%.2g"),
                                      axis_label_text_font_size=FONT, major_label_text_font_size=FONT,
                                      axis_label_text_font_style="normal", axis_label_text_color=PROXY,
