@@ -141,3 +141,32 @@ def test_a_store_without_a_loadable_model_says_so_in_the_panel(tmp_path):
     ex.selection.group = [0, 3]  # two heads together: only the model can answer
     assert "unknown model spec" in ex.ablation.status.object
     assert "AblationView" not in ex.selection.message  # said once, in the panel, not as a view failure
+
+
+def test_patching_the_panel_heads_from_another_image(app, demo16):
+    """The panel's heads (the group) patched from a typed source into the selected image: the answer shows both
+    labels' probabilities as the service computes them; a bad source is one line in the panel, nothing asked."""
+    s, pp = app.selection, app.ablation.patching
+    d = app.data
+    target, source = 2, next(i for i in range(d.images) if d.valid[i] and int(d.label[i]) != int(d.label[2]))
+    s.param.update(image=target, group=[1, 14], mode=1)
+    assert pp.button.label == "patch 2 heads"
+    want = Service(demo16).compute({"kind": "patch", "image": target, "source": source, "heads": ["0:1", "3:2"]})
+    pp.source.value = source
+    pp.ask()
+    wait_for(lambda: f"from image {source}" in pp.answer.text)
+    text = pp.answer.text
+    names = d.class_names
+    assert f"P[{names[want['label']]}] {want['baseline_prob']:.3f} → <b>{want['prob']:.3f}</b>" in text
+    assert f"→ <b>{want['source_prob']:.3f}</b> (in image {source}: {want['source_baseline_prob']:.3f})" in text
+    assert f"top-5: {names[want['topk_idx'][0]]} {want['topk_prob'][0]:.2f}" in text and "L0H1, L3H2" in text
+    assert pp.asker.status.object == ""
+
+    for bad, why in ((d.images + 3, "is not in this store"), (target, "is the selected image itself"),
+                     (None, "Type the id")):
+        pp.source.value = bad
+        assert pp.ask() is None and why in pp.asker.status.object and "Traceback" not in pp.asker.status.object
+    assert s.message == ""
+    s.group = []
+    pp.take_selected()  # the selected image becomes the source
+    assert pp.source.value == target and pp.button.label == f"patch L{s.layer}H{s.head}"

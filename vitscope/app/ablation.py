@@ -1,5 +1,6 @@
-"""On-demand ablation in the app: the selected heads pruned together, pair interactions, pruning curves,
-patch saliency and a new image, each asked of the process's one service and drawn when its answer comes.
+"""On-demand ablation in the app: the selected heads pruned together or patched from another image (`patching.py`),
+pair interactions, pruning curves, patch saliency and a new image, each asked of the process's one service and
+drawn when its answer comes.
 
 The view never waits: it submits a request (the session's latest per channel wins), shows "computing…",
 and pushes the answer into plots built once, on the session's own event loop.
@@ -15,6 +16,7 @@ import panel as pn
 from bokeh.events import Tap
 from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper, PrintfTickFormatter
 
+from vitscope.app.patching import PatchPanel
 from vitscope.app.session import guarded
 from vitscope.app.style import bokeh_pane, div, downsized, figure, light_button, rgba_image, text_pane
 from vitscope.errors import VitscopeError, one_line
@@ -132,6 +134,8 @@ class AblationView:
         self.upload = pn.widgets.FileInput(accept="image/*", width=WIDTH, css_classes=["vs-upload"])
         self.upload.param.watch(guarded(sel, "upload", lambda e: self.ask_new_image(e.new, self.upload.filename)),
                                 "value")
+
+        self.patching = PatchPanel(data, sel, submit, schedule, self.heads, WIDTH)
 
         # the new image, shown as a temporary point (a star) in the Image Overview and the pattern map
         self.temp_image = ColumnDataSource({"x": [], "y": [], "name": []})
@@ -334,6 +338,8 @@ class AblationView:
                 self.ask_joint()
         if changed is None or changed & {"layer", "head", "layout"}:
             self._place_new()
+        if changed is None or changed & {"group", "layer", "head"}:
+            self.patching.update(changed)
 
     def _reveal(self, name: str) -> None:
         """Put the figure `name` in the page on its first answer: three empty figures would be ~130 of the page's
@@ -346,7 +352,7 @@ class AblationView:
         return pn.Column(
             bokeh_pane(self.joint), text_pane(self.joint_text), self.status, self.progress,
             pn.Row(self.pairs_button, self.curve_button, margin=0), self.slots["pairs"], self.slots["curve"],
-            text_pane(self.curve_text),
+            text_pane(self.curve_text), self.patching.panel(),
             self.saliency_button, self.slots["saliency"],
             pn.pane.HTML("<small>new image (not stored):</small>", width=WIDTH), self.upload,
             width=WIDTH + 10)

@@ -16,6 +16,7 @@ import panel as pn
 import param
 
 from vitscope.app.ablation import AblationView
+from vitscope.app.effects import DirectTotalView
 from vitscope.app.faithfulness import FaithfulnessBenchmark
 from vitscope.app.importance import HeadImportanceView
 from vitscope.app.input_maps import InputMapPanel
@@ -34,6 +35,7 @@ from vitscope.text import esc
 from vitscope.vocab import MODE_NAMES
 
 SIDEBAR = 250  # px; the template's sidebar collapses with its ☰ button
+IMPORTANCE_WIDTH = 640  # px; the direct-vs-total scatter (240) stands beside the Head Importance View's line
 
 
 class Explorer(pn.viewable.Viewer):
@@ -51,15 +53,16 @@ class Explorer(pn.viewable.Viewer):
         self._asked: tuple[tuple[int, int], Future] | None = None  # (image, layer) asked without waiting, its answer
         s = self.selection
         self.overview = ImageOverview(d, s)
-        self.importance = HeadImportanceView(d, s)
+        self.importance = HeadImportanceView(d, s, width=IMPORTANCE_WIDTH)
+        self.effects = DirectTotalView(d, s)
         self.strength = AttentionStrengthView(d, s)
         self.pattern = AttentionPatternView(d, s, self.attention, self.overview.thumb_source)
         self.ablation = AblationView(d, s, self.submit, self.schedule, self.overview.figure, self.pattern.map.figure)
         self.input_maps = InputMapPanel(d, s, self.pattern.masks.figure, self.submit, self.schedule)
         self.benchmark = FaithfulnessBenchmark(d, s, self.submit, self.schedule, SIDEBAR - 40)
         self.save = SaveFigure(d, s, self.all_attention, figures, SIDEBAR - 30, self.explanation) if figures else None
-        self.views = [self.overview, self.importance, self.strength, self.pattern, self.input_maps, self.ablation,
-                      *([self.save] if self.save else [])]
+        self.views = [self.overview, self.importance, self.effects, self.strength, self.pattern, self.input_maps,
+                      self.ablation, *([self.save] if self.save else [])]
         watched = sorted({name for v in self.views for name in v.watches})
         s.param.watch(self._changed, watched)
         self._widgets()
@@ -260,8 +263,9 @@ class Explorer(pn.viewable.Viewer):
         pin_row = pn.Row(self.pin, self.unpin, margin=0)
         top = pn.Row(
             pn.Column(bokeh_pane(o.figure, "vs-image-overview"), pn.Row(bokeh_pane(o.thumb), text_pane(o.detail))),
-            pn.Column(bokeh_pane(i.figure, "vs-importance-line"), text_pane(i.summary),
-                      pn.Row(bokeh_pane(i.bars), text_pane(i.top5))),
+            pn.Column(pn.Row(bokeh_pane(i.figure, "vs-importance-line"), self._effects_pane()), text_pane(i.summary),
+                      pn.Row(bokeh_pane(i.bars), pn.Column(i.proxy_select, text_pane(i.proxy_text),
+                                                           text_pane(i.top5)))),
         )
         m, image_panel = p.matrix, pn.Column(bokeh_pane(p.masks.figure, "vs-masks"), self.input_maps.controls())
         bottom = pn.Row(
@@ -273,6 +277,11 @@ class Explorer(pn.viewable.Viewer):
                              pn.Column(bokeh_pane(m.hist, "vs-histogram"), pn.Row(self.threshold, self.top_button)))),
         )
         return pn.Column(self.message, top, bottom)
+
+    def _effects_pane(self) -> pn.viewable.Viewable:
+        """The direct-vs-total scatter, or for a store without head effects the line saying so."""
+        e = self.effects
+        return bokeh_pane(e.figure, "vs-effects-scatter") if e.figure is not None else text_pane(e.note)
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Row(self.controls(), self.main())

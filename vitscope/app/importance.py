@@ -3,14 +3,16 @@ modes 0–5, and the top-5 under the current pruning.
 
 Without an image the line is the mean over all images (or over the chosen class) with a ± std band.
 Tap selects a head; a horizontal drag (box select) selects a range of heads, summarised below the line.
-Beside the exact metric, dashed, the gradient proxy |∂CE/∂gate| (Michel et al. 2019) on its own right axis,
-and how well it ranks heads like exact whole-head pruning (Spearman ρ per layer): proxy-based tools show
-only the proxy, and on real ViTs it often disagrees with what pruning does.
+Beside the exact metric, dashed, a cheap proxy on its own right axis — the one that ranks heads closest to exact
+pruning in the current scope unless the reader picks another (an older store without head effects has only the
+gradient |∂CE/∂gate|, Michel et al. 2019) — and how well it ranks heads like exact pruning (Spearman ρ per layer
+and overall): proxy-based tools show only the proxy, and on real ViTs it often disagrees with what pruning does.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import panel as pn
 from bokeh.events import SelectionGeometry, Tap
 from bokeh.layouts import column, row
 from bokeh.models import (
@@ -28,20 +30,25 @@ from bokeh.models import (
 from vitscope.app.overview import top5_html
 from vitscope.app.session import guarded
 from vitscope.app.style import FONT, div, figure
+from vitscope.readout.effects import best, proxy_scores
 from vitscope.readout.importance import (
     agreement_values,
+    default_proxy,
+    effects_note,
     head_at,
     importance_values,
     kind_columns,
     mode_values,
+    proxy_agreement,
+    proxy_choices,
     proxy_range,
-    proxy_values,
     value_range,
 )
 from vitscope.readout.palette import PROXY, SELECTED, layer_colours
 from vitscope.readout.selection import Selection
 from vitscope.readout.store_data import StoreData
-from vitscope.vocab import METRIC_LABELS, MODES, NO_BASIS, SINK_RANKS, SINK_SHARE, harm, head_name
+from vitscope.text import esc
+from vitscope.vocab import METRIC_LABELS, MODES, NO_BASIS, PROXY_LABELS, SINK_RANKS, SINK_SHARE, harm, head_name
 
 # a head's dot, by head_kind
 KIND_MARKERS = {"positional": "square", "content": "circle", "mixed": "triangle", "sink": "diamond"}
@@ -54,10 +61,33 @@ def kind_columns_marked(data: StoreData) -> dict[str, list]:
     return {**cols, "marker": [KIND_MARKERS.get(k, "x") for k in cols["kind"]]}
 
 
+def rho(v: float) -> str:
+    """A Spearman ρ as the view writes it; n/a where there is none (e.g. a class without readable images)."""
+    return "n/a" if not np.isfinite(v) else f"{v:+.2f}"
+
+
+def proxy_text(data: StoreData, proxy: str, image: int | None, cls: int | None = None) -> str:
+    """The chosen proxy's rank agreement with exact pruning in this scope (`readout.effects.scope_table`: |proxy|
+    against |total effect|; one image: its ρ) and, with ★, the proxy that ranks heads closest here."""
+    if len(proxy_choices(data)) == 1:
+        return f"<div style='font-size:11px;color:#666'>other proxies: {esc(effects_note(data))}</div>"
+    m = proxy_agreement(data, proxy, image, cls).magnitude
+    image = data.readable(image)
+    if image is not None:
+        what = f"image {image}: <b>{rho(m.median)}</b>"
+    else:
+        q25, q75 = m.quartiles
+        what = (f"<b>{rho(m.median)}</b> [{rho(q25)}, {rho(q75)}] median [IQR] per image, of the means "
+                f"{rho(m.of_means)} ({m.images} images)")
+    top = best(data, image, cls)
+    star = "" if top is None else (
+        f"<br>★ best here: {esc(PROXY_LABELS[top])} ({rho(proxy_agreement(data, top, image, cls).magnitude.median)})")
+    return f"<div style='font-size:11px'>dashed vs exact, ρ(|proxy|, |total effect|) {what}{star}</div>"
+
+
 def agreement_title(data: StoreData, image: int | None, values: dict) -> str:
     """Two lines: ρ of the proxy with ΔCE and with |ΔCE|, for the image or the images in scope."""
     image = data.readable(image)
-    rho = lambda v: "n/a" if not np.isfinite(v) else f"{v:+.2f}"  # noqa: E731 - e.g. a head-less class
     lines = []
     for name, k in (("ΔCE", 0), ("|ΔCE|", 1)):
         if image is not None:
@@ -106,14 +136,14 @@ class HeadImportanceView:
         colours = np.array(layer_colours(data.layers))[x // data.heads]
         self.source = ColumnDataSource({"x": x, "y": np.zeros(n), "lo": np.zeros(n), "hi": np.zeros(n),
                                         "proxy": np.zeros(n), "layer": x // data.heads, "head": x % data.heads,
-                                        "colour": colours, **kind_columns_marked(data)})
+                                        "colour": colours, **kind_columns_marked(data)}, name="vs-importance-source")
         fig = figure("Head Importance View", width, height, name="vs-importance-fig",
                      tools="xpan,xwheel_zoom,reset", x_range=(-0.5, n - 0.5))
         fig.varea("x", "lo", "hi", source=self.source, fill_color="#888888", fill_alpha=0.25)
         fig.line("x", "y", source=self.source, color="#333333")
         self.metric_axis = fig.yaxis[0]
         fig.extra_y_ranges = {"proxy": Range1d(0, 1)}
-        self.proxy_axis = LinearAxis(y_range_name="proxy", axis_label="|∂CE/∂gate| (dashed)", ticker=FixedTicker(),
+        self.proxy_axis = LinearAxis(y_range_name="proxy", axis_label="", ticker=FixedTicker(), name="vs-proxy-axis",
                                      formatter=PrintfTickFormatter(format="%.2g"),
                                      axis_label_text_font_size=FONT, major_label_text_font_size=FONT,
                                      axis_label_text_font_style="normal", axis_label_text_color=PROXY,
@@ -129,10 +159,8 @@ class HeadImportanceView:
         self.ring = ColumnDataSource({"x": [], "y": []})
         fig.scatter("x", "y", source=self.ring, size=14, fill_alpha=0, line_color=SELECTED, line_width=3)
         drag = BoxSelectTool(dimensions="width", renderers=[dots])
-        fig.add_tools(HoverTool(renderers=[dots], tooltips=[("head", "L@layer H@head"), ("value", "@y{0.000}"),
-                                                            ("|∂CE/∂gate|", "@proxy{0.0000}"),
-                                                            ("kind", "@kind (maps agree @agree{0.00})"),
-                                                            *self._sink_tooltip()]), drag)
+        self.hover = HoverTool(renderers=[dots])
+        fig.add_tools(self.hover, drag)
         fig.toolbar.active_drag = drag  # dragging selects a range of heads; the wheel still zooms
         fig.xaxis.axis_label = f"head (layer × heads + head)   {KIND_KEY}"
         dots.nonselection_glyph = dots.glyph.clone()  # a drag shows as the band, not as greyed-out dots
@@ -162,15 +190,26 @@ class HeadImportanceView:
         agree_bars = agree.vbar("layer", top="signed", width=0.7, source=self.agree_source, color="colour")
         rings = agree.scatter("layer", "abs", source=self.agree_source, size=6, fill_color=None, line_color="#222222")
         agree.add_layout(Span(location=0, dimension="width", line_color="#999999", line_width=1))
+        self.by_total = len(proxy_choices(data)) > 1  # ranked against the total effect, else (older) against ΔCE
+        exact = ("total", "|total|") if self.by_total else ("ΔCE", "|ΔCE|")
         agree.add_tools(HoverTool(renderers=[agree_bars, rings], tooltips=[
-            ("layer", "@layer"), ("ρ with ΔCE", "@signed{+0.00}"), ("ρ with |ΔCE|", "@abs{+0.00}")]))
+            ("layer", "@layer"), (f"ρ with {exact[0]}", "@signed{+0.00}"), (f"ρ with {exact[1]}", "@abs{+0.00}")]))
         agree.xaxis.ticker = list(layers)
-        agree.xaxis.axis_label = "layer: bars ΔCE, ○ |ΔCE|"
+        agree.xaxis.axis_label = f"layer: bars {exact[0]}, ○ {exact[1]}"
         agree.yaxis.ticker = [-1, 0, 1]
         self.agreement = agree
         # The mode bars and the proxy agreement side by side: the block the Explorer shows left of the top-5.
         self.bars = row(bars, agree)
-        self.top5 = div(300, 150)
+        # The dashed line's proxy: the best in the current scope until the reader picks one (`chosen`).
+        self.chosen: str | None = None
+        self._following = False
+        choices = proxy_choices(data)
+        self.proxy_select = pn.widgets.Select(options={PROXY_LABELS[p]: p for p in choices},
+                                              value=default_proxy(data, sel.image, sel.cls), width=300,
+                                              disabled=len(choices) == 1, css_classes=["vs-proxy"], margin=(1, 3))
+        self.proxy_select.param.watch(guarded(sel, "proxy", self._proxy_picked), "value")
+        self.proxy_text = div(300, 58, css_classes=["vs-proxy-text"])
+        self.top5 = div(300, 100)
         self.summary = div(width, 22)
         self.update()
 
@@ -201,6 +240,23 @@ class HeadImportanceView:
         self.sel.param.update(**update)
         return group
 
+    @property
+    def proxy(self) -> str:
+        """The proxy the dashed line shows: the reader's pick, else the best in the current scope."""
+        return self.chosen or default_proxy(self.data, self.sel.image, self.sel.cls)
+
+    def pick_proxy(self, name: str) -> None:
+        """Draw proxy `name` (one of `proxy_choices`) from now on, whatever the scope."""
+        self.chosen = name
+        self.proxy_select.value = name  # the watcher draws it, as when the reader picks it in the page
+
+    def _proxy_picked(self, event) -> None:
+        if self._following:  # the view itself follows the scope's best: not the reader's choice
+            return
+        self.chosen = event.new
+        with pn.io.hold():
+            self.update({"proxy"})
+
     def _on_box(self, event: SelectionGeometry) -> None:
         g = event.geometry
         if event.final and g.get("type") == "rect":
@@ -213,8 +269,15 @@ class HeadImportanceView:
         y, std = importance_values(d, s.metric, s.mode, s.image, s.cls)
         lo, hi = (y, y) if std is None else (y - std, y + std)
         k = d.head_index(s.layer, s.head)
-        if changed is None or changed & {"image", "metric", "mode", "cls"}:
-            proxy = proxy_values(d, s.image, s.cls)
+        name = self.proxy
+        if self.proxy_select.value != name:
+            self._following = True
+            try:
+                self.proxy_select.value = name
+            finally:
+                self._following = False
+        if changed is None or changed & {"image", "metric", "mode", "cls", "proxy"}:
+            proxy = proxy_scores(d, name, s.image, s.cls)
             self.source.data.update(y=y, lo=lo, hi=hi, proxy=proxy)
             bottom, top = value_range(np.concatenate([lo, hi])) or (0.0, 1.0)  # hi ≥ lo: min of lo, max of hi
             pad = 0.05 * max(top - bottom, 1e-6)
@@ -225,6 +288,10 @@ class HeadImportanceView:
             # ticks only where the proxy is (the axis runs on past it, below 0 too, to line up with the metric)
             ticks = np.linspace(np.nanmin(proxy), np.nanmax(proxy), 3) if np.isfinite(proxy).any() else []
             self.proxy_axis.ticker.ticks = [float(v) for v in ticks]
+            self.proxy_axis.axis_label = f"{PROXY_LABELS[name]} (dashed)"
+            self.hover.tooltips = [("head", "L@layer H@head"), ("value", "@y{0.000}"),
+                                   (PROXY_LABELS[name], "@proxy{0.0000}"), ("kind", "@kind (maps agree @agree{0.00})"),
+                                   *self._sink_tooltip()]
             self.metric_axis.axis_label = METRIC_LABELS[s.metric]
             image = d.readable(s.image)
             who = (f"image {image}" if image is not None else
@@ -232,10 +299,8 @@ class HeadImportanceView:
             self.figure.title.text = (f"Head Importance View — {METRIC_LABELS[s.metric]}, {who}, mode {s.mode}"
                                       if np.isfinite(y).any() else
                                       f"Head Importance View — {METRIC_LABELS[s.metric]}: not in this store")
-        if changed is None or changed & {"image", "cls"}:
-            values = agreement_values(d, s.image, s.cls)
-            self.agree_source.data.update(signed=values["signed"], abs=values["abs"])
-            self.agreement.title.text = agreement_title(d, s.image, values)
+        if changed is None or changed & {"image", "cls", "proxy"}:
+            self._draw_agreement(name)
         self.ring.data = {"x": [k], "y": [float(y[k])]}
         vals = mode_values(d, s.metric, s.layer, s.head, s.image, s.cls)
         self.bar_source.data = {"x": list(MODES), "top": vals}
@@ -254,5 +319,19 @@ class HeadImportanceView:
         self.top5.text = ("<i>Select an image to see its top-5 under pruning.</i>" if image is None else
                           top5_html(d, image, s.layer, s.head, s.mode))
 
+    def _draw_agreement(self, proxy: str) -> None:
+        """Per layer and overall, how well the proxy ranks heads like exact pruning: against the total effect where
+        the store has it, else (an older store: the gradient alone) against whole-head pruning's ΔCE."""
+        d, s = self.data, self.sel
+        self.proxy_text.text = proxy_text(d, proxy, s.image, s.cls)
+        if self.by_total:
+            a = proxy_agreement(d, proxy, s.image, s.cls)
+            self.agree_source.data.update(signed=a.signed.per_layer, abs=a.magnitude.per_layer)
+            self.agreement.title.text = f"ρ per layer with the total effect\n{PROXY_LABELS[proxy]}"
+            return
+        values = agreement_values(d, s.image, s.cls)
+        self.agree_source.data.update(signed=values["signed"], abs=values["abs"])
+        self.agreement.title.text = agreement_title(d, s.image, values)
+
     def bokeh(self):
-        return column(self.figure, self.summary, row(self.bars, self.top5))
+        return column(self.figure, self.summary, row(self.bars, column(self.proxy_text, self.top5)))

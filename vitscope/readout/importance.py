@@ -1,13 +1,15 @@
 """Which heads matter, as numbers: a metric over every head (an image's, or the mean over all images or a class), a
-head in every pruning mode, the gradient proxy beside it and how well it ranks heads, the heads that matter most."""
+head in every pruning mode, a cheap proxy beside it and how well it ranks heads, the heads that matter most."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from vitscope.analysis.proxy import ProxyAgreement
 from vitscope.heads import Head, parse_head
+from vitscope.readout.effects import EFFECTS_MISSING, best, scope_table
 from vitscope.readout.store_data import StoreData
-from vitscope.vocab import HEAD_KINDS, WHOLE_HEAD, harm
+from vitscope.vocab import HEAD_KINDS, PROXIES, WHOLE_HEAD, harm
 
 
 def kind_columns(data: StoreData) -> dict[str, list]:
@@ -70,6 +72,39 @@ def agreement_values(data: StoreData, image: int | None, cls: int | None = None)
                             float(data.proxy_agreement(False).per_image[image])), "means": None}
     return {"signed": signed.per_layer, "abs": absolute.per_layer, "overall": (signed.median, absolute.median),
             "means": (signed.of_means, absolute.of_means)}
+
+
+def has_values(data: StoreData, name: str) -> bool:
+    """Whether the store's per-image variable `name` holds a number for a readable image: an older store lacks the
+    head effects, and a synthetic store (or a model whose direct effect is undefined) holds them as NaN."""
+    values = getattr(data, name, None)
+    return values is not None and bool(np.isfinite(values[data.valid]).any())
+
+
+def effects_note(data: StoreData, what: str = "head effects") -> str:
+    """Why the store has no effects to show: an older store's rebuild line, or the build's own reason."""
+    if not data.has_effects:
+        return EFFECTS_MISSING.replace("not in this store", f"{what}: not in this store", 1)
+    return f"{what}: this store holds none" + (f" ({data.effects_why})" if data.effects_why else "")
+
+
+def proxy_choices(data: StoreData) -> tuple[str, ...]:
+    """The proxies the view can draw: every one where the store has the exact total effect to rank them against;
+    otherwise only the gradient, ranked against whole-head pruning's ΔCE."""
+    return PROXIES if has_values(data, "total_effect") else ("gradient",)
+
+
+def default_proxy(data: StoreData, image: int | None, cls: int | None = None) -> str:
+    """The proxy shown until the reader picks one: the one that ranks heads closest to exact pruning in this scope
+    (the gradient where the store cannot say)."""
+    return best(data, image, cls) or "gradient"
+
+
+def proxy_agreement(data: StoreData, proxy: str, image: int | None, cls: int | None = None
+                    ) -> ProxyAgreement | None:
+    """The proxy's rank agreement with the exact total effect in this scope (image, class or all); None without
+    the store's effects."""
+    return scope_table(data, image, cls).get(proxy)
 
 
 def value_range(values: np.ndarray, *, floor: float | None = None) -> tuple[float, float] | None:
