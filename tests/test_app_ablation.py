@@ -158,7 +158,8 @@ def test_patching_the_panel_heads_from_another_image(app, demo16):
     text = pp.answer.text
     names = d.class_names
     assert f"P[{names[want['label']]}] {want['baseline_prob']:.3f} → <b>{want['prob']:.3f}</b>" in text
-    assert f"→ <b>{want['source_prob']:.3f}</b> (in image {source}: {want['source_baseline_prob']:.3f})" in text
+    assert (f"P[{names[want['source_label']]}] {want['source_prob_before']:.3f} → <b>{want['source_prob']:.3f}</b> "
+            f"(in image {source}: {want['source_baseline_prob']:.3f})") in text
     assert f"top-5: {names[want['topk_idx'][0]]} {want['topk_prob'][0]:.2f}" in text and "L0H1, L3H2" in text
     assert pp.asker.status.object == ""
 

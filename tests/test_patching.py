@@ -136,6 +136,8 @@ def test_a_patch_request_against_timm_forward_with_hooks(svc):
     assert r["topk_prob"] == pytest.approx(want.topk(5).values.tolist(), abs=1e-5)
     assert r["baseline_prob"] == pytest.approx(float(svc.ds["baseline_prob"][i]), abs=1e-5)
     assert r["source_baseline_prob"] == pytest.approx(float(svc.ds["baseline_prob"][j]), abs=1e-5)
+    unpatched = svc.adapter.logits(svc.input(i)).softmax(-1)[0, lj]
+    assert r["source_prob_before"] == pytest.approx(float(unpatched), abs=1e-5)
     assert abs(r["prob"] - r["baseline_prob"]) > 1e-3  # the patch matters here: a wrong one would show
 
 
@@ -204,8 +206,8 @@ def test_cli_patch_json_and_the_block_a_person_reads(demo16, svc):
         f"image {i} ({li}) with L0H1, L2H3 patched from image {j} ({lj})",
         f"  P[{li}] {want['baseline_prob']:.4f} → {want['prob']:.4f}  (image {i} → image {i} patched; "
         f"{want['prob'] - want['baseline_prob']:+.4f})",
-        f"  P[{lj}] {want['source_baseline_prob']:.4f} → {want['source_prob']:.4f}  (image {j} itself → image {i} "
-        "patched)",
+        f"  P[{lj}] {want['source_prob_before']:.4f} → {want['source_prob']:.4f}  (image {i} → image {i} patched; "
+        f"{want['source_baseline_prob']:.4f} in image {j} itself)",
         f"  top-5: {top}"]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 
-import numpy as np
 import panel as pn
 
 from vitscope.app.asking import Asker, Submit
@@ -39,16 +38,6 @@ def source_problem(data: StoreData, image: int | None, source: int | None) -> st
     return None
 
 
-def unpatched_prob(data: StoreData, image: int, cls: int) -> str:
-    """P[cls] of the unpruned model on the image, from the store's top-5 (the label's from baseline_prob); below
-    the fifth's where the class is not among them."""
-    if cls == int(data.label[image]):
-        return f"{float(data.baseline_prob[image]):.3f}"
-    idx, prob = data.topk_idx[image, 0, 0, 0], data.topk_prob[image, 0, 0, 0]  # mode 0: the same for every head
-    hit = np.flatnonzero(idx == cls)
-    return f"{float(prob[hit[0]]):.3f}" if hit.size else f"&lt; {float(prob[-1]):.3f}"
-
-
 def patch_html(data: StoreData, r: dict) -> str:
     """The patch answer: P[the target's label] and P[the source's label] in the target, unpatched → patched, and
     the patched run's top-5."""
@@ -59,7 +48,7 @@ def patch_html(data: StoreData, r: dict) -> str:
     lines = [f"image {image} with {n} head{'s' if n > 1 else ''} from image {source}:",
              f"P[{name(yi)}] {r['baseline_prob']:.3f} → <b>{r['prob']:.3f}</b>"]
     if yj != yi:
-        lines.append(f"P[{name(yj)}] {unpatched_prob(data, image, yj)} → <b>{r['source_prob']:.3f}</b> "
+        lines.append(f"P[{name(yj)}] {r['source_prob_before']:.3f} → <b>{r['source_prob']:.3f}</b> "
                      f"(in image {source}: {r['source_baseline_prob']:.3f})")
     lines += [f"top-5: {top}", f"<span style='color:#666'>{esc(', '.join(r['heads'][:6]))}{' …' if n > 6 else ''}"
                                "</span>"]

@@ -151,7 +151,8 @@ def _readable_patch(r: dict, class_names: list[str] | None) -> str:
         f"image {i} ({li}) with {', '.join(r['heads'])} patched from image {j} ({lj})",
         f"  P[{li}] {r['baseline_prob']:.4f} → {r['prob']:.4f}  (image {i} → image {i} patched; "
         f"{r['prob'] - r['baseline_prob']:+.4f})",
-        f"  P[{lj}] {r['source_baseline_prob']:.4f} → {r['source_prob']:.4f}  (image {j} itself → image {i} patched)",
+        f"  P[{lj}] {r['source_prob_before']:.4f} → {r['source_prob']:.4f}  (image {i} → image {i} patched; "
+        f"{r['source_baseline_prob']:.4f} in image {j} itself)",
         f"  top-5: {_top5([names(c), p] for c, p in zip(r['topk_idx'], r['topk_prob'], strict=True))}"])
 
 

@@ -165,7 +165,7 @@ class Service:
         results = prune.run_pruned(self.adapter, base, [(row[i], heads) for i, heads in parsed],
                                    sources=[None if s is None else row[s] for s in sources])
         return [self._prune_result(i, heads, res) if s is None else
-                self._patch_result(i, s, heads, res, float(base.probs[row[s], base.labels[row[s]]]))
+                self._patch_result(i, s, heads, res, base.probs[[row[i], row[s]], base.labels[row[s]]].tolist())
                 for (i, heads), s, res in zip(parsed, sources, results, strict=True)]
 
     def _prune_result(self, image: int, heads: list[Head], r: prune.PruneResult) -> dict:
@@ -174,10 +174,12 @@ class Service:
                             top5, self._stored_singles(image, heads))
 
     def _patch_result(self, image: int, source: int, heads: list[Head], r: prune.PruneResult,
-                      source_baseline_prob: float) -> dict:
+                      source_label_probs: list[float]) -> dict:
+        """`source_label_probs`: P[the source's label] unpatched on the image, and on the source itself."""
         return {"kind": "patch", "image": image, "source": source, "heads": list(dict.fromkeys(h.name for h in heads)),
                 "prob": r.prob, "baseline_prob": r.baseline_prob, "source_prob": r.source_prob,
-                "source_baseline_prob": source_baseline_prob, "label": int(self.labels[image]),
+                "source_prob_before": source_label_probs[0], "source_baseline_prob": source_label_probs[1],
+                "label": int(self.labels[image]),
                 "source_label": int(self.labels[source]), "topk_idx": r.top_idx, "topk_prob": r.top_prob}
 
     def _stored_singles(self, image: int, heads: list[Head]) -> list[float] | None:
