@@ -209,3 +209,6 @@ def test_the_apps_save_figure_asks_the_model_for_the_explanation(demo16, path):
     assert s.button.disabled and "needs P[target]" in s.button.label
     s.which.value = "importance-matrix"
     assert not s.button.disabled
+    blind.has_effects = False  # a store built before the effects were kept
+    s.which.value = "direct-vs-total"
+    assert s.button.disabled and "needs a store with head effects" in s.button.label

@@ -53,8 +53,10 @@ class SaveFigure:
         spec = FIGURES[self.which.value]
         needs = spec.needs_image and self.selection.image is None
         cannot = spec.needs_explain and (self.explain is None or self.data.prob_basis == NO_BASIS)
-        self.button.param.update(filename=self.filename(), disabled=needs or cannot,
+        old = spec.needs_effects and not self.data.has_effects
+        self.button.param.update(filename=self.filename(), disabled=needs or cannot or old,
                                  label="needs P[target] (a class basis)" if cannot else
+                                 "needs a store with head effects (rebuild)" if old else
                                  "pick an image first" if needs else "save figure")
 
     def file(self) -> io.BytesIO | None:
