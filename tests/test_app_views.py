@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 
 import numpy as np
 import panel as pn
 import pytest
 import scipy.stats
-from app_helpers import fake_attention, make_store, rgba_bytes
+from app_helpers import drop_effects, fake_attention, make_store, rgba_bytes
 from bokeh.events import SelectionGeometry, Tap
 from bokeh.model import Model
 
@@ -40,6 +41,15 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data(store) -> StoreData:
     return StoreData(store)
+
+
+@pytest.fixture(scope="module")
+def old(store, tmp_path_factory) -> StoreData:
+    """The same store as written before the head effects: the Head Importance View shows the gradient against ΔCE
+    (test_app_effects.py checks the proxy selector of a store with effects)."""
+    copy = tmp_path_factory.mktemp("old") / "s.zarr"
+    shutil.copytree(store, copy)
+    return StoreData(drop_effects(copy))
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +345,8 @@ def slow_delta_ce(data: StoreData, i: int, layer: int, head: int, signed: bool) 
     return d if signed else abs(d)
 
 
-def test_proxy_is_drawn_beside_the_metric_on_its_own_axis(data):
+def test_proxy_is_drawn_beside_the_metric_on_its_own_axis(old):
+    data = old
     sel = Selection(metric="jsd", mode=3)
     view = HeadImportanceView(data, sel)
     for image, metric, cls in ((None, "jsd", None), (4, "jsd", None), (4, "prob", None), (None, "prob", 1)):
@@ -359,7 +370,8 @@ def test_proxy_is_drawn_beside_the_metric_on_its_own_axis(data):
         assert view.metric_axis.axis_label == METRIC_LABELS[metric] and "∂CE/∂gate" in view.proxy_axis.axis_label
 
 
-def test_proxy_agreement_bars_are_spearman_per_layer(data):
+def test_proxy_agreement_bars_are_spearman_per_layer(old):
+    data = old
     sel = Selection()
     view = HeadImportanceView(data, sel)
     cls = int(data.label[READABLE[2]])
@@ -394,6 +406,7 @@ def test_choosing_a_class_switches_the_importance_band_and_the_strength_view(exp
     """The class search (Image Overview) drives `Selection.cls`; both views then show that class's means."""
     cls = int(data.label[READABLE[4]])
     mine = [i for i in READABLE if int(data.label[i]) == cls]
+    explorer.importance.proxy_select.value = "gradient"
     explorer.class_search.value = data.class_names[cls]
     assert explorer.selection.cls == cls
     mean, std = mean_std(data, explorer.selection.metric, explorer.selection.mode, mine)
