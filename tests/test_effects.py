@@ -265,3 +265,30 @@ def test_where_a_pruned_heads_effect_reaches_the_logit_adds_up_to_its_total_effe
     assert float((clean.direct[:, 0] - gone.direct[:, 0]).abs().max()) <= 1e-9  # nothing upstream moves
     assert float((clean.direct[:, 2] - gone.direct[:, 2]).abs().max()) > 1e-3  # downstream does
     assert float(scale.abs().max()) > 1e-4
+
+
+def test_a_model_without_direct_effects_stores_nan_and_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """Its total effects stay (they need no decomposition); the build says why once, `info` says it again."""
+    from cli_helpers import vitscope_here
+
+    from vitscope.build import BuildConfig, build
+    from vitscope.per_image import head_effects
+    from vitscope.store import open_store
+
+    a = small_vit("qknorm_scalenorm")
+    x = images_for(a, 2)
+    r = engine.run(a, x, modes=(1,))
+    got = head_effects(a, x, r)
+    assert torch.isnan(got["direct_effect"]).all() and torch.isnan(got["output_norm"]).all()
+    assert torch.equal(got["total_effect"], r.total_effect) and torch.isfinite(r.total_effect).all()
+
+    why = "its final norm is an RMSNorm, not a LayerNorm"
+    monkeypatch.setattr(ViTAdapter, "why_not_linear", lambda self: why)
+    out = build(BuildConfig(model="demo", images="demo", out=tmp_path / "s.zarr", limit=8, chunk=8, ae_epochs=1,
+                            layout_points=100))
+    err = capsys.readouterr().err
+    assert f"demo: no direct effects, {why}: direct_effect and output_norm will be NaN\n" in err
+    ds = open_store(out)
+    assert ds.attrs["effects_why"] == why
+    assert np.isnan(ds["direct_effect"].values).all() and np.isfinite(ds["total_effect"].values).all()
+    assert f"no direct effects or output norms: {why}" in vitscope_here("info", out).stdout
