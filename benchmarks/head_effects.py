@@ -12,21 +12,41 @@ Prints (the evidence of docs/models.md, "Heads across layers"):
   patching layer by layer: with the head pruned, each later layer's attention output (all its heads) or MLP output
   patched back from the clean run, and the share of the head's total effect that restores (timm hooks);
 - the proxy table (`analysis.proxy`), whole store.
-Needs the store's model (as `vitscope serve` loads it) and a v5 store. Not a test.
+Needs a v5 store whose images are all analysed (its layouts may still be coming) and its model, loaded as the store
+records it. Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import torch
 
+from vitscope import store
 from vitscope.analysis.proxy import proxy_table, table_lines
 from vitscope.engine.effects import decompose
 from vitscope.heads import parse_head
-from vitscope.service import Service
+from vitscope.imagesets.folders import normalise
+from vitscope.models import load_model
 from vitscope.vocab import head_name
+
+
+class Stored:
+    """A store's images and its model, as the service has them, from a store whose layouts may still be coming."""
+
+    def __init__(self, path: str) -> None:
+        if not store.done_chunks(path).all():
+            raise SystemExit(f"{path}: not every image is analysed yet (run its build to the end of the images)")
+        self.ds = ds = store.open_dataset(path, fresh=True)
+        a = ds.attrs
+        self.adapter = load_model(a["model_spec"], checkpoint=a.get("model_checkpoint") or None)
+        self.labels, self.valid = ds["label"].values, ds["valid"].values.astype(bool)
+        self.config = json.loads(a["data_config"])
+
+    def inputs(self, images: list[int]) -> torch.Tensor:
+        return normalise(self.ds["thumbnail"].isel(image=images).values, self.config["mean"], self.config["std"])
 
 
 def layer_table(ds, images: np.ndarray) -> list[str]:
@@ -45,7 +65,7 @@ def layer_table(ds, images: np.ndarray) -> list[str]:
     return lines
 
 
-def flow(svc: Service, images: np.ndarray, layer: int, head: int, batch: int = 25) -> list[str]:
+def flow(svc: Stored, images: np.ndarray, layer: int, head: int, batch: int = 25) -> list[str]:
     """Where the head's total effect reaches the logit, layer by layer (mean over images, logits)."""
     L = svc.adapter.num_layers
     heads, mlps, scale, own, totals = [], [], [], [], []
@@ -71,7 +91,7 @@ def flow(svc: Service, images: np.ndarray, layer: int, head: int, batch: int = 2
     return lines
 
 
-def restored(svc: Service, images: np.ndarray, layer: int, head: int, batch: int = 25) -> list[str]:
+def restored(svc: Stored, images: np.ndarray, layer: int, head: int, batch: int = 25) -> list[str]:
     """Activation patching layer by layer: the head pruned, one later layer's attention or MLP output patched back
     from the clean run; the share of the head's total effect that comes back (mean over images of the logits)."""
     model, dh = svc.adapter.model, svc.adapter.head_dim
@@ -130,7 +150,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    svc = Service(args.store)
+    svc = Stored(args.store)
     ds = svc.ds
     images = np.flatnonzero(svc.valid)[:args.images]
     print(f"{args.store}: {svc.adapter.spec}, {len(images)} images")
