@@ -100,19 +100,23 @@ def test_the_agreement_text_is_the_scope_table(data, ds):
             np.testing.assert_allclose(view.agree_source.data["abs"], m.per_layer)
 
 
-def test_until_the_reader_picks_one_the_line_follows_the_scope_best(data):
+def test_until_the_reader_picks_one_the_line_follows_the_sets_best(data):
+    """The best over all images (or the class's), not each image's own: the line keeps its proxy across images."""
     sel = Selection()
     view = HeadImportanceView(data, sel)
-    bests = {image: best(data, image) for image in range(data.images) if data.valid[image]}
-    image = next(i for i, b in bests.items() if b != best(data))  # an image whose best differs from the store's
+    image = next(i for i in range(data.images) if data.valid[i] and best(data, i) != best(data))
     sel.image = image
     view.update({"image"})
-    assert view.proxy_select.value == bests[image] and view.chosen is None
-    other = next(p for p in PROXIES if p != bests[image])
+    assert view.proxy_select.value == best(data) and view.chosen is None
+    cls = int(data.label[image])
+    sel.cls = cls
+    view.update({"cls"})
+    assert view.proxy_select.value == best(data, None, cls)
+    other = next(p for p in PROXIES if p != best(data, None, cls))
     view.proxy_select.value = other  # the reader's pick, as the page sends it: it stays
     assert view.chosen == other
-    sel.image = None
-    view.update({"image"})
+    sel.param.update(image=None, cls=None)
+    view.update({"image", "cls"})
     assert view.proxy_select.value == other and PROXY_LABELS[other] in view.proxy_axis.axis_label
 
 

@@ -205,7 +205,7 @@ class HeadImportanceView:
         self._following = False
         choices = proxy_choices(data)
         self.proxy_select = pn.widgets.Select(options={PROXY_LABELS[p]: p for p in choices},
-                                              value=default_proxy(data, sel.image, sel.cls), width=300,
+                                              value=default_proxy(data, sel.cls), width=300,
                                               disabled=len(choices) == 1, css_classes=["vs-proxy"], margin=(1, 3))
         self.proxy_select.param.watch(guarded(sel, "proxy", self._proxy_picked), "value")
         self.proxy_text = div(300, 58, css_classes=["vs-proxy-text"])
@@ -242,8 +242,8 @@ class HeadImportanceView:
 
     @property
     def proxy(self) -> str:
-        """The proxy the dashed line shows: the reader's pick, else the best in the current scope."""
-        return self.chosen or default_proxy(self.data, self.sel.image, self.sel.cls)
+        """The proxy the dashed line shows: the reader's pick, else the best over all images (or the class's)."""
+        return self.chosen or default_proxy(self.data, self.sel.cls)
 
     def pick_proxy(self, name: str) -> None:
         """Draw proxy `name` (one of `proxy_choices`) from now on, whatever the scope."""

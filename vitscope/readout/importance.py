@@ -94,10 +94,11 @@ def proxy_choices(data: StoreData) -> tuple[str, ...]:
     return PROXIES if has_values(data, "total_effect") else ("gradient",)
 
 
-def default_proxy(data: StoreData, image: int | None, cls: int | None = None) -> str:
-    """The proxy shown until the reader picks one: the one that ranks heads closest to exact pruning in this scope
-    (the gradient where the store cannot say)."""
-    return best(data, image, cls) or "gradient"
+def default_proxy(data: StoreData, cls: int | None = None) -> str:
+    """The proxy shown until the reader picks one: the one that ranks heads closest to exact pruning over all images
+    (or a class's), the gradient where the store cannot say. Not an image's own best: one image's ρ over its heads is
+    too noisy to choose by, and a line that changed proxy with every image would not compare across images."""
+    return best(data, None, cls) or "gradient"
 
 
 def proxy_agreement(data: StoreData, proxy: str, image: int | None, cls: int | None = None
