@@ -20,11 +20,11 @@ import argparse
 import time
 
 import torch
+from build_batch import model_and_batch, parser
 
 from vitscope import engine
 from vitscope.analysis.explain import stored_maps
 from vitscope.engine.explain import attention_gradients
-from vitscope.models import load_model
 from vitscope.models.adapter import merge_heads
 
 
@@ -52,21 +52,10 @@ def with_maps(ad, x, y) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="demo")
-    ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--batch-size", type=int, default=16, help="images per batch, as `vitscope build --batch-size`")
-    ap.add_argument("--repeats", type=int, default=7, help="alternating runs of each part; their medians are compared")
-    ap.add_argument("--threads", type=int, default=None)
+    ap: argparse.ArgumentParser = parser(
+        __doc__.splitlines()[0], 7, "alternating runs of each part; their medians are compared")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ad = load_model(args.model, checkpoint=args.checkpoint)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 3, ad.grid * ad.patch_size, ad.grid * ad.patch_size, generator=g)
-    y = torch.randint(0, ad.num_classes, (args.batch_size,), generator=g)
-    print(f"model {args.model}: {ad.num_layers} layers × {ad.num_heads} heads, {ad.num_tokens} tokens; batch "
-          f"{args.batch_size}, {torch.get_num_threads()} CPU threads")
+    ad, x, y = model_and_batch(args)
     t = time.perf_counter()
     engine.run(ad, x, y)
     pruning = time.perf_counter() - t
